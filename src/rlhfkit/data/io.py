@@ -1,0 +1,230 @@
+"""Reading and writing datasets: JSONL files and Hugging Face `datasets` saved to disk.
+
+Reading validates every row and collects *every* problem as ``FILE:LINE: reason`` (for a
+saved `datasets` folder the number is the row's, counted from 1), so one run shows the user
+all there is to fix. Writing is atomic: the data goes to a temporary file beside the target,
+is flushed to disk, and only then renamed over it, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from rlhfkit.data.formats import DEFAULT_MAX_CHARS, Format, Kind, RowError, check_row
+from rlhfkit.errors import Problem, UserError, display_path
+
+MAX_PROBLEMS_SHOWN = 50
+
+
+@dataclass
+class Dataset:
+    """Validated rows of one kind, with the line each came from (for later error messages)."""
+
+    path: Path
+    kind: Kind
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def metadata_fields(self) -> list[str]:
+        from rlhfkit.data.formats import METADATA_FIELDS
+
+        return [f for f in METADATA_FIELDS if any(f in r for r in self.rows)]
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    )
+
+
+def iter_raw_rows(path: Path, split: str = "train") -> Iterator[tuple[int, Any, str | None]]:
+    """Yield ``(line, row, parse_error)`` for every non-blank row of a JSONL file or dataset."""
+    if not path.exists():
+        raise UserError(f"{display_path(path)}: no such file or folder")
+    if path.is_dir():
+        yield from _iter_hf_rows(path, split)
+        return
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield number, None, f"not UTF-8 text ({e.reason} at byte {e.start})"
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text), None
+            except json.JSONDecodeError as e:
+                yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+
+
+def _iter_hf_rows(path: Path, split: str) -> Iterator[tuple[int, Any, str | None]]:
+    if not is_hf_dataset_dir(path):
+        raise UserError(
+            f"{display_path(path)}: a folder is read as a Hugging Face dataset saved with "
+            "`save_to_disk`, but this one has no dataset_info.json or dataset_dict.json"
+        )
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise UserError(f"{display_path(path)}: no split '{split}'; it has {', '.join(loaded)}")
+        loaded = loaded[split]
+    for number, row in enumerate(loaded, start=1):
+        # Arrow fills absent columns with None; drop them so the row looks as it was written.
+        yield number, {k: v for k, v in row.items() if v is not None}, None
+
+
+def validate(
+    path: Path | str,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    split: str = "train",
+    expect: Iterable[Format] | None = None,
+) -> tuple[Dataset | None, list[Problem]]:
+    """Check every row of a file; return the dataset (None if any row is bad) and problems."""
+    path = Path(path)
+    source = display_path(path)
+    problems: list[Problem] = []
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    kind: Kind | None = None
+    kind_line = 0
+    for line, row, parse_error in iter_raw_rows(path, split):
+        if parse_error:
+            problems.append(Problem(source, line, parse_error))
+            continue
+        try:
+            row_kind = check_row(row, max_chars=max_chars)
+        except RowError as e:
+            problems.append(Problem(source, line, str(e)))
+            continue
+        if kind is None:
+            kind, kind_line = row_kind, line
+        elif row_kind != kind:
+            problems.append(
+                Problem(
+                    source,
+                    line,
+                    f"row is {row_kind} but line {kind_line} is {kind}; a file holds one format",
+                )
+            )
+            continue
+        rows.append(row)
+        lines.append(line)
+    if kind is None and not problems:
+        problems.append(Problem(source, None, "the dataset is empty"))
+    if kind is not None and expect is not None:
+        allowed = list(expect)
+        if kind.format not in allowed:
+            wanted = " or ".join(f.value for f in allowed)
+            problems.insert(0, Problem(source, None, f"this is {kind}; expected {wanted}"))
+    if problems:
+        return None, problems
+    assert kind is not None
+    return Dataset(path, kind, rows, lines), []
+
+
+def load(
+    path: Path | str,
+    expect: Iterable[Format] | None = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    split: str = "train",
+) -> Dataset:
+    """Read and validate a dataset, raising `UserError` listing every bad row."""
+    dataset, problems = validate(path, max_chars=max_chars, split=split, expect=expect)
+    if problems:
+        raise UserError(problems[:MAX_PROBLEMS_SHOWN] + _overflow(problems))
+    assert dataset is not None
+    return dataset
+
+
+def _overflow(problems: list[Problem]) -> list[Problem]:
+    extra = len(problems) - MAX_PROBLEMS_SHOWN
+    if extra <= 0:
+        return []
+    return [Problem(problems[0].source, None, f"... and {extra} more problems")]
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path`; on success flush, fsync and rename it over `path`.
+
+    On any exception the temporary file is removed and `path` is left exactly as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
+    """Write rows as JSON Lines atomically; return how many were written."""
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_hf_dataset(path: Path | str, rows: list[dict[str, Any]]) -> int:
+    """Save rows as a Hugging Face dataset folder, replacing `path` only once it is complete."""
+    import datasets
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(rows)
+
+
+def write(path: Path | str, rows: list[dict[str, Any]]) -> int:
+    """Write rows to `path`: JSONL for a ``.jsonl`` file, a `datasets` folder otherwise."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return write_jsonl(path, rows)
+    if path.suffix:
+        raise UserError(
+            f"{display_path(path)}: write to a .jsonl file, or to a folder (no suffix) for a "
+            "Hugging Face dataset"
+        )
+    return write_hf_dataset(path, rows)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move a finished folder into place; an existing target is swapped out, then removed."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

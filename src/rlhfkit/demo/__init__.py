@@ -1,0 +1,1 @@
+"""The bundled example project and the demo pipeline that runs it."""

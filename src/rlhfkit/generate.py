@@ -1,0 +1,232 @@
+"""Batched, seeded sampling: candidate reply pairs for annotation (later, rollouts for RL).
+
+Conversational prompts go through the tokenizer's chat template; standard (text) prompts are
+continued as they are, following TRL's convention so that what is sampled here is exactly
+what the trainers will see later.
+
+Long runs resume: finished batches are appended to a hidden ``.OUT.partial`` file, and a rerun
+with the same settings continues after the last finished batch. The output file appears
+(atomically) only when every prompt is done.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rlhfkit.data import Format, load, write_jsonl
+from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import config_hash, write_manifest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PROMPT_FORMATS = (
+    Format.PROMPT_ONLY,
+    Format.PROMPT_COMPLETION,
+    Format.PREFERENCE,
+    Format.COMPARISON,
+)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 2
+    """Responses sampled per prompt."""
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    seed: int = 0
+    """With the same seed and batch size, the same responses come out."""
+    batch_size: int = 8
+    """Prompts per forward batch (each expands to n sequences)."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """bf16 autocast runs matmuls about 3.5x faster on recent CPUs; fp32 for exactness."""
+
+    def check(self) -> None:
+        if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UserError("n, batch size and max new tokens must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise UserError("temperature must be >= 0 and top-p in (0, 1]")
+        if self.temperature == 0 and self.n > 1:
+            raise UserError("temperature 0 is greedy decoding: every sample would be the same")
+
+
+def render(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
+    """The exact text the model continues: chat template for messages, the text itself else."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    cfg: SamplingConfig,
+    batch_index: int = 0,
+) -> list[list[tuple[str, bool]]]:
+    """Sample `cfg.n` responses for each rendered prompt: ``[(text, finished_with_eos), ...]``."""
+    import torch
+
+    enc = tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
+    torch.manual_seed(cfg.seed * 1_000_003 + batch_index)
+    greedy = cfg.temperature == 0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    with torch.inference_mode(), autocast:
+        out = model.generate(
+            **enc,
+            do_sample=not greedy,
+            temperature=None if greedy else cfg.temperature,
+            top_p=None if greedy else cfg.top_p,
+            top_k=None,
+            max_new_tokens=cfg.max_new_tokens,
+            num_return_sequences=cfg.n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    new = out[:, enc["input_ids"].shape[1] :]
+    results = []
+    for i in range(len(texts)):
+        group = []
+        for j in range(cfg.n):
+            tokens = new[i * cfg.n + j]
+            finished = bool((tokens == tokenizer.eos_token_id).any())
+            group.append((tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished))
+        results.append(group)
+    return results
+
+
+@dataclass
+class GenerateResult:
+    out: Path
+    prompts: int
+    pairs: int
+    identical_skipped: int
+    truncated: int
+    responses: list[list[str]]
+
+
+def generate_candidates(
+    model_ref: str,
+    prompts_path: Path,
+    out: Path,
+    cfg: SamplingConfig,
+    limit: int | None = None,
+    all_pairs: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    extra_config: dict[str, Any] | None = None,
+) -> GenerateResult:
+    """Sample responses for each prompt and write comparison pairs for annotation.
+
+    Pairs are consecutive responses (1-2, 3-4, ...) or, with `all_pairs`, every pair. A pair
+    whose two responses are identical is skipped: there is nothing to compare.
+    """
+    cfg.check()
+    if cfg.n < 2:
+        raise UserError("candidate pairs need at least 2 responses per prompt (--n 2)")
+    dataset = load(prompts_path, expect=PROMPT_FORMATS)
+    rows = dataset.rows[:limit] if limit else dataset.rows
+    if out.suffix != ".jsonl":
+        raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
+
+    from rlhfkit.models import load_model
+
+    model, tokenizer = load_model(model_ref)
+    model.eval()
+    settings = {"model": model_ref, "prompts": str(prompts_path), "limit": limit, **asdict(cfg)}
+    partial = out.with_name(f".{out.name}.partial")
+    done = _read_partial(partial, config_hash(settings))
+    if not done:
+        with partial.open("w") as f:
+            f.write(json.dumps({"config_hash": config_hash(settings)}) + "\n")
+
+    batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    if on_progress:
+        on_progress(min(len(done) * cfg.batch_size, len(rows)), len(rows))
+    for b, batch in enumerate(batches):
+        if b < len(done):
+            continue
+        texts = [render(tokenizer, r["prompt"]) for r in batch]
+        groups = sample(model, tokenizer, texts, cfg, batch_index=b)
+        with partial.open("a") as f:
+            f.write(json.dumps(groups) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        done.append(groups)
+        if on_progress:
+            on_progress(min((b + 1) * cfg.batch_size, len(rows)), len(rows))
+
+    groups = [g for batch_groups in done for g in batch_groups]
+    pair_rows, skipped = [], 0
+    conversational = dataset.kind.conversational
+    for index, (row, group) in enumerate(zip(rows, groups, strict=True)):
+        indices = range(len(group))
+        pairs = (
+            itertools.combinations(indices, 2)
+            if all_pairs
+            else zip(indices[::2], indices[1::2], strict=False)
+        )
+        for a, b in pairs:
+            (text_a, fin_a), (text_b, fin_b) = group[a], group[b]
+            if text_a == text_b or not text_a or not text_b:
+                skipped += 1
+                continue
+            pair_rows.append(
+                {
+                    "id": f"p{index:05d}-{a}-{b}",
+                    "prompt": row["prompt"],
+                    "response_a": _as_completion(text_a, conversational),
+                    "response_b": _as_completion(text_b, conversational),
+                    "truncated": [not fin_a, not fin_b],
+                    "source_row": dataset.lines[index],
+                }
+            )
+    write_jsonl(out, pair_rows)
+    write_manifest(
+        out,
+        kind="candidates",
+        inputs={"prompts": prompts_path},
+        config={**settings, "all_pairs": all_pairs, **(extra_config or {})},
+    )
+    partial.unlink(missing_ok=True)
+    truncated = sum(not fin for g in groups for _, fin in g)
+    return GenerateResult(
+        out, len(rows), len(pair_rows), skipped, truncated, [[t for t, _ in g] for g in groups]
+    )
+
+
+def _as_completion(text: str, conversational: bool) -> str | list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}] if conversational else text
+
+
+def _read_partial(path: Path, expected_hash: str) -> list[Any]:
+    """Finished batches of an interrupted run with the same settings (else nothing).
+
+    A batch cut off mid-write by a crash is dropped, and the file is rewritten without it so
+    that the next append starts on a clean line.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    try:
+        if not lines or json.loads(lines[0]).get("config_hash") != expected_hash:
+            return []
+    except json.JSONDecodeError:
+        return []
+    batches = []
+    for line in lines[1:]:
+        try:
+            batches.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    if len(batches) < len(lines) - 1:
+        path.write_text("\n".join(lines[: len(batches) + 1]) + "\n")
+    return batches

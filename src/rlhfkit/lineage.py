@@ -1,0 +1,57 @@
+"""What every artifact was made from: input hashes, configuration, code version.
+
+Each artifact ``X`` gets a sidecar ``X.manifest.json`` (or a ``rlhfkit-manifest.json`` inside
+a folder), so a report can trace itself back through model, labels and rubric version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rlhfkit import __version__
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def manifest_path(artifact: Path) -> Path:
+    if artifact.is_dir():
+        return artifact / "rlhfkit-manifest.json"
+    return artifact.with_name(artifact.name + ".manifest.json")
+
+
+def write_manifest(
+    artifact: Path, *, kind: str, inputs: dict[str, Path], config: dict[str, Any], **extra: Any
+) -> Path:
+    """Record an artifact's inputs (with hashes), config and the rlhfkit version beside it."""
+    from rlhfkit.data.io import atomic_open
+
+    record = {
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rlhfkit_version": __version__,
+        "inputs": {
+            name: {"path": str(p), "sha256": sha256_file(p) if p.is_file() else None}
+            for name, p in inputs.items()
+        },
+        "config": config,
+        **extra,
+    }
+    target = manifest_path(artifact)
+    with atomic_open(target) as f:
+        json.dump(record, f, indent=2, default=str)
+        f.write("\n")
+    return target

@@ -1,0 +1,407 @@
+"""The project spec: one ``rlhfkit.toml`` per project, validated with pydantic.
+
+A project folder holds the spec and everything made from it. The spec names the task, the
+base model, the annotation rubric, the success criteria written down *before* training, the
+annotation settings and each stage's settings. A bad spec fails with the field's path and the
+reason (``rlhfkit.toml: rubric.criteria: at least 2 items``), never a stack trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import tomllib
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rlhfkit.errors import Problem, UserError, display_path
+
+SPEC_FILE = "rlhfkit.toml"
+NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- rubric -------------------------------------------------------------------------------
+
+
+class Criterion(Strict):
+    name: Annotated[str, Field(pattern=NAME)]
+    description: Annotated[str, Field(min_length=1)]
+
+
+class BorderlineExample(Strict):
+    """A hard case with the answer the team agreed on, shown to annotators beside the rubric."""
+
+    prompt: Annotated[str, Field(min_length=1)]
+    response_a: Annotated[str, Field(min_length=1)]
+    response_b: Annotated[str, Field(min_length=1)]
+    preferred: Literal["a", "b", "tie", "both_bad"]
+    why: Annotated[str, Field(min_length=1)]
+
+
+class Rubric(Strict):
+    version: Annotated[str, Field(min_length=1)]
+    criteria: Annotated[list[Criterion], Field(min_length=2, max_length=3)]
+    """Two or three criteria, not ten: more and annotators stop agreeing."""
+    borderline_examples: Annotated[list[BorderlineExample], Field(min_length=1)]
+    tie_policy: Literal["allow", "force_choice"] = "force_choice"
+    """allow: annotators may answer 'tie'; force_choice: they must pick one."""
+    both_bad_policy: Literal["allow", "force_choice"] = "allow"
+    """allow: annotators may answer 'both bad' (the pair is left out of training)."""
+
+    @model_validator(mode="after")
+    def _policies_and_names(self) -> Rubric:
+        _unique([c.name for c in self.criteria], "rubric criterion")
+        for ex in self.borderline_examples:
+            if ex.preferred == "tie" and self.tie_policy == "force_choice":
+                raise ValueError("a borderline example answers 'tie' but tie_policy forbids ties")
+            if ex.preferred == "both_bad" and self.both_bad_policy == "force_choice":
+                raise ValueError(
+                    "a borderline example answers 'both_bad' but both_bad_policy forbids it"
+                )
+        return self
+
+
+# --- success criteria -------------------------------------------------------------------
+
+
+class RegexDetector(Strict):
+    kind: Literal["regex"]
+    pattern: str
+    ignore_case: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regular expression: {e}") from None
+        return v
+
+    def matches(self, text: str) -> bool:
+        return re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
+
+
+class KeywordsDetector(Strict):
+    kind: Literal["keywords"]
+    any: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """The response matches when it contains any of these words or phrases."""
+    ignore_case: bool = True
+
+    def matches(self, text: str) -> bool:
+        flags = re.IGNORECASE if self.ignore_case else 0
+        return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text, flags) for k in self.any)
+
+
+class LengthDetector(Strict):
+    kind: Literal["length"]
+    unit: Literal["words", "chars"] = "words"
+    min: Annotated[int, Field(ge=0)] | None = None
+    max: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LengthDetector:
+        if self.min is None and self.max is None:
+            raise ValueError("a length detector needs 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("'min' is larger than 'max'")
+        return self
+
+    def matches(self, text: str) -> bool:
+        n = len(text.split()) if self.unit == "words" else len(text)
+        return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
+
+
+class StartsWithDetector(Strict):
+    kind: Literal["starts_with"]
+    prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    ignore_case: bool = True
+
+    def matches(self, text: str) -> bool:
+        t = text.lstrip()
+        if self.ignore_case:
+            return any(t.lower().startswith(p.lower()) for p in self.prefixes)
+        return any(t.startswith(p) for p in self.prefixes)
+
+
+class EndsWithDetector(Strict):
+    kind: Literal["ends_with"]
+    suffixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    ignore_case: bool = True
+
+    def matches(self, text: str) -> bool:
+        t = text.rstrip()
+        if self.ignore_case:
+            return any(t.lower().endswith(s.lower()) for s in self.suffixes)
+        return any(t.endswith(s) for s in self.suffixes)
+
+
+class CallableDetector(Strict):
+    kind: Literal["callable"]
+    path: Annotated[str, Field(pattern=r"^[\w.]+:[\w]+$")]
+    """``package.module:function``; the function takes the response text, returns a bool."""
+
+    def matches(self, text: str) -> bool:
+        module, _, name = self.path.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"detector '{self.path}' cannot be imported: {e}") from None
+        return bool(fn(text))
+
+
+Detector = Annotated[
+    RegexDetector
+    | KeywordsDetector
+    | LengthDetector
+    | StartsWithDetector
+    | EndsWithDetector
+    | CallableDetector,
+    Field(discriminator="kind"),
+]
+
+
+class SuccessCriterion(Strict):
+    """A behavior written down before training, with the direction it should move."""
+
+    name: Annotated[str, Field(pattern=NAME)]
+    description: Annotated[str, Field(min_length=1)]
+    direction: Literal["increase", "decrease"]
+    detector: Detector
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+class DataFiles(Strict):
+    """Paths relative to the project folder."""
+
+    prompts: str = "data/prompts.jsonl"
+    sft: str | None = "data/sft.jsonl"
+    eval_prompts: str = "data/eval_prompts.jsonl"
+
+
+class AnnotationSettings(Strict):
+    overlap: Annotated[int, Field(ge=1, le=20)] = 3
+    """How many annotators label each main item."""
+    calibration_size: Annotated[int, Field(ge=0)] = 50
+    """Items every annotator labels first; the calibration gate is computed on them."""
+    agreement_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.65
+    """Percent agreement the calibration round must reach before the main queue opens."""
+    anchor_rate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    """Share of each annotator's queue that is anchor items with known answers."""
+    anchor_accuracy_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
+    """Annotators below this anchor accuracy are flagged and left out of the export."""
+    recalibrate_every: Annotated[int, Field(ge=0)] = 500
+    """Labels per annotator after which a recalibration round is due (0: never)."""
+
+
+class GenerateSettings(Strict):
+    n: Annotated[int, Field(ge=2)] = 2
+    temperature: Annotated[float, Field(ge=0.0)] = 0.9
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
+    max_new_tokens: Annotated[int, Field(ge=1)] = 128
+    seed: int = 0
+
+
+class StageSettings(Strict):
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
+    epochs: Annotated[float, Field(gt=0.0)] = 1.0
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    lora: bool = True
+    max_length: Annotated[int, Field(ge=8)] = 512
+
+
+class DPOSettings(StageSettings):
+    beta: Annotated[float, Field(gt=0.0)] = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+
+
+class PPOSettings(StageSettings):
+    kl_coef: Annotated[float, Field(ge=0.0)] = 0.05
+    adaptive_kl: bool = False
+    target_kl: Annotated[float, Field(gt=0.0)] = 6.0
+
+
+class TrainSettings(Strict):
+    sft: StageSettings = StageSettings(learning_rate=2e-4)
+    reward: StageSettings = StageSettings(learning_rate=5e-5)
+    dpo: DPOSettings = DPOSettings(learning_rate=5e-5)
+    ppo: PPOSettings = PPOSettings(learning_rate=1e-5)
+
+
+class ProjectSpec(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    task: Annotated[str, Field(min_length=1)]
+    """What the model should learn to do, in a sentence or two."""
+    base_model: Annotated[str, Field(min_length=1)] = "smollm2-135m-instruct"
+    system_prompt: str | None = None
+    data: DataFiles = DataFiles()
+    rubric: Rubric
+    success_criteria: Annotated[list[SuccessCriterion], Field(min_length=1)]
+    annotation: AnnotationSettings = AnnotationSettings()
+    generate: GenerateSettings = GenerateSettings()
+    train: TrainSettings = TrainSettings()
+
+    @model_validator(mode="after")
+    def _criteria(self) -> ProjectSpec:
+        _unique([c.name for c in self.success_criteria], "success criterion")
+        directions = {c.direction for c in self.success_criteria}
+        if directions != {"increase", "decrease"}:
+            raise ValueError(
+                "success_criteria need a behavior that should increase and one that should "
+                "decrease, both written down before training"
+            )
+        return self
+
+    def criteria_hash(self) -> str:
+        """Hash of the success criteria; frozen when the first training stage starts."""
+        payload = [c.model_dump(mode="json") for c in self.success_criteria]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _unique(names: list[str], what: str) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{what} name '{n}' is used twice")
+        seen.add(n)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+class Project:
+    """A project folder: its spec and where its artifacts live."""
+
+    def __init__(self, root: Path, spec: ProjectSpec):
+        self.root = root
+        self.spec = spec
+
+    @cached_property
+    def spec_path(self) -> Path:
+        return self.root / SPEC_FILE
+
+    def data_path(self, name: str) -> Path:
+        value = getattr(self.spec.data, name)
+        if value is None:
+            raise UserError(f"{display_path(self.spec_path)}: data.{name} is not set")
+        return self.root / value
+
+    def artifacts(self, *parts: str) -> Path:
+        return self.root.joinpath("artifacts", *parts)
+
+
+def load_project(path: Path | str) -> Project:
+    """Load and validate a project from its folder or its spec file."""
+    path = Path(path)
+    spec_path = path / SPEC_FILE if path.is_dir() else path
+    if not spec_path.exists():
+        raise UserError(
+            f"{display_path(spec_path)}: no project spec here",
+            hint="create one with `rlhfkit init DIR`",
+        )
+    return Project(spec_path.parent, parse_spec(spec_path.read_text(), display_path(spec_path)))
+
+
+def parse_spec(text: str, source: str = SPEC_FILE) -> ProjectSpec:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        match = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = int(match.group(1)) if match else None
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise UserError([Problem(source, line, f"not valid TOML: {reason}")]) from None
+    try:
+        return ProjectSpec.model_validate(raw)
+    except ValidationError as e:
+        raise UserError([Problem(source, None, _describe(err)) for err in e.errors()]) from None
+
+
+def _describe(err: Any) -> str:
+    loc = []
+    for part in err["loc"]:
+        if isinstance(part, int):
+            loc.append(f"[{part}]")
+        elif part in ("regex", "keywords", "length", "starts_with", "ends_with", "callable"):
+            continue  # the discriminator's branch name only repeats `kind`
+        else:
+            loc.append(("." if loc else "") + str(part))
+    where = "".join(loc) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "too_short" and "min_length" in err.get("ctx", {}):
+        msg = f"needs at least {err['ctx']['min_length']} items"
+    elif err["type"] == "too_long" and "max_length" in err.get("ctx", {}):
+        msg = f"allows at most {err['ctx']['max_length']} items"
+    return f"{where}: {msg}"
+
+
+# --- scaffolding ----------------------------------------------------------------------------
+
+EXAMPLES = {"support-replies": "Short, helpful customer-support email replies (the demo's task)."}
+
+
+def init_project(target: Path | str, example: str = "support-replies") -> Project:
+    """Create a working example project in `target` (which must not exist or be empty).
+
+    The folder is assembled beside `target` and renamed into place, so an interrupted or
+    failed init leaves nothing behind.
+    """
+    import os
+    import shutil
+    import tempfile
+    from importlib import resources
+
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.demo import support_replies
+
+    if example not in EXAMPLES:
+        raise UserError(f"unknown example '{example}'; examples: {', '.join(EXAMPLES)}")
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"{display_path(target)}: already exists and is not empty; nothing written")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        spec_text = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+        (tmp / SPEC_FILE).write_text(spec_text)
+        prompts, eval_prompts, sft = support_replies.build()
+        write_jsonl(tmp / "data" / "prompts.jsonl", prompts)
+        write_jsonl(tmp / "data" / "eval_prompts.jsonl", eval_prompts)
+        write_jsonl(tmp / "data" / "sft.jsonl", sft)
+        (tmp / "README.md").write_text(_PROJECT_README.format(name=target.name))
+        spec = parse_spec(spec_text)  # the template itself must always be valid
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Project(target, spec)
+
+
+_PROJECT_README = """# {name}
+
+An rlhfkit project. `rlhfkit.toml` is the spec: the task, the annotation rubric, the success
+criteria written down before training, and each stage's settings.
+
+- `data/prompts.jsonl`: customer emails the model answers (for annotation and RL).
+- `data/sft.jsonl`: (email, ideal reply) pairs for supervised fine-tuning.
+- `data/eval_prompts.jsonl`: held-out emails, used only to prove what changed.
+- `artifacts/`: everything rlhfkit makes from these (candidates, labels, models, reports),
+  each with a manifest of what it was made from.
+
+Check the data with `rlhfkit data validate data/sft.jsonl`, then sample candidate replies:
+`rlhfkit generate --project . --limit 8`.
+"""
