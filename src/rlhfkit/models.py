@@ -250,7 +250,9 @@ def load_model(
     """Load a causal LM and its tokenizer from any supported source, on the CPU, in fp32."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     folder = resolve(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         str(folder), dtype=dtype or torch.float32, local_files_only=True

@@ -22,8 +22,10 @@ def generate(
     top_p: float = typer.Option(None, help="Nucleus sampling mass [spec, or 0.95]."),
     max_new_tokens: int = typer.Option(None, help="Longest response in tokens [spec, or 128]."),
     seed: int = typer.Option(None, help="Random seed [spec, or 0]."),
-    batch_size: int = typer.Option(8, help="Prompts per batch."),
-    precision: str = typer.Option("bf16", help="bf16 (autocast, ~3.5x faster on CPU) or fp32."),
+    batch_size: int = typer.Option(16, help="Prompts per batch."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, or bf16 autocast (slower for decoding on most CPUs; try it on GPU)."
+    ),
     limit: int = typer.Option(None, help="Use only the first N prompts."),
     all_pairs: bool = typer.Option(
         False, help="Pair every two responses of a prompt, not just 1-2, 3-4, ..."

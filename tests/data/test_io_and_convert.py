@@ -1,0 +1,126 @@
+"""Whole files: every bad line reported, atomic writes, datasets folders, conversions."""
+
+import json
+
+import pytest
+
+from rlhfkit.data import Format, convert_rows, load, validate, write, write_jsonl
+from rlhfkit.data.convert import to_explicit_prompt, to_implicit_prompt
+from rlhfkit.errors import UserError
+from tests.conftest import messages, write_lines
+
+
+def test_every_bad_line_is_reported_with_its_number(tmp_path):
+    path = write_lines(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "Q", "chosen": "A", "rejected": "B"},
+            "{not json",
+            "",  # blank lines are skipped but still counted
+            {"prompt": "Q", "chosen": "A", "rejected": "A"},
+            {"prompt": "Q", "completion": "A"},
+            '"just a string"',
+        ],
+    )
+    dataset, problems = validate(path)
+    assert dataset is None
+    lines = [(p.line, p.reason) for p in problems]
+    assert [line for line, _ in lines] == [2, 4, 5, 6]
+    assert "bad JSON" in lines[0][1]
+    assert "identical" in lines[1][1]
+    assert "line 1 is preference (standard)" in lines[2][1]
+    assert "JSON object" in lines[3][1]
+    assert str(problems[0]).endswith("prefs.jsonl:2: bad JSON: Expecting property name "
+                                     "enclosed in double quotes (column 2)")
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff"}\n')
+    _, problems = validate(path)
+    assert [(p.line, "not UTF-8" in p.reason) for p in problems] == [(2, True)]
+
+
+def test_empty_file_and_missing_file(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    _, problems = validate(empty)
+    assert problems[0].reason == "the dataset is empty"
+    with pytest.raises(UserError, match="no such file"):
+        load(tmp_path / "nope.jsonl")
+
+
+def test_expected_format(tmp_path):
+    path = write_lines(tmp_path / "p.jsonl", [{"text": "hello"}])
+    with pytest.raises(UserError, match="expected preference"):
+        load(path, expect=[Format.PREFERENCE])
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.jsonl"
+    write_jsonl(target, [{"a": 1}])
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(target, rows())
+    assert target.read_text() == '{"a": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_hf_dataset_round_trip(tmp_path):
+    rows = [
+        {"prompt": messages(("user", "hi")), "chosen": messages(("assistant", "hello")),
+         "rejected": messages(("assistant", "go away")), "votes": {"a": "chosen"}},
+        {"prompt": messages(("user", "yo")), "chosen": messages(("assistant", "hey")),
+         "rejected": messages(("assistant", "no"))},
+    ]
+    src = write_lines(tmp_path / "prefs.jsonl", rows)
+    write(tmp_path / "as_dataset", load(src).rows)
+    back = load(tmp_path / "as_dataset")
+    assert back.kind == load(src).kind
+    assert back.rows[0]["prompt"] == rows[0]["prompt"]
+    assert back.rows[1].get("votes") is None  # Arrow's filled-in nulls are dropped again
+    write(tmp_path / "again.jsonl", back.rows)
+    assert load(tmp_path / "again.jsonl").rows[0]["chosen"] == rows[0]["chosen"]
+
+
+def test_hf_dataset_bad_rows_numbered(tmp_path):
+    write(tmp_path / "ds", [{"prompt": "Q", "chosen": "A", "rejected": "A"}])
+    _, problems = validate(tmp_path / "ds")
+    assert problems[0].line == 1 and "identical" in problems[0].reason
+
+
+def test_folder_that_is_not_a_dataset(tmp_path):
+    with pytest.raises(UserError, match="save_to_disk"):
+        load(tmp_path)
+
+
+def test_implicit_to_explicit_standard_matches_trl_rule():
+    # TRL's extract_prompt: split at the first difference, a trailing space goes with answers.
+    row = {"chosen": "Q: is it? yes", "rejected": "Q: is it? no"}
+    assert to_explicit_prompt(row, conversational=False) == {
+        "prompt": "Q: is it?", "chosen": " yes", "rejected": " no"}
+
+
+def test_implicit_explicit_round_trip_is_lossless():
+    convo = {
+        "chosen": messages(("system", "s"), ("user", "u"), ("assistant", "good")),
+        "rejected": messages(("system", "s"), ("user", "u"), ("assistant", "bad")),
+        "votes": {"a": "chosen"},
+    }
+    explicit = to_explicit_prompt(convo, conversational=True)
+    assert explicit["prompt"] == messages(("system", "s"), ("user", "u"))
+    assert explicit["votes"] == {"a": "chosen"}
+    assert to_implicit_prompt(explicit, conversational=True) == convo
+    text = {"chosen": "Hello there. Yes", "rejected": "Hello there. No"}
+    assert to_implicit_prompt(to_explicit_prompt(text, False), False) == text
+
+
+def test_convert_rows_refuses_wrong_source(tmp_path):
+    ds = load(write_lines(tmp_path / "lm.jsonl", [{"text": "hi"}]))
+    with pytest.raises(ValueError, match="converts preference_implicit"):
+        convert_rows(ds.rows, ds.kind, "explicit")
+    assert json.loads(json.dumps(convert_rows(ds.rows, ds.kind, None)[0])) == [{"text": "hi"}]

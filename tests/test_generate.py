@@ -1,0 +1,94 @@
+"""Sampling: seeded, batched, chat-templated, resumable, and written as annotation pairs."""
+
+import json
+
+import pytest
+
+from rlhfkit.data import Format, load
+from rlhfkit.errors import UserError
+from rlhfkit.generate import SamplingConfig, generate_candidates, render, sample
+from tests.conftest import messages, write_lines
+
+PROMPTS = [{"prompt": messages(("user", f"Question number {i}?"))} for i in range(5)]
+
+
+def test_render_uses_the_chat_template_for_messages_only(tiny):
+    _, tok = tiny
+    text = render(tok, messages(("user", "hi")))
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert render(tok, "plain text") == "plain text"
+
+
+def test_same_seed_same_samples(tiny):
+    model, tok = tiny
+    texts = [render(tok, p["prompt"]) for p in PROMPTS[:2]]
+    cfg = SamplingConfig(n=3, max_new_tokens=8, seed=7)
+    first = sample(model, tok, texts, cfg)
+    assert [len(g) for g in first] == [3, 3]
+    assert sample(model, tok, texts, cfg) == first
+    assert sample(model, tok, texts, SamplingConfig(n=3, max_new_tokens=8, seed=8)) != first
+
+
+def test_greedy_with_several_samples_is_refused():
+    with pytest.raises(UserError, match="greedy"):
+        SamplingConfig(n=2, temperature=0).check()
+
+
+def test_candidates_are_valid_comparison_rows(tmp_path):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "cand.jsonl"
+    cfg = SamplingConfig(n=4, max_new_tokens=6, batch_size=2)
+    result = generate_candidates("tiny-random", prompts, out, cfg)
+    data = load(out)
+    assert data.kind.format is Format.COMPARISON and data.kind.conversational
+    assert result.pairs == len(data) == 10 - result.identical_skipped
+    row = data.rows[0]
+    assert row["prompt"] == PROMPTS[0]["prompt"]
+    assert row["response_a"][0]["role"] == "assistant"
+    manifest = json.loads((tmp_path / "cand.jsonl.manifest.json").read_text())
+    assert manifest["inputs"]["prompts"]["sha256"] and manifest["config"]["n"] == 4
+    assert not (tmp_path / ".cand.jsonl.partial").exists()
+
+
+def test_all_pairs(tmp_path):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS[:1])
+    cfg = SamplingConfig(n=4, max_new_tokens=6)
+    result = generate_candidates("tiny-random", prompts, tmp_path / "c.jsonl", cfg, all_pairs=True)
+    assert result.pairs + result.identical_skipped == 6
+
+
+def test_interrupted_run_resumes_from_its_last_batch(tmp_path):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
+    cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)
+    reference = generate_candidates("tiny-random", prompts, tmp_path / "ref.jsonl", cfg)
+
+    calls = []
+
+    def crash_after_two_batches(done, total):
+        calls.append(done)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_candidates("tiny-random", prompts, out, cfg, on_progress=crash_after_two_batches)
+    assert not out.exists()
+    partial = tmp_path / ".out.jsonl.partial"
+    assert len(partial.read_text().splitlines()) == 3  # header + two finished batches
+    with partial.open("a") as f:
+        f.write('[[["cut off mid-wri')  # a batch the crash interrupted
+
+    seen = []
+    resumed = generate_candidates(
+        "tiny-random", prompts, out, cfg, on_progress=lambda d, t: seen.append(d)
+    )
+    assert seen[0] == 4  # started after the two finished batches
+    assert resumed.responses == reference.responses
+    assert out.read_text().replace("out.jsonl", "") == (tmp_path / "ref.jsonl").read_text()
+
+
+def test_prompts_of_the_wrong_format(tmp_path):
+    bad = write_lines(tmp_path / "lm.jsonl", [{"text": "hello"}])
+    with pytest.raises(UserError, match="expected prompt_only"):
+        generate_candidates("tiny-random", bad, tmp_path / "c.jsonl", SamplingConfig())
+    assert not (tmp_path / "c.jsonl").exists()
