@@ -41,9 +41,7 @@ def cli():
 
 def write_lines(path: Path, rows: list) -> Path:
     """Write rows as JSONL; a str row is written verbatim (to make broken lines)."""
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
-    )
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
 

@@ -77,11 +77,13 @@ def test_bad_detector_and_direction(example_text):
     text = example_text.replace('direction = "decrease"', 'direction = "down"')
     problems = errors_of(text)
     assert any(p.startswith("success_criteria[1].direction: Input should be") for p in problems)
-    text = example_text.replace("kind = \"length\", unit = \"words\", max = 60",
-                                "kind = \"length\", unit = \"words\"")
+    text = example_text.replace(
+        'kind = "length", unit = "words", max = 60', 'kind = "length", unit = "words"'
+    )
     assert "success_criteria[2].detector: a length detector needs 'min', 'max' or both" in (
-        errors_of(text))
-    text = example_text.replace("kind = \"regex\", pattern = '", "kind = \"regex\", pattern = '(")
+        errors_of(text)
+    )
+    text = example_text.replace('kind = "regex", pattern = \'', 'kind = "regex", pattern = \'(')
     assert any("not a valid regular expression" in p for p in errors_of(text))
 
 
@@ -121,19 +123,26 @@ def test_detectors_by_hand():
     assert LengthDetector(kind="length", unit="chars", min=3).matches("abc")
     assert StartsWithDetector(kind="starts_with", prefixes=["Dear"]).matches("  dear Sam")
     assert EndsWithDetector(kind="ends_with", suffixes=["Team"], ignore_case=False).matches(
-        "The Team \n")
+        "The Team \n"
+    )
     assert not EndsWithDetector(kind="ends_with", suffixes=["team"], ignore_case=False).matches(
-        "The Team")
+        "The Team"
+    )
 
 
 def test_callable_detector(example_text):
-    spec = parse_spec(example_text.replace(
-        "kind = \"length\", unit = \"words\", max = 60",
-        "kind = \"callable\", path = \"os.path:isabs\""))
+    spec = parse_spec(
+        example_text.replace(
+            'kind = "length", unit = "words", max = 60', 'kind = "callable", path = "os.path:isabs"'
+        )
+    )
     detector = spec.success_criteria[2].detector
     assert detector.matches("/abs") and not detector.matches("rel")
-    bad = parse_spec(example_text.replace(
-        "kind = \"length\", unit = \"words\", max = 60",
-        "kind = \"callable\", path = \"no_such_module:f\""))
+    bad = parse_spec(
+        example_text.replace(
+            'kind = "length", unit = "words", max = 60',
+            'kind = "callable", path = "no_such_module:f"',
+        )
+    )
     with pytest.raises(UserError, match="cannot be imported"):
         bad.success_criteria[2].detector.matches("x")

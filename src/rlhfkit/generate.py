@@ -146,6 +146,7 @@ def generate_candidates(
     partial = out.with_name(f".{out.name}.partial")
     done = _read_partial(partial, config_hash(settings))
     if not done:
+        out.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as f:
             f.write(json.dumps({"config_hash": config_hash(settings)}) + "\n")
 

@@ -30,8 +30,9 @@ def test_every_bad_line_is_reported_with_its_number(tmp_path):
     assert "identical" in lines[1][1]
     assert "line 1 is preference (standard)" in lines[2][1]
     assert "JSON object" in lines[3][1]
-    assert str(problems[0]).endswith("prefs.jsonl:2: bad JSON: Expecting property name "
-                                     "enclosed in double quotes (column 2)")
+    assert str(problems[0]).endswith(
+        "prefs.jsonl:2: bad JSON: Expecting property name enclosed in double quotes (column 2)"
+    )
 
 
 def test_not_utf8(tmp_path):
@@ -72,10 +73,17 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 def test_hf_dataset_round_trip(tmp_path):
     rows = [
-        {"prompt": messages(("user", "hi")), "chosen": messages(("assistant", "hello")),
-         "rejected": messages(("assistant", "go away")), "votes": {"a": "chosen"}},
-        {"prompt": messages(("user", "yo")), "chosen": messages(("assistant", "hey")),
-         "rejected": messages(("assistant", "no"))},
+        {
+            "prompt": messages(("user", "hi")),
+            "chosen": messages(("assistant", "hello")),
+            "rejected": messages(("assistant", "go away")),
+            "votes": {"a": "chosen"},
+        },
+        {
+            "prompt": messages(("user", "yo")),
+            "chosen": messages(("assistant", "hey")),
+            "rejected": messages(("assistant", "no")),
+        },
     ]
     src = write_lines(tmp_path / "prefs.jsonl", rows)
     write(tmp_path / "as_dataset", load(src).rows)
@@ -102,7 +110,10 @@ def test_implicit_to_explicit_standard_matches_trl_rule():
     # TRL's extract_prompt: split at the first difference, a trailing space goes with answers.
     row = {"chosen": "Q: is it? yes", "rejected": "Q: is it? no"}
     assert to_explicit_prompt(row, conversational=False) == {
-        "prompt": "Q: is it?", "chosen": " yes", "rejected": " no"}
+        "prompt": "Q: is it?",
+        "chosen": " yes",
+        "rejected": " no",
+    }
 
 
 def test_implicit_explicit_round_trip_is_lossless():

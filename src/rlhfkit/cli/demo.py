@@ -102,9 +102,11 @@ def _show(root: Path, candidates: Path, rates: dict, log, ran: dict[str, bool]) 
     for key in ("response_a", "response_b"):
         console.print(f"[bold]{key}[/bold]: {example[key][0]['content']}")
 
-    table = Table(
-        title=f"Success criteria on {rates['responses']} sampled replies (before training)"
+    console.print(
+        f"Success criteria on {rates['responses']} sampled replies, before any training "
+        f"({rates['truncated']} cut off at the token limit):"
     )
+    table = Table()
     table.add_column("criterion")
     table.add_column("should")
     table.add_column("pass rate", justify="right")
@@ -113,7 +115,8 @@ def _show(root: Path, candidates: Path, rates: dict, log, ran: dict[str, bool]) 
     console.print(table)
     console.print(f"mean reply length: {rates['mean_words']:.0f} words")
 
-    stages = Table(title="Stages")
+    console.print("Stages:")
+    stages = Table()
     stages.add_column("stage")
     stages.add_column("status")
     stages.add_column("seconds", justify="right")

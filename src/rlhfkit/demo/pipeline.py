@@ -93,6 +93,7 @@ def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
         }
     words = [len(t.split()) for t in responses]
     return {
+        "truncated": sum(sum(r.get("truncated", [])) for r in rows),
         "criteria": rates,
         "mean_words": sum(words) / len(words) if words else None,
         "responses": len(responses),

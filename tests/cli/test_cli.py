@@ -1,0 +1,191 @@
+"""The real `rlhfkit` executable, run as a user runs it."""
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import messages, run_cli, write_lines
+
+
+def test_help_is_fast_and_follows_the_pipeline():
+    started = time.time()
+    result = run_cli("--help")
+    elapsed = time.time() - started
+    assert result.code == 0
+    assert elapsed < 1.5, f"rlhfkit --help took {elapsed:.2f} s"
+    listed = re.findall(r"^[│|] (\w+) ", result.stdout, flags=re.M)
+    assert listed == ["init", "data", "models", "generate", "demo"]
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import sys; from rlhfkit.cli import app\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data", "validate"],
+        ["data", "convert"],
+        ["models", "pull"],
+        ["init"],
+        ["generate"],
+        ["demo"],
+    ],
+)
+def test_every_command_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.code == 0 and "Usage:" in result.stdout
+
+
+def test_validate_good_file(tmp_path):
+    path = write_lines(
+        tmp_path / "prefs.jsonl",
+        [
+            {"prompt": "Q", "chosen": "A", "rejected": "B", "votes": {"a": "chosen"}},
+            {"prompt": "R", "chosen": "C", "rejected": "D"},
+        ],
+    )
+    result = run_cli("data", "validate", str(path))
+    assert result.code == 0, result.stderr
+    assert "preference (standard), 2 rows; metadata: votes" in result.stdout
+    as_json = json.loads(run_cli("data", "validate", "--json", str(path)).stdout)
+    assert as_json["format"] == "preference" and as_json["rows"] == 2
+
+
+def test_validate_bad_file_lists_every_row_and_exits_2(tmp_path):
+    path = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            {"prompt": "Q", "chosen": "A", "rejected": "A"},
+            "{oops",
+            {"prompt": messages(("user", "hi")), "completion": messages(("user", "again"))},
+        ],
+    )
+    result = run_cli("data", "validate", str(path))
+    assert result.code == 2
+    assert "bad.jsonl:1: 'chosen' and 'rejected' are identical" in result.stderr
+    assert "bad.jsonl:2: bad JSON" in result.stderr
+    assert "bad.jsonl:3:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_convert_round_trip_and_refusal(tmp_path):
+    src = write_lines(
+        tmp_path / "implicit.jsonl", [{"chosen": "Q: sure thing", "rejected": "Q: no way"}]
+    )
+    result = run_cli(
+        "data", "convert", str(src), str(tmp_path / "explicit.jsonl"), "--to", "explicit"
+    )
+    assert result.code == 0, result.stderr
+    row = json.loads((tmp_path / "explicit.jsonl").read_text())
+    assert row == {"prompt": "Q:", "chosen": " sure thing", "rejected": " no way"}
+    assert (
+        run_cli(
+            "data",
+            "convert",
+            str(tmp_path / "explicit.jsonl"),
+            str(tmp_path / "ds"),
+        ).code
+        == 0
+    )
+    assert (
+        "preference (standard), 1 rows" in run_cli("data", "validate", str(tmp_path / "ds")).stdout
+    )
+
+    bad = write_lines(tmp_path / "bad.jsonl", [{"chosen": "same", "rejected": "same"}])
+    result = run_cli("data", "convert", str(bad), str(tmp_path / "never.jsonl"))
+    assert result.code == 2 and "bad.jsonl:1:" in result.stderr
+    assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_init_then_refuses_to_overwrite(tmp_path):
+    result = run_cli("init", str(tmp_path / "proj"))
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "proj" / "rlhfkit.toml").exists()
+    again = run_cli("init", str(tmp_path / "proj"))
+    assert again.code == 2 and "not empty" in again.stderr
+
+
+def test_bad_spec_names_the_field(tmp_path):
+    run_cli("init", str(tmp_path / "proj"))
+    spec = tmp_path / "proj" / "rlhfkit.toml"
+    spec.write_text(
+        spec.read_text().replace("agreement_threshold = 0.65", "agreement_threshold = 1.5")
+    )
+    result = run_cli("generate", "--project", str(tmp_path / "proj"), "--model", "tiny-random")
+    assert result.code == 2
+    assert (
+        "rlhfkit.toml: annotation.agreement_threshold: Input should be less than or equal"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_models_pull_and_list():
+    result = run_cli("models", "pull", "tiny-random")
+    assert result.code == 0 and "tiny-random" in result.stdout
+    listing = run_cli("models", "list")
+    assert "smollm2-135m-instruct" in listing.stdout
+
+
+def test_generate_through_the_cli(tmp_path):
+    prompts = write_lines(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": messages(("user", f"Help me {i}"))} for i in range(3)],
+    )
+    out = tmp_path / "cand.jsonl"
+    result = run_cli(
+        "generate",
+        "--model",
+        "tiny-random",
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "5",
+        "--n",
+        "2",
+        "--seed",
+        "3",
+    )
+    assert result.code == 0, result.stderr
+    assert "pairs from 3 prompts" in result.stdout
+    assert "comparison (conversational)" in run_cli("data", "validate", str(out)).stdout
+
+
+def test_missing_model_is_exit_2_without_traceback(tmp_path):
+    prompts = write_lines(tmp_path / "prompts.jsonl", [{"prompt": "hi"}])
+    result = run_cli(
+        "generate",
+        "--model",
+        str(tmp_path / "nope"),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "c.jsonl"),
+    )
+    assert result.code == 2 and "never downloads" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_then_skips_finished_stages(tmp_path):
+    first = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
+    assert first.code == 0, first.stderr
+    assert "Success criteria on 16 sampled replies" in first.stdout
+    baseline = json.loads((tmp_path / "demo" / "baseline.json").read_text())
+    assert set(baseline["criteria"]) == {"signs_off", "hedging", "concise"}
+    started = time.time()
+    again = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
+    assert again.code == 0 and again.stdout.count("skipped (done)") == 4
+    assert time.time() - started < 15
