@@ -1,0 +1,189 @@
+"""Direct preference optimisation (Rafailov et al. 2023), written out.
+
+The reference model's log-probs are computed once per (model, data) and cached on disk, so
+no second model sits in memory while training; alternatively, with LoRA, the adapter-off base
+serves as the reference live. The policy scores chosen and rejected completions in one
+forward pass, and only completion tokens reach the LM head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rlhfkit.data import Format, load
+from rlhfkit.errors import UserError
+from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.loop import (
+    LoopConfig,
+    add_lora,
+    completion_batch,
+    rubric_version,
+    seed_everything,
+)
+from rlhfkit.train.losses import DPO_LOSS_TYPES, dpo_loss
+from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
+from rlhfkit.train.scoring import CompletionScorer, sequence_logps
+from rlhfkit.train.tokenize import Example, tokenize_dataset
+
+
+@dataclass
+class DPOConfig(LoopConfig):
+    output_dir: Path = Path("runs/dpo")
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    """Strength of the pull towards the reference: higher stays closer to it."""
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    """sigmoid (DPO), ipo, hinge (SLiC) or robust (noisy labels)."""
+    label_smoothing: float = 0.0
+    """Assumed rate of flipped labels: conservative DPO with sigmoid, unbiased with robust."""
+    reference: Literal["precomputed", "adapter-off"] = "precomputed"
+    """precomputed: reference log-probs computed once and cached on disk; adapter-off: the
+    LoRA-disabled base scores each batch live (LoRA only)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise UserError(f"--loss-type is one of {', '.join(DPO_LOSS_TYPES)}")
+        if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
+            raise UserError("--beta must be positive and --label-smoothing in [0, 0.5)")
+        if self.reference == "adapter-off" and not self.lora:
+            raise UserError("--reference adapter-off needs --lora")
+
+
+@dataclass
+class TrainResult:
+    final: Path
+    last: dict
+    truncated: int
+    examples: int
+
+
+def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:
+    # 1. data, model, tokens
+    cfg.check()
+    seed_everything(cfg.seed)
+    from rlhfkit.models import load_model
+
+    data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
+    model, tok = load_model(cfg.model)
+    examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = add_lora(model, cfg)
+    scorer = CompletionScorer(model)
+    accelerator = make_accelerator(cfg)
+
+    # 2. reference log-probs, before any checkpoint is loaded into the policy
+    ref = None
+    if cfg.reference == "precomputed":
+        ref = reference_logps(scorer, examples, tok.pad_token_id, cfg, accelerator)
+
+    # 3. optimizer, schedule, placement, resume
+    lengths = [max(ex.lengths()) for ex in examples]
+    run = start_run(cfg, accelerator, scorer, lengths, progress)
+    device = run.accelerator.device
+
+    for step in range(run.start, run.total):
+        micro_batches = run.micro_batches(step)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        for i, idx in enumerate(micro_batches):
+            batch = [examples[j] for j in idx]
+            ids, mask, score, lengths = (
+                t.to(device) for t in completion_batch(batch, tok.pad_token_id)
+            )
+            with run.sync(i == len(micro_batches) - 1):
+                # 4. policy log-probs of chosen and rejected in one forward pass
+                with run.accelerator.autocast():
+                    logps = sequence_logps(run.module, ids, mask, score).float()
+                chosen, rejected = logps.chunk(2)
+                # 5. reference log-probs: cached, or the adapter-off base now
+                if ref is not None:
+                    ref_chosen, ref_rejected = ref[idx].to(device).unbind(1)
+                else:
+                    ref_chosen, ref_rejected = _live_reference(run, ids, mask, score)
+                # 6. the loss, summed here and divided by the global batch size
+                losses, r_chosen, r_rejected = dpo_loss(
+                    chosen,
+                    rejected,
+                    ref_chosen,
+                    ref_rejected,
+                    beta=cfg.beta,
+                    loss_type=cfg.loss_type,
+                    label_smoothing=cfg.label_smoothing,
+                    chosen_lengths=lengths[: len(batch)],
+                    rejected_lengths=lengths[len(batch) :],
+                )
+                run.backward(losses.sum() * run.world / cfg.batch_size, int(mask.sum()))
+            sums["loss"] += losses.detach().sum().cpu()
+            sums["rewards/chosen"] += r_chosen.sum().cpu()
+            sums["rewards/rejected"] += r_rejected.sum().cpu()
+            sums["rewards/accuracy"] += (r_chosen > r_rejected).float().sum().cpu()
+            sums["rewards/margin"] += (r_chosen - r_rejected).sum().cpu()
+        # 7. clip, step, log, checkpoint
+        last = run.end_step(step + 1, sums, run.optimizer_step())
+
+    final = save_final(
+        Path(cfg.output_dir),
+        run.accelerator.unwrap_model(run.module).model,
+        tok,
+        cfg,
+        "dpo",
+        run.accelerator,
+        rubric_version=rubric_version(data.rows),
+        examples=len(examples),
+    )
+    return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))
+
+
+def _live_reference(run, ids, mask, score) -> tuple[torch.Tensor, torch.Tensor]:
+    scorer = run.accelerator.unwrap_model(run.module)
+    with torch.no_grad(), scorer.model.disable_adapter(), run.accelerator.autocast():
+        return sequence_logps(scorer, ids, mask, score).float().chunk(2)
+
+
+def reference_logps(
+    scorer: CompletionScorer, examples: list[Example], pad_id: int, cfg: DPOConfig, accelerator
+) -> torch.Tensor:
+    """Reference log-probs [n, 2] (chosen, rejected) of every pair, cached on disk.
+
+    The cache key covers the model's weights files, the token ids and the precision, so a
+    change to any of them recomputes.
+    """
+    from rlhfkit.data.io import atomic_open
+    from rlhfkit.models import cache_dir, resolve
+
+    key = _reference_key(resolve(cfg.model), examples, cfg.precision)
+    path = cache_dir() / "reference-logps" / f"{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    out = torch.empty(len(examples), 2)
+    scorer.to(accelerator.device)
+    with torch.inference_mode(), accelerator.autocast():
+        for start in range(0, len(examples), cfg.batch_size):
+            batch = examples[start : start + cfg.batch_size]
+            tensors = (t.to(accelerator.device) for t in completion_batch(batch, pad_id))
+            logps = sequence_logps(scorer, *list(tensors)[:3]).float().cpu()
+            out[start : start + len(batch)] = torch.stack(logps.chunk(2), dim=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        torch.save(out, f)
+    return out
+
+
+def _reference_key(model_dir: Path, examples: list[Example], precision: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*.safetensors")):
+        stat = f.stat()
+        h.update(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h.update(precision.encode())
+    for ex in examples:
+        h.update(json.dumps([ex.prompt, *ex.completions]).encode())
+    return h.hexdigest()[:24]

@@ -1,0 +1,149 @@
+"""Stage 2: a reward model, a scalar head on a causal-LM backbone, trained with the
+Bradley–Terry loss on preference pairs. Written out.
+
+The backbone may use a different tokenizer from the policy: the reward model tokenizes the
+full conversation itself. The result is an ordinary `AutoModelForSequenceClassification`
+folder (one label), as TRL's RewardTrainer makes, so any tool can load it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data import Format, load
+from rlhfkit.errors import UserError
+from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.dpo import TrainResult
+from rlhfkit.train.loop import LoopConfig, add_lora, pad_right, rubric_version, seed_everything
+from rlhfkit.train.losses import reward_loss
+from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
+from rlhfkit.train.tokenize import Example, tokenize_dataset
+
+
+@dataclass
+class RewardConfig(LoopConfig):
+    output_dir: Path = Path("runs/rm")
+    learning_rate: float = 1e-4
+    center_coef: float = 0.0
+    """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.center_coef < 0:
+            raise UserError("--center-coef must be >= 0")
+
+
+def load_reward_model(name_or_path: str):
+    """A causal-LM backbone (or a trained reward model) with a one-output score head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    from rlhfkit.models import load_tokenizer, resolve
+
+    folder = resolve(name_or_path)
+    tok = load_tokenizer(str(folder))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialized" is the point here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), num_labels=1, dtype=torch.float32, local_files_only=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def pair_batch(examples: list[Example], pad_id: int):
+    """Full chosen sequences then full rejected ones, right-padded: ids, mask [2B, T]."""
+    seqs = [ex.prompt + ex.completions[k] for k in (0, 1) for ex in examples]
+    return pad_right(seqs, pad_id)
+
+
+def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Tensor:
+    """Rewards [B, 2] (chosen, rejected) for a batch of pairs."""
+    ids, mask = (t.to(device) for t in pair_batch(examples, pad_id))
+    rewards = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+    return torch.stack(rewards.chunk(2), dim=1)
+
+
+def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> TrainResult:
+    # 1. data, backbone + fresh score head, tokens
+    cfg.check()
+    seed_everything(cfg.seed)
+    data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
+    model, tok = load_reward_model(cfg.model)
+    examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = add_lora(model, cfg, task_type="SEQ_CLS")
+
+    # 2. optimizer, schedule, placement, resume
+    accelerator = make_accelerator(cfg)
+    lengths = [max(ex.lengths()) for ex in examples]
+    run = start_run(cfg, accelerator, model, lengths, progress)
+
+    for step in range(run.start, run.total):
+        micro_batches = run.micro_batches(step)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        for i, idx in enumerate(micro_batches):
+            batch = [examples[j] for j in idx]
+            margin = None
+            if any(ex.margin is not None for ex in batch):
+                margin = torch.tensor([ex.margin or 0.0 for ex in batch], device=accelerator.device)
+            with run.sync(i == len(micro_batches) - 1):
+                # 3. a scalar reward for each full chosen and rejected sequence
+                with accelerator.autocast():
+                    rewards = score_pairs(run.module, batch, tok.pad_token_id, accelerator.device)
+                chosen, rejected = rewards.unbind(1)
+                # 4. Bradley–Terry loss; a micro-batch's mean weighted by its share of the step
+                loss = reward_loss(chosen, rejected, margin, cfg.center_coef)
+                run.backward(loss * len(batch) * run.world / cfg.batch_size, int(rewards.numel()))
+            sums["loss"] += loss.detach().cpu() * len(batch)
+            sums["accuracy"] += (chosen > rejected).float().sum().detach().cpu()
+            sums["margin"] += (chosen - rejected).sum().detach().cpu()
+            sums["reward_mean"] += rewards.mean(dim=1).sum().detach().cpu()
+        # 5. clip, step, log, checkpoint
+        last = run.end_step(step + 1, sums, run.optimizer_step())
+
+    final = save_final(
+        Path(cfg.output_dir),
+        accelerator.unwrap_model(run.module),
+        tok,
+        cfg,
+        "reward_model",
+        accelerator,
+        rubric_version=rubric_version(data.rows),
+        examples=len(examples),
+    )
+    return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))
+
+
+def evaluate_reward_model(model_ref: str, data_path: Path, batch_size: int = 16) -> dict:
+    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+    data = load(data_path, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
+    model, tok = load_reward_model(model_ref)
+    model.eval()
+    examples, truncated = tokenize_dataset(tok, data, tok.model_max_length or 2048, "preference")
+    scores = []
+    with torch.inference_mode():
+        for start in range(0, len(examples), batch_size):
+            scores.append(
+                score_pairs(model, examples[start : start + batch_size], tok.pad_token_id, "cpu")
+            )
+    rewards = torch.cat(scores)
+    diff = rewards[:, 0] - rewards[:, 1]
+    return {
+        "pairs": len(examples),
+        "accuracy": float((diff > 0).float().mean()),
+        "mean_margin": float(diff.mean()),
+        "mean_reward_chosen": float(rewards[:, 0].mean()),
+        "mean_reward_rejected": float(rewards[:, 1].mean()),
+        "truncated": truncated,
+    }

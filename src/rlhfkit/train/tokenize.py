@@ -1,0 +1,130 @@
+"""Turning validated rows into token ids, exactly as TRL 1.16 does.
+
+Conversational rows go through the chat template: the prompt alone with the generation
+prompt, then prompt + completion; the completion is what follows their common prefix.
+Standard (text) rows are tokenized as they are, and a preference's chosen and rejected texts
+get the EOS token appended, as TRL does. Matching TRL here is what lets its trainers serve as
+the oracle for rlhfkit's losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rlhfkit.data import Dataset, Format
+from rlhfkit.errors import Problem, UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized example. For SFT `completions` has one entry, for preferences two
+    (chosen, rejected). The model sees ``prompt + completion``; only completion tokens are
+    scored."""
+
+    prompt: list[int]
+    completions: tuple[list[int], ...]
+    margin: float | None = None
+
+    def lengths(self) -> list[int]:
+        return [len(self.prompt) + len(c) for c in self.completions]
+
+
+def _ids(tok: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False) -> list[int]:
+    if isinstance(value, list):
+        out = tok.apply_chat_template(
+            value, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+        )
+        return list(out["input_ids"])
+    return list(tok(value)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def split_prompt_completion(
+    tok: PreTrainedTokenizerBase, prompt: Any, completion: Any
+) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the completion that follows it."""
+    prompt_ids = _ids(tok, prompt, generation_prompt=isinstance(prompt, list))
+    full = _ids(tok, prompt + completion)
+    cut = _common_prefix(prompt_ids, full)
+    return prompt_ids[:cut], full[cut:]
+
+
+def tokenize_sft(tok: PreTrainedTokenizerBase, row: dict[str, Any], fmt: Format) -> Example:
+    """Prompt/completion rows score the completion; message rows score the assistant turns
+    (as one completion after the first assistant turn begins); text rows score everything."""
+    if fmt is Format.PROMPT_COMPLETION:
+        prompt, completion = split_prompt_completion(tok, row["prompt"], row["completion"])
+        return Example(prompt, (completion,))
+    if "messages" in row:
+        messages = row["messages"]
+        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt, completion = split_prompt_completion(tok, messages[:first], messages[first:])
+        return Example(prompt, (completion,))
+    ids = [*_ids(tok, row["text"]), tok.eos_token_id]
+    return Example(ids[:1], (ids[1:],))
+
+
+def tokenize_preference(tok: PreTrainedTokenizerBase, row: dict[str, Any]) -> Example:
+    """Explicit-prompt preference row -> prompt, chosen and rejected token ids."""
+    prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+    if isinstance(prompt, str):
+        eos = tok.eos_token
+        chosen = chosen if chosen.endswith(eos) else chosen + eos
+        rejected = rejected if rejected.endswith(eos) else rejected + eos
+    prompt_ids = _ids(tok, prompt, generation_prompt=isinstance(prompt, list))
+    full_c, full_r = _ids(tok, prompt + chosen), _ids(tok, prompt + rejected)
+    cut = min(_common_prefix(prompt_ids, full_c), _common_prefix(prompt_ids, full_r))
+    return Example(prompt_ids[:cut], (full_c[cut:], full_r[cut:]), row.get("margin"))
+
+
+def tokenize_dataset(
+    tok: PreTrainedTokenizerBase, dataset: Dataset, max_length: int, kind: str
+) -> tuple[list[Example], int]:
+    """Tokenize every row; return the examples and how many completions were truncated.
+
+    A prompt that leaves no room for its completion within `max_length` is the user's to fix
+    (``FILE:LINE: reason``); a completion that runs past it is cut at `max_length`.
+    """
+    from rlhfkit.data.convert import to_explicit_prompt
+
+    problems, examples, truncated = [], [], 0
+    for row, line in zip(dataset.rows, dataset.lines, strict=True):
+        if kind == "sft":
+            ex = tokenize_sft(tok, row, dataset.kind.format)
+        else:
+            if dataset.kind.format is Format.PREFERENCE_IMPLICIT:
+                row = to_explicit_prompt(row, dataset.kind.conversational)
+            ex = tokenize_preference(tok, row)
+        if len(ex.prompt) >= max_length:
+            problems.append(
+                Problem(
+                    str(dataset.path),
+                    line,
+                    f"prompt is {len(ex.prompt)} tokens, no room for a completion within "
+                    f"max length {max_length}",
+                )
+            )
+            continue
+        room = max_length - len(ex.prompt)
+        if any(len(c) > room for c in ex.completions):
+            truncated += 1
+            ex = Example(ex.prompt, tuple(c[:room] for c in ex.completions), ex.margin)
+        if any(not c for c in ex.completions):
+            problems.append(Problem(str(dataset.path), line, "a completion has no tokens"))
+            continue
+        examples.append(ex)
+    if problems:
+        raise UserError(problems[:50], hint="raise --max-length or shorten these prompts")
+    return examples, truncated
