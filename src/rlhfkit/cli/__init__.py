@@ -19,6 +19,7 @@ from rlhfkit.cli import demo as demo_cmds
 from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
 from rlhfkit.cli import project as project_cmds
+from rlhfkit.cli import train as train_cmds
 from rlhfkit.cli.common import err_console
 from rlhfkit.errors import UserError
 
@@ -54,6 +55,8 @@ class _PipelineOrder(TyperGroup):
 DESIGN = "1. Design the project"
 INPUTS = "2. Data and models"
 COLLECT = "3. Collect preferences"
+TRAIN = "4. Train"
+PROVE = "5. Prove it worked"
 ALL = "Run everything"
 
 app = typer.Typer(
@@ -86,6 +89,8 @@ app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
 app.add_typer(data_cmds.app, name="data", rich_help_panel=INPUTS)
 app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
+app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
+app.add_typer(train_cmds.eval_app, name="eval", rich_help_panel=PROVE)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 
 

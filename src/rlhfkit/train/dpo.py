@@ -13,48 +13,22 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from rlhfkit.data import Format, load
-from rlhfkit.errors import UserError
 from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.configs import DPOConfig
 from rlhfkit.train.loop import (
-    LoopConfig,
     add_lora,
     completion_batch,
     rubric_version,
     seed_everything,
 )
-from rlhfkit.train.losses import DPO_LOSS_TYPES, dpo_loss
+from rlhfkit.train.losses import dpo_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
 from rlhfkit.train.tokenize import Example, tokenize_dataset
-
-
-@dataclass
-class DPOConfig(LoopConfig):
-    output_dir: Path = Path("runs/dpo")
-    learning_rate: float = 5e-5
-    beta: float = 0.1
-    """Strength of the pull towards the reference: higher stays closer to it."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    """sigmoid (DPO), ipo, hinge (SLiC) or robust (noisy labels)."""
-    label_smoothing: float = 0.0
-    """Assumed rate of flipped labels: conservative DPO with sigmoid, unbiased with robust."""
-    reference: Literal["precomputed", "adapter-off"] = "precomputed"
-    """precomputed: reference log-probs computed once and cached on disk; adapter-off: the
-    LoRA-disabled base scores each batch live (LoRA only)."""
-
-    def check(self) -> None:
-        super().check()
-        if self.loss_type not in DPO_LOSS_TYPES:
-            raise UserError(f"--loss-type is one of {', '.join(DPO_LOSS_TYPES)}")
-        if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
-            raise UserError("--beta must be positive and --label-smoothing in [0, 0.5)")
-        if self.reference == "adapter-off" and not self.lora:
-            raise UserError("--reference adapter-off needs --lora")
 
 
 @dataclass

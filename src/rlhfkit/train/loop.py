@@ -7,75 +7,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from rlhfkit.errors import UserError, display_path
+from rlhfkit.train.configs import LoopConfig
 
 if TYPE_CHECKING:
     import torch
 
     from rlhfkit.train.tokenize import Example
-
-
-@dataclass
-class LoopConfig:
-    """Settings every trainer shares."""
-
-    model: str = "smollm2-135m-instruct"
-    """Model folder, hub id in the local cache, or bundled alias."""
-    data: Path = Path("data.jsonl")
-    """Training data (JSONL or a saved dataset folder)."""
-    output_dir: Path = Path("runs/train")
-    """Where checkpoints, metrics.jsonl and the final model go."""
-    epochs: float = 1.0
-    """Passes over the data (fractions allowed)."""
-    max_steps: int = 0
-    """Stop after this many optimizer steps (0: use epochs)."""
-    batch_size: int = 8
-    """Examples per optimizer step, over all processes and accumulation steps."""
-    grad_accum: int = 1
-    """Split each step's batch into this many sequential micro-batches (saves memory)."""
-    learning_rate: float = 5e-5
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
-    """Share of the steps spent warming the learning rate up from zero."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    """Clip the gradient's global norm to this (0: no clipping)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """bf16 autocast (matmuls ~3.5x faster on recent CPUs) or fp32 (exact, for tests)."""
-    lora: bool = True
-    """Train a LoRA adapter instead of every weight."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    merge_lora: bool = True
-    """Save the final model with the adapter merged in (False: save the adapter alone)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about 30% slower."""
-    max_length: int = 512
-    """Longest prompt + completion in tokens; longer completions are cut."""
-    seed: int = 0
-    save_every: int = 50
-    """Write a resumable checkpoint every N steps (0: only at the end)."""
-    resume: bool = False
-    """Continue from the latest checkpoint in output_dir."""
-    report_to: str = "none"
-    """Also log to: none, tensorboard, mlflow or trackio (when installed)."""
-
-    def check(self) -> None:
-        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise UserError("--batch-size must be a positive multiple of --grad-accum")
-        if self.epochs <= 0 and self.max_steps <= 0:
-            raise UserError("give a positive --epochs or --max-steps")
-        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
-            raise UserError("--learning-rate must be positive and --warmup-ratio in [0, 1)")
-        if self.max_length < 8:
-            raise UserError("--max-length must be at least 8")
-        if self.report_to not in ("none", "tensorboard", "mlflow", "trackio"):
-            raise UserError("--report-to is one of none, tensorboard, mlflow, trackio")
 
 
 # --- batching ---------------------------------------------------------------------------

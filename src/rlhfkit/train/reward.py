@@ -9,32 +9,18 @@ folder (one label), as TRL's RewardTrainer makes, so any tool can load it.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlhfkit.data import Format, load
-from rlhfkit.errors import UserError
 from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import LoopConfig, add_lora, pad_right, rubric_version, seed_everything
+from rlhfkit.train.loop import add_lora, pad_right, rubric_version, seed_everything
 from rlhfkit.train.losses import reward_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.tokenize import Example, tokenize_dataset
-
-
-@dataclass
-class RewardConfig(LoopConfig):
-    output_dir: Path = Path("runs/rm")
-    learning_rate: float = 1e-4
-    center_coef: float = 0.0
-    """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
-
-    def check(self) -> None:
-        super().check()
-        if self.center_coef < 0:
-            raise UserError("--center-coef must be >= 0")
 
 
 def load_reward_model(name_or_path: str):

@@ -8,25 +8,19 @@ shards give the same gradient as one big batch). Prompt tokens and padding are n
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.configs import SFTConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import LoopConfig, add_lora, completion_batch, seed_everything
+from rlhfkit.train.loop import add_lora, completion_batch, seed_everything
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer
 from rlhfkit.train.tokenize import tokenize_dataset
-
-
-@dataclass
-class SFTConfig(LoopConfig):
-    output_dir: Path = Path("runs/sft")
-    learning_rate: float = 2e-4
 
 
 def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult:

@@ -65,7 +65,10 @@ def tokenize_sft(tok: PreTrainedTokenizerBase, row: dict[str, Any], fmt: Format)
     """Prompt/completion rows score the completion; message rows score the assistant turns
     (as one completion after the first assistant turn begins); text rows score everything."""
     if fmt is Format.PROMPT_COMPLETION:
-        prompt, completion = split_prompt_completion(tok, row["prompt"], row["completion"])
+        completion = row["completion"]
+        if isinstance(completion, str) and not completion.endswith(tok.eos_token):
+            completion += tok.eos_token  # as TRL: a text completion learns to stop
+        prompt, completion = split_prompt_completion(tok, row["prompt"], completion)
         return Example(prompt, (completion,))
     if "messages" in row:
         messages = row["messages"]

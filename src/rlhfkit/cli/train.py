@@ -1,0 +1,135 @@
+"""`rlhfkit train sft|rm|dpo` and `rlhfkit eval rm`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rlhfkit.cli.common import console, err_console
+from rlhfkit.cli.configs import command_from_config
+from rlhfkit.train.loop import LoopConfig
+
+app = typer.Typer(
+    help="Train: SFT (stage 1), a reward model (stage 2), or DPO (preferences, no RL).",
+    no_args_is_help=True,
+)
+
+SHOWN = ("loss", "rewards/accuracy", "rewards/margin", "accuracy", "margin", "tokens_per_s")
+
+
+def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig], None]:
+    def run(cfg: LoopConfig) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from rlhfkit.errors import display_path
+
+        started = time.time()
+        with Progress(
+            TextColumn(f"{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=err_console,
+        ) as bar:
+            task = bar.add_task(label, total=None, metrics="loading model and data")
+
+            def progress(step: int, total: int, m: dict[str, float]) -> None:
+                shown = "  ".join(f"{k}={m[k]:.3g}" for k in SHOWN if k in m)
+                bar.update(task, completed=step, total=total, metrics=shown)
+
+            result = train(cfg, progress)
+        console.print(
+            f"{label}: {result.examples} examples, {time.time() - started:.0f} s; "
+            f"model in {display_path(result.final)}; metrics in "
+            f"{display_path(Path(cfg.output_dir) / 'metrics.jsonl')}"
+        )
+        if result.truncated:
+            console.print(f"note: {result.truncated} completions were cut at --max-length")
+        if result.last:
+            console.print(
+                "last step: " + json.dumps({k: round(v, 4) for k, v in result.last.items()})
+            )
+
+    return run
+
+
+def _lazy(module: str, fn: str) -> Callable[[Any, Any], Any]:
+    def call(cfg, progress):
+        import importlib
+
+        return getattr(importlib.import_module(module), fn)(cfg, progress)
+
+    return call
+
+
+def _register() -> None:
+    # Config classes import only the standard library, so --help stays fast.
+    from rlhfkit.train.configs import DPOConfig, RewardConfig, SFTConfig
+
+    sft = command_from_config(
+        SFTConfig, _train("sft", _lazy("rlhfkit.train.sft", "train_sft")), required=("data",)
+    )
+    sft.__doc__ = """Stage 1: supervised fine-tuning on (prompt, ideal response) data.
+
+    The loss is the likelihood of completion tokens only (the prompt is masked); chat
+    templates are applied to conversational data. Data: prompt/completion or messages rows.
+    """
+    rm = command_from_config(
+        RewardConfig,
+        _train("rm", _lazy("rlhfkit.train.reward", "train_reward")),
+        required=("data",),
+    )
+    rm.__doc__ = """Stage 2: a reward model (scalar head, Bradley–Terry loss) on preference pairs.
+
+    Check it on held-out pairs with `rlhfkit eval rm` before trusting it.
+    """
+    dpo = command_from_config(
+        DPOConfig, _train("dpo", _lazy("rlhfkit.train.dpo", "train_dpo")), required=("data",)
+    )
+    dpo.__doc__ = """Direct preference optimisation: learn from preference pairs without a reward
+    model or an RL loop. Reference log-probs are computed once and cached on disk.
+    """
+    app.command("sft")(sft)
+    app.command("rm")(rm)
+    app.command("dpo")(dpo)
+
+
+_register()
+
+eval_app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
+
+
+@eval_app.command("rm")
+def eval_rm(
+    model: str = typer.Option(..., help="The reward model folder (final/ of `train rm`)."),
+    data: Path = typer.Option(..., help="Held-out preference pairs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Held-out accuracy of a reward model: how often it scores chosen above rejected."""
+    from rlhfkit.train.reward import evaluate_reward_model
+
+    figures = evaluate_reward_model(model, data)
+    if as_json:
+        console.print_json(json.dumps(figures))
+        return
+    console.print(
+        f"{figures['pairs']} pairs: accuracy {figures['accuracy']:.3f}, "
+        f"mean margin {figures['mean_margin']:.3f} "
+        f"(chosen {figures['mean_reward_chosen']:.3f}, rejected "
+        f"{figures['mean_reward_rejected']:.3f})"
+    )
