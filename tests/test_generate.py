@@ -92,3 +92,31 @@ def test_prompts_of_the_wrong_format(tmp_path):
     with pytest.raises(UserError, match="expected prompt_only"):
         generate_candidates("tiny-random", bad, tmp_path / "c.jsonl", SamplingConfig())
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_resume_notices_changed_prompts(tmp_path):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
+    cfg = SamplingConfig(n=2, max_new_tokens=4, batch_size=1)
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_candidates("tiny-random", prompts, out, cfg, on_progress=stop_after_two)
+    write_lines(prompts, PROMPTS[:1])
+    seen = []
+    result = generate_candidates("tiny-random", prompts, out, cfg,
+                                 on_progress=lambda d, t: seen.append(d))
+    assert seen[0] == 0 and result.prompts == 1  # started over: the prompts changed
+
+
+def test_text_prompts_keep_the_leading_space(tiny):
+    # TRL joins a text prompt and its completion as they are: " blue" must stay " blue".
+    model, tok = tiny
+    cfg = SamplingConfig(n=8, max_new_tokens=3, seed=1)
+    as_text = [t for t, _ in sample(model, tok, ["The sky is"], cfg, chat=False)[0]]
+    assert sum(t.startswith(" ") for t in as_text) >= 2
+    as_chat = [t for t, _ in sample(model, tok, ["The sky is"], cfg, chat=True)[0]]
+    assert as_chat == [t.strip() for t in as_text]

@@ -146,3 +146,16 @@ def test_callable_detector(example_text):
     )
     with pytest.raises(UserError, match="cannot be imported"):
         bad.success_criteria[2].detector.matches("x")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "path"),
+    [
+        ("n = 2", 'n = "3"', "generate.n"),
+        ("overlap = 3", "overlap = true", "annotation.overlap"),
+        ("temperature = 0.9", "temperature = inf", "generate.temperature"),
+        ("temperature = 0.9", "temperature = 0.0", "generate.temperature"),
+    ],
+)
+def test_wrong_types_are_not_coerced(example_text, old, new, path):
+    assert any(p.startswith(path) for p in errors_of(example_text.replace(old, new)))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rlhfkit.data import Format, load, write_jsonl
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.lineage import config_hash, write_manifest
+from rlhfkit.lineage import config_hash, sha256_file, write_manifest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -49,6 +49,12 @@ class SamplingConfig:
     """fp32 by default: token-by-token decoding is made of small matmuls, where bf16 on a CPU
     measured 2-3x *slower* (SmolLM2-135M, 2 cores); bf16 pays off in training-sized ones."""
 
+    @classmethod
+    def from_spec(cls, settings: Any, **overrides: Any) -> SamplingConfig:
+        """Sampling settings from a project spec's [generate] table, with overrides."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**settings.model_dump(), **given})
+
     def check(self) -> None:
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
             raise UserError("n, batch size and max new tokens must be at least 1")
@@ -71,14 +77,17 @@ def sample(
     texts: list[str],
     cfg: SamplingConfig,
     batch_index: int = 0,
+    chat: bool = True,
 ) -> list[list[tuple[str, bool]]]:
-    """Sample `cfg.n` responses for each rendered prompt: ``[(text, finished_with_eos), ...]``."""
+    """Sample `cfg.n` responses for each rendered prompt: ``[(text, finished_with_eos), ...]``.
+
+    `chat`: the prompts were rendered with the chat template (replies are stripped)."""
     import torch
 
     enc = tokenizer(
         texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
     )
-    torch.manual_seed(cfg.seed * 1_000_003 + batch_index)
+    torch.manual_seed((cfg.seed * 1_000_003 + batch_index) % 2**63)
     greedy = cfg.temperature == 0
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     with torch.inference_mode(), autocast:
@@ -100,7 +109,10 @@ def sample(
         for j in range(cfg.n):
             tokens = new[i * cfg.n + j]
             finished = bool((tokens == tokenizer.eos_token_id).any())
-            group.append((tokenizer.decode(tokens, skip_special_tokens=True).strip(), finished))
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            # A chat reply's surrounding whitespace is template noise; a text continuation's
+            # leading space is part of it (TRL joins prompt + completion as they are).
+            group.append((text.strip() if chat else text, finished))
         results.append(group)
     return results
 
@@ -133,8 +145,11 @@ def generate_candidates(
     cfg.check()
     if cfg.n < 2:
         raise UserError("candidate pairs need at least 2 responses per prompt (--n 2)")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
     dataset = load(prompts_path, expect=PROMPT_FORMATS)
-    rows = dataset.rows[:limit] if limit else dataset.rows
+    rows = dataset.rows[:limit] if limit is not None else dataset.rows
+    conversational = dataset.kind.conversational
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
 
@@ -142,22 +157,30 @@ def generate_candidates(
 
     model, tokenizer = load_model(model_ref)
     model.eval()
-    settings = {"model": model_ref, "prompts": str(prompts_path), "limit": limit, **asdict(cfg)}
+    settings = {
+        "model": model_ref,
+        "prompts": str(prompts_path),
+        "prompts_sha256": sha256_file(prompts_path) if prompts_path.is_file() else None,
+        "limit": limit,
+        **asdict(cfg),
+    }
     partial = out.with_name(f".{out.name}.partial")
     done = _read_partial(partial, config_hash(settings))
+    batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    if len(done) > len(batches):
+        done = []
     if not done:
         out.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as f:
             f.write(json.dumps({"config_hash": config_hash(settings)}) + "\n")
 
-    batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
     if on_progress:
         on_progress(min(len(done) * cfg.batch_size, len(rows)), len(rows))
     for b, batch in enumerate(batches):
         if b < len(done):
             continue
         texts = [render(tokenizer, r["prompt"]) for r in batch]
-        groups = sample(model, tokenizer, texts, cfg, batch_index=b)
+        groups = sample(model, tokenizer, texts, cfg, batch_index=b, chat=conversational)
         with partial.open("a") as f:
             f.write(json.dumps(groups) + "\n")
             f.flush()
@@ -168,7 +191,6 @@ def generate_candidates(
 
     groups = [g for batch_groups in done for g in batch_groups]
     pair_rows, skipped = [], 0
-    conversational = dataset.kind.conversational
     for index, (row, group) in enumerate(zip(rows, groups, strict=True)):
         indices = range(len(group))
         pairs = (

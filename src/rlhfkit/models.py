@@ -12,20 +12,19 @@ tokenizer: built in seconds, it lets every stage be tested end to end without re
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -80,9 +79,11 @@ def gguf_path(alias: str) -> Path:
 
 
 def _bundle_key(alias: str) -> str:
-    b = BUNDLED[alias]
-    version = importlib.metadata.version(b.distribution)
-    return f"{alias}-{version}-{gguf_path(alias).stat().st_size}"
+    if alias not in BUNDLED:
+        raise UserError(f"unknown bundled model '{alias}'; bundled: {', '.join(bundled_aliases())}")
+    size = gguf_path(alias).stat().st_size  # first: its error says how to install the package
+    version = importlib.metadata.version(BUNDLED[alias].distribution)
+    return f"{alias}-{version}-{size}"
 
 
 def converted_dir(alias: str) -> Path:
@@ -93,33 +94,6 @@ def tokenizer_dir(alias: str) -> Path:
     return cache_dir() / "tokenizers" / _bundle_key(alias)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _building(target: Path):
-    """Yield a temporary folder beside `target`; move it into place only when complete.
-
-    Two processes racing to build the same thing both succeed: the loser's copy is dropped.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / MANIFEST).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def pull_tokenizer(alias: str) -> Path:
     """Convert only the tokenizer of a bundled model (a few seconds, once)."""
     target = tokenizer_dir(alias)
@@ -128,7 +102,7 @@ def pull_tokenizer(alias: str) -> Path:
     from transformers import AutoTokenizer
 
     gguf = gguf_path(alias)
-    with _building(target) as tmp:
+    with atomic_dir(target, replace=False) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tok.save_pretrained(str(tmp))
         _write_manifest(tmp, {"alias": alias, "gguf": str(gguf), "part": "tokenizer"})
@@ -139,8 +113,6 @@ def pull(alias: str, force: bool = False) -> Path:
     """Convert a bundled GGUF model to a safetensors checkpoint in the cache (once)."""
     if alias == TINY_ALIAS:
         return _build_tiny_dir()
-    if alias not in BUNDLED:
-        raise UserError(f"unknown bundled model '{alias}'; bundled: {', '.join(bundled_aliases())}")
     target = converted_dir(alias)
     if (target / MANIFEST).exists() and not force:
         return target
@@ -153,7 +125,7 @@ def pull(alias: str, force: bool = False) -> Path:
     hf_logging.disable_progress_bar()  # the CLI shows its own status line
     gguf = gguf_path(alias)
     started = time.time()
-    with _building(target) as tmp:
+    with atomic_dir(target, replace=False) as tmp:
         quantized = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
@@ -176,7 +148,7 @@ def pull(alias: str, force: bool = False) -> Path:
                 "alias": alias,
                 "description": BUNDLED[alias].description,
                 "gguf": str(gguf),
-                "gguf_sha256": _sha256(gguf),
+                "gguf_sha256": sha256_file(gguf),
                 "conversion_seconds": round(time.time() - started, 1),
             },
         )
@@ -304,7 +276,7 @@ def _build_tiny_dir() -> Path:
     target = cache_dir() / "models" / TINY_ALIAS
     if (target / MANIFEST).exists():
         return target
-    with _building(target) as tmp:
+    with atomic_dir(target, replace=False) as tmp:
         model, tok = tiny_model()
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))

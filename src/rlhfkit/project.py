@@ -26,7 +26,8 @@ NAME = r"^[a-z][a-z0-9_]*$"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a TOML string "3" is not a number and `true` is not 1; no inf or nan either.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --- rubric -------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ class AnnotationSettings(Strict):
 
 class GenerateSettings(Strict):
     n: Annotated[int, Field(ge=2)] = 2
-    temperature: Annotated[float, Field(ge=0.0)] = 0.9
+    temperature: Annotated[float, Field(gt=0.0)] = 0.9
+    """Sampling temperature; above 0, since candidate pairs need different replies."""
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     max_new_tokens: Annotated[int, Field(ge=1)] = 128
     seed: int = 0
@@ -244,7 +246,6 @@ class ProjectSpec(Strict):
     task: Annotated[str, Field(min_length=1)]
     """What the model should learn to do, in a sentence or two."""
     base_model: Annotated[str, Field(min_length=1)] = "smollm2-135m-instruct"
-    system_prompt: str | None = None
     data: DataFiles = DataFiles()
     rubric: Rubric
     success_criteria: Annotated[list[SuccessCriterion], Field(min_length=1)]
@@ -310,7 +311,12 @@ def load_project(path: Path | str) -> Project:
             f"{display_path(spec_path)}: no project spec here",
             hint="create one with `rlhfkit init DIR`",
         )
-    return Project(spec_path.parent, parse_spec(spec_path.read_text(), display_path(spec_path)))
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        reason = "is a folder" if isinstance(e, IsADirectoryError) else "is not UTF-8 text"
+        raise UserError(f"{display_path(spec_path)}: {reason}") from None
+    return Project(spec_path.parent, parse_spec(text, display_path(spec_path)))
 
 
 def parse_spec(text: str, source: str = SPEC_FILE) -> ProjectSpec:
@@ -358,12 +364,10 @@ def init_project(target: Path | str, example: str = "support-replies") -> Projec
     The folder is assembled beside `target` and renamed into place, so an interrupted or
     failed init leaves nothing behind.
     """
-    import os
-    import shutil
-    import tempfile
     from importlib import resources
 
     from rlhfkit.data import write_jsonl
+    from rlhfkit.data.io import atomic_dir
     from rlhfkit.demo import support_replies
 
     if example not in EXAMPLES:
@@ -371,23 +375,17 @@ def init_project(target: Path | str, example: str = "support-replies") -> Projec
     target = Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{display_path(target)}: already exists and is not empty; nothing written")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    if target.exists():
+        target.rmdir()  # empty (checked above); atomic_dir puts the finished folder here
+    with atomic_dir(target) as tmp:
         spec_text = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+        spec = parse_spec(spec_text)  # the template itself must always be valid
         (tmp / SPEC_FILE).write_text(spec_text)
         prompts, eval_prompts, sft = support_replies.build()
         write_jsonl(tmp / "data" / "prompts.jsonl", prompts)
         write_jsonl(tmp / "data" / "eval_prompts.jsonl", eval_prompts)
         write_jsonl(tmp / "data" / "sft.jsonl", sft)
         (tmp / "README.md").write_text(_PROJECT_README.format(name=target.name))
-        spec = parse_spec(spec_text)  # the template itself must always be valid
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Project(target, spec)
 
 

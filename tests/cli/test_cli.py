@@ -18,7 +18,7 @@ def test_help_is_fast_and_follows_the_pipeline():
     assert result.code == 0
     assert elapsed < 1.5, f"rlhfkit --help took {elapsed:.2f} s"
     listed = re.findall(r"^[│|] (\w+) ", result.stdout, flags=re.M)
-    assert listed == ["init", "data", "models", "generate", "demo"]
+    assert listed == ["init", "data", "models", "generate", "train", "eval", "demo"]
 
 
 def test_help_imports_no_heavy_library():
@@ -182,10 +182,57 @@ def test_missing_model_is_exit_2_without_traceback(tmp_path):
 def test_quick_demo_runs_then_skips_finished_stages(tmp_path):
     first = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
     assert first.code == 0, first.stderr
-    assert "Success criteria on 16 sampled replies" in first.stdout
+    assert "complete sampled replies, before any training" in first.stdout
     baseline = json.loads((tmp_path / "demo" / "baseline.json").read_text())
+    assert baseline["complete"] + baseline["truncated"] == 16
     assert set(baseline["criteria"]) == {"signs_off", "hedging", "concise"}
     started = time.time()
     again = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
     assert again.code == 0 and again.stdout.count("skipped (done)") == 4
     assert time.time() - started < 15
+
+
+def test_convert_never_overwrites_a_folder_that_is_not_a_dataset(tmp_path):
+    src = write_lines(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    result = run_cli("data", "convert", str(src), str(precious))
+    assert result.code == 2 and (precious / "notes.txt").read_text() == "mine"
+    inside = run_cli("data", "convert", str(tmp_path / "ds"), str(tmp_path / "ds" / "x.jsonl"))
+    assert inside.code == 2
+
+
+def test_convert_to_implicit_warns_when_the_boundary_would_be_lost(tmp_path):
+    src = write_lines(tmp_path / "p.jsonl", [
+        {"prompt": "Capital?\nA:", "chosen": " The capital is Paris.",
+         "rejected": " The capital is Lyon."}])
+    result = run_cli("data", "convert", str(src), str(tmp_path / "i.jsonl"), "--to", "implicit")
+    assert result.code == 0 and "in 1 rows the answers begin alike" in result.stdout
+
+
+def test_validate_goes_on_past_a_missing_file(tmp_path):
+    good = write_lines(tmp_path / "good.jsonl", [{"prompt": "Q"}])
+    result = run_cli("data", "validate", str(tmp_path / "missing.jsonl"), str(good))
+    assert result.code == 2
+    assert "missing.jsonl: no such file" in result.stderr
+    assert "good.jsonl: prompt_only (standard), 1 rows" in result.stdout
+
+
+def test_user_mistakes_never_show_a_traceback(tmp_path):
+    prompts = write_lines(tmp_path / "p.jsonl", [{"prompt": "hi"}])
+    spec_dir = tmp_path / "specdir"
+    (spec_dir / "rlhfkit.toml").mkdir(parents=True)
+    cases = [
+        ("models", "pull", "no-such-model"),
+        ("generate", "--model", "tiny-random", "--prompts", str(prompts), "--out",
+         str(tmp_path / "c.jsonl"), "--limit", "0"),
+        ("generate", "--project", str(spec_dir)),
+        ("data", "convert", str(prompts), "/proc/forbidden/x.jsonl"),
+        ("train", "dpo", "--data", str(prompts), "--model", "tiny-random",
+         "--output-dir", str(tmp_path / "o")),
+    ]
+    for args in cases:
+        result = run_cli(*args)
+        assert result.code == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args

@@ -135,3 +135,61 @@ def test_convert_rows_refuses_wrong_source(tmp_path):
     with pytest.raises(ValueError, match="converts preference_implicit"):
         convert_rows(ds.rows, ds.kind, "explicit")
     assert json.loads(json.dumps(convert_rows(ds.rows, ds.kind, None)[0])) == [{"text": "hi"}]
+
+
+def test_implicit_rows_that_split_badly_are_rejected():
+    from rlhfkit.data import RowError, check_row
+
+    with pytest.raises(RowError, match="no implicit prompt"):
+        check_row({"chosen": " a", "rejected": " b"})
+    with pytest.raises(RowError, match="'chosen' is empty"):
+        check_row({"chosen": "Hi there", "rejected": "Hi there!"})
+    system_only = {
+        "chosen": messages(("system", "s"), ("user", "u"), ("assistant", "good")),
+        "rejected": messages(("system", "s"), ("user", "other"), ("assistant", "bad")),
+    }
+    with pytest.raises(RowError, match="implicit prompt split gives an invalid row"):
+        check_row(system_only)
+
+
+def test_hf_dataset_keeps_votes_with_different_annotators(tmp_path):
+    rows = [
+        {"prompt": "Q", "chosen": "A", "rejected": "B", "votes": {"ann1": "chosen"}},
+        {"prompt": "R", "chosen": "C", "rejected": "D", "votes": {"ann2": "tie", "ann3": "chosen"}},
+    ]
+    write(tmp_path / "ds", rows)
+    assert load(tmp_path / "ds").rows == rows
+
+
+def test_hf_dataset_mixed_types_is_a_clear_error(tmp_path):
+    rows = [{"prompt": "Q", "chosen": "A", "rejected": "B", "id": 7},
+            {"prompt": "R", "chosen": "C", "rejected": "D", "id": "a1"}]
+    with pytest.raises(UserError, match="one Arrow schema"):
+        write(tmp_path / "ds", rows)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_bom_and_column_numbers(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "ok"}\n{"prompt": }\n')
+    _, problems = validate(path)
+    assert [(p.line, p.reason) for p in problems] == [(2, "bad JSON: Expecting value (column 12)")]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    write_jsonl(tmp_path / "x.jsonl", [{"a": 1}])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.jsonl").stat().st_mode) == 0o666 & ~mask
+
+
+def test_unsupported_trl_formats_are_named():
+    from rlhfkit.data import RowError, check_row
+
+    with pytest.raises(RowError, match="unpaired preference"):
+        check_row({"prompt": "Q", "completion": "A", "label": True})
+    with pytest.raises(RowError, match="stepwise"):
+        check_row({"prompt": "Q", "completions": ["a"], "labels": [True]})

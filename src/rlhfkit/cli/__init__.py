@@ -11,6 +11,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from rlhfkit import __version__
@@ -99,9 +100,15 @@ def main() -> None:
     try:
         app()
     except UserError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
         if e.hint:
-            err_console.print(f"[dim]hint:[/dim] {e.hint}", highlight=False, soft_wrap=True)
+            err_console.print(f"[dim]hint:[/dim] {escape(e.hint)}", soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:  # a path the user gave that cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(
+            f"[bold red]error:[/bold red] {where}{e.strerror or e}", markup=True, highlight=False
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")

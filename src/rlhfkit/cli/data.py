@@ -37,7 +37,10 @@ def validate(
 
     failed = False
     for path in files:
-        dataset, problems = validate_file(path, max_chars=max_chars, split=split)
+        try:
+            dataset, problems = validate_file(path, max_chars=max_chars, split=split)
+        except UserError as e:  # a missing or unreadable file: report it, check the rest
+            dataset, problems = None, e.problems or [str(e)]
         if as_json:
             record = {"file": str(path), "ok": not problems}
             if dataset is not None:
@@ -57,7 +60,7 @@ def validate(
             )
         else:
             for p in problems:
-                err_console.print(str(p), soft_wrap=True)
+                err_console.print(str(p), soft_wrap=True, markup=False)
         failed |= bool(problems)
     if failed:
         raise UserError("some rows are invalid (listed above); nothing was changed")
@@ -80,13 +83,18 @@ def convert(
     atomically (a crash leaves the old file or nothing, never half a file).
     """
     from rlhfkit.data import convert_rows, load, write
-    from rlhfkit.data.convert import CONVERSIONS
+    from rlhfkit.data.convert import CONVERSIONS, ambiguous_rows
+    from rlhfkit.data.io import is_hf_dataset_dir
     from rlhfkit.errors import UserError, display_path
 
     if to is not None and to not in CONVERSIONS:
         raise UserError(f"--to must be one of {', '.join(CONVERSIONS)}, not '{to}'")
-    if target.resolve() == source.resolve():
-        raise UserError("the target is the source; write to a new path")
+    if target.resolve() == source.resolve() or source.resolve() in target.resolve().parents:
+        raise UserError("the target is, or is inside, the source; write to a new path")
+    if target.is_dir() and not is_hf_dataset_dir(target) and any(target.iterdir()):
+        raise UserError(
+            f"{display_path(target)}: a folder that is not a saved dataset; nothing written"
+        )
     dataset = load(source, split=split)
     try:
         rows, kind = convert_rows(dataset.rows, dataset.kind, to)
@@ -94,3 +102,8 @@ def convert(
         raise UserError(f"{display_path(source)}: {e}") from None
     n = write(target, rows)
     console.print(f"{display_path(target)}: {kind}, {n} rows")
+    if to == "implicit" and (lost := ambiguous_rows(dataset.rows, dataset.kind.conversational)):
+        console.print(
+            f"note: in {lost} rows the answers begin alike, so converting back to an explicit "
+            "prompt would move those shared words into the prompt"
+        )

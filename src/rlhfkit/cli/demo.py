@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit.cli.common import console, progress_bar, status
@@ -26,6 +27,7 @@ def demo(
     from rlhfkit.demo.pipeline import DemoConfig, StageLog, baseline_rates
     from rlhfkit.errors import display_path
     from rlhfkit.generate import SamplingConfig, generate_candidates
+    from rlhfkit.lineage import sha256_file
     from rlhfkit.models import pull
     from rlhfkit.project import SPEC_FILE, init_project, load_project
 
@@ -51,19 +53,14 @@ def demo(
     ran["model"] = log.run("model", {"model": spec.base_model}, provision)
 
     candidates = project_dir / "artifacts" / "candidates.jsonl"
-    sampling = SamplingConfig(
-        n=spec.generate.n,
-        temperature=spec.generate.temperature,
-        top_p=spec.generate.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=spec.generate.seed,
-    )
+    sampling = SamplingConfig.from_spec(spec.generate, max_new_tokens=cfg.max_new_tokens)
+    prompts = project_dir / spec.data.prompts
 
     def sample() -> None:
         with progress_bar("sampling candidate replies") as update:
             generate_candidates(
                 spec.base_model,
-                project_dir / spec.data.prompts,
+                prompts,
                 candidates,
                 sampling,
                 limit=cfg.n_prompts,
@@ -72,7 +69,12 @@ def demo(
 
     ran["candidates"] = log.run(
         "candidates",
-        {"sampling": sampling.__dict__, "limit": cfg.n_prompts},
+        {
+            "model": spec.base_model,
+            "sampling": sampling.__dict__,
+            "limit": cfg.n_prompts,
+            "prompts_sha256": sha256_file(prompts),
+        },
         sample,
         outputs=(candidates,),
     )
@@ -84,7 +86,10 @@ def demo(
             json.dump(baseline_rates(project_dir, candidates), f, indent=2)
 
     ran["baseline"] = log.run(
-        "baseline", {"after": log.records["candidates"]}, baseline, outputs=(baseline_path,)
+        "baseline",
+        {"after": log.records["candidates"], "criteria": spec.criteria_hash()},
+        baseline,
+        outputs=(baseline_path,),
     )
 
     _show(cfg.root, candidates, json.loads(baseline_path.read_text()), log, ran)
@@ -98,22 +103,24 @@ def _show(root: Path, candidates: Path, rates: dict, log, ran: dict[str, bool]) 
     example = rows[0]
     email = example["prompt"][-1]["content"]
     console.rule("A customer email and two sampled replies")
-    console.print(email)
+    console.print(email, markup=False)
     for key in ("response_a", "response_b"):
-        console.print(f"[bold]{key}[/bold]: {example[key][0]['content']}")
+        console.print(f"[bold]{key}[/bold]: {escape(example[key][0]['content'])}")
 
     console.print(
-        f"Success criteria on {rates['responses']} sampled replies, before any training "
-        f"({rates['truncated']} cut off at the token limit):"
+        f"Success criteria on {rates['complete']} complete sampled replies, before any training "
+        f"({rates['truncated']} more were cut off at the token limit and are not counted):"
     )
     table = Table()
     table.add_column("criterion")
     table.add_column("should")
     table.add_column("pass rate", justify="right")
     for name, r in rates["criteria"].items():
-        table.add_row(name, r["direction"], f"{r['pass_rate']:.0%}")
+        rate = "n/a" if r["pass_rate"] is None else f"{r['pass_rate']:.0%}"
+        table.add_row(name, r["direction"], rate)
     console.print(table)
-    console.print(f"mean reply length: {rates['mean_words']:.0f} words")
+    if rates["mean_words"] is not None:
+        console.print(f"mean length of complete replies: {rates['mean_words']:.0f} words")
 
     console.print("Stages:")
     stages = Table()

@@ -17,16 +17,22 @@ def generate(
     model: str = typer.Option(None, help="Model folder, hub id in the local cache, or alias."),
     prompts: Path = typer.Option(None, help="Prompts (any format with a 'prompt' field)."),
     out: Path = typer.Option(None, help="Where to write the candidate pairs (.jsonl)."),
-    n: int = typer.Option(None, help="Responses per prompt [spec, or 2]."),
-    temperature: float = typer.Option(None, help="Sampling temperature [spec, or 0.9]."),
-    top_p: float = typer.Option(None, help="Nucleus sampling mass [spec, or 0.95]."),
-    max_new_tokens: int = typer.Option(None, help="Longest response in tokens [spec, or 128]."),
-    seed: int = typer.Option(None, help="Random seed [spec, or 0]."),
+    n: int = typer.Option(None, help="Responses per prompt (default: the spec's, else 2)."),
+    temperature: float = typer.Option(
+        None, help="Sampling temperature (default: the spec's, else 0.9)."
+    ),
+    top_p: float = typer.Option(
+        None, help="Nucleus sampling mass (default: the spec's, else 0.95)."
+    ),
+    max_new_tokens: int = typer.Option(
+        None, help="Longest response in tokens (default: the spec's, else 128)."
+    ),
+    seed: int = typer.Option(None, help="Random seed (default: the spec's, else 0)."),
     batch_size: int = typer.Option(16, help="Prompts per batch."),
     precision: str = typer.Option(
         "fp32", help="fp32, or bf16 autocast (slower for decoding on most CPUs; try it on GPU)."
     ),
-    limit: int = typer.Option(None, help="Use only the first N prompts."),
+    limit: int = typer.Option(None, min=1, help="Use only the first N prompts."),
     all_pairs: bool = typer.Option(
         False, help="Pair every two responses of a prompt, not just 1-2, 3-4, ..."
     ),
@@ -40,7 +46,15 @@ def generate(
     from rlhfkit.errors import UserError, display_path
     from rlhfkit.generate import SamplingConfig, generate_candidates
 
-    spec_settings: dict = {}
+    overrides = {
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "batch_size": batch_size,
+        "precision": precision,
+    }
     if project is not None:
         from rlhfkit.project import load_project
 
@@ -48,20 +62,13 @@ def generate(
         model = model or proj.spec.base_model
         prompts = prompts or proj.data_path("prompts")
         out = out or proj.artifacts("candidates.jsonl")
-        spec_settings = proj.spec.generate.model_dump()
+        cfg = SamplingConfig.from_spec(proj.spec.generate, **overrides)
+    else:
+        cfg = SamplingConfig(**{k: v for k, v in overrides.items() if v is not None})
     if model is None or prompts is None or out is None:
         raise UserError("give --project, or all of --model, --prompts and --out")
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"--precision must be bf16 or fp32, not '{precision}'")
-    overrides = {
-        "n": n,
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_new_tokens": max_new_tokens,
-        "seed": seed,
-    }
-    settings = {**spec_settings, **{k: v for k, v in overrides.items() if v is not None}}
-    cfg = SamplingConfig(**settings, batch_size=batch_size, precision=precision)
+    if cfg.precision not in ("bf16", "fp32"):
+        raise UserError(f"--precision must be bf16 or fp32, not '{cfg.precision}'")
 
     with status(f"loading {model}"):
         from rlhfkit.models import resolve

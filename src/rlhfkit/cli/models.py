@@ -52,6 +52,6 @@ def list_models() -> None:
             state = "converted" if (converted_dir(alias) / MANIFEST).exists() else "not converted"
         except UserError as e:
             state = str(e)
-        console.print(f"  {alias}: {b.description} [{state}]")
+        console.print(f"  {alias}: {b.description} ({state})")
     console.print(f"  {TINY_ALIAS}: a random two-layer Llama with the SmolLM2 tokenizer (tests)")
     console.print("Any local Hugging Face model folder, or a hub id in the local cache, works too.")

@@ -1,30 +1,22 @@
-"""Lossless conversions between preference formats.
+"""Conversions between the two preference formats.
 
-Only conversions that lose nothing are offered. ``implicit -> explicit -> implicit`` gives the
-rows back exactly; the shared beginning of `chosen` and `rejected` becomes the prompt, as in
-TRL's ``extract_prompt`` (for text, a space just before the split stays with the answers).
+``implicit -> explicit`` splits off the shared beginning of `chosen` and `rejected` as the
+prompt, as TRL's ``extract_prompt`` does; ``explicit -> implicit`` prepends the prompt. The
+first direction loses nothing (converting back gives the rows exactly). The second loses
+where the prompt ended whenever the two answers begin alike: converting back would move
+their shared words into the prompt. `ambiguous_rows` counts those rows so the CLI can say so.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rlhfkit.data.formats import Format, Kind
+from rlhfkit.data.formats import Format, Kind, split_implicit_prompt
 
 
 def to_explicit_prompt(row: dict[str, Any], conversational: bool) -> dict[str, Any]:
     """``{chosen, rejected}`` with a shared beginning -> ``{prompt, chosen, rejected}``."""
-    chosen, rejected = row["chosen"], row["rejected"]
-    split = 0
-    for a, b in zip(chosen, rejected, strict=False):
-        if a != b:
-            break
-        split += 1
-    if not conversational and split > 0 and chosen[split - 1] == " ":
-        split -= 1
-    out = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
-    out = {"prompt": chosen[:split], "chosen": chosen[split:], "rejected": rejected[split:], **out}
-    return out
+    return split_implicit_prompt(row, conversational)
 
 
 def to_implicit_prompt(row: dict[str, Any], conversational: bool) -> dict[str, Any]:
@@ -52,3 +44,12 @@ def convert_rows(
     if kind.format is not source:
         raise ValueError(f"'{to}' converts {source.value} data, not {kind}")
     return [fn(r, kind.conversational) for r in rows], Kind(target, kind.conversational)
+
+
+def ambiguous_rows(rows: list[dict[str, Any]], conversational: bool) -> int:
+    """Explicit rows whose prompt boundary an implicit copy would not preserve."""
+    n = 0
+    for row in rows:
+        back = split_implicit_prompt(to_implicit_prompt(row, conversational), conversational)
+        n += back["prompt"] != row["prompt"]
+    return n

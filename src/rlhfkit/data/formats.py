@@ -70,6 +70,9 @@ class RowError(ValueError):
 
 def detect_format(row: dict[str, Any]) -> Format:
     keys = row.keys()
+    if "completions" in keys or ("completion" in keys and "label" in keys):
+        kind = "stepwise supervision" if "completions" in keys else "unpaired preference"
+        raise RowError(f"TRL's {kind} format is not supported; use preference pairs")
     if "chosen" in keys or "rejected" in keys:
         return Format.PREFERENCE if "prompt" in keys else Format.PREFERENCE_IMPLICIT
     if "response_a" in keys or "response_b" in keys:
@@ -129,14 +132,11 @@ def check_row(row: Any, max_chars: int = DEFAULT_MAX_CHARS) -> Kind:
 
     if conversational:
         _check_conversation_roles(fmt, row)
-    if fmt in (Format.PREFERENCE, Format.PREFERENCE_IMPLICIT):
-        if row["chosen"] == row["rejected"]:
-            raise RowError("'chosen' and 'rejected' are identical; the pair teaches nothing")
-        if fmt is Format.PREFERENCE_IMPLICIT and not _shared_prefix_len(row):
-            raise RowError(
-                "'chosen' and 'rejected' share no beginning, so there is no implicit prompt; "
-                "add an explicit 'prompt'"
-            )
+    is_pair = fmt in (Format.PREFERENCE, Format.PREFERENCE_IMPLICIT)
+    if is_pair and row["chosen"] == row["rejected"]:
+        raise RowError("'chosen' and 'rejected' are identical; the pair teaches nothing")
+    if fmt is Format.PREFERENCE_IMPLICIT:
+        _check_implicit_split(row, conversational)
     if fmt is Format.COMPARISON and row["response_a"] == row["response_b"]:
         raise RowError("'response_a' and 'response_b' are identical; there is nothing to compare")
     if fmt in (Format.PREFERENCE, Format.PREFERENCE_IMPLICIT, Format.COMPARISON):
@@ -225,7 +225,7 @@ def _check_metadata(row: dict[str, Any]) -> None:
             raise RowError("'votes' and 'annotator_ids' name different annotators")
     version = row.get("rubric_version")
     if version is not None and (not isinstance(version, str | int) or isinstance(version, bool)):
-        raise RowError("'rubric_version' must be a string")
+        raise RowError("'rubric_version' must be a string or a number")
     if "margin" in row:
         margin = row["margin"]
         if (
@@ -233,17 +233,50 @@ def _check_metadata(row: dict[str, Any]) -> None:
             or not isinstance(margin, int | float)
             or not math.isfinite(margin)
         ):
-            raise RowError(f"'margin' must be a finite number, not {_json(margin)}")
+            shown = margin if isinstance(margin, float) else _json(margin)
+            raise RowError(f"'margin' must be a finite number, not {shown}")
 
 
-def _shared_prefix_len(row: dict[str, Any]) -> int:
+def split_implicit_prompt(row: dict[str, Any], conversational: bool) -> dict[str, Any]:
+    """``{chosen, rejected}`` -> ``{prompt, chosen, rejected, ...}``: the prompt is their shared
+    beginning, as TRL's ``extract_prompt`` defines it (for text, a space just before the split
+    stays with the answers). Other keys are kept."""
     chosen, rejected = row["chosen"], row["rejected"]
-    n = 0
+    split = 0
     for a, b in zip(chosen, rejected, strict=False):
         if a != b:
             break
-        n += 1
-    return n
+        split += 1
+    if not conversational and split > 0 and chosen[split - 1] == " ":
+        split -= 1
+    rest = {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
+    pieces = {"prompt": chosen[:split], "chosen": chosen[split:], "rejected": rejected[split:]}
+    return {**pieces, **rest}
+
+
+def _check_implicit_split(row: dict[str, Any], conversational: bool) -> None:
+    """The implicit prompt must make a valid explicit row: a real prompt, two real answers."""
+    explicit = split_implicit_prompt(row, conversational)
+    empty = [k for k in ("prompt", "chosen", "rejected") if not _nonblank(explicit[k])]
+    if "prompt" in empty:
+        raise RowError(
+            "'chosen' and 'rejected' share no beginning, so there is no implicit prompt; "
+            "add an explicit 'prompt'"
+        )
+    if empty:
+        raise RowError(
+            f"after the shared beginning (the implicit prompt), '{empty[0]}' is empty: "
+            "one answer is the start of the other; add an explicit 'prompt'"
+        )
+    if conversational:
+        try:
+            _check_conversation_roles(Format.PREFERENCE, explicit)
+        except RowError as e:
+            raise RowError(f"the implicit prompt split gives an invalid row: {e}") from None
+
+
+def _nonblank(value: Any) -> bool:
+    return bool(value) if isinstance(value, list) else bool(value.strip())
 
 
 def _keys(row: dict[str, Any]) -> str:

@@ -58,7 +58,7 @@ def iter_raw_rows(path: Path, split: str = "train") -> Iterator[tuple[int, Any, 
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 yield number, None, f"not UTF-8 text ({e.reason} at byte {e.start})"
                 continue
@@ -78,14 +78,20 @@ def _iter_hf_rows(path: Path, split: str) -> Iterator[tuple[int, Any, str | None
         )
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many kinds for a damaged folder
+        raise UserError(f"{display_path(path)}: cannot read this saved dataset: {e}") from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise UserError(f"{display_path(path)}: no split '{split}'; it has {', '.join(loaded)}")
         loaded = loaded[split]
     for number, row in enumerate(loaded, start=1):
         # Arrow fills absent columns with None; drop them so the row looks as it was written.
-        yield number, {k: v for k, v in row.items() if v is not None}, None
+        row = {k: v for k, v in row.items() if v is not None}
+        if isinstance(row.get("votes"), str):
+            row["votes"] = json.loads(row["votes"])
+        yield number, row, None
 
 
 def validate(
@@ -167,6 +173,7 @@ def atomic_open(path: Path | str, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a project folder is shared
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
@@ -190,18 +197,26 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def write_hf_dataset(path: Path | str, rows: list[dict[str, Any]]) -> int:
-    """Save rows as a Hugging Face dataset folder, replacing `path` only once it is complete."""
+    """Save rows as a Hugging Face dataset folder, replacing `path` only once it is complete.
+
+    `votes` is stored as a JSON string: Arrow would otherwise merge every row's annotator
+    names into one struct and fill the gaps with nulls. Reading decodes it again.
+    """
     import datasets
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
-        _replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    encoded = [
+        {**r, "votes": json.dumps(r["votes"])} if isinstance(r.get("votes"), dict) else r
+        for r in rows
+    ]
+    with atomic_dir(path) as tmp:
+        try:
+            datasets.Dataset.from_list(encoded).save_to_disk(str(tmp))
+        except (TypeError, ValueError) as e:  # pyarrow's errors derive from these
+            raise UserError(
+                f"{display_path(path)}: these rows do not fit one Arrow schema ({e})",
+                hint="a column must hold one type in every row (e.g. all 'id's strings)",
+            ) from None
     return len(rows)
 
 
@@ -218,13 +233,31 @@ def write(path: Path | str, rows: list[dict[str, Any]]) -> int:
     return write_hf_dataset(path, rows)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing target is swapped out, then removed."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty folder beside `target`; move it into place only when the block succeeds.
+
+    With `replace`, an existing `target` is swapped out and removed; without it, an existing
+    `target` wins (another process built the same thing first) and ours is dropped.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        if not target.exists():
+            os.replace(tmp, target)
+        elif replace:
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -82,7 +82,14 @@ def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
 
     spec = load_project(project_root).spec
     rows = load(candidates).rows
-    responses = [_text(r[k]) for r in rows for k in ("response_a", "response_b")]
+    # A reply cut at the token limit can never end with a sign-off and always looks
+    # concise: counting it would bias every rate, so only complete replies count.
+    pairs = [
+        (r[k], r.get("truncated", [False, False])[i])
+        for r in rows
+        for i, k in enumerate(("response_a", "response_b"))
+    ]
+    responses = [_text(reply) for reply, cut in pairs if not cut]
     rates = {}
     for c in spec.success_criteria:
         hits = sum(c.detector.matches(t) for t in responses)
@@ -93,7 +100,8 @@ def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
         }
     words = [len(t.split()) for t in responses]
     return {
-        "truncated": sum(sum(r.get("truncated", [])) for r in rows),
+        "complete": len(responses),
+        "truncated": len(pairs) - len(responses),
         "criteria": rates,
         "mean_words": sum(words) / len(words) if words else None,
         "responses": len(responses),
