@@ -154,6 +154,9 @@ def save_final(
     from rlhfkit.lineage import sha256_file
 
     final = out / "final"
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return final
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model = accelerator.unwrap_model(model)

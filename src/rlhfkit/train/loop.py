@@ -164,9 +164,10 @@ def rubric_version(rows: list[dict[str, Any]]) -> str | None:
 
 def prepare_output(cfg: LoopConfig) -> None:
     out = Path(cfg.output_dir)
-    if out.exists() and not cfg.resume and any(out.glob("checkpoint-*")):
+    earlier = [out / "metrics.jsonl", out / "final", *out.glob("checkpoint-*")]
+    if not cfg.resume and any(p.exists() for p in earlier):
         raise UserError(
-            f"{display_path(out)}: holds checkpoints of an earlier run",
+            f"{display_path(out)}: holds an earlier run",
             hint="pass --resume to continue it, or choose another --output-dir",
         )
     out.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,12 @@ def make_accelerator(cfg: LoopConfig):
     from accelerate import Accelerator
 
     prepare_output(cfg)
-    return Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    # Without cpu=True on a machine with no GPU, Accelerate ignores `accelerate launch`'s
+    # processes and runs each as a lone single-process job.
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+    )
 
 
 def start_run(
