@@ -78,8 +78,8 @@ def test_two_processes_match_one(tmp_path):
     single = run_cli(*args)
     assert single.code == 0, single.stderr
     accelerate = str(Path(sys.executable).parent / "accelerate")
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+    config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
+    launch = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29517",
               "-m", "rlhfkit.cli"]
     two = subprocess.run(
         launch + train_args(data, tmp_path / "two", "--max-steps", "6", "--save-every", "0"),
