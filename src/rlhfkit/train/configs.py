@@ -41,8 +41,9 @@ class LoopConfig:
     """AdamW weight decay (never applied to biases and norms)."""
     max_grad_norm: float = 1.0
     """Clip the gradient's global norm to this (0: no clipping)."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """bf16 autocast (matmuls ~3.5x faster on recent CPUs) or fp32 (exact, for tests)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 autocast where this machine runs bf16 matmuls faster than fp32 (GPUs, CPUs
+    with AVX512-BF16/AMX; measured at start), else fp32. fp32 is exact (tests, resume)."""
     lora: bool = True
     """Train a LoRA adapter instead of every weight."""
     lora_r: int = 16
@@ -75,8 +76,8 @@ class LoopConfig:
             raise UserError("--learning-rate must be positive and --warmup-ratio in [0, 1)")
         if self.max_length < 8:
             raise UserError("--max-length must be at least 8")
-        if self.precision not in ("bf16", "fp32"):
-            raise UserError("--precision is bf16 or fp32")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError("--precision is auto, bf16 or fp32")
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise UserError("--lr-schedule is cosine, linear or constant")
         if self.lora and self.lora_r < 1:

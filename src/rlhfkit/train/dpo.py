@@ -8,6 +8,7 @@ forward pass, and only completion tokens reach the LM head.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import defaultdict
@@ -22,6 +23,7 @@ from rlhfkit.train.configs import DPOConfig
 from rlhfkit.train.loop import (
     add_lora,
     completion_batch,
+    resolve_precision,
     rubric_version,
     seed_everything,
 )
@@ -42,6 +44,7 @@ class TrainResult:
 def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. data, model, tokens
     cfg.check()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     seed_everything(cfg.seed)
     from rlhfkit.models import load_model
 

@@ -8,6 +8,7 @@ folder (one label), as TRL's RewardTrainer makes, so any tool can load it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +18,13 @@ from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import add_lora, pad_right, rubric_version, seed_everything
+from rlhfkit.train.loop import (
+    add_lora,
+    pad_right,
+    resolve_precision,
+    rubric_version,
+    seed_everything,
+)
 from rlhfkit.train.losses import reward_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.tokenize import Example, tokenize_dataset
@@ -61,6 +68,7 @@ def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Te
 def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. data, backbone + fresh score head, tokens
     cfg.check()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     seed_everything(cfg.seed)
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(cfg.model)

@@ -7,6 +7,7 @@ shards give the same gradient as one big batch). Prompt tokens and padding are n
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import SFTConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import add_lora, completion_batch, seed_everything
+from rlhfkit.train.loop import add_lora, completion_batch, resolve_precision, seed_everything
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer
@@ -26,6 +27,7 @@ from rlhfkit.train.tokenize import tokenize_dataset
 def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. data, model, tokens
     cfg.check()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     seed_everything(cfg.seed)
     from rlhfkit.models import load_model
 
