@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,8 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
                 bar.update(task, completed=step, total=total, metrics=shown)
 
             result = train(cfg, progress)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # under `accelerate launch`, the main process reports
         console.print(
             f"{label}: {result.examples} examples, {time.time() - started:.0f} s; "
             f"model in {display_path(result.final)}; metrics in "

@@ -26,65 +26,131 @@ if TYPE_CHECKING:
     from rlhfkit.train.loop import LoopConfig
 
 
-def trainable_state(model) -> dict[str, Any]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+# What a resumed run must share with the run it continues: anything else would silently
+# train on other batches or another schedule.
+RESUME_KEYS = (
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "lr_schedule",
+    "warmup_ratio",
+    "lora",
+    "lora_r",
+    "max_length",
+    "precision",
+)
+
+
+def resume_fingerprint(cfg: LoopConfig, inputs: dict[str, Any]) -> str:
+    from rlhfkit.lineage import config_hash
+
+    return config_hash({**{k: getattr(cfg, k) for k in RESUME_KEYS}, **inputs})
+
+
+def _sharded(accelerator) -> bool:
+    """FSDP and DeepSpeed shard weights and optimizer state over ranks: Accelerate must save."""
+    return accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(
-    out: Path, step: int, model, optimizer, scheduler, extra: dict | None = None
+    out: Path, step: int, accelerator, module, optimizer, scheduler, fingerprint: str
 ) -> Path:
-    """Atomically write ``checkpoint-STEP``: trainable weights, optimizer, schedule, RNG."""
-    import numpy as np
+    """Atomically write ``checkpoint-STEP``; every process calls this.
+
+    Single process and DDP: rank 0 writes the trainable weights (the adapter alone with LoRA),
+    optimizer, schedule and RNG states. FSDP/DeepSpeed: Accelerate's `save_state` writes each
+    rank's shards. Either way the folder appears under its final name only when complete.
+    """
     import torch
 
     target = out / f"checkpoint-{step:06d}"
     tmp = out / f".checkpoint-{step:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(
-        {
-            "step": step,
-            "weights": trainable_state(model),
+    meta = {"step": step, "fingerprint": fingerprint}
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if _sharded(accelerator):
+        accelerator.save_state(str(tmp))
+    elif accelerator.is_main_process:
+        model = accelerator.unwrap_model(module)
+        weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        state = {
+            "weights": weights,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
-            **(extra or {}),
-        },
-        tmp / "state.pt",
-    )
-    with (tmp / "state.pt").open("rb") as f:
-        os.fsync(f.fileno())
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    for old in sorted(out.glob("checkpoint-*"))[:-2]:  # keep the last two
-        shutil.rmtree(old, ignore_errors=True)
+            "rng": _rng_state(),
+        }
+        torch.save(state, tmp / "state.pt")
+        with (tmp / "state.pt").open("rb") as f:
+            os.fsync(f.fileno())
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        for old in sorted(out.glob("checkpoint-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return target
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(p for p in out.glob("checkpoint-*") if (p / "state.pt").exists())
+    found = sorted(p for p in out.glob("checkpoint-*") if (p / "meta.json").exists())
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    import numpy as np
+def load_checkpoint(path: Path, accelerator, module, optimizer, scheduler, fingerprint: str) -> int:
+    """Restore a checkpoint into the prepared objects; return the step it was taken at."""
     import torch
 
-    state = torch.load(path / "state.pt", weights_only=False)
-    params = dict(model.named_parameters())
+    meta = json.loads((path / "meta.json").read_text())
+    if meta["fingerprint"] != fingerprint:
+        raise UserError(
+            f"{path}: was made with other data or settings (batch size, seed, steps, "
+            "learning rate, LoRA, max length or precision); resuming would train another run",
+            hint="rerun with the original settings, or start afresh in another --output-dir",
+        )
+    if _sharded(accelerator):
+        accelerator.load_state(str(path))
+        return meta["step"]
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    params = dict(accelerator.unwrap_model(module).named_parameters())
     with torch.no_grad():
         for name, value in state["weights"].items():
             params[name].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return state
+    _set_rng_state(state["rng"])
+    return meta["step"]
 
 
 @dataclass
@@ -111,10 +177,16 @@ class MetricsLog:
                 self._tracker.init(project="rlhfkit", name=self.path.parent.name)
 
     def truncate_after(self, step: int) -> None:
-        """Forget lines past `step` (a resumed run rewrites them)."""
+        """Forget lines past `step` (a resumed run rewrites them), and any line a kill cut."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= step]
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
         self.path.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -148,21 +220,35 @@ def code_version() -> str:
 
 
 def save_final(
-    out: Path, model, tokenizer, cfg: LoopConfig, kind: str, accelerator: Accelerator, **extra
+    out: Path, module, tokenizer, cfg: LoopConfig, kind: str, accelerator: Accelerator, **extra
 ) -> Path:
-    """The finished model as an ordinary HF folder, with a manifest of what made it."""
+    """The finished model as an ordinary HF folder, with a manifest of what made it.
+
+    Every process calls this: under FSDP/DeepSpeed, gathering the full weights needs them all.
+    `module` is the prepared module: a `CompletionScorer` around the model, or the model.
+    """
     from rlhfkit.lineage import sha256_file
 
     final = out / "final"
+    state = accelerator.get_state_dict(module) if _sharded(accelerator) else None
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()
         return final
+    from rlhfkit.train.scoring import CompletionScorer
+
+    unwrapped = accelerator.unwrap_model(module)
+    model = unwrapped.model if isinstance(unwrapped, CompletionScorer) else unwrapped
+    if state is not None and model is not unwrapped:
+        state = {k.removeprefix("model."): v for k, v in state.items()}
     tmp = out / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = accelerator.unwrap_model(model)
     if cfg.lora and cfg.merge_lora:
+        if state is not None:
+            model.load_state_dict(state)
+            state = None
         model = model.merge_and_unload()
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state)
     tokenizer.save_pretrained(str(tmp))
     data = Path(cfg.data)
     manifest = {
@@ -180,4 +266,5 @@ def save_final(
     (tmp / "rlhfkit-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    accelerator.wait_for_everyone()
     return final

@@ -126,5 +126,7 @@ class DPOConfig(LoopConfig):
             raise UserError(f"--loss-type is one of {', '.join(DPO_LOSS_TYPES)}")
         if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
             raise UserError("--beta must be positive and --label-smoothing in [0, 0.5)")
+        if self.label_smoothing and self.loss_type not in ("sigmoid", "robust"):
+            raise UserError("--label-smoothing applies to the sigmoid and robust losses only")
         if self.reference == "adapter-off" and not self.lora:
             raise UserError("--reference adapter-off needs --lora")

@@ -21,8 +21,10 @@ from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import DPOConfig
 from rlhfkit.train.loop import (
-    add_lora,
     completion_batch,
+    data_inputs,
+    prepare_model,
+    prepare_output,
     resolve_precision,
     rubric_version,
     seed_everything,
@@ -42,20 +44,17 @@ class TrainResult:
 
 
 def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:
-    # 1. data, model, tokens
+    # 1. settings, data, model, tokens
     cfg.check()
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    prepare_output(cfg)
     seed_everything(cfg.seed)
     from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, cfg)
-    scorer = CompletionScorer(model)
+    scorer = CompletionScorer(prepare_model(model, cfg))
     accelerator = make_accelerator(cfg)
 
     # 2. reference log-probs, before any checkpoint is loaded into the policy
@@ -64,21 +63,21 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
         ref = reference_logps(scorer, examples, tok.pad_token_id, cfg, accelerator)
 
     # 3. optimizer, schedule, placement, resume
-    lengths = [max(ex.lengths()) for ex in examples]
-    run = start_run(cfg, accelerator, scorer, lengths, progress)
-    device = run.accelerator.device
+    seq_lengths = [max(ex.lengths()) for ex in examples]
+    run = start_run(cfg, accelerator, scorer, seq_lengths, progress, data_inputs(data))
+    device = accelerator.device
 
     for step in range(run.start, run.total):
         micro_batches = run.micro_batches(step)
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
-            ids, mask, score, lengths = (
+            ids, mask, score, n_scored = (
                 t.to(device) for t in completion_batch(batch, tok.pad_token_id)
             )
             with run.sync(i == len(micro_batches) - 1):
                 # 4. policy log-probs of chosen and rejected in one forward pass
-                with run.accelerator.autocast():
+                with accelerator.autocast():
                     logps = sequence_logps(run.module, ids, mask, score).float()
                 chosen, rejected = logps.chunk(2)
                 # 5. reference log-probs: cached, or the adapter-off base now
@@ -95,25 +94,25 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
                     beta=cfg.beta,
                     loss_type=cfg.loss_type,
                     label_smoothing=cfg.label_smoothing,
-                    chosen_lengths=lengths[: len(batch)],
-                    rejected_lengths=lengths[len(batch) :],
+                    chosen_lengths=n_scored[: len(batch)],
+                    rejected_lengths=n_scored[len(batch) :],
                 )
                 run.backward(losses.sum() * run.world / cfg.batch_size, int(mask.sum()))
-            sums["loss"] += losses.detach().sum().cpu()
-            sums["rewards/chosen"] += r_chosen.sum().cpu()
-            sums["rewards/rejected"] += r_rejected.sum().cpu()
-            sums["rewards/accuracy"] += (r_chosen > r_rejected).float().sum().cpu()
-            sums["rewards/margin"] += (r_chosen - r_rejected).sum().cpu()
+            sums["loss"] += losses.detach().sum()
+            sums["rewards/chosen"] += r_chosen.sum()
+            sums["rewards/rejected"] += r_rejected.sum()
+            sums["rewards/accuracy"] += (r_chosen > r_rejected).float().sum()
+            sums["rewards/margin"] += (r_chosen - r_rejected).sum()
         # 7. clip, step, log, checkpoint
         last = run.end_step(step + 1, sums, run.optimizer_step())
 
     final = save_final(
         Path(cfg.output_dir),
-        run.accelerator.unwrap_model(run.module).model,
+        run.module,
         tok,
         cfg,
         "dpo",
-        run.accelerator,
+        accelerator,
         rubric_version=rubric_version(data.rows),
         examples=len(examples),
     )
@@ -131,35 +130,45 @@ def reference_logps(
 ) -> torch.Tensor:
     """Reference log-probs [n, 2] (chosen, rejected) of every pair, cached on disk.
 
-    The cache key covers the model's weights files, the token ids and the precision, so a
-    change to any of them recomputes.
+    The main process computes them (batches of similar length, so little padding) while the
+    others wait, then every process reads the cache. The key covers the model's config and
+    weight files, the token ids and the precision, so a change to any of them recomputes.
     """
     from rlhfkit.data.io import atomic_open
     from rlhfkit.models import cache_dir, resolve
 
     key = _reference_key(resolve(cfg.model), examples, cfg.precision)
     path = cache_dir() / "reference-logps" / f"{key}.pt"
-    if path.exists():
-        return torch.load(path)
-    out = torch.empty(len(examples), 2)
-    scorer.to(accelerator.device)
-    with torch.inference_mode(), accelerator.autocast():
-        for start in range(0, len(examples), cfg.batch_size):
-            batch = examples[start : start + cfg.batch_size]
-            tensors = (t.to(accelerator.device) for t in completion_batch(batch, pad_id))
-            logps = sequence_logps(scorer, *list(tensors)[:3]).float().cpu()
-            out[start : start + len(batch)] = torch.stack(logps.chunk(2), dim=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        torch.save(out, f)
+    with accelerator.main_process_first():
+        try:
+            cached = torch.load(path, map_location="cpu")
+            if cached.shape == (len(examples), 2):
+                return cached
+        except (OSError, RuntimeError, EOFError):
+            pass  # absent or unreadable: compute it
+        out = torch.empty(len(examples), 2)
+        scorer.to(accelerator.device)
+        order = sorted(range(len(examples)), key=lambda i: max(examples[i].lengths()))
+        with torch.inference_mode(), accelerator.autocast():
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                batch = completion_batch([examples[i] for i in idx], pad_id)
+                ids, mask, score = (t.to(accelerator.device) for t in batch[:3])
+                logps = sequence_logps(scorer, ids, mask, score).float().cpu()
+                out[idx] = torch.stack(logps.chunk(2), dim=1)
+        if accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(path, "wb") as f:
+                torch.save(out, f)
     return out
 
 
 def _reference_key(model_dir: Path, examples: list[Example], precision: str) -> str:
-    h = hashlib.sha256()
-    for f in sorted(model_dir.glob("*.safetensors")):
+    h = hashlib.sha256(str(model_dir.resolve()).encode())
+    h.update((model_dir / "config.json").read_bytes())
+    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
         stat = f.stat()
-        h.update(f"{f.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        h.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     h.update(precision.encode())
     for ex in examples:
         h.update(json.dumps([ex.prompt, *ex.completions]).encode())

@@ -66,77 +66,54 @@ def completion_batch(examples: list[Example], pad_id: int):
     """Every completion of the examples as one right-padded batch, with the scored positions.
 
     Returns input_ids [S, T], attention_mask [S, T], score_mask [S, T] (True where the token
-    is a completion token; position t is predicted from t-1) and seq_lengths [S] (completion
-    tokens per sequence). Sequences are ordered completion-major: all first completions
-    (chosen), then all second ones (rejected).
+    is scored; position t is predicted from t-1) and n_scored [S] (scored tokens per
+    sequence). Sequences are ordered completion-major: all first completions (chosen), then
+    all second ones (rejected).
     """
     import torch
 
-    seqs, starts = [], []
-    n_completions = len(examples[0].completions)
-    for k in range(n_completions):
+    seqs, scored = [], []
+    for k in range(len(examples[0].completions)):
         for ex in examples:
             seqs.append(ex.prompt + ex.completions[k])
-            starts.append(len(ex.prompt))
-    ids, mask = pad_right(seqs, pad_id)
-    positions = torch.arange(ids.shape[1])
-    score = (positions[None, :] >= torch.tensor(starts)[:, None]) & mask.bool()
-    return ids, mask, score, score.sum(dim=1)
+            mask = ex.masks[k] if ex.masks is not None else [True] * len(ex.completions[k])
+            scored.append([False] * len(ex.prompt) + list(mask))
+    ids, attention = pad_right(seqs, pad_id)
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    for i, s in enumerate(scored):
+        score[i, : len(s)] = torch.tensor(s)
+    return ids, attention, score, score.sum(dim=1)
 
 
-# --- model pieces -----------------------------------------------------------------------
-
-
-_BF16_FASTER: bool | None = None
-
-
-def resolve_precision(precision: str) -> str:
-    """`auto` -> bf16 where it is faster here, else fp32; bf16/fp32 pass through.
-
-    On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs 10-100x
-    *slower* than fp32, so the choice is measured, not assumed: two small matmuls, ~0.1 s.
-    """
-    global _BF16_FASTER
-    if precision != "auto":
-        return precision
-    import torch
-
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if _BF16_FASTER is None:
-        import time
-
-        def seconds(dtype) -> float:
-            a = torch.randn(128, 128, dtype=dtype)
-            a @ a
-            start = time.perf_counter()
-            for _ in range(4):
-                a @ a
-            return time.perf_counter() - start
-
-        _BF16_FASTER = seconds(torch.bfloat16) * 1.3 < seconds(torch.float32)
-    return "bf16" if _BF16_FASTER else "fp32"
-
-
-def autocast(precision: str):
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM", extra_trainable=()):
+def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=targets,
-        task_type=task_type,
-        modules_to_save=list(extra_trainable) or None,
+        target_modules="all-linear",  # every linear layer but the output head, any architecture
+        task_type=task_type,  # SEQ_CLS also trains the new score head in full
     )
     return get_peft_model(model, config)
+
+
+def prepare_model(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
+    """Gradient checkpointing if asked, then the LoRA adapter if asked."""
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) without enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        model = add_lora(model, cfg, task_type=task_type)
+    return model
+
+
+def data_inputs(data) -> dict[str, Any]:
+    """What identifies a run's training data, for the resume fingerprint."""
+    from rlhfkit.lineage import sha256_file
+
+    path = Path(data.path)
+    return {"data_sha256": sha256_file(path) if path.is_file() else str(path), "rows": len(data)}
 
 
 def make_optimizer(model, cfg: LoopConfig):

@@ -9,18 +9,22 @@ folder (one label), as TRL's RewardTrainer makes, so any tool can load it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 from rlhfkit.data import Format, load
+from rlhfkit.errors import UserError
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import (
-    add_lora,
+    data_inputs,
     pad_right,
+    prepare_model,
+    prepare_output,
     resolve_precision,
     rubric_version,
     seed_everything,
@@ -66,49 +70,49 @@ def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Te
 
 
 def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> TrainResult:
-    # 1. data, backbone + fresh score head, tokens
+    # 1. settings, data, backbone + fresh score head, tokens
     cfg.check()
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    prepare_output(cfg)
     seed_everything(cfg.seed)
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, cfg, task_type="SEQ_CLS")
+    model = prepare_model(model, cfg, task_type="SEQ_CLS")  # the score head trains in full
 
     # 2. optimizer, schedule, placement, resume
     accelerator = make_accelerator(cfg)
-    lengths = [max(ex.lengths()) for ex in examples]
-    run = start_run(cfg, accelerator, model, lengths, progress)
+    seq_lengths = [max(ex.lengths()) for ex in examples]
+    run = start_run(cfg, accelerator, model, seq_lengths, progress, data_inputs(data))
+    device = accelerator.device
 
     for step in range(run.start, run.total):
         micro_batches = run.micro_batches(step)
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
             margin = None
             if any(ex.margin is not None for ex in batch):
-                margin = torch.tensor([ex.margin or 0.0 for ex in batch], device=accelerator.device)
+                margin = torch.tensor([ex.margin or 0.0 for ex in batch], device=device)
+            ids, mask = (t.to(device) for t in pair_batch(batch, tok.pad_token_id))
             with run.sync(i == len(micro_batches) - 1):
                 # 3. a scalar reward for each full chosen and rejected sequence
                 with accelerator.autocast():
-                    rewards = score_pairs(run.module, batch, tok.pad_token_id, accelerator.device)
-                chosen, rejected = rewards.unbind(1)
+                    rewards = run.module(input_ids=ids, attention_mask=mask).logits
+                chosen, rejected = rewards.squeeze(-1).float().chunk(2)
                 # 4. Bradley–Terry loss; a micro-batch's mean weighted by its share of the step
                 loss = reward_loss(chosen, rejected, margin, cfg.center_coef)
-                run.backward(loss * len(batch) * run.world / cfg.batch_size, int(rewards.numel()))
-            sums["loss"] += loss.detach().cpu() * len(batch)
-            sums["accuracy"] += (chosen > rejected).float().sum().detach().cpu()
-            sums["margin"] += (chosen - rejected).sum().detach().cpu()
-            sums["reward_mean"] += rewards.mean(dim=1).sum().detach().cpu()
+                run.backward(loss * len(batch) * run.world / cfg.batch_size, int(mask.sum()))
+            sums["loss"] += loss.detach() * len(batch)
+            sums["accuracy"] += (chosen > rejected).float().sum().detach()
+            sums["margin"] += (chosen - rejected).sum().detach()
+            sums["reward_mean"] += ((chosen + rejected) / 2).sum().detach()
         # 5. clip, step, log, checkpoint
         last = run.end_step(step + 1, sums, run.optimizer_step())
 
     final = save_final(
         Path(cfg.output_dir),
-        accelerator.unwrap_model(run.module),
+        run.module,
         tok,
         cfg,
         "reward_model",
@@ -121,10 +125,19 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
 
 def evaluate_reward_model(model_ref: str, data_path: Path, batch_size: int = 16) -> dict:
     """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+    from rlhfkit.models import MANIFEST, resolve
+
+    manifest = resolve(model_ref) / MANIFEST
+    kind = json.loads(manifest.read_text()).get("kind") if manifest.exists() else None
+    if kind != "reward_model":
+        raise UserError(
+            f"{model_ref}: not a reward model made by `rlhfkit train rm` (its manifest says "
+            f"{kind or 'nothing'}); a fresh score head would give random rewards"
+        )
     data = load(data_path, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(model_ref)
     model.eval()
-    examples, truncated = tokenize_dataset(tok, data, tok.model_max_length or 2048, "preference")
+    examples, truncated = tokenize_dataset(tok, data, min(tok.model_max_length, 4096), "preference")
     scores = []
     with torch.inference_mode():
         for start in range(0, len(examples), batch_size):

@@ -17,13 +17,19 @@ from typing import Any
 
 import torch
 
-from rlhfkit.train.checkpoint import MetricsLog, latest_checkpoint, load_checkpoint, save_checkpoint
+from rlhfkit.errors import UserError
+from rlhfkit.train.checkpoint import (
+    MetricsLog,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_fingerprint,
+    save_checkpoint,
+)
 from rlhfkit.train.loop import (
     LoopConfig,
     epoch_batches,
     make_optimizer,
     make_scheduler,
-    prepare_output,
     shard,
     total_steps,
 )
@@ -43,27 +49,32 @@ class Run:
     steps_per_epoch: int
     total: int
     start: int
+    fingerprint: str
     progress: ProgressFn | None = None
     _t0: float = field(default_factory=time.time)
     _tokens: int = 0
-
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
+    _epoch: tuple[int, list[list[int]]] = (-1, [])
 
     @property
     def world(self) -> int:
         return self.accelerator.num_processes
 
-    def micro_batches(self, step: int) -> list[list[int]]:
-        """This process's micro-batches for optimizer step `step` (0-based)."""
-        epoch, index = divmod(step, self.steps_per_epoch)
-        batch = epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch)[index]
-        return shard(batch, self.rank, self.world, self.cfg.grad_accum)
-
     def global_batch(self, step: int) -> list[int]:
+        """The example indices of optimizer step `step` (0-based), on every process alike."""
         epoch, index = divmod(step, self.steps_per_epoch)
-        return epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch)[index]
+        if self._epoch[0] != epoch:
+            batches = epoch_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch)
+            self._epoch = (epoch, batches)
+        return self._epoch[1][index]
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """This process's share of step `step`, split into `grad_accum` micro-batches."""
+        return shard(
+            self.global_batch(step),
+            self.accelerator.process_index,
+            self.world,
+            self.cfg.grad_accum,
+        )
 
     def sync(self, last_micro: bool):
         """Gradients are all-reduced only on a step's last micro-batch."""
@@ -73,60 +84,67 @@ class Run:
         self.accelerator.backward(loss)
         self._tokens += tokens
 
-    def optimizer_step(self) -> float:
-        """Clip, step, advance the schedule, zero the gradients; return the gradient norm."""
-        norm = torch.tensor(0.0)
+    def optimizer_step(self) -> tuple[float, float]:
+        """Clip, step, advance the schedule, zero the gradients.
+
+        Returns the gradient norm before clipping and the learning rate the step used.
+        """
+        norm = None
         if self.cfg.max_grad_norm > 0:
+            # All parameters, not only trainable ones: under FSDP, Accelerate computes the
+            # global norm only when handed exactly model.parameters().
             norm = self.accelerator.clip_grad_norm_(
-                [p for p in self.module.parameters() if p.requires_grad], self.cfg.max_grad_norm
+                self.module.parameters(), self.cfg.max_grad_norm
             )
+        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return (float(norm) if norm is not None else float("nan")), lr
 
-    def end_step(self, step: int, sums: dict[str, torch.Tensor], grad_norm: float) -> dict:
+    def end_step(self, step: int, sums: dict[str, torch.Tensor], stepped: tuple[float, float]):
         """Reduce this step's metric sums over processes, log them, checkpoint when due.
 
-        `sums` holds per-process sums; each is divided by the global batch size.
+        `sums` holds per-process sums over examples; each is divided by the global batch size.
         """
         names = sorted(sums)
-        local = torch.stack([sums[n].detach().float().cpu() for n in names])
-        total = self.accelerator.reduce(local.to(self.accelerator.device), "sum").cpu()
-        tokens = self.accelerator.reduce(
-            torch.tensor([float(self._tokens)], device=self.accelerator.device), "sum"
-        )
+        device = self.accelerator.device
+        local = torch.stack([sums[n].detach().float().to(device) for n in names])
+        local = torch.cat([local, torch.tensor([float(self._tokens)], device=device)])
+        total = self.accelerator.reduce(local, "sum").cpu().tolist()
         elapsed = time.time() - self._t0
-        record = {"step": step}
-        record |= {n: float(v) / self.cfg.batch_size for n, v in zip(names, total, strict=True)}
+        grad_norm, lr = stepped
+        record: dict[str, float] = {"step": step}
+        record |= {n: v / self.cfg.batch_size for n, v in zip(names, total, strict=False)}
         record |= {
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": grad_norm,
             "epoch": step / self.steps_per_epoch,
-            "tokens_per_s": float(tokens) / max(elapsed, 1e-9),
+            "tokens_per_s": total[-1] / max(elapsed, 1e-9),
             "seconds": elapsed,
         }
         self._t0, self._tokens = time.time(), 0
         if self.accelerator.is_main_process:
             self.metrics.write(record)
         if self.cfg.save_every and step % self.cfg.save_every == 0 and step < self.total:
-            self.checkpoint(step)
-        if self.progress:
+            save_checkpoint(
+                Path(self.cfg.output_dir),
+                step,
+                self.accelerator,
+                self.module,
+                self.optimizer,
+                self.scheduler,
+                self.fingerprint,
+            )
+        if self.progress and self.accelerator.is_main_process:
             self.progress(step, self.total, record)
         return record
-
-    def checkpoint(self, step: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.module)
-            save_checkpoint(Path(self.cfg.output_dir), step, model, self.optimizer, self.scheduler)
 
 
 def make_accelerator(cfg: LoopConfig):
     """One process, or one of many under `accelerate launch`; bf16 autocast or fp32."""
     from accelerate import Accelerator
 
-    prepare_output(cfg)
     # Without cpu=True on a machine with no GPU, Accelerate ignores `accelerate launch`'s
     # processes and runs each as a lone single-process job.
     return Accelerator(
@@ -141,18 +159,34 @@ def start_run(
     module: torch.nn.Module,
     lengths: list[int],
     progress: ProgressFn | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> Run:
-    """Place the module, build optimizer and schedule, and resume from a checkpoint if asked."""
+    """Check the batch fits, place the module, build optimizer and schedule, resume if asked.
+
+    `inputs` (e.g. the data's hash) join the config in the fingerprint a resumed run must
+    match: resuming with other data, seed or batch size would silently train another run.
+    """
+    world = accelerator.num_processes
+    if len(lengths) < cfg.batch_size:
+        raise UserError(
+            f"{len(lengths)} examples cannot fill one batch of --batch-size {cfg.batch_size}"
+        )
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise UserError(
+            f"--batch-size {cfg.batch_size} must split evenly over {world} processes x "
+            f"--grad-accum {cfg.grad_accum}"
+        )
     steps_per_epoch = len(epoch_batches(lengths, cfg.batch_size, cfg.seed, 0))
     total = total_steps(cfg, steps_per_epoch)
+    module.train()  # dropout and gradient checkpointing act only in training mode
     optimizer = make_optimizer(module, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
     module, optimizer = accelerator.prepare(module, optimizer)
     metrics = MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", cfg.report_to)
+    fingerprint = resume_fingerprint(cfg, inputs or {})
     start = 0
     if cfg.resume and (ckpt := latest_checkpoint(Path(cfg.output_dir))):
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(module), optimizer, scheduler)
-        start = state["step"]
+        start = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler, fingerprint)
     if accelerator.is_main_process:
         metrics.truncate_after(start)
     return Run(
@@ -166,5 +200,6 @@ def start_run(
         steps_per_epoch,
         total,
         start,
+        fingerprint,
         progress,
     )

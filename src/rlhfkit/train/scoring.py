@@ -33,11 +33,14 @@ class CompletionScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, score_mask) -> torch.Tensor:
         lm = _causal_lm(self.model)
-        hidden = lm.model(
+        hidden = lm.base_model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
         predicts = score_mask[:, 1:]
         logits = lm.get_output_embeddings()(hidden[:, :-1][predicts])
+        # Models that transform logits after the head (Gemma 2's soft-capping) need it here too.
+        if cap := getattr(lm.config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / cap) * cap
         return token_logps(logits, input_ids[:, 1:][predicts])
 
 

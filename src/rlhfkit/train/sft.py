@@ -17,7 +17,14 @@ from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import SFTConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import add_lora, completion_batch, resolve_precision, seed_everything
+from rlhfkit.train.loop import (
+    completion_batch,
+    data_inputs,
+    prepare_model,
+    prepare_output,
+    resolve_precision,
+    seed_everything,
+)
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer
@@ -25,52 +32,44 @@ from rlhfkit.train.tokenize import tokenize_dataset
 
 
 def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult:
-    # 1. data, model, tokens
+    # 1. settings, data, model, tokens
     cfg.check()
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    prepare_output(cfg)
     seed_everything(cfg.seed)
     from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PROMPT_COMPLETION, Format.LANGUAGE_MODELING])
     model, tok = load_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "sft")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, cfg)
+    scorer = CompletionScorer(prepare_model(model, cfg))
 
     # 2. optimizer, schedule, placement, resume
     accelerator = make_accelerator(cfg)
-    lengths = [ex.lengths()[0] for ex in examples]
-    run = start_run(cfg, accelerator, CompletionScorer(model), lengths, progress)
+    seq_lengths = [ex.lengths()[0] for ex in examples]
+    run = start_run(cfg, accelerator, scorer, seq_lengths, progress, data_inputs(data))
     device = accelerator.device
 
     for step in range(run.start, run.total):
         micro_batches = run.micro_batches(step)
-        # 3. every process divides by the global batch's completion tokens
-        global_tokens = sum(len(examples[j].completions[0]) for j in run.global_batch(step))
-        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        # 3. every process divides by the global batch's scored tokens
+        global_tokens = sum(examples[j].scored()[0] for j in run.global_batch(step))
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
             ids, mask, score, _ = (t.to(device) for t in completion_batch(batch, tok.pad_token_id))
             with run.sync(i == len(micro_batches) - 1):
-                # 4. log-probs of the completion tokens; NLL averaged over the global batch
+                # 4. log-probs of the scored tokens; NLL averaged over the global batch
                 with accelerator.autocast():
                     logps = run.module(ids, mask, score)
                 loss = sft_loss(logps, global_tokens / run.world)
                 run.backward(loss, int(mask.sum()))
-            # metrics are per-example sums; scale the token mean back to one
-            sums["loss"] += -logps.detach().sum().cpu() * cfg.batch_size / global_tokens
+            # logged as a per-token mean: end_step divides per-example sums by the batch size
+            sums["loss"] += -logps.detach().sum() * cfg.batch_size / global_tokens
         # 5. clip, step, log, checkpoint
         last = run.end_step(step + 1, sums, run.optimizer_step())
 
     final = save_final(
-        Path(cfg.output_dir),
-        accelerator.unwrap_model(run.module).model,
-        tok,
-        cfg,
-        "sft",
-        accelerator,
-        examples=len(examples),
+        Path(cfg.output_dir), run.module, tok, cfg, "sft", accelerator, examples=len(examples)
     )
     return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))

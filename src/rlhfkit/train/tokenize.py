@@ -28,9 +28,23 @@ class Example:
     prompt: list[int]
     completions: tuple[list[int], ...]
     margin: float | None = None
+    masks: tuple[list[bool], ...] | None = None
+    """Which completion tokens are scored (None: all). Multi-turn SFT scores the assistant
+    turns only, not the user turns between them."""
 
     def lengths(self) -> list[int]:
         return [len(self.prompt) + len(c) for c in self.completions]
+
+    def scored(self) -> list[int]:
+        """Scored tokens per completion."""
+        if self.masks is None:
+            return [len(c) for c in self.completions]
+        return [sum(m) for m in self.masks]
+
+    def cut(self, room: int) -> Example:
+        """The example with every completion (and mask) cut to `room` tokens."""
+        masks = tuple(m[:room] for m in self.masks) if self.masks is not None else None
+        return Example(self.prompt, tuple(c[:room] for c in self.completions), self.margin, masks)
 
 
 def _ids(tok: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False) -> list[int]:
@@ -71,12 +85,28 @@ def tokenize_sft(tok: PreTrainedTokenizerBase, row: dict[str, Any], fmt: Format)
         prompt, completion = split_prompt_completion(tok, row["prompt"], completion)
         return Example(prompt, (completion,))
     if "messages" in row:
-        messages = row["messages"]
-        first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompt, completion = split_prompt_completion(tok, messages[:first], messages[first:])
-        return Example(prompt, (completion,))
+        return _assistant_turns(tok, row["messages"])
     ids = [*_ids(tok, row["text"]), tok.eos_token_id]
     return Example(ids[:1], (ids[1:],))
+
+
+def _assistant_turns(tok: PreTrainedTokenizerBase, messages: list[dict]) -> Example:
+    """A conversation whose assistant turns are scored and everything else is context.
+
+    Each assistant turn's tokens are found by templating the conversation up to the turn
+    (with the generation prompt) and up to its end; what lies between is that turn.
+    """
+    full = _ids(tok, messages)
+    scored = [False] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = _common_prefix(_ids(tok, messages[:i], generation_prompt=True), full)
+        end = _common_prefix(_ids(tok, messages[: i + 1]), full)
+        for t in range(start, end):
+            scored[t] = True
+    first = scored.index(True)
+    return Example(full[:first], (full[first:],), masks=(scored[first:],))
 
 
 def tokenize_preference(tok: PreTrainedTokenizerBase, row: dict[str, Any]) -> Example:
@@ -123,8 +153,8 @@ def tokenize_dataset(
         room = max_length - len(ex.prompt)
         if any(len(c) > room for c in ex.completions):
             truncated += 1
-            ex = Example(ex.prompt, tuple(c[:room] for c in ex.completions), ex.margin)
-        if any(not c for c in ex.completions):
+            ex = ex.cut(room)
+        if any(n == 0 for n in ex.scored()):
             problems.append(Problem(str(dataset.path), line, "a completion has no tokens"))
             continue
         examples.append(ex)
