@@ -53,13 +53,18 @@ def test_gradient_checkpointing_changes_nothing_but_is_active(tmp_path):
 
     model, tok = tiny_model()
     cfg = SFTConfig(gradient_checkpointing=True, lora=True)
-    scorer = CompletionScorer(prepare_model(model, cfg)).train()
+    scorer = CompletionScorer(prepare_model(model, cfg))
+    layer = model.model.layers[0]
     calls = []
-    model.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    checkpoint = layer._gradient_checkpointing_func
+    layer._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or checkpoint(*a, **k)
     ids = tok("Best regards, the team", return_tensors="pt")["input_ids"]
     score = torch.ones_like(ids, dtype=torch.bool)
-    sequence_logps(scorer, ids, torch.ones_like(ids), score).sum().backward()
-    assert len(calls) == 2  # the layer ran again in the backward pass
+    for mode, expected in ((scorer.eval, 0), (scorer.train, 1)):
+        calls.clear()
+        mode()
+        sequence_logps(scorer, ids, torch.ones_like(ids), score).sum().backward()
+        assert len(calls) == expected  # checkpointing acts in training mode only
 
 
 def test_adapter_off_reference_equals_the_precomputed_one(tmp_path):

@@ -85,6 +85,37 @@ def completion_batch(examples: list[Example], pad_id: int):
     return ids, attention, score, score.sum(dim=1)
 
 
+_BF16_FASTER: bool | None = None
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` -> bf16 where it is faster here, else fp32; bf16/fp32 pass through.
+
+    On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs 10-100x
+    *slower* than fp32, so the choice is measured, not assumed: two small matmuls, ~0.1 s.
+    """
+    global _BF16_FASTER
+    if precision != "auto":
+        return precision
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if _BF16_FASTER is None:
+        import time
+
+        def seconds(dtype) -> float:
+            a = torch.randn(128, 128, dtype=dtype)
+            a @ a
+            start = time.perf_counter()
+            for _ in range(4):
+                a @ a
+            return time.perf_counter() - start
+
+        _BF16_FASTER = seconds(torch.bfloat16) * 1.3 < seconds(torch.float32)
+    return "bf16" if _BF16_FASTER else "fp32"
+
+
 def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
