@@ -8,7 +8,6 @@ forward pass, and only completion tokens reach the LM head.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import defaultdict
@@ -21,13 +20,11 @@ from rlhfkit.data import Format, load
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import DPOConfig
 from rlhfkit.train.loop import (
+    begin,
     completion_batch,
     data_inputs,
     prepare_model,
-    prepare_output,
-    resolve_precision,
     rubric_version,
-    seed_everything,
 )
 from rlhfkit.train.losses import dpo_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
@@ -45,10 +42,7 @@ class TrainResult:
 
 def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. settings, data, model, tokens
-    cfg.check()
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    prepare_output(cfg)
-    seed_everything(cfg.seed)
+    cfg = begin(cfg)
     from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])

@@ -129,6 +129,17 @@ def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
     return get_peft_model(model, config)
 
 
+def begin(cfg: LoopConfig) -> LoopConfig:
+    """Check the settings, fix `auto` precision, claim the output folder, seed everything."""
+    import dataclasses
+
+    cfg.check()
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
+    prepare_output(cfg)
+    seed_everything(cfg.seed)
+    return cfg
+
+
 def prepare_model(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
     """Gradient checkpointing if asked, then the LoRA adapter if asked."""
     if cfg.gradient_checkpointing:

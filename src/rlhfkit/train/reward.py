@@ -8,7 +8,6 @@ folder (one label), as TRL's RewardTrainer makes, so any tool can load it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -21,13 +20,11 @@ from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import (
+    begin,
     data_inputs,
     pad_right,
     prepare_model,
-    prepare_output,
-    resolve_precision,
     rubric_version,
-    seed_everything,
 )
 from rlhfkit.train.losses import reward_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
@@ -71,10 +68,7 @@ def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Te
 
 def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. settings, data, backbone + fresh score head, tokens
-    cfg.check()
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    prepare_output(cfg)
-    seed_everything(cfg.seed)
+    cfg = begin(cfg)
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")

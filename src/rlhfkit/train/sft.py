@@ -7,7 +7,6 @@ shards give the same gradient as one big batch). Prompt tokens and padding are n
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,12 +17,10 @@ from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import SFTConfig
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import (
+    begin,
     completion_batch,
     data_inputs,
     prepare_model,
-    prepare_output,
-    resolve_precision,
-    seed_everything,
 )
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
@@ -33,10 +30,7 @@ from rlhfkit.train.tokenize import tokenize_dataset
 
 def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. settings, data, model, tokens
-    cfg.check()
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
-    prepare_output(cfg)
-    seed_everything(cfg.seed)
+    cfg = begin(cfg)
     from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PROMPT_COMPLETION, Format.LANGUAGE_MODELING])
