@@ -4,8 +4,10 @@ same loss as rlhfkit's tokenization + scoring + losses, to 1e-5."""
 import copy
 import warnings
 
+import datasets
 import pytest
 import torch
+import trl  # noqa: F401
 
 from rlhfkit.data import Dataset, Format, Kind
 from rlhfkit.models import tiny_model
@@ -14,9 +16,6 @@ from rlhfkit.train.losses import dpo_loss, reward_loss, sft_loss
 from rlhfkit.train.reward import score_pairs
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
 from rlhfkit.train.tokenize import tokenize_dataset
-
-import datasets  # noqa: E402  (trl is a declared test dependency: no skipping)
-import trl  # noqa: E402, F401
 
 
 def conv(role, text):
