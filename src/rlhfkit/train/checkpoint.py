@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import subprocess
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,7 +226,8 @@ def save_final(
     Every process calls this: under FSDP/DeepSpeed, gathering the full weights needs them all.
     `module` is the prepared module: a `CompletionScorer` around the model, or the model.
     """
-    from rlhfkit.lineage import sha256_file
+    from rlhfkit.data.io import atomic_dir
+    from rlhfkit.lineage import write_manifest
 
     final = out / "final"
     state = accelerator.get_state_dict(module) if _sharded(accelerator) else None
@@ -241,30 +241,23 @@ def save_final(
     model = unwrapped.model if isinstance(unwrapped, CompletionScorer) else unwrapped
     if state is not None and model is not unwrapped:
         state = {k.removeprefix("model."): v for k, v in state.items()}
-    tmp = out / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     if cfg.lora and cfg.merge_lora:
         if state is not None:
             model.load_state_dict(state)
             state = None
         model = model.merge_and_unload()
-    model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state)
-    tokenizer.save_pretrained(str(tmp))
-    data = Path(cfg.data)
-    manifest = {
-        "kind": kind,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "code_version": code_version(),
-        "base_model": cfg.model,
-        "adapter_only": cfg.lora and not cfg.merge_lora,
-        "inputs": {
-            "data": {"path": str(data), "sha256": sha256_file(data) if data.is_file() else None}
-        },
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        **extra,
-    }
-    (tmp / "rlhfkit-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True, state_dict=state)
+        tokenizer.save_pretrained(str(tmp))
+        write_manifest(
+            tmp,
+            kind=kind,
+            inputs={"data": Path(cfg.data)},
+            config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+            code_version=code_version(),
+            base_model=cfg.model,
+            adapter_only=cfg.lora and not cfg.merge_lora,
+            **extra,
+        )
     accelerator.wait_for_everyone()
     return final
