@@ -3,14 +3,13 @@ reference's source; and the scoring rules of multi-turn SFT."""
 
 import json
 
-import torch
-
 from rlhfkit.data import Dataset, Format, Kind
 from rlhfkit.models import tiny_model
+from rlhfkit.train.batches import separate
 from rlhfkit.train.configs import SFTConfig
-from rlhfkit.train.loop import completion_batch, prepare_model
+from rlhfkit.train.loop import prepare_model
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
-from rlhfkit.train.tokenize import tokenize_dataset
+from rlhfkit.train.tokenize import Example, tokenize_dataset
 from tests.conftest import messages, run_cli, write_lines
 from tests.train.test_train_cli import support_pairs
 
@@ -58,12 +57,12 @@ def test_gradient_checkpointing_changes_nothing_but_is_active(tmp_path):
     calls = []
     checkpoint = layer._gradient_checkpointing_func
     layer._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or checkpoint(*a, **k)
-    ids = tok("Best regards, the team", return_tensors="pt")["input_ids"]
-    score = torch.ones_like(ids, dtype=torch.bool)
+    ids = tok("Best regards, the team")["input_ids"]
+    inputs = separate([Example(ids[:1], (ids[1:],))], tok.pad_token_id)
     for mode, expected in ((scorer.eval, 0), (scorer.train, 1)):
         calls.clear()
         mode()
-        sequence_logps(scorer, ids, torch.ones_like(ids), score).sum().backward()
+        sequence_logps(scorer, inputs).sum().backward()
         assert len(calls) == expected  # checkpointing acts in training mode only
 
 
@@ -80,8 +79,7 @@ def test_multi_turn_sft_scores_assistant_turns_only(tiny):
                      ("user", "Where is my parcel?"), ("assistant", "It arrives Monday."))
     ds = Dataset(None, Kind(Format.LANGUAGE_MODELING, True), [{"messages": convo}], [1])
     examples, _ = tokenize_dataset(tok, ds, 512, "sft")
-    ids, _, score, _ = completion_batch(examples, tok.pad_token_id)
-    scored = tok.decode(ids[0][score[0]])
+    scored = tok.decode(separate(examples, tok.pad_token_id).targets)
     assert "Hello! How can I help?" in scored and "It arrives Monday." in scored
     assert "Where is my parcel" not in scored and "Hi there" not in scored
 

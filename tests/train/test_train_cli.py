@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhfkit.models import load_model
-from rlhfkit.train.loop import completion_batch
+from rlhfkit.train.batches import shared_prompt
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
 from tests.conftest import messages, run_cli, write_lines
 
@@ -65,9 +65,9 @@ def margin(model_dir, rows) -> float:
     model, tok = load_model(str(model_dir))
     ds = Dataset(None, Kind(Format.PREFERENCE, True), rows, list(range(len(rows))))
     examples, _ = tokenize_dataset(tok, ds, 512, "preference")
-    ids, mask, score, _ = completion_batch(examples, tok.pad_token_id)
+    inputs = shared_prompt(examples, tok.pad_token_id)
     with torch.no_grad():
-        chosen, rejected = sequence_logps(CompletionScorer(model.eval()), ids, mask, score).chunk(2)
+        chosen, rejected = sequence_logps(CompletionScorer(model.eval()), inputs).chunk(2)
     return float((chosen - rejected).mean())
 
 

@@ -11,10 +11,10 @@ import trl  # noqa: F401
 
 from rlhfkit.data import Dataset, Format, Kind
 from rlhfkit.models import tiny_model
-from rlhfkit.train.loop import completion_batch
+from rlhfkit.train.batches import separate, shared_prompt
 from rlhfkit.train.losses import dpo_loss, reward_loss, sft_loss
 from rlhfkit.train.reward import score_pairs
-from rlhfkit.train.scoring import CompletionScorer, sequence_logps
+from rlhfkit.train.scoring import CompletionScorer, sequence_logps, token_logps_of
 from rlhfkit.train.tokenize import tokenize_dataset
 
 
@@ -82,15 +82,17 @@ def test_dpo_loss_matches_trl(tmp_path, loss_type, label_smoothing, rows):
         expected = trainer.compute_loss(trainer.model, trl_batch(trainer))
 
     examples = ours(rows, Format.PREFERENCE, tok)
-    ids, mask, score, lengths = completion_batch(examples, tok.pad_token_id)
-    with torch.no_grad():
-        pol = sequence_logps(CompletionScorer(policy.eval()), ids, mask, score).chunk(2)
-        ref = sequence_logps(CompletionScorer(reference.eval()), ids, mask, score).chunk(2)
     n = len(examples)
-    losses, _, _ = dpo_loss(*pol, *ref, beta=0.2, loss_type=loss_type,
-                            label_smoothing=label_smoothing, chosen_lengths=lengths[:n],
-                            rejected_lengths=lengths[n:])
-    assert abs(losses.mean().item() - expected.item()) < 1e-5
+    for layout in (shared_prompt, separate):  # one pass over each prompt, or one per completion
+        inputs = layout(examples, tok.pad_token_id)
+        with torch.no_grad():
+            pol = sequence_logps(CompletionScorer(policy.eval()), inputs).chunk(2)
+            ref = sequence_logps(CompletionScorer(reference.eval()), inputs).chunk(2)
+        losses, _, _ = dpo_loss(*pol, *ref, beta=0.2, loss_type=loss_type,
+                                label_smoothing=label_smoothing,
+                                chosen_lengths=inputs.n_scored[:n],
+                                rejected_lengths=inputs.n_scored[n:])
+        assert abs(losses.mean().item() - expected.item()) < 1e-5, layout.__name__
     assert expected.item() != pytest.approx(0.6931, abs=1e-3)
 
 
@@ -146,7 +148,7 @@ def test_sft_loss_matches_trl(tmp_path, standard):
         expected = trainer.compute_loss(trainer.model, trl_batch(trainer))
 
     examples = ours(rows, Format.PROMPT_COMPLETION, tok, kind="sft")
-    ids, mask, score, _ = completion_batch(examples, tok.pad_token_id)
+    inputs = separate(examples, tok.pad_token_id)
     with torch.no_grad():
-        loss = sft_loss(CompletionScorer(model.eval())(ids, mask, score))
+        loss = sft_loss(token_logps_of(CompletionScorer(model.eval()), inputs))
     assert abs(loss.item() - expected.item()) < 1e-5

@@ -224,7 +224,7 @@ def save_final(
     """The finished model as an ordinary HF folder, with a manifest of what made it.
 
     Every process calls this: under FSDP/DeepSpeed, gathering the full weights needs them all.
-    `module` is the prepared module: a `CompletionScorer` around the model, or the model.
+    `module` is the prepared module: a `ModelScorer` around the model, or the model.
     """
     from rlhfkit.data.io import atomic_dir
     from rlhfkit.lineage import write_manifest
@@ -235,10 +235,10 @@ def save_final(
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return final
-    from rlhfkit.train.scoring import CompletionScorer
+    from rlhfkit.train.scoring import ModelScorer
 
     unwrapped = accelerator.unwrap_model(module)
-    model = unwrapped.model if isinstance(unwrapped, CompletionScorer) else unwrapped
+    model = unwrapped.model if isinstance(unwrapped, ModelScorer) else unwrapped
     if state is not None and model is not unwrapped:
         state = {k.removeprefix("model."): v for k, v in state.items()}
     if cfg.lora and cfg.merge_lora:

@@ -11,21 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlhfkit.data import Format, load
+from rlhfkit.train.batches import Batch, separate, shared_prompt, supports_block_mask
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import DPOConfig
-from rlhfkit.train.loop import (
-    begin,
-    completion_batch,
-    data_inputs,
-    prepare_model,
-    rubric_version,
-)
+from rlhfkit.train.loop import begin, data_inputs, prepare_model, rubric_version
 from rlhfkit.train.losses import dpo_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
@@ -48,13 +44,15 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
+    # chosen and rejected share one pass over their prompt where the attention kernel allows
+    layout = shared_prompt if supports_block_mask(model) else separate
     scorer = CompletionScorer(prepare_model(model, cfg))
     accelerator = make_accelerator(cfg)
 
     # 2. reference log-probs, before any checkpoint is loaded into the policy
     ref = None
     if cfg.reference == "precomputed":
-        ref = reference_logps(scorer, examples, tok.pad_token_id, cfg, accelerator)
+        ref = reference_logps(scorer, examples, layout, tok.pad_token_id, cfg, accelerator)
 
     # 3. optimizer, schedule, placement, resume
     seq_lengths = [max(ex.lengths()) for ex in examples]
@@ -66,19 +64,17 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
-            ids, mask, score, n_scored = (
-                t.to(device) for t in completion_batch(batch, tok.pad_token_id)
-            )
+            inputs = layout(batch, tok.pad_token_id).to(device)
             with run.sync(i == len(micro_batches) - 1):
                 # 4. policy log-probs of chosen and rejected in one forward pass
                 with accelerator.autocast():
-                    logps = sequence_logps(run.module, ids, mask, score).float()
+                    logps = sequence_logps(run.module, inputs).float()
                 chosen, rejected = logps.chunk(2)
                 # 5. reference log-probs: cached, or the adapter-off base now
                 if ref is not None:
                     ref_chosen, ref_rejected = ref[idx].to(device).unbind(1)
                 else:
-                    ref_chosen, ref_rejected = _live_reference(run, ids, mask, score)
+                    ref_chosen, ref_rejected = _live_reference(run, inputs)
                 # 6. the loss, summed here and divided by the global batch size
                 losses, r_chosen, r_rejected = dpo_loss(
                     chosen,
@@ -88,10 +84,10 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
                     beta=cfg.beta,
                     loss_type=cfg.loss_type,
                     label_smoothing=cfg.label_smoothing,
-                    chosen_lengths=n_scored[: len(batch)],
-                    rejected_lengths=n_scored[len(batch) :],
+                    chosen_lengths=inputs.n_scored[: len(batch)],
+                    rejected_lengths=inputs.n_scored[len(batch) :],
                 )
-                run.backward(losses.sum() * run.world / cfg.batch_size, int(mask.sum()))
+                run.backward(losses.sum() * run.world / cfg.batch_size, inputs.tokens)
             sums["loss"] += losses.detach().sum()
             sums["rewards/chosen"] += r_chosen.sum()
             sums["rewards/rejected"] += r_rejected.sum()
@@ -113,14 +109,19 @@ def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult
     return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))
 
 
-def _live_reference(run, ids, mask, score) -> tuple[torch.Tensor, torch.Tensor]:
+def _live_reference(run, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     scorer = run.accelerator.unwrap_model(run.module)
     with torch.no_grad(), scorer.model.disable_adapter(), run.accelerator.autocast():
-        return sequence_logps(scorer, ids, mask, score).float().chunk(2)
+        return sequence_logps(scorer, inputs).float().chunk(2)
 
 
 def reference_logps(
-    scorer: CompletionScorer, examples: list[Example], pad_id: int, cfg: DPOConfig, accelerator
+    scorer: CompletionScorer,
+    examples: list[Example],
+    layout: Callable[[list[Example], int], Batch],
+    pad_id: int,
+    cfg: DPOConfig,
+    accelerator,
 ) -> torch.Tensor:
     """Reference log-probs [n, 2] (chosen, rejected) of every pair, cached on disk.
 
@@ -146,9 +147,8 @@ def reference_logps(
         with torch.inference_mode(), accelerator.autocast():
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                batch = completion_batch([examples[i] for i in idx], pad_id)
-                ids, mask, score = (t.to(accelerator.device) for t in batch[:3])
-                logps = sequence_logps(scorer, ids, mask, score).float().cpu()
+                inputs = layout([examples[i] for i in idx], pad_id).to(accelerator.device)
+                logps = sequence_logps(scorer, inputs).float().cpu()
                 out[idx] = torch.stack(logps.chunk(2), dim=1)
         if accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)

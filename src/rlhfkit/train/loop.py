@@ -14,9 +14,7 @@ from rlhfkit.errors import UserError, display_path
 from rlhfkit.train.configs import LoopConfig
 
 if TYPE_CHECKING:
-    import torch
-
-    from rlhfkit.train.tokenize import Example
+    pass
 
 
 # --- batching ---------------------------------------------------------------------------
@@ -47,42 +45,6 @@ def shard(batch: list[int], rank: int, world: int, grad_accum: int) -> list[list
     mine = batch[rank::world]
     size = math.ceil(len(mine) / grad_accum)
     return [mine[i : i + size] for i in range(0, len(mine), size)]
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B] lists -> input_ids [B, T], attention_mask [B, T] (right padding)."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def completion_batch(examples: list[Example], pad_id: int):
-    """Every completion of the examples as one right-padded batch, with the scored positions.
-
-    Returns input_ids [S, T], attention_mask [S, T], score_mask [S, T] (True where the token
-    is scored; position t is predicted from t-1) and n_scored [S] (scored tokens per
-    sequence). Sequences are ordered completion-major: all first completions (chosen), then
-    all second ones (rejected).
-    """
-    import torch
-
-    seqs, scored = [], []
-    for k in range(len(examples[0].completions)):
-        for ex in examples:
-            seqs.append(ex.prompt + ex.completions[k])
-            mask = ex.masks[k] if ex.masks is not None else [True] * len(ex.completions[k])
-            scored.append([False] * len(ex.prompt) + list(mask))
-    ids, attention = pad_right(seqs, pad_id)
-    score = torch.zeros_like(ids, dtype=torch.bool)
-    for i, s in enumerate(scored):
-        score[i, : len(s)] = torch.tensor(s)
-    return ids, attention, score, score.sum(dim=1)
 
 
 _BF16_FASTER: bool | None = None

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError
+from rlhfkit.train.batches import Batch, separate, shared_prompt, supports_block_mask
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import (
-    begin,
-    data_inputs,
-    pad_right,
-    prepare_model,
-    rubric_version,
-)
+from rlhfkit.train.loop import begin, data_inputs, prepare_model, rubric_version
 from rlhfkit.train.losses import reward_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
+from rlhfkit.train.scoring import RewardScorer, rewards_of
 from rlhfkit.train.tokenize import Example, tokenize_dataset
 
 
@@ -53,16 +50,15 @@ def load_reward_model(name_or_path: str):
     return model, tok
 
 
-def pair_batch(examples: list[Example], pad_id: int):
-    """Full chosen sequences then full rejected ones, right-padded: ids, mask [2B, T]."""
-    seqs = [ex.prompt + ex.completions[k] for k in (0, 1) for ex in examples]
-    return pad_right(seqs, pad_id)
+def pair_layout(model) -> Callable[[list[Example], int], Batch]:
+    """Chosen and rejected share one pass over their prompt where the attention kernel allows."""
+    return shared_prompt if supports_block_mask(model) else separate
 
 
 def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Tensor:
     """Rewards [B, 2] (chosen, rejected) for a batch of pairs."""
-    ids, mask = (t.to(device) for t in pair_batch(examples, pad_id))
-    rewards = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+    inputs = pair_layout(model)(examples, pad_id).to(device)
+    rewards = rewards_of(RewardScorer(model), inputs).float()
     return torch.stack(rewards.chunk(2), dim=1)
 
 
@@ -72,12 +68,13 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
-    model = prepare_model(model, cfg, task_type="SEQ_CLS")  # the score head trains in full
+    layout = pair_layout(model)
+    scorer = RewardScorer(prepare_model(model, cfg, task_type="SEQ_CLS"))  # head trains in full
 
     # 2. optimizer, schedule, placement, resume
     accelerator = make_accelerator(cfg)
     seq_lengths = [max(ex.lengths()) for ex in examples]
-    run = start_run(cfg, accelerator, model, seq_lengths, progress, data_inputs(data))
+    run = start_run(cfg, accelerator, scorer, seq_lengths, progress, data_inputs(data))
     device = accelerator.device
 
     for step in range(run.start, run.total):
@@ -88,15 +85,15 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
             margin = None
             if any(ex.margin is not None for ex in batch):
                 margin = torch.tensor([ex.margin or 0.0 for ex in batch], device=device)
-            ids, mask = (t.to(device) for t in pair_batch(batch, tok.pad_token_id))
+            inputs = layout(batch, tok.pad_token_id).to(device)
             with run.sync(i == len(micro_batches) - 1):
                 # 3. a scalar reward for each full chosen and rejected sequence
                 with accelerator.autocast():
-                    rewards = run.module(input_ids=ids, attention_mask=mask).logits
-                chosen, rejected = rewards.squeeze(-1).float().chunk(2)
+                    rewards = rewards_of(run.module, inputs)
+                chosen, rejected = rewards.float().chunk(2)
                 # 4. Bradley–Terry loss; a micro-batch's mean weighted by its share of the step
                 loss = reward_loss(chosen, rejected, margin, cfg.center_coef)
-                run.backward(loss * len(batch) * run.world / cfg.batch_size, int(mask.sum()))
+                run.backward(loss * len(batch) * run.world / cfg.batch_size, inputs.tokens)
             sums["loss"] += loss.detach() * len(batch)
             sums["accuracy"] += (chosen > rejected).float().sum().detach()
             sums["margin"] += (chosen - rejected).sum().detach()

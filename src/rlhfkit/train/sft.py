@@ -13,18 +13,14 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data import Format, load
+from rlhfkit.train.batches import separate
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import SFTConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import (
-    begin,
-    completion_batch,
-    data_inputs,
-    prepare_model,
-)
+from rlhfkit.train.loop import begin, data_inputs, prepare_model
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
-from rlhfkit.train.scoring import CompletionScorer
+from rlhfkit.train.scoring import CompletionScorer, token_logps_of
 from rlhfkit.train.tokenize import tokenize_dataset
 
 
@@ -51,13 +47,13 @@ def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
-            ids, mask, score, _ = (t.to(device) for t in completion_batch(batch, tok.pad_token_id))
+            inputs = separate(batch, tok.pad_token_id).to(device)
             with run.sync(i == len(micro_batches) - 1):
                 # 4. log-probs of the scored tokens; NLL averaged over the global batch
                 with accelerator.autocast():
-                    logps = run.module(ids, mask, score)
+                    logps = token_logps_of(run.module, inputs)
                 loss = sft_loss(logps, global_tokens / run.world)
-                run.backward(loss, int(mask.sum()))
+                run.backward(loss, inputs.tokens)
             # logged as a per-token mean: end_step divides per-example sums by the batch size
             sums["loss"] += -logps.detach().sum() * cfg.batch_size / global_tokens
         # 5. clip, step, log, checkpoint
