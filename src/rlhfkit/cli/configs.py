@@ -55,12 +55,13 @@ def command_from_config(
             help_text = f"{help_text} (one of: {', '.join(choices)})".strip()
             hint = str
         flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if f.name in required:
             option = typer.Option(..., flag, help=help_text)
         elif hint is bool:
-            option = typer.Option(f.default, f"{flag}/--no-{flag[2:]}", help=help_text)
+            option = typer.Option(default, f"{flag}/--no-{flag[2:]}", help=help_text)
         else:
-            option = typer.Option(f.default, flag, help=help_text)
+            option = typer.Option(default, flag, help=help_text)
         if hint is Path:
             hint = Path
         params.append(

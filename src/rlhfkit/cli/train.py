@@ -16,11 +16,22 @@ from rlhfkit.cli.configs import command_from_config
 from rlhfkit.train.loop import LoopConfig
 
 app = typer.Typer(
-    help="Train: SFT (stage 1), a reward model (stage 2), or DPO (preferences, no RL).",
+    help="Train: SFT (stage 1), a reward model (stage 2), PPO/RLOO/GRPO (stage 3), or DPO.",
     no_args_is_help=True,
 )
 
-SHOWN = ("loss", "rewards/accuracy", "rewards/margin", "accuracy", "margin", "tokens_per_s")
+SHOWN = (
+    "loss",
+    "rewards/accuracy",
+    "rewards/margin",
+    "accuracy",
+    "margin",
+    "reward",
+    "kl",
+    "kl_coef",
+    "response_length",
+    "tokens_per_s",
+)
 
 
 def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig], None]:
@@ -82,7 +93,7 @@ def _lazy(module: str, fn: str) -> Callable[[Any, Any], Any]:
 
 def _register() -> None:
     # Config classes import only the standard library, so --help stays fast.
-    from rlhfkit.train.configs import DPOConfig, RewardConfig, SFTConfig
+    from rlhfkit.train.configs import DPOConfig, PPOConfig, RewardConfig, SFTConfig
 
     sft = command_from_config(
         SFTConfig, _train("sft", _lazy("rlhfkit.train.sft", "train_sft")), required=("data",)
@@ -107,8 +118,21 @@ def _register() -> None:
     dpo.__doc__ = """Direct preference optimisation: learn from preference pairs without a reward
     model or an RL loop. Reference log-probs are computed once and cached on disk.
     """
+    ppo = command_from_config(
+        PPOConfig,
+        _train("ppo", _lazy("rlhfkit.train.ppo", "train_ppo")),
+        required=("data", "reward"),
+    )
+    ppo.__doc__ = """Stage 3: optimise the policy against a reward with a KL penalty to where it
+    started — PPO with a critic, or the critic-free RLOO / GRPO (--algorithm).
+
+    Rewards: a reward model from `train rm` and/or FILE.py:FUNCTION rules, weighted with @W.
+    Watch kl and response_length as well as reward: a reward that climbs while the responses
+    grow or stop changing in the way you wanted is the classic sign of reward hacking.
+    """
     app.command("sft")(sft)
     app.command("rm")(rm)
+    app.command("ppo")(ppo)
     app.command("dpo")(dpo)
 
 

@@ -80,7 +80,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    out: Path, step: int, accelerator, module, optimizer, scheduler, fingerprint: str
+    out: Path,
+    step: int,
+    accelerator,
+    module,
+    optimizer,
+    scheduler,
+    fingerprint: str,
+    state: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write ``checkpoint-STEP``; every process calls this.
 
@@ -92,7 +99,7 @@ def save_checkpoint(
 
     target = out / f"checkpoint-{step:06d}"
     tmp = out / f".checkpoint-{step:06d}.tmp"
-    meta = {"step": step, "fingerprint": fingerprint}
+    meta = {"step": step, "fingerprint": fingerprint, "state": state or {}}
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -127,8 +134,10 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, accelerator, module, optimizer, scheduler, fingerprint: str) -> int:
-    """Restore a checkpoint into the prepared objects; return the step it was taken at."""
+def load_checkpoint(
+    path: Path, accelerator, module, optimizer, scheduler, fingerprint: str
+) -> tuple[int, dict[str, Any]]:
+    """Restore a checkpoint into the prepared objects; return its step and trainer state."""
     import torch
 
     meta = json.loads((path / "meta.json").read_text())
@@ -140,7 +149,7 @@ def load_checkpoint(path: Path, accelerator, module, optimizer, scheduler, finge
         )
     if _sharded(accelerator):
         accelerator.load_state(str(path))
-        return meta["step"]
+        return meta["step"], meta.get("state", {})
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     params = dict(accelerator.unwrap_model(module).named_parameters())
     with torch.no_grad():
@@ -149,7 +158,7 @@ def load_checkpoint(path: Path, accelerator, module, optimizer, scheduler, finge
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    return meta["step"]
+    return meta["step"], meta.get("state", {})
 
 
 @dataclass

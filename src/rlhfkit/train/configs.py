@@ -5,7 +5,7 @@ its `--help` text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -130,3 +130,89 @@ class DPOConfig(LoopConfig):
             raise UserError("--label-smoothing applies to the sigmoid and robust losses only")
         if self.reference == "adapter-off" and not self.lora:
             raise UserError("--reference adapter-off needs --lora")
+
+
+RL_ALGORITHMS = ("ppo", "rloo", "grpo")
+
+
+@dataclass
+class PPOConfig(LoopConfig):
+    """Stage 3: reinforcement learning against a reward, with a KL penalty to the start."""
+
+    output_dir: Path = Path("runs/ppo")
+    data: Path = Path("prompts.jsonl")
+    """Prompts to answer (prompt-only JSONL; preference or prompt/completion rows also work,
+    their prompts are used)."""
+    reward: list[str] = field(default_factory=list)
+    """Reward source, repeatable: a reward model folder from `train rm`, or FILE.py:FUNCTION /
+    module:FUNCTION taking (prompts, responses) and returning one float per response. Weight
+    one with @W, e.g. runs/rm/final@1.0 rules.py:signs_off@0.5."""
+    algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
+    """ppo: critic + GAE; rloo: leave-one-out baseline over k samples per prompt; grpo:
+    rewards standardised within each prompt's k samples. The last two need no critic."""
+    batch_size: int = 8
+    """Prompts per step (each sampled k times)."""
+    k: int = 1
+    """Responses sampled per prompt (at least 2 for rloo and grpo)."""
+    learning_rate: float = 1e-5
+    max_new_tokens: int = 64
+    """Longest response sampled."""
+    temperature: float = 0.9
+    top_p: float = 1.0
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the reward of a response cut off by max_new_tokens."""
+    kl_coef: float = 0.05
+    """Weight of the per-token KL penalty to the reference (the starting policy). Too high and
+    the policy barely moves; too low and it drifts into reward hacking."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimate: k1 = log(pi/pi_ref), k3 = (r - 1) - log r (never negative)."""
+    kl_target: float = 0.0
+    """Adaptive KL coefficient (Ziegler et al. 2019): steer the coefficient so the KL stays
+    near this many nats per response (0: keep kl_coef fixed)."""
+    kl_horizon: int = 10000
+    """Adaptive KL: responses over which the coefficient may roughly double or halve."""
+    whiten_rewards: bool = False
+    """Normalise each step's rewards to unit variance (keeping their mean)."""
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda: lower trusts the critic more (less variance, more bias)."""
+    ppo_epochs: int = 2
+    """Passes over each step's rollouts."""
+    minibatches: int = 1
+    """Optimizer steps per pass over a step's rollouts."""
+    cliprange: float = 0.2
+    """PPO's policy ratio clip."""
+    cliprange_value: float = 0.2
+    """Clip on how far a value estimate may move per update."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    max_approx_kl: float = 0.0
+    """Stop a step's updates early once the approx-KL to the sampling policy exceeds this
+    (0: never)."""
+    critic: Literal["head", "reward-model"] = "head"
+    """head: a value head on the policy's own backbone (one forward pass, least memory);
+    reward-model: a separate critic initialised from the (first) reward model."""
+    project: Path | None = None
+    """Project file (rlhfkit.toml): its success criteria are measured on every step's samples."""
+
+    def check(self) -> None:
+        super().check()
+        if self.algorithm not in RL_ALGORITHMS:
+            raise UserError(f"--algorithm is one of {', '.join(RL_ALGORITHMS)}")
+        if self.algorithm != "ppo" and self.k < 2:
+            raise UserError(f"--algorithm {self.algorithm} needs --k 2 or more samples per prompt")
+        if self.k < 1 or self.max_new_tokens < 1 or self.ppo_epochs < 1 or self.minibatches < 1:
+            raise UserError("--k, --max-new-tokens, --ppo-epochs and --minibatches must be >= 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise UserError("--temperature must be positive and --top-p in (0, 1]")
+        if self.kl_coef < 0 or self.kl_target < 0 or self.kl_horizon < 1:
+            raise UserError("--kl-coef and --kl-target must be >= 0, --kl-horizon >= 1")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise UserError("--kl-estimator is k1 or k3")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise UserError("--gamma must be in (0, 1] and --lam in [0, 1]")
+        if self.critic not in ("head", "reward-model"):
+            raise UserError("--critic is head or reward-model")
+        if (self.batch_size * self.k) % self.minibatches:
+            raise UserError("--batch-size x --k must split evenly into --minibatches")

@@ -110,3 +110,133 @@ def dpo_loss(
     chosen_rewards = (beta * chosen_logratios).detach()
     rejected_rewards = (beta * rejected_logratios).detach()
     return losses, chosen_rewards, rejected_rewards
+
+
+# --- Stage 3: reinforcement learning from a reward -------------------------------------
+# B is the batch of sampled responses, T the response length; `mask` [B, T] is 1 on response
+# tokens (up to and including EOS) and 0 on the padding after them.
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the entries where mask is 1."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; padding stays 0.
+
+    shift_mean=False keeps the mean (for rewards, whose sign carries meaning), as in
+    Ziegler et al. 2019's reward normalisation.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if n > 1:
+        var = var * n / (n - 1)  # unbiased, as OpenRLHF and TRL
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_estimate(
+    logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k1"
+) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens the policy sampled [B, T].
+
+    With log r = log pi_ref(x) - log pi(x) (Schulman 2020, "Approximating KL divergence"):
+    k1 = -log r, unbiased but negative for some tokens; k3 = (r - 1) - log r, unbiased and
+    never negative, with lower variance when the two are close.
+    """
+    log_r = ref_logps - logps
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k3":
+        return torch.expm1(log_r) - log_r
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16): advantages, returns.
+
+    rewards, values, mask [B, T]. delta_t = r_t + gamma V_{t+1} - V_t, and
+    A_t = delta_t + gamma lam A_{t+1}; after the last response token V and A are 0.
+    Returns (the value targets) are A + V.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def rloo_advantages(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): each of a prompt's k samples is
+    baselined by the mean score of the other k - 1. scores [B*k], grouped by prompt."""
+    grouped = scores.view(-1, k)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - baseline).flatten()
+
+
+def group_advantages(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): a sample's score standardised within its prompt's group of k."""
+    grouped = scores.view(-1, k)
+    mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + 1e-4)).flatten()
+
+
+def ppo_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate objective (Schulman et al. 2017, eq. 7), as a loss [B, T] -> [].
+
+    Metrics: clip fraction (tokens where the clipped term was taken) and approx-KL between the
+    new and the sampling policy, estimated as mean(0.5 * (log ratio)^2).
+    """
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        metrics = {
+            "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+        }
+    return loss, metrics
+
+
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (as in OpenAI baselines' PPO2): 0.5 * max of the squared errors of
+    the new value and of the old value moved at most `clip`. [B, T] -> []."""
+    moved = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (moved - returns) ** 2), mask)
+    with torch.no_grad():
+        metrics = {
+            "value_clip_fraction": masked_mean(
+                ((moved - returns) ** 2 > (values - returns) ** 2).float(), mask
+            )
+        }
+    return loss, metrics
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row's softmax distribution: [N, V] -> [N]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)

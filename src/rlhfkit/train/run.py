@@ -51,6 +51,8 @@ class Run:
     start: int
     fingerprint: str
     progress: ProgressFn | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    """A trainer's own resumable state (JSON-able), saved with every checkpoint."""
     _t0: float = field(default_factory=time.time)
     _tokens: int = 0
     _epoch: tuple[int, list[list[int]]] = (-1, [])
@@ -102,15 +104,23 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         return (float(norm) if norm is not None else float("nan")), lr
 
-    def end_step(self, step: int, sums: dict[str, torch.Tensor], stepped: tuple[float, float]):
+    def end_step(
+        self,
+        step: int,
+        sums: dict[str, torch.Tensor],
+        stepped: tuple[float, float],
+        extra: dict[str, float] | None = None,
+    ):
         """Reduce this step's metric sums over processes, log them, checkpoint when due.
 
         `sums` holds per-process sums over examples; each is divided by the global batch size.
+        `extra` metrics are logged as they are (the main process's values).
         """
         names = sorted(sums)
         device = self.accelerator.device
-        local = torch.stack([sums[n].detach().float().to(device) for n in names])
-        local = torch.cat([local, torch.tensor([float(self._tokens)], device=device)])
+        local = torch.tensor(
+            [*(float(sums[n]) for n in names), float(self._tokens)], device=device
+        )
         total = self.accelerator.reduce(local, "sum").cpu().tolist()
         elapsed = time.time() - self._t0
         grad_norm, lr = stepped
@@ -123,6 +133,7 @@ class Run:
             "tokens_per_s": total[-1] / max(elapsed, 1e-9),
             "seconds": elapsed,
         }
+        record |= extra or {}
         self._t0, self._tokens = time.time(), 0
         if self.accelerator.is_main_process:
             self.metrics.write(record)
@@ -135,6 +146,7 @@ class Run:
                 self.optimizer,
                 self.scheduler,
                 self.fingerprint,
+                self.state,
             )
         if self.progress and self.accelerator.is_main_process:
             self.progress(step, self.total, record)
@@ -160,6 +172,7 @@ def start_run(
     lengths: list[int],
     progress: ProgressFn | None = None,
     inputs: dict[str, Any] | None = None,
+    optimizer_steps_per_step: int = 1,
 ) -> Run:
     """Check the batch fits, place the module, build optimizer and schedule, resume if asked.
 
@@ -180,13 +193,14 @@ def start_run(
     total = total_steps(cfg, steps_per_epoch)
     module.train()  # dropout and gradient checkpointing act only in training mode
     optimizer = make_optimizer(module, cfg)
-    scheduler = make_scheduler(optimizer, cfg, total)
+    # PPO takes several optimizer steps per training step; the schedule counts them all
+    scheduler = make_scheduler(optimizer, cfg, total * optimizer_steps_per_step)
     module, optimizer = accelerator.prepare(module, optimizer)
     metrics = MetricsLog(Path(cfg.output_dir) / "metrics.jsonl", cfg.report_to)
     fingerprint = resume_fingerprint(cfg, inputs or {})
-    start = 0
+    start, state = 0, {}
     if cfg.resume and (ckpt := latest_checkpoint(Path(cfg.output_dir))):
-        start = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler, fingerprint)
+        start, state = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler, fingerprint)
     if accelerator.is_main_process:
         metrics.truncate_after(start)
     return Run(
@@ -202,4 +216,5 @@ def start_run(
         start,
         fingerprint,
         progress,
+        state,
     )

@@ -1,0 +1,146 @@
+"""Where stage 3's rewards come from: a trained reward model, a Python function, or several.
+
+`--reward` takes one or more specs, each optionally weighted with ``@WEIGHT``:
+
+- a reward model folder made by `rlhfkit train rm` (``runs/rm/final``); it tokenizes prompt
+  and response with its own tokenizer, so it may differ from the policy's;
+- a function ``FILE.py:NAME`` or ``package.module:NAME`` with the signature
+  ``reward(prompts: list, responses: list[str]) -> list[float]`` (rule-based rewards).
+
+The total reward is the weighted sum; every part is logged on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.errors import UserError
+
+RewardFn = Callable[[list[Any], list[str]], Sequence[float]]
+
+
+@dataclass
+class RewardSource:
+    name: str
+    weight: float
+    fn: RewardFn
+
+
+def parse_spec(spec: str) -> tuple[str, float]:
+    target, _, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+    try:
+        return target, float(weight)
+    except ValueError:
+        raise UserError(f"--reward {spec}: the weight after @ must be a number") from None
+
+
+def load_callable(target: str) -> RewardFn:
+    """``FILE.py:NAME`` or ``package.module:NAME`` -> the function."""
+    where, _, name = target.rpartition(":")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise UserError(f"--reward {target}: {where} does not exist")
+        spec = importlib.util.spec_from_file_location(f"rlhfkit_reward_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # the user's file: say which and why, no traceback
+            raise UserError(f"--reward {target}: importing {where} failed: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise UserError(f"--reward {target}: cannot import {where}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UserError(f"--reward {target}: {where} has no function {name!r}")
+    return fn
+
+
+class RewardModelFn:
+    """A reward model from `rlhfkit train rm` as a reward function (batched, no gradients)."""
+
+    def __init__(self, folder: str, batch_size: int = 16):
+        from rlhfkit.models import MANIFEST, resolve
+        from rlhfkit.train.reward import load_reward_model
+
+        manifest = resolve(folder) / MANIFEST
+        kind = json.loads(manifest.read_text()).get("kind") if manifest.exists() else None
+        if kind != "reward_model":
+            raise UserError(
+                f"--reward {folder}: not a reward model made by `rlhfkit train rm` "
+                f"(its manifest says {kind or 'nothing'})"
+            )
+        self.model, self.tokenizer = load_reward_model(folder)
+        self.model.eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[Any], responses: list[str]) -> list[float]:
+        from rlhfkit.train.batches import separate
+        from rlhfkit.train.scoring import RewardScorer, rewards_of
+        from rlhfkit.train.tokenize import Example, split_prompt_completion
+
+        tok = self.tokenizer
+        examples = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            if isinstance(prompt, list):  # as the reward model was trained: a chat reply
+                completion: Any = [{"role": "assistant", "content": response}]
+            else:
+                completion = response + tok.eos_token
+            p, c = split_prompt_completion(tok, prompt, completion)
+            examples.append(Example(p, (c,)))
+        scorer = RewardScorer(self.model)
+        out: list[float] = []
+        for start in range(0, len(examples), self.batch_size):
+            chunk = separate(examples[start : start + self.batch_size], tok.pad_token_id)
+            out += rewards_of(scorer, chunk.to(self.model.device)).float().tolist()
+        return out
+
+
+def load_rewards(specs: list[str]) -> list[RewardSource]:
+    if not specs:
+        raise UserError("give at least one --reward: a reward model folder or FILE.py:FUNCTION")
+    sources = []
+    for spec in specs:
+        target, weight = parse_spec(spec)
+        if ":" in target and not Path(target).exists():
+            sources.append(RewardSource(target.rpartition(":")[2], weight, load_callable(target)))
+        else:
+            sources.append(RewardSource(Path(target).name or target, weight, RewardModelFn(target)))
+    names = [s.name for s in sources]
+    for i, name in enumerate(names):  # unique names for the logs
+        if names.count(name) > 1:
+            sources[i].name = f"{name}{i}"
+    return sources
+
+
+def total_reward(
+    sources: list[RewardSource], prompts: list[Any], responses: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum over sources [B], and each source's raw rewards by name."""
+    parts = {}
+    for source in sources:
+        try:
+            values = [float(v) for v in source.fn(prompts, responses)]
+        except UserError:
+            raise
+        except Exception as e:  # a user's reward function failed: say which, no traceback
+            raise UserError(f"reward {source.name}: raised {type(e).__name__}: {e}") from None
+        if len(values) != len(responses):
+            raise UserError(
+                f"reward {source.name}: returned {len(values)} values for {len(responses)} "
+                "responses"
+            )
+        parts[source.name] = torch.tensor(values)
+    total = sum(s.weight * parts[s.name] for s in sources)
+    return total, parts

@@ -1,0 +1,125 @@
+"""Stage 3's rollouts: sample responses from the policy and lay them out for scoring.
+
+Sampling is plain `model.generate` (KV cache, stop at EOS), seeded per step so a resumed run
+samples exactly what the uninterrupted one did. The result is a `Rollout` — left-padded
+prompts followed by right-padded responses — and `rollout_batch` turns it into the same
+`Batch` the other trainers score, so the policy, reference and critic all read log-probs and
+values at the response positions only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from rlhfkit.train.batches import Batch
+
+
+class Rollout(NamedTuple):
+    """B sampled responses. P is the (left-padded) prompt width, R the response width.
+
+    input_ids [B, P + R]; attention_mask [B, P + R] (0 on padding on either side);
+    response_mask [B, R] float: 1 on response tokens up to and including EOS;
+    finished [B] bool: the response ended with EOS (else it hit max_new_tokens);
+    prompt_index [B]: which of the step's prompts each response answers;
+    texts: the decoded responses.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    finished: torch.Tensor
+    prompt_index: torch.Tensor
+    texts: list[str]
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample_rollout(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> Rollout:
+    """k responses to each prompt (token ids), sampled with `seed` on a fresh generator."""
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=None,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=k,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model.train(was_training)
+    response = out[:, ids.shape[1] :]
+    is_eos = response == tokenizer.eos_token_id
+    # a token belongs to the response if no EOS came before it (the EOS itself counts)
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    response_mask = (before == 0).float()
+    finished = is_eos.any(dim=1)
+    texts = [
+        tokenizer.decode(response[i][response_mask[i].bool()], skip_special_tokens=True).strip()
+        for i in range(response.shape[0])
+    ]
+    prompt_mask = mask.repeat_interleave(k, dim=0)
+    attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    prompt_index = torch.arange(len(prompts), device=ids.device).repeat_interleave(k)
+    return Rollout(out, attention, response_mask, finished, prompt_index, texts)
+
+
+def rollout_batch(rollout: Rollout) -> Batch:
+    """The rollout as a `Batch` whose scored tokens are the response tokens, row-major."""
+    ids, attention = rollout.input_ids, rollout.attention_mask
+    rows, width = ids.shape
+    p = rollout.prompt_width
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # left padding shifts nothing
+    valid = rollout.response_mask.bool()
+    b, t = valid.nonzero(as_tuple=True)
+    predict_from = b * width + p + t - 1
+    lengths = valid.sum(dim=1)
+    last_index = torch.arange(rows, device=ids.device) * width + p + lengths - 1
+    return Batch(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=positions,
+        predict_from=predict_from,
+        targets=ids[:, p:][valid],
+        seq_index=b,
+        last_index=last_index,
+        n_scored=lengths,
+        tokens=int(attention.sum()),
+    )
+
+
+def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values in row-major order [N] -> [B, R] with zeros where mask is 0."""
+    out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
+    out[mask.bool()] = flat
+    return out

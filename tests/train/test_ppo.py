@@ -1,0 +1,164 @@
+"""Stage 3 end to end on a tiny model through the real CLI: PPO, RLOO and GRPO raise a rule
+reward, a huge KL coefficient pins the policy, and a SIGKILLed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhfkit.models import tiny_model
+from tests.conftest import RLHFKIT, run_cli, write_lines
+
+RULES = '''
+TARGET = {target!r}
+
+
+def count(prompts, responses):
+    """The rule: how often the response says TARGET."""
+    return [float(r.count(TARGET)) for r in responses]
+
+
+def broken(prompts, responses):
+    return [1.0]
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random model with peaked next-token distributions (a plain random init samples
+    near-uniformly from 49k tokens, where no rule would ever fire), its prompts, and a rule
+    rewarding a token it samples now and then."""
+    root = tmp_path_factory.mktemp("ppo")
+    model, tok = tiny_model(seed=3)
+    with torch.no_grad():
+        weights = model.model.embed_tokens.weight
+        weights.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(3))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    prompts = [{"prompt": f"Order {i} is late because"} for i in range(16)]
+    data = write_lines(root / "prompts.jsonl", prompts)
+    # the rewarded token: one that shows up in some, not most, sampled responses
+    enc = tok([p["prompt"] for p in prompts], return_tensors="pt", padding=True,
+              padding_side="left")
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, max_new_tokens=12, top_k=None,
+                         pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
+    counts = torch.bincount(out.flatten(), minlength=len(tok))
+    counts[tok.eos_token_id] = 0
+    target_id = int(counts.argsort(descending=True)[1])
+    target = tok.decode([target_id])
+    (root / "rules.py").write_text(RULES.format(target=target))
+    return root, data
+
+
+def ppo(root, data, out, *extra):
+    return ["train", "ppo", "--model", str(root / "model"), "--data", str(data),
+            "--output-dir", str(out), "--reward", f"{root / 'rules.py'}:count",
+            "--precision", "fp32", "--batch-size", "8", "--max-new-tokens", "12",
+            "--learning-rate", "3e-3", "--lr-schedule", "constant", "--warmup-ratio", "0",
+            "--temperature", "1.0", "--save-every", "0", *extra]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def mean(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def test_ppo_raises_a_rule_reward_with_bounded_kl(setup, tmp_path):
+    root, data = setup
+    result = run_cli(*ppo(root, data, tmp_path / "ppo", "--max-steps", "16", "--kl-coef", "0.05",
+                          "--no-lora"))
+    assert result.code == 0, result.stderr
+    rows = metrics(tmp_path / "ppo")
+    early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
+    assert late > early + 1.0, (early, late)
+    assert max(r["kl"] for r in rows) < 20.0
+    for key in ("kl_coef", "entropy", "clip_fraction", "approx_kl", "value_loss",
+                "explained_variance", "response_length", "seconds_generate", "seconds_score",
+                "seconds_train", "reward_penalised", "reward/count"):
+        assert key in rows[-1], key
+    final = tmp_path / "ppo" / "final"
+    assert (final / "model.safetensors").exists()
+    assert (final / "critic" / "value_head.safetensors").exists()
+
+
+def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, tmp_path):
+    root, data = setup
+    result = run_cli(*ppo(root, data, tmp_path / "pinned", "--max-steps", "16", "--kl-coef",
+                          "1000", "--no-lora"))
+    assert result.code == 0, result.stderr
+    rows = metrics(tmp_path / "pinned")
+    early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
+    assert late < early + 1.0, (early, late)  # while kl-coef 0.05 gains ~10 in 16 steps
+    assert max(r["kl"] for r in rows) < 2.0
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_critic_free_algorithms_raise_the_reward(setup, tmp_path, algorithm):
+    root, data = setup
+    result = run_cli(*ppo(root, data, tmp_path / algorithm, "--algorithm", algorithm, "--k", "4",
+                          "--batch-size", "4", "--max-steps", "16", "--kl-coef", "0.05",
+                          "--no-lora"))
+    assert result.code == 0, result.stderr
+    rows = metrics(tmp_path / algorithm)
+    early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
+    assert late > early + 1.0, (early, late)
+    assert "value_loss" not in rows[-1]
+
+
+def test_lora_ppo_uses_the_adapter_off_reference(setup, tmp_path):
+    root, data = setup
+    result = run_cli(*ppo(root, data, tmp_path / "lora", "--max-steps", "2", "--lora"))
+    assert result.code == 0, result.stderr
+    first = metrics(tmp_path / "lora")[0]
+    assert abs(first["kl"]) < 1e-5  # before the first update, policy == reference
+
+
+def test_resume_after_sigkill_reproduces_the_run(setup, tmp_path):
+    root, data = setup
+    args = ppo(root, data, tmp_path / "ref", "--max-steps", "10", "--kl-target", "1.0",
+               "--kl-horizon", "100")
+    assert run_cli(*args).code == 0
+    out = tmp_path / "killed"
+    cmd = [a if a != str(tmp_path / "ref") else str(out) for a in args]
+    cmd[cmd.index("--save-every") + 1] = "3"
+    proc = subprocess.Popen([RLHFKIT, *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint-000006").exists():
+        assert proc.poll() is None, "training finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+    resumed = run_cli(*cmd, "--resume")
+    assert resumed.code == 0, resumed.stderr
+    got, want = metrics(out), metrics(tmp_path / "ref")
+    assert [r["step"] for r in got] == list(range(1, 11))
+    for a, b in zip(got, want, strict=True):
+        for key in ("reward", "kl", "kl_coef", "policy_loss", "value_loss"):
+            assert abs(a[key] - b[key]) < 1e-5, (a["step"], key)
+
+
+def test_bad_reward_specs_are_clear_errors(setup, tmp_path):
+    root, data = setup
+    missing = run_cli(*ppo(root, data, tmp_path / "a", "--max-steps", "1")[:-2], "--reward",
+                      "nowhere.py:count", "--save-every", "0")
+    assert missing.code == 2 and "nowhere.py does not exist" in missing.stderr
+    args = ppo(root, data, tmp_path / "b", "--max-steps", "1")
+    args[args.index("--reward") + 1] = f"{root / 'rules.py'}:broken"
+    broken = run_cli(*args)
+    assert broken.code == 2 and "returned 1 values for 8 responses" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    args[args.index("--reward") + 1] = str(tmp_path)
+    not_rm = run_cli(*args)
+    assert not_rm.code == 2 and "not a Hugging Face model folder" in not_rm.stderr
