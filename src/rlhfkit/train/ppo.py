@@ -252,6 +252,7 @@ def train_ppo(
             "truncated_rate": float((~rollout.finished).float().mean()),
             "explained_variance": _explained_variance(old_values, returns, mask),
             "updates": float(n_updates),
+            "train_tokens": float(batch.tokens),
             "seconds_generate": t_generate,
             "seconds_score": t_score,
             "seconds_train": t_train + t_prep,
