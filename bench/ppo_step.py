@@ -175,12 +175,12 @@ def run_rollout_vs_generate(spec: dict) -> dict:
     from rlhfkit.train.configs import PPOConfig
     from rlhfkit.train.loop import prepare_model
     from rlhfkit.train.rollout import left_pad, sample_rollout
-    from rlhfkit.train.tokenize import _ids
+    from rlhfkit.train.tokenize import token_ids
 
     model, tok = load_model(MODEL)
     policy = prepare_model(model, PPOConfig(lora=True))  # as train ppo holds it
     rows = prompts(spec["prompts"])
-    ids = [_ids(tok, r["prompt"], generation_prompt=True) for r in rows]
+    ids = [token_ids(tok, r["prompt"], generation_prompt=True) for r in rows]
     n, k = spec["max_new_tokens"], spec["k"]
 
     def plain() -> int:

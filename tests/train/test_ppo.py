@@ -162,3 +162,64 @@ def test_bad_reward_specs_are_clear_errors(setup, tmp_path):
     args[args.index("--reward") + 1] = str(tmp_path)
     not_rm = run_cli(*args)
     assert not_rm.code == 2 and "not a Hugging Face model folder" in not_rm.stderr
+
+
+def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
+    """At temperature 0.7 the policy's log-probs of its own samples equal generate's."""
+    from rlhfkit.models import load_model
+    from rlhfkit.train.ppo import ActorCritic, _call
+    from rlhfkit.train.rollout import rollout_batch, sample_rollout, to_padded
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    ids = [tok(f"Order {i} is late because")["input_ids"] for i in range(3)]
+    rollout = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5)
+    # generate's own record of the sampling distribution, from the same seed
+    from transformers import GenerationConfig
+
+    from rlhfkit.train.rollout import left_pad
+    x, mask = left_pad(ids, tok.pad_token_id)
+    torch.manual_seed(5)
+    out = model.generate(input_ids=x, attention_mask=mask, output_scores=True,
+                         return_dict_in_generate=True, generation_config=GenerationConfig(
+                             do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
+                             max_new_tokens=6, num_return_sequences=2,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    assert torch.equal(out.sequences, rollout.input_ids)
+    scores = torch.stack(out.scores, dim=1).log_softmax(-1)  # [B, R, V], after temperature
+    sampled = out.sequences[:, x.shape[1]:]
+    expected = scores.gather(-1, sampled[..., None]).squeeze(-1) * rollout.response_mask
+    with torch.no_grad():
+        logps, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
+    got = to_padded(logps, rollout.response_mask)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):
+    root, data = setup
+    from tests.train.test_train_cli import support_pairs
+
+    prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
+    rm = run_cli("train", "rm", "--model", str(root / "model"), "--data", str(prefs),
+                 "--output-dir", str(tmp_path / "rm"), "--max-steps", "2", "--batch-size", "4",
+                 "--precision", "fp32")
+    assert rm.code == 0, rm.stderr
+    args = ppo(root, data, tmp_path / "ppo", "--max-steps", "2", "--critic", "reward-model",
+               "--whiten-rewards", "--max-approx-kl", "1e-9", "--ppo-epochs", "4",
+               "--minibatches", "2")
+    args[args.index("--reward") + 1] = str(tmp_path / "rm" / "final")
+    result = run_cli(*args, "--reward", f"{root / 'rules.py'}:count@0.5")
+    assert result.code == 0, result.stderr
+    rows = metrics(tmp_path / "ppo")
+    # the first update starts at ratio 1 (approx-KL 0); the second sees the moved policy and
+    # stops the step: 2 of the 8 configured updates
+    assert all(r["updates"] == 2 for r in rows)
+    assert {"reward/final", "reward/count", "value_loss"} <= rows[-1].keys()
+    critic = tmp_path / "ppo" / "final" / "critic"
+    assert (critic / "config.json").exists() and (critic / "model.safetensors").exists()
+
+
+def test_minibatches_must_divide_the_rollouts(setup, tmp_path):
+    root, data = setup
+    result = run_cli(*ppo(root, data, tmp_path / "x", "--max-steps", "1", "--minibatches", "3"))
+    assert result.code == 2 and "must split evenly" in result.stderr

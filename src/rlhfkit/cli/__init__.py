@@ -15,6 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from rlhfkit import __version__
+from rlhfkit.cli import agreement as agreement_cmds
 from rlhfkit.cli import data as data_cmds
 from rlhfkit.cli import demo as demo_cmds
 from rlhfkit.cli import generate as generate_cmds
@@ -90,6 +91,7 @@ app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
 app.add_typer(data_cmds.app, name="data", rich_help_panel=INPUTS)
 app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
+app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
 app.add_typer(train_cmds.eval_app, name="eval", rich_help_panel=PROVE)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)

@@ -72,6 +72,8 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
             f"model in {display_path(result.final)}; metrics in "
             f"{display_path(Path(cfg.output_dir) / 'metrics.jsonl')}"
         )
+        if result.stopped_early:
+            console.print(f"[yellow]stopped early:[/yellow] {result.stopped_early}")
         if result.truncated:
             console.print(f"note: {result.truncated} completions were cut at --max-length")
         if result.last:

@@ -25,28 +25,10 @@ if TYPE_CHECKING:
     from rlhfkit.train.loop import LoopConfig
 
 
-# What a resumed run must share with the run it continues: anything else would silently
-# train on other batches or another schedule.
-RESUME_KEYS = (
-    "batch_size",
-    "grad_accum",
-    "seed",
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "lr_schedule",
-    "warmup_ratio",
-    "lora",
-    "lora_r",
-    "max_length",
-    "precision",
-)
-
-
 def resume_fingerprint(cfg: LoopConfig, inputs: dict[str, Any]) -> str:
     from rlhfkit.lineage import config_hash
 
-    return config_hash({**{k: getattr(cfg, k) for k in RESUME_KEYS}, **inputs})
+    return config_hash({**{k: getattr(cfg, k) for k in cfg.resume_keys()}, **inputs})
 
 
 def _sharded(accelerator) -> bool:
@@ -109,13 +91,13 @@ def save_checkpoint(
     elif accelerator.is_main_process:
         model = accelerator.unwrap_model(module)
         weights = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-        state = {
+        saved = {
             "weights": weights,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
         }
-        torch.save(state, tmp / "state.pt")
+        torch.save(saved, tmp / "state.pt")
         with (tmp / "state.pt").open("rb") as f:
             os.fsync(f.fileno())
     accelerator.wait_for_everyone()

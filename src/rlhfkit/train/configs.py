@@ -67,6 +67,24 @@ class LoopConfig:
     report_to: str = "none"
     """Also log to: none, tensorboard, mlflow or trackio (when installed)."""
 
+    def resume_keys(self) -> tuple[str, ...]:
+        """What a resumed run must share with the run it continues: anything else would
+        silently train on other batches or another schedule."""
+        return (
+            "batch_size",
+            "grad_accum",
+            "seed",
+            "epochs",
+            "max_steps",
+            "learning_rate",
+            "lr_schedule",
+            "warmup_ratio",
+            "lora",
+            "lora_r",
+            "max_length",
+            "precision",
+        )
+
     def check(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise UserError("--batch-size must be a positive multiple of --grad-accum")
@@ -139,14 +157,40 @@ RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 class PPOConfig(LoopConfig):
     """Stage 3: reinforcement learning against a reward, with a KL penalty to the start."""
 
+    def resume_keys(self) -> tuple[str, ...]:
+        return (
+            *super().resume_keys(),
+            "reward",
+            "algorithm",
+            "k",
+            "max_new_tokens",
+            "temperature",
+            "top_p",
+            "missing_eos_penalty",
+            "kl_coef",
+            "kl_estimator",
+            "kl_target",
+            "kl_horizon",
+            "whiten_rewards",
+            "gamma",
+            "lam",
+            "ppo_epochs",
+            "minibatches",
+            "cliprange",
+            "cliprange_value",
+            "vf_coef",
+            "max_approx_kl",
+            "critic",
+        )
+
     output_dir: Path = Path("runs/ppo")
     data: Path = Path("prompts.jsonl")
     """Prompts to answer (prompt-only JSONL; preference or prompt/completion rows also work,
     their prompts are used)."""
     reward: list[str] = field(default_factory=list)
-    """Reward source, repeatable: a reward model folder from `train rm`, or FILE.py:FUNCTION /
-    module:FUNCTION taking (prompts, responses) and returning one float per response. Weight
-    one with @W, e.g. runs/rm/final@1.0 rules.py:signs_off@0.5."""
+    """Reward source; repeat the option for several: a reward model folder from `train rm`,
+    or FILE.py:FUNCTION / module:FUNCTION taking (prompts, responses) and returning one float
+    per response. Weight one with @W: --reward runs/rm/final --reward rules.py:signs_off@0.5."""
     algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
     """ppo: critic + GAE; rloo: leave-one-out baseline over k samples per prompt; grpo:
     rewards standardised within each prompt's k samples. The last two need no critic."""
@@ -158,7 +202,9 @@ class PPOConfig(LoopConfig):
     max_new_tokens: int = 64
     """Longest response sampled."""
     temperature: float = 0.9
+    """Sampling temperature; log-probs are taken at the same temperature."""
     top_p: float = 1.0
+    """Nucleus sampling mass (1: the whole distribution, which PPO's ratios assume)."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the reward of a response cut off by max_new_tokens."""
     kl_coef: float = 0.05
@@ -214,5 +260,9 @@ class PPOConfig(LoopConfig):
             raise UserError("--gamma must be in (0, 1] and --lam in [0, 1]")
         if self.critic not in ("head", "reward-model"):
             raise UserError("--critic is head or reward-model")
-        if (self.batch_size * self.k) % self.minibatches:
-            raise UserError("--batch-size x --k must split evenly into --minibatches")
+        if self.max_new_tokens > self.max_length - 8:
+            raise UserError("--max-new-tokens must leave room for a prompt within --max-length")
+        if self.cliprange <= 0 or self.cliprange_value <= 0:
+            raise UserError("--cliprange and --cliprange-value must be positive")
+        if self.vf_coef < 0 or self.max_approx_kl < 0 or self.missing_eos_penalty < 0:
+            raise UserError("--vf-coef, --max-approx-kl and --missing-eos-penalty must be >= 0")

@@ -34,6 +34,7 @@ class TrainResult:
     last: dict
     truncated: int
     examples: int
+    stopped_early: str | None = None
 
 
 def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:

@@ -3,14 +3,16 @@
 
 Roles, without a second policy in memory where LoRA allows:
 - actor: the policy (LoRA or full);
-- critic: a value head on the actor's backbone (`--critic head`), or a separate model
-  initialised from the reward model (`--critic reward-model`); none for RLOO/GRPO;
+- critic (PPO only): a value head reading the actor's hidden states (`--critic head`), or a
+  separate model initialised from the reward model (`--critic reward-model`);
 - reference: the starting policy — with LoRA, the same weights with the adapter switched off;
   in a full fine-tune, a frozen copy;
 - reward: reward models and/or Python functions (`rewards.py`).
 
 Each step: sample, score, penalise KL per token, estimate advantages, then a few epochs of
-clipped-surrogate updates over minibatches (the numbered comments below).
+clipped-surrogate updates over minibatches (the numbered comments below). Log-probs are
+taken at the sampling temperature, so the ratios and the KL refer to the distribution the
+responses were drawn from.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ from rlhfkit.train.batches import Batch
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.dpo import TrainResult
-from rlhfkit.train.loop import begin, data_inputs, prepare_model
+from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
 from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
 from rlhfkit.train.rollout import Rollout, rollout_batch, sample_rollout, to_padded
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
-from rlhfkit.train.scoring import ModelScorer, _unwrapped
+from rlhfkit.train.scoring import CompletionScorer, ModelScorer, unwrap_peft
 
-# Called with (step, prompts, responses, metrics) after each step; may return a reason to stop.
+# Called on the main process after each step with (step, prompts, responses, metrics);
+# returns None to go on, or a reason to stop the run early (the model so far is saved).
 SampleHook = Callable[[int, list[Any], list[str], dict[str, float]], str | None]
 
 
@@ -61,50 +64,40 @@ class AdaptiveKL:
 
 class ActorCritic(ModelScorer):
     """forward(input_ids, attention_mask, position_ids, predict_from, targets)
-    -> (logps [N], values [N], logits [N, V]) at the response positions.
+    -> (logps [N], values [N] or None, logits [N, V]) at the response positions.
 
-    `.model` is the policy (what gets saved as the result); the critic is a value head on its
-    hidden states, or a separate `critic` model read at the same positions.
+    `.model` is the policy (what gets saved). PPO's critic is a value head on the policy's
+    hidden states — detached, so a value loss scaled by large rewards or KL penalties cannot
+    swamp the policy's own gradient in the shared trunk — or a separate `critic` model read
+    at the same positions. RLOO and GRPO have no critic.
     """
 
-    def __init__(self, model: torch.nn.Module, critic: torch.nn.Module | None = None):
-        super().__init__(model)
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        temperature: float,
+        value_head: bool,
+        critic: ModelScorer | None = None,
+    ):
+        super().__init__(model, temperature)
         self.critic = critic
-        if critic is None:
-            self.value_head = torch.nn.Linear(_unwrapped(model).config.hidden_size, 1)
+        self.value_head = None
+        if value_head and critic is None:
+            self.value_head = torch.nn.Linear(unwrap_peft(model).config.hidden_size, 1)
             torch.nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: no false signal
             torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask, position_ids, predict_from, targets):
-        lm = _unwrapped(self.model)
         hidden = self.hidden(input_ids, attention_mask, position_ids)[predict_from]
-        logits = lm.get_output_embeddings()(hidden)
-        if cap := getattr(lm.config, "final_logit_softcapping", None):
-            logits = torch.tanh(logits / cap) * cap
-        if self.critic is None:
-            # The head reads the policy's features but does not train them: a value loss
-            # scaled by large rewards or KL penalties would otherwise swamp the policy's own
-            # gradient in the shared trunk (and scramble it).
-            values = self.value_head(hidden.detach()).squeeze(-1)
-        else:
+        logits = self.logits(hidden)
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(hidden.detach()).squeeze(-1).float()
+        elif self.critic is not None:
             critic_hidden = self.critic.hidden(input_ids, attention_mask, position_ids)
-            values = _unwrapped(self.critic.model).score(critic_hidden[predict_from]).squeeze(-1)
-        return L.token_logps(logits, targets), values.float(), logits
-
-
-class Scored(torch.nn.Module):
-    """Log-probs of a frozen reference policy at the response positions."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.scorer = ModelScorer(model)
-
-    @torch.no_grad()
-    def forward(self, batch: Batch) -> torch.Tensor:
-        lm = _unwrapped(self.scorer.model)
-        hidden = self.scorer.hidden(batch.input_ids, batch.attention_mask, batch.position_ids)
-        logits = lm.get_output_embeddings()(hidden[batch.predict_from])
-        return L.token_logps(logits, batch.targets)
+            score = unwrap_peft(self.critic.model).score
+            values = score(critic_hidden[predict_from]).squeeze(-1).float()
+        return L.token_logps(logits, targets), values, logits
 
 
 def _call(module, batch: Batch):
@@ -119,12 +112,12 @@ def train_ppo(
     # 1. settings, prompts, policy, reward sources, critic, reference
     cfg = begin(cfg)
     from rlhfkit.models import load_model
-    from rlhfkit.train.tokenize import _ids
+    from rlhfkit.train.tokenize import token_ids
 
     data = load(cfg.data, expect=[Format.PROMPT_ONLY, Format.PROMPT_COMPLETION, Format.PREFERENCE])
     prompts = [row["prompt"] for row in data.rows]
     model, tok = load_model(cfg.model)
-    prompt_ids = [_ids(tok, p, generation_prompt=isinstance(p, list)) for p in prompts]
+    prompt_ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in prompts]
     room = cfg.max_length - cfg.max_new_tokens
     for i, ids in enumerate(prompt_ids):
         if len(ids) > room:
@@ -133,14 +126,20 @@ def train_ppo(
                 f"--max-new-tokens {cfg.max_new_tokens} it must be at most {room} "
                 f"(--max-length {cfg.max_length})"
             )
-    sources = load_rewards(cfg.reward)
+    accelerator = make_accelerator(cfg)
+    _check_layout(cfg, accelerator)
+    sources = load_rewards(cfg.reward, accelerator.device)
     criteria = _success_criteria(cfg.project)
-    reference = None if cfg.lora else Scored(copy.deepcopy(model).eval().requires_grad_(False))
+    reference = None
+    if not cfg.lora:
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        reference = CompletionScorer(frozen, cfg.temperature).to(accelerator.device)
     critic = None
     if cfg.algorithm == "ppo" and cfg.critic == "reward-model":
         critic = _critic_from_reward_model(sources, tok, cfg)
-    policy = ActorCritic(prepare_model(model, cfg), critic)
-    accelerator = make_accelerator(cfg)
+    policy = ActorCritic(
+        prepare_model(model, cfg), cfg.temperature, value_head=cfg.algorithm == "ppo", critic=critic
+    )
     updates = cfg.ppo_epochs * cfg.minibatches
     run = start_run(
         cfg,
@@ -153,8 +152,8 @@ def train_ppo(
     )
     device = accelerator.device
     kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
-    if reference is not None:
-        reference.to(device)
+    last_record: dict[str, float] = {}
+    stopped_early = None
 
     for step in range(run.start, run.total):
         t0 = time.time()
@@ -172,104 +171,110 @@ def train_ppo(
             cfg.top_p,
             seed,
         )
-        batch = rollout_batch(rollout)
         mask = rollout.response_mask
         t_generate = time.time() - t0
 
         # 3. score the responses: weighted reward sources, minus the missing-EOS penalty
         asked = [prompts[idx[i]] for i in rollout.prompt_index.tolist()]
-        scores, parts = total_reward(sources, asked, rollout.texts)
-        scores = scores.to(device)
-        scores = scores - cfg.missing_eos_penalty * (~rollout.finished).float()
+        raw, parts = total_reward(sources, asked, rollout.texts)
+        raw = raw.to(device)
+        scores = raw - cfg.missing_eos_penalty * (~rollout.finished).float()
         t_score = time.time() - t0 - t_generate
 
-        # 4. log-probs of the sampling policy and of the reference, values, entropy
-        with torch.no_grad(), accelerator.autocast():
-            old_flat, values_flat, logits = _call(actor, batch)
-            entropy = L.masked_mean(to_padded(L.entropy_from_logits(logits), mask), mask)
-            del logits
-            ref_flat = _reference_logps(actor, reference, batch)
-        old_logps, ref_logps = to_padded(old_flat.float(), mask), to_padded(ref_flat.float(), mask)
-        old_values = to_padded(values_flat.float(), mask)
+        # 4. log-probs of the sampling policy and of the reference, values, entropy; in
+        # grad-accum chunks of rows, so the [tokens, vocab] logits never exceed an update's
+        old_logps, ref_logps, old_values, entropy = _score_rollout(
+            actor, reference, rollout, cfg.grad_accum, accelerator
+        )
 
         # 5. per-token KL penalty; the score lands on the last response token
         kl = L.kl_estimate(old_logps, ref_logps, cfg.kl_estimator) * mask
         seq_kl = kl.sum(dim=1)
         last = (mask.sum(dim=1) - 1).long()
         if cfg.whiten_rewards:
-            scores = L.masked_whiten(scores, torch.ones_like(scores), shift_mean=False)
+            ones = torch.ones_like(scores)
+            scores = _whiten(scores, ones, accelerator, shift_mean=False)
 
         # 6. advantages: GAE over the critic's values (PPO), or per-prompt baselines
         if cfg.algorithm == "ppo":
             rewards = -kl_ctl.coef * kl
             rewards[torch.arange(len(last)), last] += scores
             advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = L.masked_whiten(advantages, mask)
+            advantages = _whiten(advantages, mask, accelerator)
         else:
             # the KL penalty joins the sequence's score; its advantage applies to every token
             penalised = scores - kl_ctl.coef * seq_kl
             baseline = L.rloo_advantages if cfg.algorithm == "rloo" else L.group_advantages
             advantages = baseline(penalised, cfg.k)[:, None] * mask
-            returns = old_values
+            returns = None
         t_prep = time.time() - t0 - t_generate - t_score
 
         # 7. PPO epochs x minibatches of clipped-surrogate updates
         lr_used = run.scheduler.get_last_lr()[0]
         sums: dict[str, float] = defaultdict(float)
-        n_updates, stopped = 0, False
+        n_updates, stop = 0, False
         order_gen = torch.Generator().manual_seed(seed)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(rollout.texts), generator=order_gen)
             for mb in order.chunk(cfg.minibatches):
-                mb_metrics = _update(
-                    run, batch, rollout, mb, old_logps, old_values, advantages, returns, cfg
-                )
-                for k, v in mb_metrics.items():
+                found = _update(run, rollout, mb, old_logps, old_values, advantages, returns, cfg)
+                for k, v in found.items():
                     sums[k] += v
                 n_updates += 1
-                if cfg.max_approx_kl and mb_metrics["approx_kl"] > cfg.max_approx_kl:
-                    stopped = True
-                    break
-            if stopped:
+                if cfg.max_approx_kl:  # every process must make the same call
+                    approx = torch.tensor(found["approx_kl"], device=device)
+                    stop = float(accelerator.reduce(approx, "mean")) > cfg.max_approx_kl
+                    if stop:
+                        break
+            if stop:
                 break
         for _ in range(updates - n_updates):  # keep the schedule's pace after an early stop
             run.scheduler.step()
         t_train = time.time() - t0 - t_generate - t_score - t_prep
 
-        # 8. the KL controller, metrics, the samples hook, checkpoint
-        mean_kl = float(seq_kl.mean())
-        kl_used = kl_ctl.coef
-        kl_ctl.update(mean_kl, len(rollout.texts))
-        run.state["kl_coef"] = kl_ctl.coef
+        # 8. the KL controller, metrics (over all processes), the samples hook, checkpoint
         lengths = mask.sum(dim=1)
-        record = {
-            "reward": float(scores.mean()),
-            "reward_penalised": float((scores - kl_used * seq_kl).mean()),
-            "kl": mean_kl,
+        totals = _global_means(
+            accelerator,
+            {
+                "reward": raw,
+                "score": scores,
+                "reward_penalised": scores - kl_ctl.coef * seq_kl,
+                "kl": seq_kl,
+                "response_length": lengths.float(),
+                "truncated_rate": (~rollout.finished).float(),
+                **{f"reward/{name}": v.to(device) for name, v in parts.items()},
+                **{
+                    f"criteria/{c.name}": torch.tensor(
+                        [float(c.detector.matches(t)) for t in rollout.texts], device=device
+                    )
+                    for c in criteria
+                },
+            },
+        )
+        kl_used = kl_ctl.coef
+        kl_ctl.update(totals["kl"], len(rollout.texts) * accelerator.num_processes)
+        run.state["kl_coef"] = kl_ctl.coef
+        record = totals | {
             "kl_coef": kl_used,
-            "entropy": float(entropy),
-            "response_length": float(lengths.float().mean()),
-            "truncated_rate": float((~rollout.finished).float().mean()),
-            "explained_variance": _explained_variance(old_values, returns, mask),
+            "entropy": entropy,
             "updates": float(n_updates),
-            "train_tokens": float(batch.tokens),
+            "train_tokens": float(rollout.attention_mask.sum()),
             "seconds_generate": t_generate,
             "seconds_score": t_score,
             "seconds_train": t_train + t_prep,
         }
-        record |= {k: v / max(n_updates, 1) for k, v in sums.items()}
-        record |= {f"reward/{name}": float(v.mean()) for name, v in parts.items()}
-        record |= {
-            f"criteria/{c.name}": sum(c.detector.matches(t) for t in rollout.texts)
-            / len(rollout.texts)
-            for c in criteria
-        }
-        grad_norm = record.pop("grad_norm", math.nan)
+        if returns is not None:
+            record["explained_variance"] = _explained_variance(old_values, returns, mask)
+        record |= {k: v / max(n_updates, 1) for k, v in sums.items() if k != "grad_norm"}
+        grad_norm = sums.get("grad_norm", math.nan) / max(n_updates, 1)
         last_record = run.end_step(step + 1, {}, (grad_norm, lr_used), extra=record)
-        if on_samples is not None and accelerator.is_main_process:
+        if on_samples is not None:
             reason = on_samples(step + 1, asked, rollout.texts, last_record)
-            if reason:
-                raise UserError(f"stopped at step {step + 1}: {reason}")
+            flag = torch.tensor(float(bool(reason)), device=device)
+            if float(accelerator.reduce(flag, "sum")) > 0:  # the main process decides
+                stopped_early = reason or "stopped by the monitor on the main process"
+                break
 
     final = save_final(
         Path(cfg.output_dir),
@@ -279,13 +284,42 @@ def train_ppo(
         cfg.algorithm,
         accelerator,
         examples=len(prompts),
+        stopped_early=stopped_early,
     )
-    _save_critic(accelerator.unwrap_model(run.module), final, accelerator)
-    result_last = last_record if run.total > run.start else {}
-    return TrainResult(final, result_last, 0, len(prompts))
+    _save_critic(accelerator.unwrap_model(run.module), final, accelerator, cfg)
+    return TrainResult(final, last_record, 0, len(prompts), stopped_early)
 
 
-def _update(run, batch, rollout: Rollout, mb, old_logps, old_values, advantages, returns, cfg):
+def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int, accelerator):
+    """Sampling-policy log-probs, reference log-probs, values [B, R] and the mean entropy."""
+    mask = rollout.response_mask
+    rows = torch.arange(len(rollout.texts))
+    logps, refs, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
+    entropy_sum = 0.0
+    with torch.no_grad(), accelerator.autocast():
+        for part in rows.chunk(chunks):
+            sub = _select(rollout, part)
+            m = mask[part]
+            lp, v, logits = _call(actor, sub)
+            entropy_sum += float(L.entropy_from_logits(logits).sum())
+            del logits
+            logps[part] = to_padded(lp.float(), m)
+            if v is not None:
+                values[part] = to_padded(v, m)
+            refs[part] = to_padded(_reference_logps(actor, reference, sub).float(), m)
+    entropy = torch.tensor([entropy_sum, float(mask.sum())], device=accelerator.device)
+    entropy = accelerator.reduce(entropy, "sum")
+    return logps, refs, values, float(entropy[0] / entropy[1].clamp(min=1))
+
+
+def _reference_logps(actor: ActorCritic, reference, batch: Batch) -> torch.Tensor:
+    if reference is not None:
+        return _call(reference, batch)
+    with actor.model.disable_adapter():  # LoRA off: exactly the starting policy
+        return _call(CompletionScorer(actor.model, actor.temperature), batch)
+
+
+def _update(run, rollout: Rollout, mb, old_logps, old_values, advantages, returns, cfg):
     """One optimizer step on minibatch `mb` (response indices), split into `grad_accum` parts.
 
     Each part's loss is weighted by its share of the minibatch's tokens, so the accumulated
@@ -304,8 +338,8 @@ def _update(run, batch, rollout: Rollout, mb, old_logps, old_values, advantages,
                 logps, old_logps[part], advantages[part], m, cfg.cliprange
             )
             found["policy_loss"] = loss.detach()
-            if cfg.algorithm == "ppo":
-                values = to_padded(values_flat.float(), m)
+            if returns is not None:
+                values = to_padded(values_flat, m)
                 vf_loss, vf_metrics = L.ppo_value_loss(
                     values, old_values[part], returns[part], m, cfg.cliprange_value
                 )
@@ -331,11 +365,26 @@ def _select(rollout: Rollout, rows: torch.Tensor) -> Batch:
     return rollout_batch(part)
 
 
-def _reference_logps(actor: ActorCritic, reference: Scored | None, batch: Batch) -> torch.Tensor:
-    if reference is not None:
-        return reference(batch)
-    with actor.model.disable_adapter():  # LoRA off: exactly the starting policy
-        return Scored(actor.model)(batch)
+def _whiten(x: torch.Tensor, mask: torch.Tensor, accelerator, shift_mean: bool = True):
+    """Whitening with statistics over every process's entries (one process: L.masked_whiten)."""
+    if accelerator.num_processes == 1:
+        return L.masked_whiten(x, mask, shift_mean)
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
+    s, sq, n = accelerator.reduce(stats.to(accelerator.device), "sum").to(x.device)
+    mean = s / n
+    var = (sq / n - mean**2) * n / (n - 1).clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * mask
+
+
+def _global_means(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The mean of each per-response tensor over every process's responses."""
+    names = list(values)
+    device = accelerator.device
+    sums = torch.stack([values[n].float().sum().to(device) for n in names])
+    count = torch.tensor([float(len(next(iter(values.values()))))], device=device)
+    total = accelerator.reduce(torch.cat([sums, count]), "sum").cpu()
+    return {n: float(total[i] / total[-1]) for i, n in enumerate(names)}
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -346,9 +395,25 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
     return float(1 - var_resid / var) if var > 0 else float("nan")
 
 
-def _critic_from_reward_model(sources, tok, cfg: PPOConfig) -> ModelScorer:
-    from rlhfkit.train.loop import add_lora
+def _check_layout(cfg: PPOConfig, accelerator) -> None:
+    from accelerate.utils import DistributedType
 
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise UserError(
+            "train ppo runs on one process or under DDP; FSDP and DeepSpeed are not supported "
+            "for it yet (sampling needs the whole model on each process)"
+        )
+    per_process = cfg.batch_size // accelerator.num_processes * cfg.k
+    if per_process % (cfg.minibatches * cfg.grad_accum):
+        raise UserError(
+            f"each process samples {per_process} responses per step (--batch-size "
+            f"{cfg.batch_size} / {accelerator.num_processes} processes x --k {cfg.k}); that "
+            f"must split evenly into --minibatches {cfg.minibatches} x --grad-accum "
+            f"{cfg.grad_accum}"
+        )
+
+
+def _critic_from_reward_model(sources, tok, cfg: PPOConfig) -> ModelScorer:
     rm = next((s.fn for s in sources if isinstance(s.fn, RewardModelFn)), None)
     if rm is None:
         raise UserError("--critic reward-model needs a reward model among the --reward sources")
@@ -365,23 +430,22 @@ def _critic_from_reward_model(sources, tok, cfg: PPOConfig) -> ModelScorer:
     return ModelScorer(critic)
 
 
-def _save_critic(actor: ActorCritic, final: Path, accelerator) -> None:
+def _save_critic(actor: ActorCritic, final: Path, accelerator, cfg: PPOConfig) -> None:
     """The trained critic beside the policy: final/critic/ (a value head or a whole model)."""
-    if not accelerator.is_main_process or not isinstance(actor, ActorCritic):
+    if not accelerator.is_main_process or cfg.algorithm != "ppo":
         return
     from safetensors.torch import save_file
 
     from rlhfkit.data.io import atomic_dir
 
     with atomic_dir(final / "critic") as tmp:
-        if actor.critic is None:
-            state = {
-                k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()
-            }
-            save_file(state, str(tmp / "value_head.safetensors"))
+        if actor.value_head is not None:
+            head = actor.value_head.state_dict()
+            weights = {k: v.detach().cpu().contiguous() for k, v in head.items()}
+            save_file(weights, str(tmp / "value_head.safetensors"))
         else:
             critic = actor.critic.model
-            if hasattr(critic, "merge_and_unload"):
+            if cfg.lora:
                 critic = copy.deepcopy(critic).merge_and_unload()
             critic.save_pretrained(str(tmp), safe_serialization=True)
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +51,10 @@ def load_callable(target: str) -> RewardFn:
         path = Path(where)
         if not path.is_file():
             raise UserError(f"--reward {target}: {where} does not exist")
-        spec = importlib.util.spec_from_file_location(f"rlhfkit_reward_{path.stem}", path)
+        name_in_sys = f"rlhfkit_reward_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name_in_sys, path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name_in_sys] = module  # dataclasses and pickling look modules up here
         try:
             spec.loader.exec_module(module)
         except Exception as e:  # the user's file: say which and why, no traceback
@@ -58,8 +62,8 @@ def load_callable(target: str) -> RewardFn:
     else:
         try:
             module = importlib.import_module(where)
-        except ImportError as e:
-            raise UserError(f"--reward {target}: cannot import {where}: {e}") from None
+        except Exception as e:  # ImportError, or whatever the module raises on import
+            raise UserError(f"--reward {target}: cannot import {where!r}: {e}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise UserError(f"--reward {target}: {where} has no function {name!r}")
@@ -69,7 +73,7 @@ def load_callable(target: str) -> RewardFn:
 class RewardModelFn:
     """A reward model from `rlhfkit train rm` as a reward function (batched, no gradients)."""
 
-    def __init__(self, folder: str, batch_size: int = 16):
+    def __init__(self, folder: str, device: Any = "cpu", batch_size: int = 16):
         from rlhfkit.models import MANIFEST, resolve
         from rlhfkit.train.reward import load_reward_model
 
@@ -81,7 +85,7 @@ class RewardModelFn:
                 f"(its manifest says {kind or 'nothing'})"
             )
         self.model, self.tokenizer = load_reward_model(folder)
-        self.model.eval()
+        self.model.to(device).eval()
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -94,7 +98,7 @@ class RewardModelFn:
         examples = []
         for prompt, response in zip(prompts, responses, strict=True):
             if isinstance(prompt, list):  # as the reward model was trained: a chat reply
-                completion: Any = [{"role": "assistant", "content": response}]
+                completion: Any = [{"role": "assistant", "content": response.strip()}]
             else:
                 completion = response + tok.eos_token
             p, c = split_prompt_completion(tok, prompt, completion)
@@ -107,7 +111,7 @@ class RewardModelFn:
         return out
 
 
-def load_rewards(specs: list[str]) -> list[RewardSource]:
+def load_rewards(specs: list[str], device: Any = "cpu") -> list[RewardSource]:
     if not specs:
         raise UserError("give at least one --reward: a reward model folder or FILE.py:FUNCTION")
     sources = []
@@ -116,7 +120,9 @@ def load_rewards(specs: list[str]) -> list[RewardSource]:
         if ":" in target and not Path(target).exists():
             sources.append(RewardSource(target.rpartition(":")[2], weight, load_callable(target)))
         else:
-            sources.append(RewardSource(Path(target).name or target, weight, RewardModelFn(target)))
+            sources.append(
+                RewardSource(Path(target).name or target, weight, RewardModelFn(target, device))
+            )
     names = [s.name for s in sources]
     for i, name in enumerate(names):  # unique names for the logs
         if names.count(name) > 1:
@@ -141,6 +147,9 @@ def total_reward(
                 f"reward {source.name}: returned {len(values)} values for {len(responses)} "
                 "responses"
             )
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            raise UserError(f"reward {source.name}: returned {values[bad]} for response {bad}")
         parts[source.name] = torch.tensor(values)
     total = sum(s.weight * parts[s.name] for s in sources)
     return total, parts

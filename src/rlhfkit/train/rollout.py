@@ -62,21 +62,24 @@ def sample_rollout(
     """k responses to each prompt (token ids), sampled with `seed` on a fresh generator."""
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
-    torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=mask,
+    from transformers import GenerationConfig
+
+    # A fresh config, not the model's generation_config.json: its extras (repetition penalty,
+    # min-p, top-k) would sample from a distribution other than the one training scores.
+    config = GenerationConfig(
         do_sample=True,
         temperature=temperature,
         top_p=top_p,
-        top_k=None,
+        top_k=0,
         max_new_tokens=max_new_tokens,
         num_return_sequences=k,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     model.train(was_training)
     response = out[:, ids.shape[1] :]
     is_eos = response == tokenizer.eos_token_id
@@ -84,8 +87,10 @@ def sample_rollout(
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
     response_mask = (before == 0).float()
     finished = is_eos.any(dim=1)
+    # exactly what was written, leading space included: a reward model scoring a text prompt
+    # must see prompt + response as the policy produced them
     texts = [
-        tokenizer.decode(response[i][response_mask[i].bool()], skip_special_tokens=True).strip()
+        tokenizer.decode(response[i][response_mask[i].bool()], skip_special_tokens=True)
         for i in range(response.shape[0])
     ]
     prompt_mask = mask.repeat_interleave(k, dim=0)

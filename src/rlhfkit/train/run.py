@@ -118,9 +118,7 @@ class Run:
         """
         names = sorted(sums)
         device = self.accelerator.device
-        local = torch.tensor(
-            [*(float(sums[n]) for n in names), float(self._tokens)], device=device
-        )
+        local = torch.tensor([*(float(sums[n]) for n in names), float(self._tokens)], device=device)
         total = self.accelerator.reduce(local, "sum").cpu().tolist()
         elapsed = time.time() - self._t0
         grad_norm, lr = stepped

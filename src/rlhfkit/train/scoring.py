@@ -16,7 +16,7 @@ from rlhfkit.train.batches import Batch, attention_input
 from rlhfkit.train.losses import sum_per_sequence, token_logps
 
 
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a possible peft wrapper (LoRA layers stay injected)."""
     from peft import PeftModel
 
@@ -30,31 +30,38 @@ class ModelScorer(torch.nn.Module):
     that training actually runs; `.model` is what gets saved.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = temperature
+        """Logits are divided by this: log-probs of the distribution a sampler at this
+        temperature draws from (stage 3 scores what it sampled)."""
 
     def hidden(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
         """Last hidden states, flattened to [rows * width, hidden]."""
-        lm = _unwrapped(self.model)
+        lm = unwrap_peft(self.model)
         mask = attention_input(attention_mask, lm.config._attn_implementation)
         out = lm.base_model(
             input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
         )
         return out.last_hidden_state.flatten(0, 1)
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head on some hidden states [N, H] -> [N, V], as the model would apply it."""
+        lm = unwrap_peft(self.model)
+        logits = lm.get_output_embeddings()(hidden)
+        # Models that transform logits after the head (Gemma 2's soft-capping) need it here too.
+        if cap := getattr(lm.config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / cap) * cap
+        return logits / self.temperature if self.temperature != 1.0 else logits
+
 
 class CompletionScorer(ModelScorer):
     """forward(input_ids, attention_mask, position_ids, predict_from, targets) -> logps [N]."""
 
     def forward(self, input_ids, attention_mask, position_ids, predict_from, targets):
-        lm = _unwrapped(self.model)
         hidden = self.hidden(input_ids, attention_mask, position_ids)
-        logits = lm.get_output_embeddings()(hidden[predict_from])
-        # Models that transform logits after the head (Gemma 2's soft-capping) need it here too.
-        if cap := getattr(lm.config, "final_logit_softcapping", None):
-            logits = torch.tanh(logits / cap) * cap
-        return token_logps(logits, targets)
+        return token_logps(self.logits(hidden[predict_from]), targets)
 
 
 class RewardScorer(ModelScorer):
@@ -66,7 +73,7 @@ class RewardScorer(ModelScorer):
 
     def forward(self, input_ids, attention_mask, position_ids, last_index):
         hidden = self.hidden(input_ids, attention_mask, position_ids)
-        return _unwrapped(self.model).score(hidden[last_index]).squeeze(-1)
+        return unwrap_peft(self.model).score(hidden[last_index]).squeeze(-1)
 
 
 def token_logps_of(scorer, batch: Batch) -> torch.Tensor:

@@ -47,7 +47,9 @@ class Example:
         return Example(self.prompt, tuple(c[:room] for c in self.completions), self.margin, masks)
 
 
-def _ids(tok: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False) -> list[int]:
+def token_ids(
+    tok: PreTrainedTokenizerBase, value: Any, generation_prompt: bool = False
+) -> list[int]:
     if isinstance(value, list):
         out = tok.apply_chat_template(
             value, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
@@ -69,8 +71,8 @@ def split_prompt_completion(
     tok: PreTrainedTokenizerBase, prompt: Any, completion: Any
 ) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the completion that follows it."""
-    prompt_ids = _ids(tok, prompt, generation_prompt=isinstance(prompt, list))
-    full = _ids(tok, prompt + completion)
+    prompt_ids = token_ids(tok, prompt, generation_prompt=isinstance(prompt, list))
+    full = token_ids(tok, prompt + completion)
     cut = _common_prefix(prompt_ids, full)
     return prompt_ids[:cut], full[cut:]
 
@@ -86,7 +88,7 @@ def tokenize_sft(tok: PreTrainedTokenizerBase, row: dict[str, Any], fmt: Format)
         return Example(prompt, (completion,))
     if "messages" in row:
         return _assistant_turns(tok, row["messages"])
-    ids = [*_ids(tok, row["text"]), tok.eos_token_id]
+    ids = [*token_ids(tok, row["text"]), tok.eos_token_id]
     return Example(ids[:1], (ids[1:],))
 
 
@@ -96,13 +98,13 @@ def _assistant_turns(tok: PreTrainedTokenizerBase, messages: list[dict]) -> Exam
     Each assistant turn's tokens are found by templating the conversation up to the turn
     (with the generation prompt) and up to its end; what lies between is that turn.
     """
-    full = _ids(tok, messages)
+    full = token_ids(tok, messages)
     scored = [False] * len(full)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = _common_prefix(_ids(tok, messages[:i], generation_prompt=True), full)
-        end = _common_prefix(_ids(tok, messages[: i + 1]), full)
+        start = _common_prefix(token_ids(tok, messages[:i], generation_prompt=True), full)
+        end = _common_prefix(token_ids(tok, messages[: i + 1]), full)
         for t in range(start, end):
             scored[t] = True
     first = scored.index(True)
@@ -116,8 +118,8 @@ def tokenize_preference(tok: PreTrainedTokenizerBase, row: dict[str, Any]) -> Ex
         eos = tok.eos_token
         chosen = chosen if chosen.endswith(eos) else chosen + eos
         rejected = rejected if rejected.endswith(eos) else rejected + eos
-    prompt_ids = _ids(tok, prompt, generation_prompt=isinstance(prompt, list))
-    full_c, full_r = _ids(tok, prompt + chosen), _ids(tok, prompt + rejected)
+    prompt_ids = token_ids(tok, prompt, generation_prompt=isinstance(prompt, list))
+    full_c, full_r = token_ids(tok, prompt + chosen), token_ids(tok, prompt + rejected)
     cut = min(_common_prefix(prompt_ids, full_c), _common_prefix(prompt_ids, full_r))
     return Example(prompt_ids[:cut], (full_c[cut:], full_r[cut:]), row.get("margin"))
 
@@ -154,6 +156,16 @@ def tokenize_dataset(
         if any(len(c) > room for c in ex.completions):
             truncated += 1
             ex = ex.cut(room)
+        if not ex.prompt:
+            problems.append(
+                Problem(
+                    str(dataset.path),
+                    line,
+                    "the prompt has no tokens of its own (its "
+                    "text merges into the completion's first token)",
+                )
+            )
+            continue
         if any(n == 0 for n in ex.scored()):
             problems.append(Problem(str(dataset.path), line, "a completion has no tokens"))
             continue

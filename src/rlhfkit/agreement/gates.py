@@ -1,0 +1,180 @@
+"""The article's quality gates for a labeling team.
+
+- Calibration gate: every annotator labels the same calibration items first; the main queue
+  opens when their percent agreement reaches the project's threshold (default 0.65), and
+  the report names the items and annotators that drive the disagreement.
+- Drift: anchor items with known answers are mixed into every batch; an annotator whose
+  anchor accuracy in a recent window falls below a threshold, or drops by more than a set
+  amount from their calibration-time accuracy, raises an alert.
+- Recalibration due: after N labels or D days since the last calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rlhfkit.agreement.annotators import leave_one_out_majority
+from rlhfkit.agreement.labels import Labels
+from rlhfkit.agreement.stats import _item_agreement
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    statistic: str
+    value: float
+    threshold: float
+    items: int
+    annotators: int
+    disputed_items: list[tuple[str, float]] = field(default_factory=list)
+    """Calibration items by agreement, lowest first (at most ten)."""
+    annotator_agreement: dict[str, float] = field(default_factory=dict)
+    """Each annotator's agreement with the majority of the others on calibration items."""
+    incomplete: dict[str, int] = field(default_factory=dict)
+    """Annotators who have not labeled every calibration item: how many they miss."""
+
+    def as_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "statistic": self.statistic,
+            "value": None if math.isnan(self.value) else self.value,
+            "threshold": self.threshold,
+            "items": self.items,
+            "annotators": self.annotators,
+            "disputed_items": [[i, a] for i, a in self.disputed_items],
+            "annotator_agreement": self.annotator_agreement,
+            "incomplete": self.incomplete,
+        }
+
+
+def calibration_gate(
+    labels: Labels, calibration_items: list[str] | None = None, threshold: float = 0.65
+) -> GateResult:
+    """Percent agreement on the calibration items (all items when none are named)."""
+    if calibration_items is not None:
+        wanted = set(map(str, calibration_items))
+        keep = np.isin(labels.items[labels.item], list(wanted))
+        labels = labels.subset(keep)
+    counts = labels.counts()
+    per_item, labelled = _item_agreement(counts)
+    value = float(per_item.mean()) if len(per_item) else math.nan
+    names = labels.items[labelled]
+    order = np.argsort(per_item, kind="stable")[:10]
+    disputed = [(str(names[i]), float(per_item[i])) for i in order if per_item[i] < 1.0]
+    majority = leave_one_out_majority(labels)
+    agreement = {}
+    n_items = int((counts.sum(axis=1) > 0).sum())
+    incomplete = {}
+    for a, name in enumerate(labels.annotators.tolist()):
+        mine = labels.annotator == a
+        if not mine.any():
+            continue
+        ok = majority[mine] >= 0
+        hits = labels.label[mine][ok] == majority[mine][ok]
+        agreement[name] = float(hits.mean()) if len(hits) else math.nan
+        if mine.sum() < n_items:
+            incomplete[name] = n_items - int(mine.sum())
+    return GateResult(
+        passed=bool(value >= threshold) if not math.isnan(value) else False,
+        statistic="percent_agreement",
+        value=value,
+        threshold=threshold,
+        items=n_items,
+        annotators=len(agreement),
+        disputed_items=disputed,
+        annotator_agreement=agreement,
+        incomplete=incomplete,
+    )
+
+
+@dataclass
+class DriftAlert:
+    annotator: str
+    window: int
+    """Which window of the annotator's anchor labels (0 is the first)."""
+    accuracy: float
+    baseline: float
+    reason: str
+
+
+@dataclass
+class AnchorSeries:
+    annotator: str
+    accuracy: list[float]
+    """Anchor accuracy per window of `window` consecutive anchor labels."""
+    ends: list[float]
+    """Each window's last timestamp (or label index when there are no timestamps)."""
+
+
+def anchor_drift(
+    labels: Labels,
+    gold: dict[int, int],
+    window: int = 20,
+    threshold: float = 0.7,
+    max_drop: float = 0.15,
+    baseline: dict[str, float] | None = None,
+) -> tuple[list[AnchorSeries], list[DriftAlert]]:
+    """Anchor accuracy over time per annotator, and alerts for windows that drift.
+
+    Windows are `window` consecutive anchor labels in time order (file order when there are
+    no timestamps). The baseline is the calibration-time accuracy when given, else the
+    annotator's first window."""
+    gold_of = np.full(len(labels.items), -1)
+    for item, code in gold.items():
+        gold_of[item] = code
+    series, alerts = [], []
+    for a, name in enumerate(labels.annotators.tolist()):
+        idx = np.nonzero((labels.annotator == a) & (gold_of[labels.item] >= 0))[0]
+        if len(idx) == 0:
+            continue
+        stamps = labels.timestamp[idx]
+        if not np.isnan(stamps).any():
+            idx = idx[np.argsort(stamps, kind="stable")]
+        correct = labels.label[idx] == gold_of[labels.item[idx]]
+        acc, ends = [], []
+        for start in range(0, len(idx), window):
+            part = slice(start, min(start + window, len(idx)))
+            if part.stop - part.start < max(1, window // 2) and acc:
+                break  # a short tail window says little; it joins the next report
+            acc.append(float(correct[part].mean()))
+            last = idx[part.stop - 1]
+            ts = labels.timestamp[last]
+            ends.append(float(ts) if not math.isnan(ts) else float(last))
+        series.append(AnchorSeries(name, acc, ends))
+        base = (baseline or {}).get(name, acc[0])
+        for w, value in enumerate(acc):
+            if value < threshold:
+                alerts.append(
+                    DriftAlert(
+                        name,
+                        w,
+                        value,
+                        base,
+                        f"anchor accuracy {value:.2f} is below the threshold {threshold:.2f}",
+                    )
+                )
+            elif base - value > max_drop:
+                alerts.append(
+                    DriftAlert(
+                        name,
+                        w,
+                        value,
+                        base,
+                        f"anchor accuracy fell {base - value:.2f} from {base:.2f} at calibration",
+                    )
+                )
+    return series, alerts
+
+
+def recalibration_due(
+    labels_since: int, days_since: float, every_labels: int = 500, every_days: float = 14.0
+) -> tuple[bool, str | None]:
+    """Whether a fresh calibration round is due, and why."""
+    if every_labels and labels_since >= every_labels:
+        return True, f"{labels_since} labels since the last calibration (every {every_labels})"
+    if every_days and days_since >= every_days:
+        return True, f"{days_since:.1f} days since the last calibration (every {every_days:g})"
+    return False, None

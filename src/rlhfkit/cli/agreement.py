@@ -1,0 +1,171 @@
+"""`rlhfkit agreement`: how well the annotators agree, and who drifts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rlhfkit.cli.common import console
+
+
+def agreement(
+    labels: Path = typer.Argument(
+        ...,
+        help="Labels as CSV or JSONL: columns item, annotator, label (optional "
+        "shown_first, timestamp).",
+    ),
+    level: str = typer.Option(
+        "nominal",
+        help="Level of measurement for Krippendorff's alpha: nominal (preference "
+        "labels A/B/tie/both_bad), ordinal, interval or ratio (numeric labels).",
+    ),
+    anchors: Path = typer.Option(
+        None,
+        help="Gold answers for anchor items (CSV/JSONL with item, label): adds anchor "
+        "accuracy per annotator and drift alerts.",
+    ),
+    order: str = typer.Option(
+        None, help="Comma-separated label values in order, for ordinal string labels."
+    ),
+    threshold: float = typer.Option(
+        0.65,
+        help="Percent agreement the calibration gate requires (the article: 0.65 is "
+        "the floor, 0.70-0.75 the target).",
+    ),
+    anchor_threshold: float = typer.Option(0.7, help="Anchor accuracy below this alerts."),
+    window: int = typer.Option(20, help="Anchor labels per drift window."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap replicates for the intervals."),
+    plots: Path = typer.Option(None, help="Folder to write agreement.png (and anchors.png)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Agreement statistics for a set of labels: percent agreement, Cohen's kappa per pair,
+    Fleiss' kappa, Krippendorff's alpha (with 95% bootstrap intervals over items), and per
+    annotator: agreement with the others' majority, anchor accuracy, position bias, tie and
+    both-bad rates, labels per hour.
+
+    For pairwise preferences read Krippendorff's alpha (nominal): it handles missing labels
+    and corrects for chance. The calibration gate uses percent agreement, as the article's
+    65-75% rule does.
+    """
+    from rlhfkit.agreement import LEVELS, read_gold, read_labels, summarise
+    from rlhfkit.errors import UserError
+
+    if level not in LEVELS:
+        raise UserError(f"--level is one of {', '.join(LEVELS)}")
+    values = [v.strip() for v in order.split(",")] if order else None
+    data = read_labels(labels, values)
+    if level != "nominal" and not data.numeric and values is None:
+        raise UserError(
+            f"{labels}: --level {level} needs numeric labels, or --order for string labels"
+        )
+    if values is not None and not data.numeric and level != "nominal":  # ordered: ranks
+        from rlhfkit.agreement.labels import Labels
+
+        data = Labels(
+            data.item,
+            data.annotator,
+            data.label,
+            data.items,
+            data.annotators,
+            _ranks(len(data.values)),
+            data.shown_first,
+            data.timestamp,
+        )
+    gold = read_gold(anchors, data) if anchors else None
+    summary = summarise(data, level, gold, threshold, bootstrap, anchor_threshold, window)
+    if plots:
+        from rlhfkit.agreement.gates import anchor_drift
+        from rlhfkit.agreement.plots import anchor_accuracy_plot, kappa_heatmap
+
+        summary["plots"] = [str(kappa_heatmap(data, plots / "agreement.png"))]
+        if gold:
+            series, _ = anchor_drift(data, gold, window, anchor_threshold)
+            summary["plots"].append(
+                str(anchor_accuracy_plot(series, plots / "anchors.png", anchor_threshold))
+            )
+    if as_json:
+        print(json.dumps(summary))
+        return
+    _print(summary)
+
+
+def _ranks(n: int):
+    import numpy as np
+
+    return np.arange(1, n + 1, dtype=float)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _print(s: dict) -> None:
+    from rich.table import Table
+
+    ci = s["ci"]
+    console.print(
+        f"[bold]{s['n_labels']}[/bold] labels, {s['n_items']} items, "
+        f"{s['n_annotators']} annotators ({s['labels_per_item']['min']}-"
+        f"{s['labels_per_item']['max']} labels per item)"
+    )
+    table = Table("statistic", "value", "95% interval", "note")
+    table.add_row(
+        "percent agreement",
+        _fmt(s["percent_agreement"]),
+        f"{_fmt(ci['percent_agreement'][0])} - {_fmt(ci['percent_agreement'][1])}",
+        "",
+    )
+    table.add_row(
+        f"Krippendorff's alpha ({s['level']})",
+        _fmt(s["krippendorff_alpha"]),
+        f"{_fmt(ci['krippendorff_alpha'][0])} - {_fmt(ci['krippendorff_alpha'][1])}",
+        s["krippendorff_alpha_note"] or "read this one",
+    )
+    table.add_row(
+        "Cohen's kappa, mean of pairs",
+        _fmt(s["cohen_kappa_mean"]),
+        f"{_fmt(ci['cohen_kappa_mean'][0])} - {_fmt(ci['cohen_kappa_mean'][1])}",
+        "",
+    )
+    table.add_row("Fleiss' kappa", _fmt(s["fleiss_kappa"]), "", s["fleiss_kappa_note"] or "")
+    console.print(table)
+    gate = s["calibration_gate"]
+    verdict = "[green]passes[/green]" if gate["passed"] else "[red]fails[/red]"
+    console.print(
+        f"calibration gate: percent agreement {_fmt(gate['value'])} vs threshold "
+        f"{gate['threshold']:.2f}: {verdict}"
+    )
+    if gate["disputed_items"]:
+        worst = ", ".join(f"{i} ({a:.2f})" for i, a in gate["disputed_items"][:5])
+        console.print(f"most disputed items: {worst}")
+    people = Table(
+        "annotator",
+        "labels",
+        "agrees w/ majority",
+        "anchor acc.",
+        "chose first",
+        "tie",
+        "both bad",
+        "labels/h",
+    )
+    for a in s["annotators"]:
+        people.add_row(
+            a["annotator"],
+            str(a["labels"]),
+            _fmt(a["majority_agreement"]),
+            _fmt(a["anchor_accuracy"]),
+            _fmt(a["chose_first_rate"]),
+            _fmt(a["tie_rate"]),
+            _fmt(a["both_bad_rate"]),
+            "n/a" if a["labels_per_hour"] is None else f"{a['labels_per_hour']:.0f}",
+        )
+    console.print(people)
+    for alert in s.get("drift_alerts", []):
+        console.print(
+            f"[yellow]drift:[/yellow] {alert['annotator']}, window "
+            f"{alert['window'] + 1}: {alert['reason']}"
+        )
+    for path in s.get("plots", []):
+        console.print(f"plot: {path}")
