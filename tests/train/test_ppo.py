@@ -223,3 +223,35 @@ def test_minibatches_must_divide_the_rollouts(setup, tmp_path):
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / "x", "--max-steps", "1", "--minibatches", "3"))
     assert result.code == 2 and "must split evenly" in result.stderr
+
+
+def test_merged_copy_samples_what_the_adapter_wrapped_policy_would(setup):
+    import copy
+
+    from rlhfkit.models import load_model
+    from rlhfkit.train.configs import PPOConfig
+    from rlhfkit.train.loop import prepare_model
+    from rlhfkit.train.rollout import MergedCopy, sample_rollout
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    merged = MergedCopy(copy.deepcopy(model))
+    policy = prepare_model(model, PPOConfig(lora=True))
+    with torch.no_grad():  # a trained adapter: B is no longer zero
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    ids = tok(["Order 1 is late because", "Order 22 is"], return_tensors="pt", padding=True,
+              padding_side="left")
+    policy.eval()
+    with torch.no_grad():
+        want = policy(**ids).logits
+        got = merged.refresh(policy)(**ids).logits
+        with policy.disable_adapter():
+            base = policy(**ids).logits
+    assert (want - base).abs().max() > 1e-3  # the adapter matters
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    prompts = [tok("Order 1 is late because")["input_ids"]]
+    a = sample_rollout(policy, tok, prompts, 2, 8, 1.0, 1.0, seed=3)
+    b = sample_rollout(merged.refresh(policy), tok, prompts, 2, 8, 1.0, 1.0, seed=3)
+    assert a.texts == b.texts

@@ -181,6 +181,7 @@ class PPOConfig(LoopConfig):
             "vf_coef",
             "max_approx_kl",
             "critic",
+            "merged_rollouts",
         )
 
     output_dir: Path = Path("runs/ppo")
@@ -239,6 +240,9 @@ class PPOConfig(LoopConfig):
     critic: Literal["head", "reward-model"] = "head"
     """head: a value head on the policy's own backbone (one forward pass, least memory);
     reward-model: a separate critic initialised from the (first) reward model."""
+    merged_rollouts: bool = True
+    """With LoRA, sample from a copy of the model with the adapter merged in (refreshed each
+    step): faster decoding for one more copy of the model in memory."""
     project: Path | None = None
     """Project file (rlhfkit.toml): its success criteria are measured on every step's samples."""
 

@@ -37,7 +37,7 @@ from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
 from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
-from rlhfkit.train.rollout import Rollout, rollout_batch, sample_rollout, to_padded
+from rlhfkit.train.rollout import MergedCopy, Rollout, rollout_batch, sample_rollout, to_padded
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, ModelScorer, unwrap_peft
 
@@ -134,6 +134,9 @@ def train_ppo(
     if not cfg.lora:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
         reference = CompletionScorer(frozen, cfg.temperature).to(accelerator.device)
+    sampler = None
+    if cfg.lora and cfg.merged_rollouts:
+        sampler = MergedCopy(copy.deepcopy(model).to(accelerator.device))
     critic = None
     if cfg.algorithm == "ppo" and cfg.critic == "reward-model":
         critic = _critic_from_reward_model(sources, tok, cfg)
@@ -162,7 +165,7 @@ def train_ppo(
         # 2. sample k responses per prompt from the current policy (seeded by step)
         seed = (cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index) % 2**63
         rollout = sample_rollout(
-            actor.model,
+            sampler.refresh(actor.model) if sampler is not None else actor.model,
             tok,
             [prompt_ids[j] for j in idx],
             cfg.k,

@@ -128,3 +128,25 @@ def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(mask.shape, dtype=flat.dtype, device=flat.device)
     out[mask.bool()] = flat
     return out
+
+
+class MergedCopy:
+    """What a LoRA policy samples from: a plain copy of the base model whose adapted weights
+    are set to W + scale * B A before each rollout. The same distribution as the adapter-
+    wrapped policy (to float rounding) without the adapter's two extra matmuls per layer in
+    every decoding step; recomputed from the live weights each time, so nothing drifts and a
+    resumed run samples what the uninterrupted one did. Costs one more copy of the model."""
+
+    def __init__(self, plain: torch.nn.Module):
+        self.model = plain.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        for name, module in policy.named_modules():
+            if isinstance(module, LoraLinear):
+                target = self.model.get_submodule(name.removeprefix("base_model.model."))
+                delta = module.get_delta_weight(module.active_adapters[0])
+                target.weight.copy_(module.base_layer.weight + delta)
+        return self.model
