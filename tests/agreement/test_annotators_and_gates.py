@@ -82,10 +82,7 @@ def test_drift_alert_when_anchor_accuracy_falls():
             item.append(i), who.append(name), stamps.append(i * 60.0)
             label.append(("B" if gold_answers[i] == "A" else "A") if wrong else gold_answers[i])
     labels = Labels.from_records(item, who, label, timestamp=stamps)
-    gold = {
-        int(np.nonzero(labels.items == str(i))[0][0]): labels.code_of(gold_answers[i])
-        for i in range(n)
-    }
+    gold = {labels.item_names().index(str(i)): labels.code_of(gold_answers[i]) for i in range(n)}
     series, alerts = anchor_drift(labels, gold, window=20, threshold=0.7)
     acc = {s.annotator: s.accuracy for s in series}
     assert acc["steady"] == [1.0, 1.0, 1.0] and acc["drifter"] == [1.0, 1.0, 0.0]

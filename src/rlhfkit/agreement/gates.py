@@ -56,12 +56,13 @@ def calibration_gate(
     """Percent agreement on the calibration items (all items when none are named)."""
     if calibration_items is not None:
         wanted = set(map(str, calibration_items))
-        keep = np.isin(labels.items[labels.item], list(wanted))
+        names = np.array(labels.item_names())
+        keep = np.isin(names[labels.item], list(wanted))
         labels = labels.subset(keep)
     counts = labels.counts()
     per_item, labelled = _item_agreement(counts)
     value = float(per_item.mean()) if len(per_item) else math.nan
-    names = labels.items[labelled]
+    names = np.array(labels.item_names())[labelled]
     order = np.argsort(per_item, kind="stable")[:10]
     disputed = [(str(names[i]), float(per_item[i])) for i in order if per_item[i] < 1.0]
     majority = leave_one_out_majority(labels)

@@ -36,6 +36,7 @@ class Labels:
     annotator: np.ndarray
     label: np.ndarray
     items: np.ndarray
+    """Item ids: strings, or integers when the ids were integers (compare via `item_names`)."""
     annotators: np.ndarray
     values: np.ndarray
     shown_first: np.ndarray
@@ -44,6 +45,9 @@ class Labels:
     @property
     def n(self) -> int:
         return len(self.label)
+
+    def item_names(self) -> list[str]:
+        return [str(i) for i in self.items.tolist()]
 
     @property
     def numeric(self) -> bool:
@@ -103,15 +107,15 @@ class Labels:
             sorter = np.argsort(domain)
             codes = sorter[np.searchsorted(domain, values_in, sorter=sorter)]
         else:
-            domain, codes = np.unique(values_in, return_inverse=True)
+            domain, codes = _dense_codes(values_in)
         codes = codes.astype(np.int64)
         lookup = {v: i for i, v in enumerate(domain.tolist())}
-        items, item_codes = _codes(item)
+        items, item_codes = _codes(item, as_str=False)
         annotators, annotator_codes = _codes(annotator)
         pair = item_codes * len(annotators) + annotator_codes
-        uniq, count = np.unique(pair, return_counts=True)
-        if len(uniq) < len(pair):
-            i, a = divmod(int(uniq[count > 1][0]), len(annotators))
+        count = np.bincount(pair, minlength=len(items) * len(annotators))
+        if count.max(initial=0) > 1:
+            i, a = divmod(int(np.argmax(count)), len(annotators))
             raise ValueError(f"annotator {annotators[a]} labeled item {items[i]} more than once")
         shown = np.full(len(codes), -1, dtype=np.int64)
         if shown_first is not None:
@@ -148,12 +152,28 @@ def _label_values(label: Any) -> tuple[bool, np.ndarray]:
     return False, arr.astype(str)
 
 
-def _codes(names: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct names (as strings) and each entry's code; integers are sorted as numbers."""
+def _dense_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(arr, return_inverse=True), in O(n) when arr holds small non-negative
+    integers (item and annotator ids, rating scales) — a sort of a million labels is most of
+    the time an agreement statistic takes."""
+    if arr.dtype.kind in "iuf" and len(arr):
+        as_int = arr.astype(np.int64)
+        low, high = as_int.min(), as_int.max()
+        if (as_int == arr).all() and low >= 0 and high <= 4 * len(arr) + 1024:
+            present = np.zeros(high + 1, dtype=bool)
+            present[as_int] = True
+            code_of = np.cumsum(present) - 1
+            return np.nonzero(present)[0].astype(arr.dtype), code_of[as_int]
+    return np.unique(arr, return_inverse=True)
+
+
+def _codes(names: Any, as_str: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct names and each entry's code; integer ids are sorted as numbers (and kept as
+    integers unless `as_str`: turning 200,000 item ids into strings costs more than alpha)."""
     arr = np.asarray(names)
     if arr.dtype.kind in "iu":
-        uniq, codes = np.unique(arr, return_inverse=True)
-        return uniq.astype(str), codes.astype(np.int64)
+        uniq, codes = _dense_codes(arr)
+        return (uniq.astype(str) if as_str else uniq), codes.astype(np.int64)
     uniq, codes = np.unique(arr.astype(str), return_inverse=True)
     return uniq, codes.astype(np.int64)
 
@@ -246,7 +266,7 @@ def read_gold(path: Path, labels: Labels) -> dict[int, int]:
     """Anchor answers: item code -> label code, for the anchors that occur in `labels`."""
     rows, lines, problems = _read_rows(path, ("item", "label"))
     gold = {}
-    item_codes = {name: i for i, name in enumerate(labels.items.tolist())}
+    item_codes = {name: i for i, name in enumerate(labels.item_names())}
     for row, line in zip(rows, lines, strict=True):
         if labels.numeric and not _is_number(row["label"]):
             problems.append(
