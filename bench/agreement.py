@@ -69,7 +69,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "labels": int(len(label)),
+                "labels": len(label),
                 "items": args.items,
                 "annotators": args.annotators,
                 "categories": 4,

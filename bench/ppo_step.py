@@ -168,26 +168,37 @@ def run_trl_rloo(spec: dict) -> dict:
 
 
 def run_rollout_vs_generate(spec: dict) -> dict:
-    """The same batch through rlhfkit's rollout and through plain `generate`, same model."""
+    """The same batch through rlhfkit's rollout (as `train ppo` runs it with LoRA: refresh the
+    merged copy, then sample) and through plain `generate` on the same LoRA policy; plain
+    `generate` on the bare base model is reported too, as the floor."""
+    import copy
+
     import torch
 
     from rlhfkit.models import load_model
     from rlhfkit.train.configs import PPOConfig
     from rlhfkit.train.loop import prepare_model
-    from rlhfkit.train.rollout import left_pad, sample_rollout
+    from rlhfkit.train.rollout import MergedCopy, left_pad, sample_rollout
     from rlhfkit.train.tokenize import token_ids
 
     model, tok = load_model(MODEL)
+    base = copy.deepcopy(model).eval()
+    merged = MergedCopy(copy.deepcopy(model))
     policy = prepare_model(model, PPOConfig(lora=True))  # as train ppo holds it
+    with torch.no_grad():  # a trained adapter, not the all-zero one LoRA starts with
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 1e-3)
+    policy.eval()
     rows = prompts(spec["prompts"])
     ids = [token_ids(tok, r["prompt"], generation_prompt=True) for r in rows]
     n, k = spec["max_new_tokens"], spec["k"]
 
-    def plain() -> int:
+    def plain(model) -> int:
         x, mask = left_pad(ids, tok.pad_token_id)
         torch.manual_seed(0)
         with torch.no_grad():
-            out = policy.generate(
+            out = model.generate(
                 input_ids=x,
                 attention_mask=mask,
                 do_sample=True,
@@ -199,16 +210,19 @@ def run_rollout_vs_generate(spec: dict) -> dict:
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
             )
-        return int((out[:, x.shape[1] :] != tok.pad_token_id).sum())
+        new = out[:, x.shape[1] :]
+        is_eos = new == tok.eos_token_id  # counted as rollouts count: up to and including EOS
+        return int(((torch.cumsum(is_eos.long(), 1) - is_eos.long()) == 0).sum())
 
     def ours() -> int:
-        r = sample_rollout(policy, tok, ids, k, n, 0.9, 1.0, 0)
+        r = sample_rollout(merged.refresh(policy), tok, ids, k, n, 0.9, 1.0, 0)
         return int(r.response_mask.sum())
 
-    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    runs = {"plain": lambda: plain(policy), "ours": ours, "plain_base_model": lambda: plain(base)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     tokens: dict[str, int] = {}
     for _ in range(spec["repeats"]):
-        for name, fn in (("plain", plain), ("ours", ours)):  # interleaved: fair to both
+        for name, fn in runs.items():  # interleaved: fair to all
             start = time.perf_counter()
             tokens[name] = fn()
             times[name].append(time.perf_counter() - start)
@@ -318,6 +332,7 @@ def main() -> None:
         "ppo_train_tokens": train_tokens,
         "rollout_tokens_per_s": rollout["ours"]["tokens_per_s"],
         "generate_tokens_per_s": rollout["plain"]["tokens_per_s"],
+        "generate_base_model_tokens_per_s": rollout["plain_base_model"]["tokens_per_s"],
         "rollout_speed_vs_generate": rollout["ours"]["tokens_per_s"]
         / rollout["plain"]["tokens_per_s"],
         "train_mfu": train_mfu,

@@ -255,3 +255,24 @@ def test_merged_copy_samples_what_the_adapter_wrapped_policy_would(setup):
     a = sample_rollout(policy, tok, prompts, 2, 8, 1.0, 1.0, seed=3)
     b = sample_rollout(merged.refresh(policy), tok, prompts, 2, 8, 1.0, 1.0, seed=3)
     assert a.texts == b.texts
+
+
+def test_k_samples_share_one_prefill_and_sample_what_plain_generate_would(setup):
+    """sample_rollout runs each prompt once and copies its cache k times; the samples are the
+    ones generate() draws when it computes the prompt k times over."""
+    from transformers import GenerationConfig
+
+    from rlhfkit.models import load_model
+    from rlhfkit.train.rollout import left_pad, sample_rollout
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
+    rollout = sample_rollout(model, tok, ids, 4, 8, 0.8, 1.0, seed=11)
+    x, mask = left_pad(ids, tok.pad_token_id)
+    torch.manual_seed(11)
+    plain = model.generate(input_ids=x, attention_mask=mask, generation_config=GenerationConfig(
+        do_sample=True, temperature=0.8, top_p=1.0, top_k=0, max_new_tokens=8,
+        num_return_sequences=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    assert torch.equal(rollout.input_ids, plain)
+    assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4

@@ -72,14 +72,28 @@ def sample_rollout(
         top_p=top_p,
         top_k=0,
         max_new_tokens=max_new_tokens,
-        num_return_sequences=k,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(seed)
     was_training = model.training
     model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
-    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    # k samples of one prompt share its prefix: run the prompt once and copy its key/value
+    # cache k times, instead of letting generate() compute the same prefill k times over.
+    cache = None
+    if k > 1 and ids.shape[1] > 1:
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        cache = model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            use_cache=True,
+        ).past_key_values
+        cache.batch_repeat_interleave(k)
+    ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
+    torch.manual_seed(seed)
+    out = model.generate(
+        input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config
+    )
     model.train(was_training)
     response = out[:, ids.shape[1] :]
     is_eos = response == tokenizer.eos_token_id
@@ -93,8 +107,7 @@ def sample_rollout(
         tokenizer.decode(response[i][response_mask[i].bool()], skip_special_tokens=True)
         for i in range(response.shape[0])
     ]
-    prompt_mask = mask.repeat_interleave(k, dim=0)
-    attention = torch.cat([prompt_mask, response_mask.long()], dim=1)
+    attention = torch.cat([mask, response_mask.long()], dim=1)
     prompt_index = torch.arange(len(prompts), device=ids.device).repeat_interleave(k)
     return Rollout(out, attention, response_mask, finished, prompt_index, texts)
 
