@@ -50,7 +50,9 @@ def resolve_precision(precision: str) -> str:
     """`auto` -> bf16 where it is faster here, else fp32; bf16/fp32 pass through.
 
     On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs 10-100x
-    *slower* than fp32, so the choice is measured, not assumed: two small matmuls, ~0.1 s.
+    *slower* than fp32. So: no native bf16 instructions (AVX512-BF16 or AMX) means fp32, no
+    timing needed; with them, bf16 must win a timed race (best of 3 rounds, interleaved, so
+    a busy machine cannot tip it).
     """
     global _BF16_FASTER
     if precision != "auto":
@@ -60,18 +62,24 @@ def resolve_precision(precision: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if _BF16_FASTER is None:
-        import time
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        _BF16_FASTER = native and _bf16_wins_race(torch)
+    return "bf16" if _BF16_FASTER else "fp32"
 
-        def seconds(dtype) -> float:
-            a = torch.randn(128, 128, dtype=dtype)
+
+def _bf16_wins_race(torch) -> bool:
+    import time
+
+    mats = {dt: torch.randn(384, 384, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(mats, float("inf"))
+    for _ in range(3):
+        for dt, a in mats.items():
             a @ a
             start = time.perf_counter()
             for _ in range(4):
                 a @ a
-            return time.perf_counter() - start
-
-        _BF16_FASTER = seconds(torch.bfloat16) * 1.3 < seconds(torch.float32)
-    return "bf16" if _BF16_FASTER else "fp32"
+            best[dt] = min(best[dt], time.perf_counter() - start)
+    return best[torch.bfloat16] * 1.3 < best[torch.float32]
 
 
 def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
