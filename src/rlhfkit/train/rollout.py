@@ -9,6 +9,7 @@ values at the response positions only.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -91,9 +92,13 @@ def sample_rollout(
         cache.batch_repeat_interleave(k)
     ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
     torch.manual_seed(seed)
-    out = model.generate(
-        input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config
-    )
+    with warnings.catch_warnings():
+        # transformers >= 5.2x renames the argument to `cache`; older releases know only
+        # `past_key_values`, which newer ones still accept until 6.0
+        warnings.filterwarnings("ignore", ".*past_key_values.*", FutureWarning)
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config
+        )
     model.train(was_training)
     response = out[:, ids.shape[1] :]
     is_eos = response == tokenizer.eos_token_id
