@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainers_vs_trl import matmul_peak  # bench/ is the script's folder, on sys.path
+
 MODEL = "smollm2-135m-instruct"
 N_PARAMS = 134_515_008  # SmolLM2-135M, embeddings tied
 HEDGES = ("i think", "maybe", "perhaps", "possibly", "might")
@@ -47,19 +49,6 @@ def prompts(n: int) -> list[dict]:
     from rlhfkit.demo.support_replies import build
 
     return [{"prompt": row["prompt"]} for row in build()[0][:n]]
-
-
-def matmul_peak(dtype_name: str, size: int = 2048, reps: int = 10) -> float:
-    import torch
-
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * size**3 * reps / (time.perf_counter() - start) / 1e12
 
 
 # --- one configuration, in its own process --------------------------------------------------

@@ -114,17 +114,23 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
     return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))
 
 
-def evaluate_reward_model(model_ref: str, data_path: Path, batch_size: int = 16) -> dict:
-    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+def require_reward_model(model_ref: str, where: str = "") -> None:
+    """Refuse a folder that `rlhfkit train rm` did not make: loading it would put a fresh,
+    random score head on top. `where` prefixes the message (e.g. the option it came from)."""
     from rlhfkit.models import MANIFEST, resolve
 
     manifest = resolve(model_ref) / MANIFEST
     kind = json.loads(manifest.read_text()).get("kind") if manifest.exists() else None
     if kind != "reward_model":
         raise UserError(
-            f"{model_ref}: not a reward model made by `rlhfkit train rm` (its manifest says "
-            f"{kind or 'nothing'}); a fresh score head would give random rewards"
+            f"{where}{model_ref}: not a reward model made by `rlhfkit train rm` (its manifest "
+            f"says {kind or 'nothing'}); a fresh score head would give random rewards"
         )
+
+
+def evaluate_reward_model(model_ref: str, data_path: Path, batch_size: int = 16) -> dict:
+    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+    require_reward_model(model_ref)
     data = load(data_path, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(model_ref)
     model.eval()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -74,16 +73,9 @@ class RewardModelFn:
     """A reward model from `rlhfkit train rm` as a reward function (batched, no gradients)."""
 
     def __init__(self, folder: str, device: Any = "cpu", batch_size: int = 16):
-        from rlhfkit.models import MANIFEST, resolve
-        from rlhfkit.train.reward import load_reward_model
+        from rlhfkit.train.reward import load_reward_model, require_reward_model
 
-        manifest = resolve(folder) / MANIFEST
-        kind = json.loads(manifest.read_text()).get("kind") if manifest.exists() else None
-        if kind != "reward_model":
-            raise UserError(
-                f"--reward {folder}: not a reward model made by `rlhfkit train rm` "
-                f"(its manifest says {kind or 'nothing'})"
-            )
+        require_reward_model(folder, where="--reward ")
         self.model, self.tokenizer = load_reward_model(folder)
         self.model.to(device).eval()
         self.batch_size = batch_size
