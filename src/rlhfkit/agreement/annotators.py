@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rlhfkit.agreement.labels import Labels
+from rlhfkit.agreement.labels import Labels, json_number
 
 # Preference labels: which values mean "the first/second response" and the two escapes.
 DECISIVE = ("A", "B")
@@ -34,10 +34,7 @@ class AnnotatorStats:
     labels_per_hour: float
 
     def as_dict(self) -> dict:
-        return {
-            k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in asdict(self).items()
-        }
+        return {k: json_number(v) for k, v in asdict(self).items()}
 
 
 def _rate(hits: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlhfkit.agreement.annotators import leave_one_out_majority
-from rlhfkit.agreement.labels import Labels
+from rlhfkit.agreement.labels import Labels, json_number
 from rlhfkit.agreement.stats import _item_agreement
 
 
@@ -40,7 +40,7 @@ class GateResult:
         return {
             "passed": self.passed,
             "statistic": self.statistic,
-            "value": None if math.isnan(self.value) else self.value,
+            "value": json_number(self.value),
             "threshold": self.threshold,
             "items": self.items,
             "annotators": self.annotators,

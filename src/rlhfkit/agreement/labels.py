@@ -137,6 +137,13 @@ class Labels:
         )
 
 
+def json_number(x: Any) -> Any:
+    """A statistic for JSON: NaN (undefined) becomes null, numpy floats become floats."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    return float(x) if isinstance(x, float) else x
+
+
 def _label_values(label: Any) -> tuple[bool, np.ndarray]:
     """(numeric, values): numbers (or numeric strings) as floats, anything else as strings."""
     arr = np.asarray(label)

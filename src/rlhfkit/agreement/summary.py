@@ -9,7 +9,7 @@ import numpy as np
 
 from rlhfkit.agreement.annotators import annotator_stats
 from rlhfkit.agreement.gates import anchor_drift, calibration_gate
-from rlhfkit.agreement.labels import Labels
+from rlhfkit.agreement.labels import Labels, json_number
 from rlhfkit.agreement.stats import (
     Level,
     bootstrap_intervals,
@@ -18,10 +18,6 @@ from rlhfkit.agreement.stats import (
     krippendorff_alpha,
     percent_agreement,
 )
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def summarise(
@@ -51,19 +47,19 @@ def summarise(
         },
         "values": labels.values.tolist(),
         "level": level,
-        "percent_agreement": _num(percent_agreement(labels)),
-        "cohen_kappa_mean": _num(float(np.mean(finite))) if finite else None,
-        "cohen_kappa": {f"{a}|{b}": _num(k) for (a, b), k in kappas.items()},
-        "fleiss_kappa": _num(fleiss),
+        "percent_agreement": json_number(percent_agreement(labels)),
+        "cohen_kappa_mean": json_number(float(np.mean(finite))) if finite else None,
+        "cohen_kappa": {f"{a}|{b}": json_number(k) for (a, b), k in kappas.items()},
+        "fleiss_kappa": json_number(fleiss),
         "fleiss_kappa_note": fleiss_reason,
-        "krippendorff_alpha": _num(alpha),
+        "krippendorff_alpha": json_number(alpha),
         "krippendorff_alpha_note": None
         if not math.isnan(alpha)
         else (
             "undefined: every pairable label is the same (no variation to agree on) or "
             "fewer than two items have two labels"
         ),
-        "ci": {k: [_num(v.low), _num(v.high)] for k, v in ci.items()},
+        "ci": {k: [json_number(v.low), json_number(v.high)] for k, v in ci.items()},
         "ci_level": 0.95,
         "ci_replicates": replicates,
         "annotators": [s.as_dict() for s in annotator_stats(labels, gold)],
