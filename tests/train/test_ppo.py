@@ -101,12 +101,14 @@ def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, tmp_path):
     assert max(r["kl"] for r in rows) < 2.0
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
-def test_critic_free_algorithms_raise_the_reward(setup, tmp_path, algorithm):
+# RLOO with one update per step takes the on-policy path (the sampler's log-probs, no
+# separate scoring pass); GRPO with two PPO epochs recomputes them
+@pytest.mark.parametrize(("algorithm", "epochs"), [("rloo", "1"), ("grpo", "2")])
+def test_critic_free_algorithms_raise_the_reward(setup, tmp_path, algorithm, epochs):
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / algorithm, "--algorithm", algorithm, "--k", "4",
                           "--batch-size", "4", "--max-steps", "16", "--kl-coef", "0.05",
-                          "--no-lora"))
+                          "--ppo-epochs", epochs, "--no-lora"))
     assert result.code == 0, result.stderr
     rows = metrics(tmp_path / algorithm)
     early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
@@ -193,6 +195,14 @@ def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
         logps, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
     got = to_padded(logps, rollout.response_mask)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # the sampler's own log-probs and entropies (the on-policy path) are the same numbers
+    with_logps = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5, logprobs=True)
+    assert torch.equal(with_logps.input_ids, rollout.input_ids)
+    torch.testing.assert_close(with_logps.logps, expected, atol=1e-5, rtol=1e-5)
+    from rlhfkit.train.losses import entropy_from_logits
+
+    entropy = entropy_from_logits(torch.stack(out.scores, dim=1)) * rollout.response_mask
+    torch.testing.assert_close(with_logps.entropy, entropy, atol=1e-4, rtol=1e-4)
 
 
 def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):

@@ -157,6 +157,10 @@ def train_ppo(
     kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
     last_record: dict[str, float] = {}
     stopped_early = None
+    # One update per step and no critic: the update is on-policy, so the sampler's own
+    # log-probs serve as the old ones (the ratio is 1 by construction) and the separate
+    # no-grad pass over the policy is skipped. PPO needs that pass for its values.
+    on_policy = cfg.algorithm != "ppo" and updates == 1
 
     for step in range(run.start, run.total):
         t0 = time.time()
@@ -173,6 +177,7 @@ def train_ppo(
             cfg.temperature,
             cfg.top_p,
             seed,
+            logprobs=on_policy,
         )
         mask = rollout.response_mask
         t_generate = time.time() - t0
@@ -220,7 +225,8 @@ def train_ppo(
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(rollout.texts), generator=order_gen)
             for mb in order.chunk(cfg.minibatches):
-                found = _update(run, rollout, mb, old_logps, old_values, advantages, returns, cfg)
+                old = None if on_policy else old_logps
+                found = _update(run, rollout, mb, old, old_values, advantages, returns, cfg)
                 for k, v in found.items():
                     sums[k] += v
                 n_updates += 1
@@ -294,21 +300,26 @@ def train_ppo(
 
 
 def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int, accelerator):
-    """Sampling-policy log-probs, reference log-probs, values [B, R] and the mean entropy."""
+    """Sampling-policy log-probs, reference log-probs, values [B, R] and the mean entropy.
+
+    A rollout that carries the sampler's log-probs and entropies needs only the reference."""
     mask = rollout.response_mask
     rows = torch.arange(len(rollout.texts))
     logps, refs, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
     entropy_sum = 0.0
+    if rollout.logps is not None:
+        logps, entropy_sum = rollout.logps.to(mask.device), float(rollout.entropy.sum())
     with torch.no_grad(), accelerator.autocast():
         for part in rows.chunk(chunks):
             sub = _select(rollout, part)
             m = mask[part]
-            lp, v, logits = _call(actor, sub)
-            entropy_sum += float(L.entropy_from_logits(logits).sum())
-            del logits
-            logps[part] = to_padded(lp.float(), m)
-            if v is not None:
-                values[part] = to_padded(v, m)
+            if rollout.logps is None:
+                lp, v, logits = _call(actor, sub)
+                entropy_sum += float(L.entropy_from_logits(logits).sum())
+                del logits
+                logps[part] = to_padded(lp.float(), m)
+                if v is not None:
+                    values[part] = to_padded(v, m)
             refs[part] = to_padded(_reference_logps(actor, reference, sub).float(), m)
     entropy = torch.tensor([entropy_sum, float(mask.sum())], device=accelerator.device)
     entropy = accelerator.reduce(entropy, "sum")
@@ -326,7 +337,9 @@ def _update(run, rollout: Rollout, mb, old_logps, old_values, advantages, return
     """One optimizer step on minibatch `mb` (response indices), split into `grad_accum` parts.
 
     Each part's loss is weighted by its share of the minibatch's tokens, so the accumulated
-    gradient is that of one token-mean over the whole minibatch."""
+    gradient is that of one token-mean over the whole minibatch. `old_logps` None: the update
+    is on-policy, and the old log-probs are the current ones (ratio 1, the REINFORCE
+    gradient with the given advantages)."""
     metrics: dict[str, float] = defaultdict(float)
     parts = mb.chunk(cfg.grad_accum)
     mb_tokens = rollout.response_mask[mb].sum()
@@ -337,9 +350,8 @@ def _update(run, rollout: Rollout, mb, old_logps, old_values, advantages, return
         with run.sync(i == len(parts) - 1), run.accelerator.autocast():
             logps_flat, values_flat, _ = _call(run.module, sub)
             logps = to_padded(logps_flat.float(), m)
-            loss, found = L.ppo_policy_loss(
-                logps, old_logps[part], advantages[part], m, cfg.cliprange
-            )
+            old = logps.detach() if old_logps is None else old_logps[part]
+            loss, found = L.ppo_policy_loss(logps, old, advantages[part], m, cfg.cliprange)
             found["policy_loss"] = loss.detach()
             if returns is not None:
                 values = to_padded(values_flat, m)
@@ -364,7 +376,7 @@ def _select(rollout: Rollout, rows: torch.Tensor) -> Batch:
         rollout.finished[rows],
         rollout.prompt_index[rows],
         [rollout.texts[i] for i in rows.tolist()],
-    )
+    )  # the sampler's log-probs stay behind: a part is only scored, never re-sampled
     return rollout_batch(part)
 
 

@@ -24,7 +24,9 @@ class Rollout(NamedTuple):
     response_mask [B, R] float: 1 on response tokens up to and including EOS;
     finished [B] bool: the response ended with EOS (else it hit max_new_tokens);
     prompt_index [B]: which of the step's prompts each response answers;
-    texts: the decoded responses.
+    texts: the decoded responses;
+    logps [B, R] (only when asked for): each response token's log-prob under the sampling
+    distribution at temperature (before top-p), 0 past the response; entropy [B, R] likewise.
     """
 
     input_ids: torch.Tensor
@@ -33,6 +35,8 @@ class Rollout(NamedTuple):
     finished: torch.Tensor
     prompt_index: torch.Tensor
     texts: list[str]
+    logps: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     @property
     def prompt_width(self) -> int:
@@ -59,8 +63,14 @@ def sample_rollout(
     temperature: float,
     top_p: float,
     seed: int,
+    logprobs: bool = False,
 ) -> Rollout:
-    """k responses to each prompt (token ids), sampled with `seed` on a fresh generator."""
+    """k responses to each prompt (token ids), sampled with `seed` on a fresh generator.
+
+    `logprobs`: also return each sampled token's log-prob and the entropy at every position,
+    from the logits the sampler computed anyway (at `temperature`, before top-p) — what an
+    on-policy update would otherwise spend a whole extra forward pass to recompute.
+    """
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
     from transformers import GenerationConfig
@@ -97,9 +107,16 @@ def sample_rollout(
         # `past_key_values`, which newer ones still accept until 6.0
         warnings.filterwarnings("ignore", ".*past_key_values.*", FutureWarning)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, generation_config=config
+            input_ids=ids,
+            attention_mask=mask,
+            past_key_values=cache,
+            generation_config=config,
+            output_logits=logprobs,
+            return_dict_in_generate=logprobs,
         )
     model.train(was_training)
+    step_logits = out.logits if logprobs else None
+    out = out.sequences if logprobs else out
     response = out[:, ids.shape[1] :]
     is_eos = response == tokenizer.eos_token_id
     # a token belongs to the response if no EOS came before it (the EOS itself counts)
@@ -114,7 +131,17 @@ def sample_rollout(
     ]
     attention = torch.cat([mask, response_mask.long()], dim=1)
     prompt_index = torch.arange(len(prompts), device=ids.device).repeat_interleave(k)
-    return Rollout(out, attention, response_mask, finished, prompt_index, texts)
+    logps = entropy = None
+    if step_logits is not None:
+        logps, entropy = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
+        for t, logits in enumerate(step_logits):  # one [B, V] per step: no [B, R, V] copy
+            lp = torch.log_softmax(logits.float() / temperature, dim=-1)
+            logps[:, t] = lp.gather(1, response[:, t : t + 1]).squeeze(1)
+            entropy[:, t] = -(lp.exp() * lp).sum(dim=-1)
+        logps, entropy = logps * response_mask, entropy * response_mask
+    return Rollout(
+        out, attention, response_mask, finished, prompt_index, texts, logps, entropy
+    )
 
 
 def rollout_batch(rollout: Rollout) -> Batch:
