@@ -8,26 +8,36 @@ reason (``rlhfkit.toml: rubric.criteria: at least 2 items``), never a stack trac
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
 import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from rlhfkit.errors import Problem, UserError, display_path
 
+# The success criteria and their detectors live with the code that evaluates them; they are
+# re-exported here because they are part of the spec.
+from rlhfkit.evaluate.criteria import (  # noqa: F401
+    DETECTOR_KINDS,
+    CallableDetector,
+    Detector,
+    EndsWithDetector,
+    JudgeDetector,
+    KeywordsDetector,
+    LengthDetector,
+    RefusalDetector,
+    RegexDetector,
+    RewardModelDetector,
+    StartsWithDetector,
+    SuccessCriterion,
+    hash_criteria,
+)
+from rlhfkit.spec_base import NAME, Strict
+
 SPEC_FILE = "rlhfkit.toml"
-NAME = r"^[a-z][a-z0-9_]*$"
-
-
-class Strict(BaseModel):
-    # strict: a TOML string "3" is not a number and `true` is not 1; no inf or nan either.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --- rubric -------------------------------------------------------------------------------
@@ -69,115 +79,6 @@ class Rubric(Strict):
                     "a borderline example answers 'both_bad' but both_bad_policy forbids it"
                 )
         return self
-
-
-# --- success criteria -------------------------------------------------------------------
-
-
-class RegexDetector(Strict):
-    kind: Literal["regex"]
-    pattern: str
-    ignore_case: bool = True
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
-
-    def matches(self, text: str) -> bool:
-        return re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
-
-
-class KeywordsDetector(Strict):
-    kind: Literal["keywords"]
-    any: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    """The response matches when it contains any of these words or phrases."""
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        flags = re.IGNORECASE if self.ignore_case else 0
-        return any(re.search(rf"(?<!\w){re.escape(k)}(?!\w)", text, flags) for k in self.any)
-
-
-class LengthDetector(Strict):
-    kind: Literal["length"]
-    unit: Literal["words", "chars"] = "words"
-    min: Annotated[int, Field(ge=0)] | None = None
-    max: Annotated[int, Field(ge=0)] | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> LengthDetector:
-        if self.min is None and self.max is None:
-            raise ValueError("a length detector needs 'min', 'max' or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("'min' is larger than 'max'")
-        return self
-
-    def matches(self, text: str) -> bool:
-        n = len(text.split()) if self.unit == "words" else len(text)
-        return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
-
-
-class StartsWithDetector(Strict):
-    kind: Literal["starts_with"]
-    prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        t = text.lstrip()
-        if self.ignore_case:
-            return any(t.lower().startswith(p.lower()) for p in self.prefixes)
-        return any(t.startswith(p) for p in self.prefixes)
-
-
-class EndsWithDetector(Strict):
-    kind: Literal["ends_with"]
-    suffixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        t = text.rstrip()
-        if self.ignore_case:
-            return any(t.lower().endswith(s.lower()) for s in self.suffixes)
-        return any(t.endswith(s) for s in self.suffixes)
-
-
-class CallableDetector(Strict):
-    kind: Literal["callable"]
-    path: Annotated[str, Field(pattern=r"^[\w.]+:[\w]+$")]
-    """``package.module:function``; the function takes the response text, returns a bool."""
-
-    def matches(self, text: str) -> bool:
-        module, _, name = self.path.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"detector '{self.path}' cannot be imported: {e}") from None
-        return bool(fn(text))
-
-
-Detector = Annotated[
-    RegexDetector
-    | KeywordsDetector
-    | LengthDetector
-    | StartsWithDetector
-    | EndsWithDetector
-    | CallableDetector,
-    Field(discriminator="kind"),
-]
-
-
-class SuccessCriterion(Strict):
-    """A behavior written down before training, with the direction it should move."""
-
-    name: Annotated[str, Field(pattern=NAME)]
-    description: Annotated[str, Field(min_length=1)]
-    direction: Literal["increase", "decrease"]
-    detector: Detector
 
 
 # --- settings -----------------------------------------------------------------------------
@@ -241,6 +142,47 @@ class TrainSettings(Strict):
     ppo: PPOSettings = PPOSettings(learning_rate=1e-5)
 
 
+class MonitorSettings(Strict):
+    """Thresholds of the reward-hacking monitors (evaluate/monitors.py), live in PPO and in
+    `eval policy`. Rates are shares of responses; 'reference' is the starting policy's
+    responses (eval policy: the --before model's; PPO: its first steps')."""
+
+    length_inflation: Annotated[float, Field(gt=1.0)] = 1.5
+    """Flag when mean length (words) exceeds this multiple of the reference's."""
+    length_collapse: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """Flag when mean length falls below this fraction of the reference's."""
+    prompt_echo: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    """Flag when more than this share of responses mostly copy the prompt."""
+    echo_overlap: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """A response 'copies' the prompt when this share of its word 4-grams occur in it."""
+    hedging: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    """Flag when more than this share of responses hedge ('I think', 'maybe', ...) and the
+    share rose above the reference's."""
+    sycophancy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    """Same, for flattery ('great question', 'you're absolutely right', ...)."""
+    refusal: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    """Same, for refusing or declining."""
+    repetition: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    """Same, for repetitive responses (see repetition_share)."""
+    repetition_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    """A response is repetitive when this share of its word 3-grams are repeats."""
+    reward_rise: Annotated[float, Field(gt=0.0)] = 0.5
+    """'Reward up, no criterion moved': a rise of this many reference standard deviations of
+    the reward counts as 'up'."""
+    criteria_min_change: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    """... and a criterion 'moved' when its rate changed this much in its direction."""
+    kl_max: Annotated[float, Field(gt=0.0)] = 20.0
+    """Flag when KL(policy || reference) exceeds this many nats per response."""
+    entropy_collapse: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    """Flag when the policy's mean token entropy falls below this fraction of its start."""
+    entropy_blowup: Annotated[float, Field(gt=1.0)] = 2.0
+    """Flag when it rises above this multiple of its start (degenerating into noise)."""
+    reward_length_correlation: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    """Flag when reward and length correlate above this within a step (reward buys length)."""
+    window: Annotated[int, Field(ge=1)] = 5
+    """Live monitors compare the mean of the first and of the last `window` steps."""
+
+
 class ProjectSpec(Strict):
     name: Annotated[str, Field(min_length=1)]
     task: Annotated[str, Field(min_length=1)]
@@ -252,6 +194,7 @@ class ProjectSpec(Strict):
     annotation: AnnotationSettings = AnnotationSettings()
     generate: GenerateSettings = GenerateSettings()
     train: TrainSettings = TrainSettings()
+    monitors: MonitorSettings = MonitorSettings()
 
     @model_validator(mode="after")
     def _criteria(self) -> ProjectSpec:
@@ -266,8 +209,7 @@ class ProjectSpec(Strict):
 
     def criteria_hash(self) -> str:
         """Hash of the success criteria; frozen when the first training stage starts."""
-        payload = [c.model_dump(mode="json") for c in self.success_criteria]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return hash_criteria([c.model_dump(mode="json") for c in self.success_criteria])
 
 
 def _unique(names: list[str], what: str) -> None:
@@ -338,7 +280,7 @@ def _describe(err: Any) -> str:
     for part in err["loc"]:
         if isinstance(part, int):
             loc.append(f"[{part}]")
-        elif part in ("regex", "keywords", "length", "starts_with", "ends_with", "callable"):
+        elif part in DETECTOR_KINDS:
             continue  # the discriminator's branch name only repeats `kind`
         else:
             loc.append(("." if loc else "") + str(part))
