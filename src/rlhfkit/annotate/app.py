@@ -1,0 +1,183 @@
+"""The FastAPI application: one routes module per resource, state built once at start-up.
+
+`create_app(settings)` opens the store, loads the project (rubric and annotation settings)
+and mounts the JSON API (`/api/...`, bearer token or the page cookie) and the pages. Two
+small ASGI middlewares guard every request: a body-size limit (413 before the body is read)
+and security headers (a Content-Security-Policy that allows no inline script, so even a
+rendering bug could not run a `<script>` from a model's response).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlhfkit.annotate.annotators import Authenticator
+from rlhfkit.annotate.policy import Policy
+from rlhfkit.annotate.scheduling import InvalidLabel, LabelConflict, TaskNotFound
+from rlhfkit.annotate.settings import ServerSettings
+from rlhfkit.annotate.store import Store, open_store
+from rlhfkit.errors import UserError
+
+HERE = Path(__file__).parent
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+@dataclass
+class AppState:
+    store: Store
+    policy: Policy
+    authenticate: Authenticator
+    rubric: dict[str, Any]
+    """The rubric as the API and pages show it (criteria, borderline examples, policies)."""
+    project_name: str
+    templates: jinja2.Environment
+    rng: random.Random
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    from rlhfkit.project import load_project
+
+    project = load_project(settings.project)
+    store = open_store(settings.db_url)
+    policy = Policy.from_project(project, settings.task_timeout_s)
+    rubric = project.spec.rubric.model_dump(mode="json") | {"choices": list(policy.choices)}
+    state = AppState(
+        store=store,
+        policy=policy,
+        authenticate=Authenticator(store),
+        rubric=rubric,
+        project_name=project.spec.name,
+        templates=jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,  # every {{ value }} is HTML-escaped: model output is untrusted
+            undefined=jinja2.StrictUndefined,
+        ),
+        rng=random.Random(),
+    )
+    state.templates.filters["tojson_text"] = lambda v: json.dumps(v, ensure_ascii=False, indent=1)
+
+    from rlhfkit.annotate.routes import admin, labels, me, pages, tasks
+
+    app = FastAPI(
+        title="rlhfkit annotate",
+        docs_url=None,  # the docs pages load scripts from a CDN, which the CSP forbids
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.annotate = state
+    for module in (tasks, labels, me, admin, pages):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_exception_handler(TaskNotFound, _not_found)
+    app.add_exception_handler(LabelConflict, _conflict)
+    app.add_exception_handler(InvalidLabel, _invalid)
+    app.add_exception_handler(UserError, _conflict)  # e.g. an override with nothing to override
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def _not_found(_request: Request, _exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "no such task"}, status_code=404)
+
+
+def _conflict(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+def _invalid(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes: by Content-Length before reading, and by
+    counting for chunked bodies that do not say how long they are."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _too_large(send, self.limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watch)
+        except _TooLarge:
+            if not started:
+                await _too_large(send, self.limit)
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cache-control", b"no-store"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, add)

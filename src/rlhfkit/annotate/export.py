@@ -1,0 +1,214 @@
+"""Export: the labels as preference rows `rlhfkit train rm` / `train dpo` read, plus the raw
+per-annotator labels and the anchors' answers in the files `rlhfkit agreement` reads.
+
+Aggregation, per item (main and calibration items; anchors are tests, not training data):
+
+1. Annotators whose anchor accuracy is below `anchor_accuracy_threshold` are left out (those
+   with no anchor labels yet are kept: there is no evidence against them).
+2. Without `include_incomplete`, only items with `overlap` labels are exported.
+3. The most frequent answer wins. A or B: a row with `chosen` = the winner. `tie` or
+   `both_bad`: the pair is counted and left out (the rubric's policies decide whether those
+   answers exist at all; either way the pair says nothing about which reply is better). No
+   single most frequent answer: counted as `no_majority` and left out.
+4. `margin` = (votes for chosen - votes for rejected) / votes: 1 when unanimous, 1/3 for 2
+   of 3; the reward model's Llama-2-style margin term reads it.
+
+The manifest beside the export records the gate's history, including any override and its
+reason, the excluded annotators and every count above.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from rlhfkit.annotate import models as m
+from rlhfkit.annotate.policy import Policy
+from rlhfkit.annotate.scheduling import gate_open
+from rlhfkit.annotate.status import annotator_quality, gate_summary, label_table
+from rlhfkit.annotate.store import Store, shown_url
+from rlhfkit.data import atomic_open, check_row, write_jsonl
+from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import write_manifest
+
+VOTE = {"tie": "tie", "both_bad": "both_bad"}
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    rows: int
+    ties: int = 0
+    both_bad: int = 0
+    no_majority: int = 0
+    incomplete: int = 0
+    no_trusted_votes: int = 0
+    excluded_annotators: list[str] = field(default_factory=list)
+    labels: int = 0
+    """Rows written to the labels file (0 when none was asked for)."""
+    gate_overridden: bool = False
+
+
+def export(
+    store: Store,
+    policy: Policy,
+    out: Path | str,
+    labels_out: Path | str | None = None,
+    gold_out: Path | str | None = None,
+    include_incomplete: bool = False,
+) -> ExportResult:
+    """Write the aggregated preference rows to `out` (JSONL), and optionally every label
+    (`labels_out`) and the anchors' answers (`gold_out`); every file atomically."""
+    out = Path(out)
+    if out.suffix != ".jsonl":
+        raise UserError(f"{display_path(out)}: export to a .jsonl file")
+    with store.read() as conn:
+        table = label_table(conn)
+        items = {
+            r.id: r
+            for r in conn.execute(
+                select(
+                    m.Item.id,
+                    m.Item.external_id,
+                    m.Item.prompt,
+                    m.Item.response_a,
+                    m.Item.response_b,
+                    m.Item.kind,
+                    m.Item.labels,
+                    m.Item.gold,
+                )
+            )
+        }
+        gate = gate_summary(
+            conn.execute(select(m.Round).order_by(m.Round.id)).all(), gate_open(conn), policy
+        )
+    quality = annotator_quality(table, policy, replicates=0) if table.label else None
+    excluded = sorted(
+        a
+        for a, s in (quality["per_annotator"] if quality else {}).items()
+        if s["excluded_from_export"]
+    )
+    result = ExportResult(out, 0, excluded_annotators=excluded, gate_overridden=gate["overridden"])
+
+    votes: dict[int, dict[str, str]] = {}
+    item_versions: dict[int, set[str]] = {}
+    for i, item_id in enumerate(table.item_id):
+        if table.kind[i] == m.ANCHOR or table.annotator[i] in excluded:
+            continue
+        votes.setdefault(item_id, {})[table.annotator[i]] = table.label[i]
+        item_versions.setdefault(item_id, set()).add(table.rubric_version[i])
+    rows = []
+    for item_id, item in sorted(items.items()):
+        if item.kind == m.ANCHOR or item.labels == 0:
+            continue
+        if item.labels < policy.overlap and not include_incomplete:
+            result.incomplete += 1
+            continue
+        given = votes.get(item_id)
+        if not given:
+            result.no_trusted_votes += 1
+            continue
+        row = _aggregate(item, given, ",".join(sorted(item_versions[item_id])), result)
+        if row is not None:
+            check_row(row)  # our own output must be what `data validate` accepts
+            rows.append(row)
+    if not rows:
+        raise UserError(
+            f"no item has a majority answer to export yet ({_counts(result)}); nothing written",
+            hint="see `rlhfkit annotate status`; --include-incomplete exports items with "
+            "fewer than the overlap's labels",
+        )
+    result.rows = write_jsonl(out, rows)
+    if labels_out is not None:
+        result.labels = _write_labels(Path(labels_out), table)
+    if gold_out is not None:
+        _write_gold(Path(gold_out), items)
+    write_manifest(
+        out,
+        kind="preferences",
+        inputs={},
+        config={
+            "overlap": policy.overlap,
+            "include_incomplete": include_incomplete,
+            "anchor_accuracy_threshold": policy.anchor_accuracy_threshold,
+        },
+        annotation={
+            "store": shown_url(store.url),
+            "rubric_version": policy.rubric_version,
+            "gate": gate,
+            "counts": {k: v for k, v in asdict(result).items() if k not in ("out",)},
+        },
+    )
+    return result
+
+
+def _aggregate(item: Any, given: dict[str, str], version: str, result: ExportResult) -> dict | None:
+    tally = Counter(given.values())
+    ranked = tally.most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        result.no_majority += 1
+        return None
+    winner = ranked[0][0]
+    if winner == "tie":
+        result.ties += 1
+        return None
+    if winner == "both_bad":
+        result.both_bad += 1
+        return None
+    loser = "B" if winner == "A" else "A"
+    chosen, rejected = (
+        (item.response_a, item.response_b) if winner == "A" else (item.response_b, item.response_a)
+    )
+    names = sorted(given)
+    return {
+        "id": item.external_id,
+        "prompt": item.prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "annotator_ids": names,
+        "votes": {
+            a: VOTE.get(given[a], "chosen" if given[a] == winner else "rejected") for a in names
+        },
+        "tie": False,
+        "both_bad": False,
+        "rubric_version": version,
+        "margin": (tally[winner] - tally[loser]) / len(given),
+    }
+
+
+def _write_labels(path: Path, table: Any) -> int:
+    """Long format, one row per label: what `rlhfkit agreement LABELS` reads."""
+    with atomic_open(path) as f:
+        for i in range(len(table.label)):
+            row = {
+                "item": table.external_id[i],
+                "annotator": table.annotator[i],
+                "label": table.label[i],
+                "shown_first": table.shown_first[i],
+                "timestamp": table.created_at[i],
+                "phase": table.phase[i],
+                "anchor": table.kind[i] == m.ANCHOR,
+                "rubric_version": table.rubric_version[i],
+                "criteria": table.criteria[i],
+                "rationale": table.rationale[i],
+                "seconds": table.seconds[i],
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return len(table.label)
+
+
+def _write_gold(path: Path, items: dict) -> int:
+    rows = [{"item": i.external_id, "label": i.gold} for i in items.values() if i.kind == m.ANCHOR]
+    return write_jsonl(path, rows)
+
+
+def _counts(r: ExportResult) -> str:
+    return (
+        f"{r.incomplete} incomplete, {r.ties} ties, {r.both_bad} both bad, "
+        f"{r.no_majority} without a majority"
+    )

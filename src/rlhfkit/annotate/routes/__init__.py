@@ -1,0 +1,1 @@
+"""One router per resource: tasks, labels, me, admin, and the HTML pages."""

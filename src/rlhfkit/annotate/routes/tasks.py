@@ -1,0 +1,38 @@
+"""`GET /api/tasks/next`: the caller's next pair to compare."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from rlhfkit.annotate.deps import CurrentCaller, app_state
+from rlhfkit.annotate.scheduling import NoTask, next_task
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+
+@router.get("/next", responses={204: {"description": "no work now; see X-Rlhfkit-Reason"}})
+def get_next_task(request: Request, caller: CurrentCaller) -> Response:
+    """The caller's next task: the prompt, the two responses in the order drawn for this
+    annotator, and the rubric. Calling again before labeling returns the same task. Nothing
+    here tells an anchor from any other item, or shows anyone else's answers.
+
+    204 when there is nothing to do, with the reason in ``X-Rlhfkit-Reason``:
+    ``calibration_gate`` (the main queue waits for the calibration round's agreement) or
+    ``done``."""
+    state = app_state(request)
+    task = next_task(state.store, state.policy, caller.id, state.rng)
+    if isinstance(task, NoTask):
+        return Response(status_code=204, headers={"X-Rlhfkit-Reason": task.reason})
+    return JSONResponse(
+        {
+            "task_id": task.task_id,
+            "prompt": task.prompt,
+            "first": task.first,
+            "second": task.second,
+            "phase": task.phase,
+            "expires_at": task.expires_at,
+            "choices": state.rubric["choices"],
+            "rubric": state.rubric,
+        }
+    )

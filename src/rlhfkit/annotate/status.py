@@ -1,0 +1,278 @@
+"""Where annotation stands: progress, the gate, agreement, each annotator, drift, disputes.
+
+The statistics are the agreement module's (`rlhfkit.agreement`); this module only gathers
+the labels from the store in the shape it reads (long format, labels A / B / tie / both_bad
+relative to the stored pair, `shown_first` for position bias, anchors as gold).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from rlhfkit.annotate import models as m
+from rlhfkit.annotate.policy import Policy
+from rlhfkit.annotate.scheduling import gate_open
+from rlhfkit.annotate.store import Store
+
+
+@dataclass
+class LabelTable:
+    """Every label in the store, joined with its item and annotator, as parallel lists."""
+
+    item_id: list[int]
+    external_id: list[str]
+    annotator: list[str]
+    label: list[str]
+    shown_first: list[str]
+    created_at: list[float]
+    phase: list[str]
+    kind: list[str]
+    rubric_version: list[str]
+    criteria: list[dict | None]
+    rationale: list[str | None]
+    seconds: list[float]
+    gold: dict[int, str]
+    """Anchor item id -> its answer, for every anchor in the store."""
+
+    def labels(self, keep: list[bool] | None = None) -> Any:
+        """`rlhfkit.agreement.Labels` (optionally of a subset), over the four label values."""
+        from rlhfkit.agreement import Labels
+
+        def pick(xs: list) -> list:
+            return xs if keep is None else [x for x, k in zip(xs, keep, strict=True) if k]
+
+        return Labels.from_records(
+            pick(self.item_id),
+            pick(self.annotator),
+            pick(self.label),
+            pick(self.shown_first),
+            pick(self.created_at),
+            order=list(m.LABEL_VALUES),
+        )
+
+    def gold_codes(self, labels: Any) -> dict[int, int]:
+        """The gold answers in `Labels` codes (item code -> label code)."""
+        codes = {int(v): i for i, v in enumerate(labels.items.tolist())}
+        return {codes[i]: labels.code_of(g) for i, g in self.gold.items() if i in codes}
+
+
+def label_table(conn: Connection) -> LabelTable:
+    rows = conn.execute(
+        select(
+            m.Label.item_id,
+            m.Item.external_id,
+            m.Annotator.name,
+            m.Label.label,
+            m.Label.shown_first,
+            m.Label.created_at,
+            m.Label.phase,
+            m.Item.kind,
+            m.Label.rubric_version,
+            m.Label.criteria,
+            m.Label.rationale,
+            m.Label.seconds,
+        )
+        .join(m.Item, m.Item.id == m.Label.item_id)
+        .join(m.Annotator, m.Annotator.id == m.Label.annotator_id)
+        .order_by(m.Label.id)
+    ).all()
+    gold = dict(conn.execute(select(m.Item.id, m.Item.gold).where(m.Item.kind == m.ANCHOR)).all())
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in range(12)]
+    return LabelTable(*[list(c) for c in columns], gold=gold)
+
+
+def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any]:
+    """Everything the admin dashboard and `rlhfkit annotate status` show, JSON-able."""
+    with store.read() as conn:
+        table = label_table(conn)
+        kinds = dict(conn.execute(select(m.Item.kind, func.count()).group_by(m.Item.kind)).all())
+        complete = conn.execute(
+            select(func.count())
+            .select_from(m.Item)
+            .where(m.Item.kind.in_([m.MAIN, m.CALIBRATION]), m.Item.labels >= policy.overlap)
+        ).scalar_one()
+        open_tasks = conn.execute(
+            select(func.count()).select_from(m.Assignment).where(m.Assignment.status == m.OPEN)
+        ).scalar_one()
+        people = conn.execute(select(m.Annotator).order_by(m.Annotator.name)).all()
+        rounds = conn.execute(select(m.Round).order_by(m.Round.id)).all()
+        is_open = gate_open(conn)
+    main_items = kinds.get(m.MAIN, 0) + kinds.get(m.CALIBRATION, 0)
+    out: dict[str, Any] = {
+        "progress": {
+            "items": main_items,
+            "calibration_items": kinds.get(m.CALIBRATION, 0),
+            "anchors": kinds.get(m.ANCHOR, 0),
+            "complete_items": complete,
+            "overlap": policy.overlap,
+            "labels": len(table.label),
+            "open_tasks": open_tasks,
+            "fraction_complete": complete / main_items if main_items else 0.0,
+        },
+        "gate": gate_summary(rounds, is_open, policy),
+        "rubric_version": policy.rubric_version,
+    }
+    stats = annotator_quality(table, policy, replicates)
+    out["agreement"] = stats["agreement"]
+    out["drift_alerts"] = stats["drift_alerts"]
+    out["disputed_items"] = stats["disputed_items"]
+    out["annotators"] = []
+    latest = rounds[-1].id if rounds else 0
+    for p in people:
+        since = p.label_count - p.labels_at_calibration
+        row = {
+            "annotator": p.name,
+            "admin": bool(p.is_admin),
+            "labels": p.label_count,
+            "calibrated_round": p.calibrated_round,
+            "in_calibration": bool(latest and p.calibrated_round < latest),
+            "labels_since_calibration": since,
+            "recalibration_due": bool(
+                policy.recalibrate_every and since >= policy.recalibrate_every
+            ),
+        }
+        row.update(stats["per_annotator"].get(p.name, {}))
+        out["annotators"].append(row)
+    return out
+
+
+def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, Any]:
+    def one(r: Any) -> dict[str, Any]:
+        override = None
+        if r.override_reason is not None:
+            override = {"reason": r.override_reason, "by": r.override_by, "at": r.override_at}
+        return {
+            "round": r.id,
+            "size": r.size,
+            "reason": r.reason,
+            "annotators_finished": r.gate_annotators,
+            "percent_agreement": _number(r.gate_value),
+            "passed": r.gate_passed,
+            "override": override,
+        }
+
+    return {
+        "main_queue_open": is_open,
+        "threshold": policy.agreement_threshold,
+        "statistic": "percent_agreement",
+        "rounds": [one(r) for r in rounds],
+        "overridden": any(r.override_reason is not None for r in rounds),
+    }
+
+
+def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) -> dict[str, Any]:
+    """Agreement, per-annotator statistics (with anchor accuracy), drift alerts against each
+    annotator's calibration-time anchor accuracy, and the most disputed items."""
+    from rlhfkit.agreement import anchor_drift, annotator_stats, calibration_gate, summarise
+
+    empty = {"agreement": None, "per_annotator": {}, "drift_alerts": [], "disputed_items": []}
+    if not table.label:
+        return empty
+    labels = table.labels()
+    gold = table.gold_codes(labels)
+    per_annotator = {s.annotator: s.as_dict() for s in annotator_stats(labels, gold)}
+    for s in per_annotator.values():
+        acc = s["anchor_accuracy"]
+        s["excluded_from_export"] = acc is not None and acc < policy.anchor_accuracy_threshold
+    counts = labels.counts()
+    agreement = None
+    if (counts.sum(axis=1) >= 2).any():
+        full = summarise(labels, "nominal", gold, policy.agreement_threshold, replicates)
+        keys = ("n_items", "n_labels", "percent_agreement", "krippendorff_alpha", "ci")
+        agreement = {k: full[k] for k in keys} | {
+            "krippendorff_alpha_note": full["krippendorff_alpha_note"],
+            "cohen_kappa_mean": full["cohen_kappa_mean"],
+        }
+    alerts = []
+    if gold:
+        calibration = [p == "calibration" for p in table.phase]
+        baseline = _baseline(table, calibration)
+        _, drift = anchor_drift(
+            labels, gold, threshold=policy.anchor_accuracy_threshold, baseline=baseline
+        )
+        alerts = [
+            {
+                "annotator": a.annotator,
+                "window": a.window,
+                "accuracy": a.accuracy,
+                "reason": a.reason,
+            }
+            for a in drift
+        ]
+    # The calibration gate's statistic over every item names the most disputed ones.
+    names = dict(zip(table.item_id, table.external_id, strict=True))
+    row_of = {name: i for i, name in enumerate(labels.item_names())}
+    disputed = [
+        {
+            "item": names[int(item)],
+            "agreement": value,
+            "votes": {
+                v: int(n) for v, n in zip(m.LABEL_VALUES, counts[row_of[item]], strict=True) if n
+            },
+        }
+        for item, value in calibration_gate(labels, None).disputed_items
+    ]
+    return {
+        "agreement": agreement,
+        "per_annotator": per_annotator,
+        "drift_alerts": alerts,
+        "disputed_items": disputed,
+    }
+
+
+def _baseline(table: LabelTable, calibration: list[bool]) -> dict[str, float]:
+    """Each annotator's anchor accuracy during calibration: what drift is measured from."""
+    hits: dict[str, list[bool]] = {}
+    for i, during in enumerate(calibration):
+        gold = table.gold.get(table.item_id[i])
+        if during and gold is not None:
+            hits.setdefault(table.annotator[i], []).append(table.label[i] == gold)
+    return {a: sum(h) / len(h) for a, h in hits.items() if h}
+
+
+def _number(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[str, Any]:
+    """One annotator's view of their own progress (`GET /api/me`, the progress bar)."""
+    with store.read() as conn:
+        me = conn.execute(select(m.Annotator).where(m.Annotator.id == annotator_id)).one()
+        latest = conn.execute(select(m.Round).order_by(m.Round.id.desc()).limit(1)).first()
+        is_open = gate_open(conn)
+        calibration = None
+        if latest is not None:
+            done = conn.execute(
+                select(func.count())
+                .select_from(m.Label)
+                .join(m.Item, m.Item.id == m.Label.item_id)
+                .where(m.Label.annotator_id == annotator_id, m.Item.round == latest.id)
+            ).scalar_one()
+            calibration = {"round": latest.id, "done": done, "size": latest.size}
+        mine = select(m.Assignment.item_id).where(m.Assignment.annotator_id == annotator_id)
+        remaining = conn.execute(
+            select(func.count())
+            .select_from(m.Item)
+            .where(m.Item.kind == m.MAIN, m.Item.taken < policy.overlap)
+            .where(m.Item.id.not_in(mine))
+        ).scalar_one()
+    in_calibration = latest is not None and me.calibrated_round < latest.id
+    if in_calibration:
+        state = "calibration"
+    elif not is_open:
+        state = "waiting_for_gate"
+    else:
+        state = "main" if remaining else "done"
+    return {
+        "annotator": me.name,
+        "admin": bool(me.is_admin),
+        "labels": me.label_count,
+        "state": state,
+        "calibration": calibration,
+        "main_queue_open": is_open,
+        "remaining": remaining,
+    }
