@@ -21,6 +21,7 @@ from rlhfkit.cli import demo as demo_cmds
 from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
 from rlhfkit.cli import project as project_cmds
+from rlhfkit.cli import report as report_cmds
 from rlhfkit.cli import train as train_cmds
 from rlhfkit.cli.common import err_console
 from rlhfkit.errors import UserError
@@ -94,6 +95,7 @@ app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
 app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
 app.add_typer(train_cmds.eval_app, name="eval", rich_help_panel=PROVE)
+app.command("report", rich_help_panel=PROVE)(report_cmds.report)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 
 

@@ -1,0 +1,236 @@
+"""What `rlhfkit report` reads: the run folder's layout and a tolerant loader for it.
+
+A run folder (what `rlhfkit demo` writes; any pipeline can write the same)::
+
+    RUN_DIR/
+      project/rlhfkit.toml          the spec: task, rubric (with version), success criteria
+      annotation/agreement.json     `rlhfkit agreement LABELS --json`
+      annotation/status.json        `rlhfkit annotate status --json` (gate, override, progress)
+      rm/eval_rm.json               `rlhfkit eval rm --json`
+      <stage>/metrics.jsonl         one JSON object per step, as every `rlhfkit train` writes
+                                    (sft/, rm/, ppo/, dpo/ first, any other folder after)
+      eval/<policy>/eval.json       `rlhfkit eval policy` for one trained policy
+      eval/<policy>/samples.jsonl   its before/after samples
+
+Every part is optional: a section whose inputs are missing says "not run". A file that is
+there but broken is an error (``FILE:LINE: reason``), because a report that silently drops a
+corrupt evaluation would mislead the reader. The one exception is the last line of a
+metrics.jsonl, which a killed run may have cut in half (the trainers drop it on resume).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import Problem, UserError, display_path
+
+STAGE_ORDER = ("sft", "rm", "ppo", "dpo")
+
+
+@dataclass
+class TrainingRun:
+    """One training stage's step log."""
+
+    name: str
+    """The folder's name: sft, rm, ppo, dpo or anything else."""
+    path: Path
+    records: list[dict[str, Any]]
+    manifest: dict[str, Any] | None = None
+    """``final/rlhfkit-manifest.json`` when the run finished: what it was made from."""
+
+    @property
+    def kind(self) -> str:
+        """sft / rm / ppo / dpo, from the folder name or else from the metrics it logged."""
+        if self.name in STAGE_ORDER:
+            return self.name
+        keys = set().union(*(r.keys() for r in self.records)) if self.records else set()
+        if "kl" in keys and "kl_coef" in keys:
+            return "ppo"
+        if "rewards/margin" in keys:
+            return "dpo"
+        if "margin" in keys:
+            return "rm"
+        return "sft"
+
+
+@dataclass
+class PolicyEval:
+    """One `eval policy` result and its samples."""
+
+    name: str
+    path: Path
+    data: dict[str, Any]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    samples_path: Path | None = None
+
+
+@dataclass
+class RunInputs:
+    run_dir: Path | None
+    project: Any = None
+    """The loaded `rlhfkit.project.Project`, or None."""
+    agreement: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+    rm_eval: dict[str, Any] | None = None
+    training: list[TrainingRun] = field(default_factory=list)
+    evals: list[PolicyEval] = field(default_factory=list)
+    sources: dict[str, Path] = field(default_factory=dict)
+    """Every file read, by what it was read as: the report lists them."""
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.project
+            or self.agreement
+            or self.status
+            or self.rm_eval
+            or self.training
+            or self.evals
+        )
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or `UserError` at the line where it breaks."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{display_path(path)}: is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            [Problem(display_path(path), e.lineno, f"not valid JSON: {e.msg}")]
+        ) from None
+
+
+def read_jsonl(path: Path, allow_cut_tail: bool = False) -> list[dict[str, Any]]:
+    """JSON objects, one a line; with `allow_cut_tail`, a broken *last* line is dropped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{display_path(path)}: is not UTF-8 text") from None
+    rows, problems = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if allow_cut_tail and n == len(lines):
+                break
+            problems.append(Problem(display_path(path), n, f"not valid JSON: {e.msg}"))
+            continue
+        if not isinstance(row, dict):
+            problems.append(Problem(display_path(path), n, "expected a JSON object"))
+            continue
+        rows.append(row)
+    if problems:
+        raise UserError(problems[:20])
+    return rows
+
+
+def _object(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise UserError([Problem(display_path(path), 1, "expected a JSON object")])
+    return data
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{display_path(path)}: no such {what}")
+    return path
+
+
+def load_training(folder: Path, name: str | None = None) -> TrainingRun:
+    """A training output folder (or its metrics.jsonl)."""
+    path = folder if folder.suffix == ".jsonl" else folder / "metrics.jsonl"
+    _need(path, "metrics file (train writes OUTPUT/metrics.jsonl)")
+    root = path.parent
+    manifest_path = root / "final" / "rlhfkit-manifest.json"
+    manifest = _object(manifest_path) if manifest_path.is_file() else None
+    return TrainingRun(name or root.name, path, read_jsonl(path, allow_cut_tail=True), manifest)
+
+
+def load_eval(folder: Path, name: str | None = None) -> PolicyEval:
+    """An `eval policy` output folder (or its eval.json); samples.jsonl beside it if there."""
+    path = folder if folder.suffix == ".json" else folder / "eval.json"
+    data = _object(_need(path, "evaluation (eval policy writes OUT/eval.json)"))
+    samples_path = path.parent / "samples.jsonl"
+    samples = read_jsonl(samples_path) if samples_path.is_file() else []
+    return PolicyEval(
+        name or path.parent.name,
+        path,
+        data,
+        samples,
+        samples_path if samples_path.is_file() else None,
+    )
+
+
+def load_run(
+    run_dir: Path | None,
+    *,
+    project: Path | None = None,
+    agreement: Path | None = None,
+    status: Path | None = None,
+    rm_eval: Path | None = None,
+    training: list[Path] = (),
+    evals: list[Path] = (),
+) -> RunInputs:
+    """Everything found under `run_dir` (laid out as this module's docstring says), with the
+    explicitly given paths replacing or adding to what was found."""
+    from rlhfkit.project import SPEC_FILE, load_project
+
+    if run_dir is not None and not run_dir.is_dir():
+        raise UserError(f"{display_path(run_dir)}: no such run folder")
+    base = run_dir or Path("/nonexistent-rlhfkit-run")
+
+    def found(explicit: Path | None, *default: str) -> Path | None:
+        if explicit is not None:
+            return _need(explicit, "file")
+        path = base.joinpath(*default)
+        return path if path.is_file() else None
+
+    out = RunInputs(run_dir)
+    spec = project if project is not None else base / "project"
+    if project is not None or (spec / SPEC_FILE).is_file():
+        out.project = load_project(spec)
+        out.sources["project spec"] = out.project.spec_path
+    for key, explicit, default in (
+        ("agreement", agreement, ("annotation", "agreement.json")),
+        ("status", status, ("annotation", "status.json")),
+        ("rm_eval", rm_eval, ("rm", "eval_rm.json")),
+    ):
+        path = found(explicit, *default)
+        if path is not None:
+            setattr(out, key, _object(path))
+            out.sources[key.replace("_", " ")] = path
+
+    runs: dict[str, TrainingRun] = {}
+    if run_dir is not None:
+        for metrics in sorted(run_dir.glob("*/metrics.jsonl")):
+            runs[metrics.parent.name] = load_training(metrics.parent)
+    for folder in training:
+        run = load_training(folder)
+        runs[run.name] = run
+    order = {name: i for i, name in enumerate(STAGE_ORDER)}
+    out.training = sorted(runs.values(), key=lambda r: (order.get(r.name, len(order)), r.name))
+    for r in out.training:
+        out.sources[f"training: {r.name}"] = r.path
+
+    found_evals: dict[str, PolicyEval] = {}
+    if run_dir is not None:
+        for path in sorted(run_dir.glob("eval/*/eval.json")):
+            found_evals[path.parent.name] = load_eval(path.parent)
+    for folder in evals:
+        ev = load_eval(folder)
+        found_evals[ev.name] = ev
+    out.evals = sorted(found_evals.values(), key=lambda e: (order.get(e.name, len(order)), e.name))
+    for ev in out.evals:
+        out.sources[f"evaluation: {ev.name}"] = ev.path
+        if ev.samples_path:
+            out.sources[f"samples: {ev.name}"] = ev.samples_path
+    return out

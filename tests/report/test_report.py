@@ -1,0 +1,209 @@
+"""`rlhfkit report`: rendered from hand-made run files, checked as text and in a real browser.
+
+The run folder is tests/report/files/run (hand-made eval, reward-model, training and status
+files) plus, made at test time, the bundled project spec and an agreement summary that the
+real `rlhfkit.agreement.summarise` computes on labels from the simulated panel.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.report.html import write_report
+from rlhfkit.report.inputs import load_run
+from tests.conftest import run_cli
+
+FILES = Path(__file__).parent / "files" / "run"
+XSS = "<script>window.__xss = 1; console.error('xss')</script>"
+
+
+def _agreement_summary() -> dict:
+    from rlhfkit.agreement import Labels, summarise
+    from rlhfkit.demo import support_replies
+    from rlhfkit.demo.panel import default_panel
+
+    rng = random.Random(0)
+    _, _, sft = support_replies.build()
+    records = []
+    for ann in default_panel(5, drift_after=40):
+        for i, row in enumerate(sft[:60]):
+            ideal = row["completion"][0]["content"]
+            echo = "Sorry about that.\n\nBest regards,\nThe Northwind Support Team"
+            swap = rng.random() < 0.5
+            choice = ann.label(row["prompt"], *((echo, ideal) if swap else (ideal, echo)))
+            label = {"first": "B" if swap else "A", "second": "A" if swap else "B"}[choice]
+            records.append((f"item{i}", ann.name, label, "B" if swap else "A"))
+    labels = Labels.from_records(*zip(*records, strict=True))
+    gold = {i: labels.code_of("A") for i in range(0, len(labels.items), 4)}
+    return summarise(labels, gold=gold, anchor_window=5, replicates=100)
+
+
+@pytest.fixture(scope="module")
+def agreement_json() -> str:
+    return json.dumps(_agreement_summary())
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, agreement_json: str) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(FILES, run)
+    spec = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+    (run / "project").mkdir()
+    (run / "project" / "rlhfkit.toml").write_text(spec)
+    (run / "annotation" / "agreement.json").write_text(agreement_json)
+    return run
+
+
+def _render(run: Path, **kw) -> tuple[str, str]:
+    written = write_report(load_run(run, **kw), run / "report.html")
+    return written.html.read_text(), written.markdown.read_text()
+
+
+# --- content ----------------------------------------------------------------------------------
+
+
+def test_every_section_renders_from_the_run_files(run_dir):
+    page, md = _render(run_dir)
+    assert "Not run" not in page
+    # task and rubric, with version and the success criteria
+    assert "rubric version <strong>1</strong>" in page and "signs_off" in page
+    # annotation: the gate with its admin override, the drifting annotator flagged
+    assert "failed, overridden by an admin" in page
+    assert "recalibrate after 200 labels" in page
+    assert re.search(r"sim-drifter</td>(.|\n)*?flagged</td>", page)
+    assert "Simulated annotators." in page
+    # reward model, training curves, criteria with p-values and verdicts, win rates, flags
+    assert "81.2%" in page and "ECE" in page
+    assert "KL coefficient" in page
+    assert "improved" in page and "regressed" in page and "&lt; 0.001" in page
+    assert "panel (simulated)" in page and "66.0%" in page
+    assert "FLAGGED" in page and "above the 5% threshold" in page
+    # every figure is embedded: anchor drift, reliability, 2 training runs, 2 before/after
+    assert page.count('src="data:image/png;base64,') == 6
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    assert "<script" not in page.lower()
+    # the summary beside it carries the headline numbers
+    assert "Policy ppo: improved: signs_off, hedging; 1 hacking flag (hedging)." in md
+    assert "| signs_off | increase | 12% | 71% | +59 pts | < 0.001 | improved |" in md
+
+
+def test_untrusted_text_is_escaped(run_dir):
+    page, md = _render(run_dir)
+    assert "&lt;script&gt;window.__xss = 1;" in page
+    # the monitor explanation's markup is text too
+    assert "&lt;b&gt;(I think…)&lt;/b&gt;" in page
+    assert "<script" not in md and "&lt;script&gt;" not in md  # samples stay out of the .md
+
+
+def test_missing_inputs_say_not_run(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FILES / "rm", run / "rm")
+    page, md = _render(run)
+    assert page.count('class="notrun"') == 5  # task, annotation, training, criteria, samples
+    assert "81.2%" in page
+    assert "Not run: no project spec" in page and "Not run: no policy evaluation" in md
+
+
+def test_a_metrics_line_cut_by_a_kill_is_dropped(run_dir):
+    with (run_dir / "ppo" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 31, "rew')
+    run = load_run(run_dir)
+    assert [len(r.records) for r in run.training] == [30, 20]
+    assert [r.kind for r in run.training] == ["ppo", "dpo"]
+
+
+def test_explicit_options_add_to_the_run_folder(run_dir, tmp_path):
+    other = tmp_path / "elsewhere" / "rloo"
+    shutil.copytree(run_dir / "eval" / "dpo", other)
+    page, _ = _render(run_dir, evals=[other])
+    assert "Policy: rloo" in page and "Policy: ppo" in page
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_cli_writes_the_report_and_says_where(run_dir):
+    r = run_cli("report", str(run_dir), "--samples", "3")
+    assert r.code == 0, r.stderr
+    assert "report.html" in r.stdout and "report.md" in r.stdout
+    page = (run_dir / "report.html").read_text()
+    assert "(3 of 15 prompts" in page
+
+
+def test_cli_only_options_and_bad_inputs(run_dir, tmp_path):
+    out = tmp_path / "out" / "client.html"
+    r = run_cli("report", "--out", str(out), "--eval", str(run_dir / "eval" / "ppo"))
+    assert r.code == 0, r.stderr
+    assert out.exists() and out.with_suffix(".md").exists()
+
+    broken = run_dir / "eval" / "dpo" / "eval.json"
+    broken.write_text('{\n  "criteria": [\n  oops\n}\n')
+    r = run_cli("report", str(run_dir))
+    assert r.code == 2
+    assert "eval.json:3: not valid JSON" in r.stderr and "Traceback" not in r.stderr
+    assert not (run_dir / "report.html").exists()
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("report", str(empty))
+    assert r.code == 2 and "nothing to report on" in r.stderr
+    r = run_cli("report", str(tmp_path / "nope"))
+    assert r.code == 2 and "no such run folder" in r.stderr
+
+
+def test_help_teaches_the_layout():
+    r = run_cli("report", "--help")
+    assert r.code == 0
+    assert "annotation/agreement.json" in r.stdout and "eval/POLICY/eval.json" in r.stdout
+
+
+# --- in a real browser ---------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium)")
+    return path
+
+
+def test_report_in_headless_chromium(run_dir, tmp_path):
+    pytest.importorskip("playwright")
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    _render(run_dir)
+    url = (run_dir / "report.html").as_uri()
+    shot = tmp_path / "report.png"
+    with sync_playwright() as p:
+        # --no-sandbox: the suite runs as root, where Chromium's sandbox refuses to start
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors, requests = [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(url)
+        page.wait_for_load_state("load")
+        page.screenshot(path=str(shot), full_page=False)
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.complete, e.naturalWidth])"
+        )
+        xss = page.evaluate("() => window.__xss === undefined")
+        cell = page.locator("td >> text=window.__xss").first.inner_text()
+        browser.close()
+    assert errors == []
+    assert all(u == url or u.startswith("data:") for u in requests), requests
+    assert len(images) == 6 and all(done and width > 0 for done, width in images)
+    assert xss, "a sample's <script> ran"
+    assert cell.startswith("<script>")  # shown literally, as text
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 20, "the screenshot is blank"
