@@ -45,6 +45,16 @@ def _agreement_summary() -> dict:
     return summarise(labels, gold=gold, anchor_window=5, replicates=100)
 
 
+def _make_run(root: Path, agreement: str) -> Path:
+    run = root / "run"
+    shutil.copytree(FILES, run)
+    spec = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+    (run / "project").mkdir()
+    (run / "project" / "rlhfkit.toml").write_text(spec)
+    (run / "annotation" / "agreement.json").write_text(agreement)
+    return run
+
+
 @pytest.fixture(scope="module")
 def agreement_json() -> str:
     return json.dumps(_agreement_summary())
@@ -52,13 +62,18 @@ def agreement_json() -> str:
 
 @pytest.fixture
 def run_dir(tmp_path: Path, agreement_json: str) -> Path:
-    run = tmp_path / "run"
-    shutil.copytree(FILES, run)
-    spec = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
-    (run / "project").mkdir()
-    (run / "project" / "rlhfkit.toml").write_text(spec)
-    (run / "annotation" / "agreement.json").write_text(agreement_json)
-    return run
+    return _make_run(tmp_path, agreement_json)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, agreement_json) -> tuple[Path, str, str, str]:
+    """The full run folder rendered once, end to end through the CLI: (run folder, page,
+    summary, the CLI's output)."""
+    run = _make_run(tmp_path_factory.mktemp("rendered"), agreement_json)
+    r = run_cli("report", str(run))
+    assert r.code == 0, r.stderr
+    html, md = run / "report.html", run / "report.md"
+    return run, html.read_text(), md.read_text(), r.stdout
 
 
 def _render(run: Path, **kw) -> tuple[str, str]:
@@ -66,18 +81,28 @@ def _render(run: Path, **kw) -> tuple[str, str]:
     return written.html.read_text(), written.markdown.read_text()
 
 
+def _row(page: str, first_cell: str) -> str:
+    """The table row whose first cell is `first_cell`."""
+    rows = [r for r in page.split("<tr>") if r.startswith(f"<td>{first_cell}</td>")]
+    assert len(rows) == 1, first_cell
+    return rows[0].split("</tr>")[0]
+
+
 # --- content ----------------------------------------------------------------------------------
 
 
-def test_every_section_renders_from_the_run_files(run_dir):
-    page, md = _render(run_dir)
+def test_every_section_renders_from_the_run_files(rendered):
+    run, page, md, stdout = rendered
+    assert f"report: {run / 'report.html'}" in stdout and "report.md" in stdout
     assert "Not run" not in page
     # task and rubric, with version and the success criteria
     assert "rubric version <strong>1</strong>" in page and "signs_off" in page
     # annotation: the gate with its admin override, the drifting annotator flagged
     assert "failed, overridden by an admin" in page
     assert "recalibrate after 200 labels" in page
-    assert re.search(r"sim-drifter</td>(.|\n)*?flagged</td>", page)
+    assert "flagged, left out of the export" in _row(page, "sim-drifter")
+    assert "flagged" not in _row(page, "sim-careful")
+    assert "anchor accuracy 0.45 is below the threshold 0.70" in page  # the store's alert
     assert "Simulated annotators." in page
     # reward model, training curves, criteria with p-values and verdicts, win rates, flags
     assert "81.2%" in page and "ECE" in page
@@ -94,8 +119,8 @@ def test_every_section_renders_from_the_run_files(run_dir):
     assert "| signs_off | increase | 12% | 71% | +59 pts | < 0.001 | improved |" in md
 
 
-def test_untrusted_text_is_escaped(run_dir):
-    page, md = _render(run_dir)
+def test_untrusted_text_is_escaped(rendered):
+    _, page, md, _ = rendered
     assert "&lt;script&gt;window.__xss = 1;" in page
     # the monitor explanation's markup is text too
     assert "&lt;b&gt;(I think…)&lt;/b&gt;" in page
@@ -122,26 +147,31 @@ def test_a_metrics_line_cut_by_a_kill_is_dropped(run_dir):
 def test_explicit_options_add_to_the_run_folder(run_dir, tmp_path):
     other = tmp_path / "elsewhere" / "rloo"
     shutil.copytree(run_dir / "eval" / "dpo", other)
-    page, _ = _render(run_dir, evals=[other])
-    assert "Policy: rloo" in page and "Policy: ppo" in page
+    run = load_run(run_dir, evals=[other], training=[run_dir / "dpo"])
+    assert [e.name for e in run.evals] == ["ppo", "dpo", "rloo"]
+    assert [t.name for t in run.training] == ["ppo", "dpo"]
+    assert "evaluation: rloo" in run.sources
+
+
+def test_a_file_of_the_wrong_shape_is_named(run_dir):
+    (run_dir / "rm" / "eval_rm.json").write_text('{"slices": [1, 2]}')
+    r = run_cli("report", str(run_dir))
+    assert r.code == 2 and "Traceback" not in r.stderr
+    assert "eval_rm.json: not what `rlhfkit report` expects" in r.stderr
 
 
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def test_cli_writes_the_report_and_says_where(run_dir):
-    r = run_cli("report", str(run_dir), "--samples", "3")
-    assert r.code == 0, r.stderr
-    assert "report.html" in r.stdout and "report.md" in r.stdout
-    page = (run_dir / "report.html").read_text()
-    assert "(3 of 15 prompts" in page
-
-
 def test_cli_only_options_and_bad_inputs(run_dir, tmp_path):
     out = tmp_path / "out" / "client.html"
-    r = run_cli("report", "--out", str(out), "--eval", str(run_dir / "eval" / "ppo"))
+    r = run_cli(
+        "report", "--out", str(out), "--eval", str(run_dir / "eval" / "ppo"), "--samples", "3"
+    )
     assert r.code == 0, r.stderr
     assert out.exists() and out.with_suffix(".md").exists()
+    page = out.read_text()
+    assert "(3 of 15 prompts" in page and page.count('class="notrun"') == 4
 
     broken = run_dir / "eval" / "dpo" / "eval.json"
     broken.write_text('{\n  "criteria": [\n  oops\n}\n')
@@ -174,14 +204,13 @@ def _chromium() -> str:
     return path
 
 
-def test_report_in_headless_chromium(run_dir, tmp_path):
+def test_report_in_headless_chromium(rendered, tmp_path):
     pytest.importorskip("playwright")
     import numpy as np
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    _render(run_dir)
-    url = (run_dir / "report.html").as_uri()
+    url = (rendered[0] / "report.html").as_uri()
     shot = tmp_path / "report.png"
     with sync_playwright() as p:
         # --no-sandbox: the suite runs as root, where Chromium's sandbox refuses to start

@@ -11,8 +11,8 @@ from typing import Any
 
 # What to plot per training stage, in order; a metric a run did not log is skipped.
 CURVES = {
-    "ppo": ("reward", "kl", "kl_coef", "response_length", "entropy", "reward_penalised"),
-    "dpo": ("loss", "rewards/margin", "rewards/accuracy", "rewards/chosen"),
+    "ppo": ("reward", "kl", "kl_coef", "response_length"),
+    "dpo": ("loss", "rewards/margin", "rewards/accuracy"),
     "rm": ("loss", "accuracy", "margin"),
     "sft": ("loss", "lr"),
 }
@@ -46,7 +46,9 @@ def _pyplot():
 def _data_uri(fig: Any) -> str:
     plt = _pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    # every figure is laid out with tight_layout already: bbox_inches="tight" would draw the
+    # whole figure a second time for nothing
+    fig.savefig(buf, format="png", dpi=96)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -109,15 +111,16 @@ def _num(x: Any) -> float:
 
 
 def reliability_diagram(bins: list[dict[str, float]], ece: float | None) -> str | None:
-    """Predicted probability (Bradley-Terry) against observed accuracy per bin; the diagonal
-    is perfect calibration. `bins`: dicts with the mean confidence, accuracy and count."""
+    """Confidence of the Bradley–Terry probability, max(p, 1 - p), against how often the
+    reward model's pick was the preferred reply, per bin; the diagonal is perfect calibration.
+    `bins`: dicts with ``confidence``, ``accuracy`` and ``count`` (`rlhfkit eval rm`)."""
     pts = [(b["confidence"], b["accuracy"], b.get("count", 1)) for b in bins]
     pts = [p for p in pts if p[0] is not None and p[1] is not None]
     if not pts:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.plot([0, 1], [0, 1], "--", color="#888888", label="perfectly calibrated")
+    ax.plot([0.5, 1], [0.5, 1], "--", color="#888888", label="perfectly calibrated")
     total = sum(n for *_, n in pts) or 1
     ax.scatter(
         [p[0] for p in pts],
@@ -128,15 +131,15 @@ def reliability_diagram(bins: list[dict[str, float]], ece: float | None) -> str 
         label="bins (size: pairs)",
     )
     ax.plot([p[0] for p in pts], [p[1] for p in pts], color=COLORS[0], alpha=0.6)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("predicted P(chosen preferred)")
-    ax.set_ylabel("observed share preferred")
+    ax.set_xlim(0.48, 1.01)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("confidence, max(p, 1 − p)")
+    ax.set_ylabel("share where its pick was preferred")
     title = "Reward model calibration"
     if ece is not None:
         title += f" (ECE {ece:.3f})"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _data_uri(fig)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from rlhfkit import __version__
+from rlhfkit.errors import UserError, display_path
 from rlhfkit.report import plots
 from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun
 
@@ -167,174 +169,199 @@ def _detector(d: dict[str, Any]) -> str:
 
 
 def annotation_section(inp: RunInputs) -> dict[str, Any]:
-    a, st = inp.agreement, inp.status
-    if a is None and st is None:
+    """From `rlhfkit agreement --json` (the full statistics) and `rlhfkit annotate status
+    --json` (the store's own gate with any admin override, progress, drift measured from
+    each annotator's calibration-time accuracy). Either alone is enough."""
+    a, st = inp.agreement or {}, inp.status or {}
+    if not a and not st:
         return {
             "ran": False,
             "missing": "no agreement summary (`rlhfkit agreement LABELS --json` → "
-            "annotation/agreement.json) or annotation status (annotation/status.json)",
+            "annotation/agreement.json) or annotation status (`rlhfkit annotate status "
+            "--json` → annotation/status.json)",
         }
-    out: dict[str, Any] = {"ran": True, "stats": [], "annotators": [], "alerts": []}
-    a = a or {}
-    ci = a.get("ci", {})
-    for key, label, note in (
-        (
-            "percent_agreement",
-            "percent agreement",
-            "the gate's statistic (65% floor, 70–75% target)",
-        ),
-        ("krippendorff_alpha", "Krippendorff's alpha", "chance-corrected; the one to read"),
-        ("cohen_kappa_mean", "Cohen's kappa (mean of pairs)", ""),
-        ("fleiss_kappa", "Fleiss' kappa", a.get("fleiss_kappa_note") or ""),
-    ):
-        if key in a:
-            note = a.get(f"{key}_note") or note
-            out["stats"].append(
-                {
-                    "name": label,
-                    "value": num(a[key]),
-                    "ci": interval(ci.get(key), num),
-                    "note": note,
-                }
-            )
+    out: dict[str, Any] = {"ran": True}
+    stats = a or st.get("agreement") or {}
+    ci = stats.get("ci") or {}
+    out["stats"] = [
+        {
+            "name": label,
+            "value": num(stats[key]),
+            "ci": interval(ci.get(key), num),
+            "note": stats.get(f"{key}_note") or note,
+        }
+        for key, label, note in (
+            ("percent_agreement", "percent agreement", "the gate's statistic (65% floor)"),
+            ("krippendorff_alpha", "Krippendorff's alpha", "chance-corrected; the one to read"),
+            ("cohen_kappa_mean", "Cohen's kappa (mean of pairs)", ""),
+            ("fleiss_kappa", "Fleiss' kappa", ""),
+        )
+        if key in stats
+    ]
     out["counts"] = (
         f"{a['n_labels']} labels on {a['n_items']} items by {a['n_annotators']} annotators"
         if {"n_labels", "n_items", "n_annotators"} <= a.keys()
         else None
     )
-    gate = dict(a.get("calibration_gate") or {})
-    gate |= _status_gate(st)
-    if gate:
-        passed, override = gate.get("passed"), gate.get("override")
-        if passed:
-            verdict = "passed"
-        elif override:
-            verdict = "failed, overridden by an admin"
-        elif passed is None:
-            verdict = "not evaluated yet"
-        else:
-            verdict = "failed: the main queue stayed closed"
-        out["gate"] = {
-            "statistic": gate.get("statistic", "percent_agreement").replace("_", " "),
-            "value": pct(gate.get("value"), 1),
-            "threshold": pct(gate.get("threshold"), 0),
-            "passed": bool(passed),
-            "verdict": verdict,
-            "override": override,
-            "disputed": [
-                {"item": str(i), "agreement": pct(v)} for i, v in gate.get("disputed_items", [])[:5]
-            ],
-        }
-    alerts = a.get("drift_alerts") or (st or {}).get("drift_alerts") or []
+    out["gate"] = _gate(a.get("calibration_gate"), st.get("gate"))
+    # The store's drift alerts measure from calibration time; the CLI's from the first window.
+    alerts = st.get("drift_alerts") if "drift_alerts" in st else a.get("drift_alerts") or []
     flagged = {x.get("annotator") for x in alerts}
-    threshold = (st or {}).get("anchor_accuracy_threshold")
-    for s in a.get("annotators") or (st or {}).get("annotators") or []:
-        low = (
-            threshold is not None
-            and isinstance(s.get("anchor_accuracy"), int | float)
-            and s["anchor_accuracy"] < threshold
-        )
-        out["annotators"].append(
-            {
-                "name": s.get("annotator", s.get("name", "?")),
-                "labels": num(s.get("labels")),
-                "majority": pct(s.get("majority_agreement")),
-                "anchor": pct(s.get("anchor_accuracy")),
-                "first": pct(s.get("chose_first_rate")),
-                "tie": pct(s.get("tie_rate")),
-                "both_bad": pct(s.get("both_bad_rate")),
-                "flagged": s.get("annotator", s.get("name")) in flagged or low,
-            }
-        )
-    out["alerts"] = [
+    excluded = {
+        r.get("annotator") for r in st.get("annotators", []) if r.get("excluded_from_export")
+    }
+    out["annotators"] = [
         {
-            "annotator": x.get("annotator", "?"),
-            "window": x.get("window"),
-            "reason": x.get("reason", ""),
+            "name": r.get("annotator", "?"),
+            "labels": num(r.get("labels")),
+            "majority": pct(r.get("majority_agreement")),
+            "anchor": pct(r.get("anchor_accuracy")),
+            "first": pct(r.get("chose_first_rate")),
+            "tie": pct(r.get("tie_rate")),
+            "both_bad": pct(r.get("both_bad_rate")),
+            "flagged": r.get("annotator") in flagged | excluded,
+            "excluded": r.get("annotator") in excluded,
         }
+        for r in a.get("annotators") or st.get("annotators") or []
+        if not r.get("admin") or r.get("labels")
+    ]
+    out["alerts"] = [
+        {"annotator": x.get("annotator", "?"), "window": x.get("window"), "reason": x.get("reason")}
         for x in alerts
     ]
     out["simulated"] = bool(out["annotators"]) and all(
         r["name"].startswith(SIMULATED_PREFIX) for r in out["annotators"]
     )
-    out["progress"] = _progress(st)
+    progress = st.get("progress") or {}
+    out["progress"] = [
+        {"name": k.replace("_", " "), "value": pct(v) if k.startswith("fraction") else num(v)}
+        for k, v in progress.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
     series = a.get("anchor_accuracy_over_time") or {}
+    threshold = inp.project.spec.annotation.anchor_accuracy_threshold if inp.project else None
     out["anchor_plot"] = plots.anchor_accuracy(series, threshold) if series else None
     return out
 
 
-def _status_gate(st: dict[str, Any] | None) -> dict[str, Any]:
-    """The gate as `annotate status --json` records it, with any admin override."""
-    if not st:
-        return {}
-    gate = st.get("gate") or st.get("calibration_gate") or {}
-    if not isinstance(gate, dict):
-        return {}
-    out = {k: gate[k] for k in ("passed", "value", "threshold", "statistic") if k in gate}
-    reason = gate.get("override_reason") or (gate.get("override") or {}).get("reason")
-    if reason:
-        by = gate.get("override_by") or (gate.get("override") or {}).get("by")
-        out["override"] = {"reason": reason, "by": by}
-    return out
-
-
-def _progress(st: dict[str, Any] | None) -> list[dict[str, str]]:
-    if not st:
-        return []
-    rows = []
-    for key, value in st.items():
-        if isinstance(value, int | float | str) and not isinstance(value, bool):
-            rows.append({"name": key.replace("_", " "), "value": num(value)})
-    return rows
+def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The calibration gate: the store's latest evaluated round (which is what opened or kept
+    closed the main queue, and carries any admin override) or else the agreement CLI's."""
+    value = threshold = passed = override = None
+    if store:
+        threshold = store.get("threshold")
+        rounds = [r for r in store.get("rounds", []) if r.get("passed") is not None]
+        latest = rounds[-1] if rounds else None
+        if latest:
+            value, passed = latest.get("percent_agreement"), latest.get("passed")
+        overrides = [r["override"] for r in store.get("rounds", []) if r.get("override")]
+        override = overrides[-1] if overrides else None
+    if value is None and computed:
+        value, passed = computed.get("value"), computed.get("passed")
+        threshold = threshold if threshold is not None else computed.get("threshold")
+    if value is None and override is None:
+        return None
+    if passed:
+        verdict = "passed"
+    elif override:
+        verdict = "failed, overridden by an admin"
+    elif passed is None:
+        verdict = "not evaluated yet"
+    else:
+        verdict = "failed: the main queue stayed closed"
+    return {
+        "statistic": "percent agreement",
+        "value": pct(value, 1),
+        "threshold": pct(threshold, 0),
+        "passed": bool(passed),
+        "verdict": verdict,
+        "override": override,
+        "disputed": [
+            {"item": str(i), "agreement": pct(v)}
+            for i, v in ((computed or {}).get("disputed_items") or [])[:5]
+        ],
+    }
 
 
 def rm_section(inp: RunInputs) -> dict[str, Any]:
+    """From `rlhfkit eval rm --json` (schema ``rlhfkit.eval_rm/1``, see
+    `rlhfkit.evaluate.rm`)."""
     r = inp.rm_eval
     if r is None:
         return {
             "ran": False,
             "missing": "no reward-model evaluation (`rlhfkit eval rm --json` → rm/eval_rm.json)",
         }
-    acc, acc_ci = _rate(r.get("accuracy"))
     out: dict[str, Any] = {
         "ran": True,
         "pairs": num(r.get("pairs")),
-        "accuracy": pct(acc, 1),
-        "accuracy_ci": interval(r.get("accuracy_ci") or acc_ci),
-        "slices": [],
+        "accuracy": pct(r.get("accuracy"), 1),
+        "accuracy_ci": interval(r.get("accuracy_ci")),
     }
-    for s in _named(r.get("slices") or r.get("per_slice")):
-        v, c = _rate(s.get("accuracy"))
-        out["slices"].append(
+    out["slices"] = [
+        {
+            "name": f"{column} = {value}",
+            "accuracy": pct(v.get("accuracy"), 1),
+            "ci": interval(v.get("ci")),
+            "pairs": num(v.get("pairs")),
+        }
+        for column, values in (r.get("slices") or {}).items()
+        for value, v in values.items()
+    ]
+    facts = []
+    human = r.get("human_majority") or {}
+    if human.get("rm_agreement"):
+        agree = human["rm_agreement"]
+        facts.append(
             {
-                "name": s.get("name", "?"),
-                "accuracy": pct(v, 1),
-                "ci": interval(s.get("ci") or c),
-                "pairs": num(s.get("pairs", s.get("n"))),
+                "name": "agreement with the annotators' majority",
+                "value": pct(agree.get("accuracy"), 1),
+                "note": f"on {human.get('rows_with_majority')} pairs with a majority; annotators "
+                f"themselves agree with it {pct(human.get('annotator_agreement_with_majority'))} "
+                "of the time, the ceiling a reward model can reach",
+            }
+        )
+    length = r.get("length") or {}
+    if length:
+        facts.append(
+            {
+                "name": "correlation of reward with length (Pearson / Spearman)",
+                "value": f"{num(length.get('pearson'), 2)} / {num(length.get('spearman'), 2)}",
+                "note": "near 0 is good; a strong positive value means it may pay for length",
+            }
+        )
+        if length.get("rm_prefers_longer") is not None:
+            facts.append(
+                {
+                    "name": "prefers the longer reply",
+                    "value": pct(length.get("rm_prefers_longer")),
+                    "note": f"annotators chose the longer reply "
+                    f"{pct(length.get('chosen_is_longer'))} of the time; far above that, the "
+                    "reward model has learned a length bias",
+                }
+            )
+    order = r.get("order_invariance") or {}
+    if order:
+        facts.append(
+            {
+                "name": "order invariance (largest reward change when the pair is swapped)",
+                "value": num(order.get("max_abs_diff"), 4),
+                "note": f"{order.get('flipped', 0)} pairs changed their verdict; should be 0",
             }
         )
     cal = r.get("calibration") or {}
-    ece = cal.get("ece", r.get("ece"))
-    bins = cal.get("bins") or r.get("reliability") or []
-    out["ece"] = num(ece)
-    out["reliability_plot"] = plots.reliability_diagram(bins, ece) if bins else None
-    facts = []
-    for key, label, explain in (
-        ("majority_agreement", "agreement with the annotators' majority", ""),
-        (
-            "length_correlation",
-            "correlation of reward with length",
-            "near 0 is good; high means the reward model may simply pay for longer replies",
-        ),
-        ("order_invariance", "order invariance", "the same pair scored in both orders"),
-        ("mean_margin", "mean reward margin (chosen − rejected)", ""),
-    ):
-        if key in r:
-            v = r[key]
-            if isinstance(v, dict):
-                v = v.get("pearson", v.get("value", v.get("rate")))
-            facts.append({"name": label, "value": num(v), "note": explain})
+    if cal:
+        facts.append(
+            {
+                "name": "expected calibration error (ECE) / Brier score",
+                "value": f"{num(cal.get('ece'))} / {num(cal.get('brier'))}",
+                "note": "ECE 0 is perfectly calibrated: when it is 80% sure, it is right 80% "
+                "of the time",
+            }
+        )
     out["facts"] = facts
+    bins = [b for b in cal.get("bins") or [] if b.get("count")]
+    out["reliability_plot"] = plots.reliability_diagram(bins, cal.get("ece")) if bins else None
     return out
 
 
@@ -527,9 +554,10 @@ def _text(v: Any) -> str:
 
 def build(inp: RunInputs, samples: int = 12) -> dict[str, Any]:
     """Everything both renderers need."""
-    annotation = annotation_section(inp)
-    rm = rm_section(inp)
-    evals = [eval_section(ev) for ev in inp.evals]
+    src = inp.sources
+    annotation = _guard(annotation_section, [src.get("agreement"), src.get("status")], inp)
+    rm = _guard(rm_section, [src.get("rm eval")], inp)
+    evals = [_guard(eval_section, [ev.path], ev) for ev in inp.evals]
     return {
         "overview": overview(inp, evals, annotation, rm),
         "task": task_section(inp),
@@ -537,6 +565,24 @@ def build(inp: RunInputs, samples: int = 12) -> dict[str, Any]:
         "rm": rm,
         "training": training_section(inp.training),
         "evals": evals,
-        "samples": [samples_section(ev, samples) for ev in inp.evals if ev.samples],
-        "sources": [{"what": k, "path": str(v)} for k, v in inp.sources.items()],
+        "samples": [
+            _guard(samples_section, [ev.samples_path], ev, samples)
+            for ev in inp.evals
+            if ev.samples
+        ],
+        "sources": [{"what": k, "path": str(v)} for k, v in src.items()],
     }
+
+
+def _guard(fn, paths: list[Path | None], *args: Any) -> Any:
+    """A file of the wrong shape (another command's output, an older schema) is the user's
+    to fix: name it instead of showing a stack trace."""
+    try:
+        return fn(*args)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        names = " / ".join(display_path(p) for p in paths if p is not None) or "an input"
+        raise UserError(
+            f"{names}: not what `rlhfkit report` expects here ({type(e).__name__}: {e})",
+            hint="the run folder's layout and which command writes each file: "
+            "`rlhfkit report --help`",
+        ) from None
