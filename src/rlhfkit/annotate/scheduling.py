@@ -105,7 +105,7 @@ def next_task(
 ) -> Task | NoTask:
     rng = rng or random.Random()
     now = time.time()
-    if now - store.last_sweep > SWEEP_EVERY_S:
+    if now - store.last_sweep > min(SWEEP_EVERY_S, policy.task_timeout_s / 4):
         expire_abandoned(store, now)
     with store.write(durable=False) as conn:
         me = conn.execute(
