@@ -18,6 +18,7 @@ from rlhfkit import __version__
 from rlhfkit.cli import agreement as agreement_cmds
 from rlhfkit.cli import data as data_cmds
 from rlhfkit.cli import demo as demo_cmds
+from rlhfkit.cli import evaluate as evaluate_cmds
 from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
 from rlhfkit.cli import project as project_cmds
@@ -94,7 +95,7 @@ app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
 app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
-app.add_typer(train_cmds.eval_app, name="eval", rich_help_panel=PROVE)
+app.add_typer(evaluate_cmds.app, name="eval", rich_help_panel=PROVE)
 app.command("report", rich_help_panel=PROVE)(report_cmds.report)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 

@@ -1,4 +1,4 @@
-"""`rlhfkit train sft|rm|dpo` and `rlhfkit eval rm`."""
+"""`rlhfkit train sft|rm|ppo|dpo`."""
 
 from __future__ import annotations
 
@@ -139,26 +139,3 @@ def _register() -> None:
 
 
 _register()
-
-eval_app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
-
-
-@eval_app.command("rm")
-def eval_rm(
-    model: str = typer.Option(..., help="The reward model folder (final/ of `train rm`)."),
-    data: Path = typer.Option(..., help="Held-out preference pairs."),
-    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
-) -> None:
-    """Held-out accuracy of a reward model: how often it scores chosen above rejected."""
-    from rlhfkit.train.reward import evaluate_reward_model
-
-    figures = evaluate_reward_model(model, data)
-    if as_json:
-        console.print_json(json.dumps(figures))
-        return
-    console.print(
-        f"{figures['pairs']} pairs: accuracy {figures['accuracy']:.3f}, "
-        f"mean margin {figures['mean_margin']:.3f} "
-        f"(chosen {figures['mean_reward_chosen']:.3f}, rejected "
-        f"{figures['mean_reward_rejected']:.3f})"
-    )

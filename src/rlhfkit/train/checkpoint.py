@@ -209,6 +209,16 @@ def code_version() -> str:
     return f"{__version__}+{commit}" if commit else __version__
 
 
+def frozen_criteria_hash(project: Path | None) -> str | None:
+    """The hash the project's success criteria were frozen with (see evaluate/criteria.py)."""
+    if project is None:
+        return None
+    from rlhfkit.evaluate.criteria import criteria_status
+    from rlhfkit.project import load_project
+
+    return criteria_status(load_project(project)).frozen_hash
+
+
 def save_final(
     out: Path, module, tokenizer, cfg: LoopConfig, kind: str, accelerator: Accelerator, **extra
 ) -> Path:
@@ -248,6 +258,7 @@ def save_final(
             code_version=code_version(),
             base_model=cfg.model,
             adapter_only=cfg.lora and not cfg.merge_lora,
+            criteria_hash=frozen_criteria_hash(cfg.project),
             **extra,
         )
     accelerator.wait_for_everyone()

@@ -66,6 +66,10 @@ class LoopConfig:
     """Continue from the latest checkpoint in output_dir."""
     report_to: str = "none"
     """Also log to: none, tensorboard, mlflow or trackio (when installed)."""
+    project: Path | None = None
+    """Project folder or its rlhfkit.toml: the first training stage freezes its success
+    criteria (artifacts/criteria.lock.json), the final model's manifest records their hash,
+    and PPO measures them on every step's samples."""
 
     def resume_keys(self) -> tuple[str, ...]:
         """What a resumed run must share with the run it continues: anything else would
@@ -243,8 +247,6 @@ class PPOConfig(LoopConfig):
     merged_rollouts: bool = True
     """With LoRA, sample from a copy of the model with the adapter merged in (refreshed each
     step): faster decoding for one more copy of the model in memory."""
-    project: Path | None = None
-    """Project file (rlhfkit.toml): its success criteria are measured on every step's samples."""
 
     def check(self) -> None:
         super().check()

@@ -102,8 +102,26 @@ def begin(cfg: LoopConfig) -> LoopConfig:
     cfg.check()
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     prepare_output(cfg)
+    freeze_project_criteria(cfg)
     seed_everything(cfg.seed)
     return cfg
+
+
+def freeze_project_criteria(cfg: LoopConfig) -> str | None:
+    """The project's first training stage freezes its success criteria; every stage warns
+    when they were edited since. Returns the frozen hash (None without a project)."""
+    if cfg.project is None:
+        return None
+    import warnings
+
+    from rlhfkit.evaluate.criteria import freeze_criteria
+    from rlhfkit.project import load_project
+
+    stage = type(cfg).__name__.removesuffix("Config").lower()  # sft, reward, dpo, ppo
+    status = freeze_criteria(load_project(cfg.project), stage)
+    if status.changed:
+        warnings.warn(status.message(), stacklevel=2)
+    return status.frozen_hash
 
 
 def prepare_model(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):

@@ -129,25 +129,8 @@ def require_reward_model(model_ref: str, where: str = "") -> None:
 
 
 def evaluate_reward_model(model_ref: str, data_path: Path, batch_size: int = 16) -> dict:
-    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
-    require_reward_model(model_ref)
-    data = load(data_path, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
-    model, tok = load_reward_model(model_ref)
-    model.eval()
-    examples, truncated = tokenize_dataset(tok, data, min(tok.model_max_length, 4096), "preference")
-    scores = []
-    with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
-            scores.append(
-                score_pairs(model, examples[start : start + batch_size], tok.pad_token_id, "cpu")
-            )
-    rewards = torch.cat(scores)
-    diff = rewards[:, 0] - rewards[:, 1]
-    return {
-        "pairs": len(examples),
-        "accuracy": float((diff > 0).float().mean()),
-        "mean_margin": float(diff.mean()),
-        "mean_reward_chosen": float(rewards[:, 0].mean()),
-        "mean_reward_rejected": float(rewards[:, 1].mean()),
-        "truncated": truncated,
-    }
+    """Held-out accuracy, margins, calibration, length bias and more: see
+    `rlhfkit.evaluate.rm.evaluate_reward_model`, which this calls."""
+    from rlhfkit.evaluate.rm import evaluate_reward_model as evaluate
+
+    return evaluate(model_ref, data_path, batch_size)
