@@ -470,4 +470,6 @@ def _success_criteria(project: Path | None) -> list:
         return []
     from rlhfkit.project import load_project
 
-    return list(load_project(project).spec.success_criteria)
+    # those decidable from the text alone: a reward-model or judge criterion would need a
+    # model call per response per step (`eval policy` measures them)
+    return [c for c in load_project(project).spec.success_criteria if c.text_only]
