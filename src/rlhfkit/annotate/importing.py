@@ -57,13 +57,29 @@ def import_items(
 ) -> ImportResult:
     """Import pairs from `items` and anchors from `anchors` (JSONL or saved datasets), all or
     nothing. `seed` draws the first calibration round from the imported items."""
+    return import_rows(store, policy, read_import(policy, items, anchors), actor, seed)
+
+
+@dataclass(frozen=True)
+class ImportBatch:
+    """Checked rows, ready for the store (see `read_import`)."""
+
+    rows: list[dict[str, Any]]
+    files: list[tuple[Path, str]]
+    """(file, item kind) read."""
+
+
+def read_import(
+    policy: Policy, items: Path | str | None = None, anchors: Path | str | None = None
+) -> ImportBatch:
+    """Read and check every row; raise `UserError` listing every bad row as FILE:LINE."""
     if items is None and anchors is None:
         raise UserError("nothing to import: give a file of pairs, --anchors FILE, or both")
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
-    for path, kind in ((items, m.MAIN), (anchors, m.ANCHOR)):
-        if path is not None:
-            rows += _read(Path(path), kind, policy, problems)
+    files = [(Path(p), kind) for p, kind in ((items, m.MAIN), (anchors, m.ANCHOR)) if p is not None]
+    for path, kind in files:
+        rows += _read(path, kind, policy, problems)
     seen: dict[str, str] = {}
     for row in rows:
         first = seen.setdefault(row["external_id"], row["source"])
@@ -71,7 +87,15 @@ def import_items(
             problems.append(_problem(row["source"], f"id {row['external_id']!r} repeats {first}"))
     if problems:
         raise UserError(problems[:50])
+    return ImportBatch(rows, files)
 
+
+def import_rows(
+    store: Store, policy: Policy, batch: ImportBatch, actor: str = "cli", seed: int = 0
+) -> ImportResult:
+    """Write checked rows in one transaction; rows already there (same id and content) are
+    skipped, an id already there with other content fails the whole batch."""
+    rows, problems = batch.rows, []
     with store.write() as conn:
         existing = _existing(conn, [r["external_id"] for r in rows])
         fresh = []
@@ -109,18 +133,17 @@ def import_items(
             round_size = conn.execute(
                 select(m.Round.size).where(m.Round.id == round_id)
             ).scalar_one()
-        for path, kind in ((items, m.MAIN), (anchors, m.ANCHOR)):
-            if path is not None:
-                record_event(
-                    conn,
-                    "import",
-                    actor,
-                    file=str(path),
-                    sha256=sha256_file(Path(path)) if Path(path).is_file() else None,
-                    item_kind=kind,
-                    rows=sum(r["kind"] == kind for r in rows),
-                    new=sum(r["kind"] == kind for r in fresh),
-                )
+        for path, kind in batch.files:
+            record_event(
+                conn,
+                "import",
+                actor,
+                file=str(path),
+                sha256=sha256_file(path) if path.is_file() else None,
+                item_kind=kind,
+                rows=sum(r["kind"] == kind for r in rows),
+                new=sum(r["kind"] == kind for r in fresh),
+            )
     return ImportResult(new_main, new_anchors, len(rows) - len(fresh), round_id, round_size)
 
 

@@ -67,7 +67,10 @@ def serve(settings: ServerSettings) -> None:
     warning = exposure_warning(settings.host)
     if warning:
         print(warning, file=sys.stderr)
-    uvicorn.Server(_config(settings)).run()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: Ctrl+C is how a
+    # server is meant to stop, not an interruption to report.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(_config(settings)).run()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,320 @@
+"""`rlhfkit annotate`: the annotation app's store, team and server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from rlhfkit.cli.common import console, err_console
+
+app = typer.Typer(
+    help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
+    "first, anchors with known answers mixed in, k annotators per pair, and an export that "
+    "`rlhfkit train rm` / `train dpo` read directly.\n\n"
+    "The usual order: import, add-annotator (one per person), serve, status, export. The "
+    "store is PROJECT/artifacts/annotations.sqlite unless --db or RLHFKIT_DB_URL names "
+    "another (a SQLite file, or postgresql://user@host/db for a team server).",
+    no_args_is_help=True,
+)
+
+PROJECT = typer.Option(
+    Path("."), "--project", help="Project folder: the rubric and [annotation] settings."
+)
+DB = typer.Option(
+    None,
+    "--db",
+    help="Store URL or SQLite file (default: $RLHFKIT_DB_URL, else "
+    "PROJECT/artifacts/annotations.sqlite).",
+)
+
+
+def _open(project: Path, db: str | None, create: bool = False):
+    from rlhfkit.annotate import Policy, open_store
+    from rlhfkit.annotate.settings import db_url_for
+    from rlhfkit.project import load_project
+
+    proj = load_project(project)
+    return open_store(db_url_for(proj.root, db), create=create), Policy.from_project(proj), proj
+
+
+@app.command("import")
+def import_(
+    items: Path = typer.Argument(
+        None,
+        help="Pairs to label: comparison rows (prompt, response_a, response_b, as `rlhfkit "
+        "generate` writes them) or preference rows (relabeled from scratch). Default: "
+        "PROJECT/artifacts/candidates.jsonl when no --anchors is given.",
+    ),
+    anchors: Path = typer.Option(
+        None,
+        help="Anchor pairs with a known answer: comparison rows with 'label' (A, B, tie or "
+        "both_bad, as in `rlhfkit agreement --anchors` gold files), or preference rows "
+        "(chosen is the answer).",
+    ),
+    seed: int = typer.Option(0, help="Seed for drawing the first calibration round."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Import pairs (and anchors) into the store, all or nothing.
+
+    Every row is checked first; any bad row fails the import with FILE:LINE: reason and
+    nothing is written. Rows already imported (same id, same content) are skipped, so the
+    same file can be imported again. The first import of pairs draws the calibration round
+    ([annotation] calibration_size items every annotator labels first)."""
+    from rlhfkit.annotate import Policy
+    from rlhfkit.annotate.importing import import_rows, read_import
+    from rlhfkit.errors import UserError, display_path
+    from rlhfkit.project import load_project
+
+    proj = load_project(project)
+    if items is None and anchors is None:
+        items = proj.artifacts("candidates.jsonl")
+        if not items.exists():
+            raise UserError(
+                f"{display_path(items)}: no such file; give the pairs to import",
+                hint="sample some with `rlhfkit generate --project DIR`",
+            )
+    # Every row is checked before the store is touched: a bad file leaves nothing behind.
+    batch = read_import(Policy.from_project(proj), items, anchors)
+    store, policy, _ = _open(project, db, create=True)
+    try:
+        result = import_rows(store, policy, batch, seed=seed)
+    finally:
+        store.close()
+    parts = [f"{result.items} pairs", f"{result.anchors} anchors"]
+    if result.skipped:
+        parts.append(f"{result.skipped} already imported")
+    console.print(f"imported {', '.join(parts)} into {_where(store.url)}")
+    if result.calibration_round:
+        console.print(
+            f"calibration round {result.calibration_round}: {result.calibration_items} pairs "
+            "that every annotator labels first"
+        )
+
+
+@app.command("add-annotator")
+def add_annotator(
+    name: str = typer.Argument(..., help="A name for the person (letters, digits, _ . @ -)."),
+    admin: bool = typer.Option(
+        False, "--admin", help="May see the dashboard and override the calibration gate."
+    ),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Add an annotator and print their login token, once.
+
+    Only a hash of the token is stored: copy it now and give it to the person privately.
+    The token goes to standard output alone (TOKEN=$(rlhfkit annotate add-annotator ana))."""
+    from rlhfkit.annotate import add_annotator as add
+
+    store, _, _ = _open(project, db, create=True)
+    try:
+        token = add(store, name, admin=admin)
+    finally:
+        store.close()
+    role = "admin" if admin else "annotator"
+    err_console.print(f"{role} {name} added; their token (shown once, only a hash is stored):")
+    print(token)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to listen on. Loopback by default; anything else is reachable from "
+        "the network (put a TLS proxy in front).",
+    ),
+    port: int = typer.Option(8765, help="Port to listen on."),
+    task_timeout: float = typer.Option(
+        1800.0, help="Seconds before an unlabeled task returns to the pool."
+    ),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Run the annotation web app until Ctrl+C.
+
+    Annotators log in at http://HOST:PORT/ with their token; admins also get the dashboard
+    at /admin. Scripts use the JSON API with Authorization: Bearer TOKEN:
+    GET /api/tasks/next, POST /api/labels, GET /api/me, GET /api/admin/status."""
+    from rlhfkit.annotate.server import serve as run
+    from rlhfkit.annotate.settings import ServerSettings, db_url_for
+    from rlhfkit.project import load_project
+
+    proj = load_project(project)
+    settings = ServerSettings(
+        db_url=db_url_for(proj.root, db),
+        project=proj.root,
+        host=host,
+        port=port,
+        task_timeout_s=task_timeout,
+    )
+    store, _, _ = _open(project, db)  # fail here, with a clear message, if there is none
+    store.close()
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(
+        f"annotating {proj.spec.name} at http://{shown}:{port}/ (store: {_where(settings.db_url)}"
+        "); Ctrl+C stops"
+    )
+    run(settings)
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Show progress, the calibration gate, agreement and each annotator.
+
+    Also drift alerts (anchor accuracy falling) and the most disputed pairs."""
+    from rlhfkit.annotate import status as get_status
+
+    store, policy, _ = _open(project, db)
+    try:
+        s = get_status(store, policy)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(s))
+        return
+    _print_status(s)
+
+
+@app.command("override-gate")
+def override_gate(
+    reason: str = typer.Option(..., help="Why the main queue opens anyway (recorded)."),
+    by: str = typer.Option("cli", help="Who decided (recorded with the reason)."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Open the main queue although the calibration gate has not passed.
+
+    The override, who made it and why are kept with the round and shown in status, the
+    export's manifest and reports."""
+    from rlhfkit.annotate import override_gate as override
+
+    store, _, _ = _open(project, db)
+    try:
+        round_id = override(store, reason, actor=by)
+    finally:
+        store.close()
+    console.print(f"calibration round {round_id}: gate overridden ({reason})")
+
+
+@app.command()
+def export(
+    out: Path = typer.Argument(..., help="Preference rows to write (.jsonl)."),
+    labels: Path = typer.Option(
+        None,
+        help="Also write every label, one row per annotator and pair (what "
+        "`rlhfkit agreement LABELS` reads, with shown_first for position bias).",
+    ),
+    gold: Path = typer.Option(
+        None, help="Also write the anchors' answers (for `rlhfkit agreement --anchors`)."
+    ),
+    include_incomplete: bool = typer.Option(
+        False, help="Also export pairs with fewer labels than the overlap."
+    ),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Write each pair's majority answer as preference rows for training.
+
+    Rows are prompt, chosen, rejected with annotator_ids, votes, rubric_version and margin,
+    ready for `rlhfkit train rm` and `train dpo`. Annotators below the anchor-accuracy
+    threshold are left out; ties and both-bad pairs are counted, not written."""
+    from rlhfkit.annotate import export as run_export
+    from rlhfkit.errors import display_path
+
+    store, policy, _ = _open(project, db)
+    try:
+        r = run_export(store, policy, out, labels, gold, include_incomplete)
+    finally:
+        store.close()
+    console.print(
+        f"{display_path(r.out)}: {r.rows} preference pairs ({r.ties} ties, {r.both_bad} both "
+        f"bad, {r.no_majority} without a majority, {r.incomplete} incomplete left out)"
+    )
+    if r.excluded_annotators:
+        console.print(
+            f"left out below the anchor-accuracy threshold: {', '.join(r.excluded_annotators)}"
+        )
+    if r.gate_overridden:
+        console.print("[yellow]the calibration gate was overridden; see the manifest[/yellow]")
+    if labels:
+        console.print(f"{display_path(labels)}: {r.labels} labels")
+
+
+def _where(url: str) -> str:
+    from rlhfkit.annotate.store import shown_url
+    from rlhfkit.errors import display_path
+
+    return (
+        display_path(url.removeprefix("sqlite:///")) if url.startswith("sqlite") else shown_url(url)
+    )
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _print_status(s: dict) -> None:
+    from rich.table import Table
+
+    p, gate = s["progress"], s["gate"]
+    console.print(
+        f"[bold]{p['complete_items']}[/bold] of {p['items']} pairs have {p['overlap']} labels "
+        f"({100 * p['fraction_complete']:.0f}%); {p['labels']} labels; {p['anchors']} anchors; "
+        f"{p['open_tasks']} tasks open"
+    )
+    state = "[green]open[/green]" if gate["main_queue_open"] else "[red]closed[/red]"
+    console.print(f"main queue: {state} (gate: percent agreement >= {gate['threshold']:.2f})")
+    for r in gate["rounds"]:
+        if r["override"]:
+            verdict = (
+                f"[yellow]overridden by {r['override']['by']}: {r['override']['reason']}[/yellow]"
+            )
+        elif r["passed"] is None:
+            verdict = "waiting for two annotators to finish"
+        else:
+            verdict = "[green]passed[/green]" if r["passed"] else "[red]failed[/red]"
+        console.print(
+            f"  round {r['round']} ({r['size']} pairs, {r['reason']}): finished by "
+            f"{r['annotators_finished']}, agreement {_fmt(r['percent_agreement'])}: {verdict}"
+        )
+    a = s["agreement"]
+    if a:
+        console.print(
+            f"Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}, percent agreement "
+            f"{_fmt(a['percent_agreement'])} over {a['n_items']} pairs with 2+ labels"
+        )
+    table = Table(
+        "annotator", "labels", "round", "agrees w/ majority", "anchor acc.", "chose first", ""
+    )
+    for row in s["annotators"]:
+        notes = []
+        if row.get("excluded_from_export"):
+            notes.append("left out of export")
+        if row["in_calibration"]:
+            notes.append("calibrating")
+        if row["recalibration_due"]:
+            notes.append("recalibration due")
+        table.add_row(
+            row["annotator"] + (" (admin)" if row["admin"] else ""),
+            str(row["labels"]),
+            str(row["calibrated_round"]),
+            _fmt(row.get("majority_agreement")),
+            _fmt(row.get("anchor_accuracy")),
+            _fmt(row.get("chose_first_rate")),
+            ", ".join(notes),
+        )
+    console.print(table)
+    for d in s["drift_alerts"]:
+        console.print(
+            f"[yellow]drift:[/yellow] {d['annotator']}, window {d['window'] + 1}: {d['reason']}"
+        )
+    if s["disputed_items"]:
+        worst = ", ".join(f"{d['item']} ({d['agreement']:.2f})" for d in s["disputed_items"][:5])
+        console.print(f"most disputed: {worst}")
