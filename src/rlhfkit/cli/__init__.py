@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 
 from rlhfkit import __version__
 from rlhfkit.cli import agreement as agreement_cmds
+from rlhfkit.cli import annotate as annotate_cmds
 from rlhfkit.cli import data as data_cmds
 from rlhfkit.cli import demo as demo_cmds
 from rlhfkit.cli import evaluate as evaluate_cmds
@@ -93,6 +94,7 @@ app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
 app.add_typer(data_cmds.app, name="data", rich_help_panel=INPUTS)
 app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
+app.add_typer(annotate_cmds.app, name="annotate", rich_help_panel=COLLECT)
 app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
 app.add_typer(evaluate_cmds.app, name="eval", rich_help_panel=PROVE)
