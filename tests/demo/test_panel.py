@@ -3,9 +3,14 @@ position bias, length bias and drift come out at the rates they are configured w
 
 from __future__ import annotations
 
+import json
 import math
+import random
+import re
+import shutil
 import tomllib
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,7 @@ from rlhfkit.demo.panel import (
     rubric_judge,
     rubric_scores,
 )
+from tests.conftest import run_cli
 
 SIGN = "\n\nBest regards,\nThe Northwind Support Team"
 EMAIL = "Hi, my kettle (order #48213) arrived broken. The box was crushed. What can you do?\nSam"
@@ -252,3 +258,143 @@ def test_a_panel_passes_calibration_and_only_the_drifter_is_flagged():
     assert {a.annotator for a in alerts if a.accuracy < 0.7} == {"sim-drifter"}, alerts
     stats = {s.annotator: s for s in annotator_stats(labels, gold_codes)}
     assert stats["sim-first-picker"].chose_first_rate > stats["sim-careful"].chose_first_rate
+
+
+# --- through the annotation app's real HTTP API -------------------------------------------------
+
+
+def _project(root: Path, **annotation) -> Path:
+    """The example project with a small [annotation] table."""
+    from rlhfkit.project import init_project
+
+    init_project(root)
+    spec = root / "rlhfkit.toml"
+    table = "[annotation]\n" + "".join(f"{k} = {v}\n" for k, v in annotation.items())
+    spec.write_text(re.sub(r"\[annotation\]\n(?:[^\[].*\n|\n)*", table + "\n", spec.read_text()))
+    return root
+
+
+def _reply(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _pairs(n: int, seed: int, prefix: str) -> list[dict]:
+    """Candidate pairs for the demo's task: two variants of the ideal reply to one email."""
+    rng = random.Random(seed)
+    _, _, sft = support_replies.build()
+    variants = (
+        lambda e, ideal: ideal,
+        lambda e, ideal: ideal.split(SIGN)[0],  # no sign-off
+        lambda e, ideal: "I think maybe " + ideal[0].lower() + ideal[1:],  # hedged
+        lambda e, ideal: email_text(e).split("\n")[0] + SIGN,  # echo
+        lambda e, ideal: "Sorry to hear that." + SIGN,  # apology
+    )
+    rows = []
+    for i in range(n):
+        row = sft[rng.randrange(len(sft))]
+        ideal = row["completion"][0]["content"]
+        a, b = rng.sample(variants, 2)
+        rows.append(
+            {
+                "id": f"{prefix}{i}",
+                "prompt": row["prompt"],
+                "response_a": _reply(a(row["prompt"], ideal)),
+                "response_b": _reply(b(row["prompt"], ideal)),
+            }
+        )
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_the_panel_labels_through_the_real_app(tmp_path):
+    """Calibration, the gate, anchors, overlap and export with five simulated annotators
+    labelling concurrently over HTTP against a real server on SQLite."""
+    from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
+    from rlhfkit.annotate.server import serve_in_background
+    from rlhfkit.data import load
+    from rlhfkit.demo.panel import response_text, run_panel
+    from rlhfkit.project import load_project
+
+    root = _project(
+        tmp_path / "project",
+        overlap=3,
+        calibration_size=12,
+        agreement_threshold=0.65,
+        anchor_rate=0.2,
+        anchor_accuracy_threshold=0.7,
+        recalibrate_every=0,
+    )
+    policy = Policy.from_project(load_project(root))
+    anchors = _pairs(12, seed=1, prefix="anchor")
+    for row in anchors:  # an anchor's known answer: the rubric's own verdict
+        pref, _ = rubric_judge(
+            row["prompt"], *map(response_text, (row["response_a"], row["response_b"]))
+        )
+        row["label"] = {"a": "A", "b": "B"}.get(pref, pref)
+    db = f"sqlite:///{tmp_path / 'annotations.sqlite'}"
+    store = open_store(db, create=True)
+    import_items(
+        store,
+        policy,
+        items=_write(tmp_path / "items.jsonl", _pairs(40, seed=0, prefix="item")),
+        anchors=_write(tmp_path / "anchors.jsonl", anchors),
+    )
+    panel = default_panel(5, seed=0, drift_after=12)
+    panel[-1].drift_span = 5  # fully drifted soon after calibration: visible at this size
+    tokens = {a.name: add_annotator(store, a.name) for a in panel}
+
+    with serve_in_background(db, root) as url:
+        run = run_panel(url, tokens, panel)
+    assert set(run.last_reason.values()) == {"done"}, run
+    assert run.passes >= 2  # the early finishers of calibration waited for the gate
+
+    report = status(store, policy)
+    gate = report["gate"]["rounds"][0]
+    assert gate["passed"] and gate["percent_agreement"] >= 0.65 and gate["override"] is None
+    progress = report["progress"]
+    assert progress["complete_items"] == progress["items"] == 40
+    # every main item has exactly `overlap` labels, every annotator did the calibration round
+    assert sum(run.labels.values()) == progress["labels"]
+    assert all(a["calibrated_round"] == 1 for a in report["annotators"])
+    people = {a["annotator"]: a for a in report["annotators"]}
+    # threads interleave differently on every run, so only a wide margin is asserted
+    agreement = {k: v["majority_agreement"] for k, v in people.items()}
+    assert min(agreement, key=agreement.get) == "sim-drifter", agreement
+
+    out = tmp_path / "prefs.jsonl"
+    result = export(store, policy, out, tmp_path / "labels.jsonl", tmp_path / "gold.jsonl")
+    store.close()
+    rows = load(out).rows
+    assert len(rows) == result.rows >= 20
+    left_out = result.ties + result.both_bad + result.no_majority + result.no_trusted_votes
+    assert result.rows + left_out == 40 and result.incomplete == 0
+    # the export is trainable preference data whose majority follows the rubric
+    agree = sum(
+        rubric_judge(r["prompt"], response_text(r["chosen"]), response_text(r["rejected"]))[0]
+        == "a"
+        for r in rows
+    )
+    assert agree / len(rows) >= 0.9
+
+    # the same labels through `rlhfkit agreement`, then the report, as the demo does
+    run_dir = tmp_path / "run"
+    (run_dir / "annotation").mkdir(parents=True)
+    shutil.copytree(root, run_dir / "project")
+    (run_dir / "annotation" / "status.json").write_text(json.dumps(report))
+    r = run_cli(
+        "agreement", str(tmp_path / "labels.jsonl"), "--anchors", str(tmp_path / "gold.jsonl"),
+        "--json", "--bootstrap", "100",
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["n_annotators"] == 5 and summary["percent_agreement"] > 0.65
+    (run_dir / "annotation" / "agreement.json").write_text(r.stdout)
+    r = run_cli("report", str(run_dir))
+    assert r.code == 0, r.stderr
+    page = (run_dir / "report.html").read_text()
+    assert "Simulated annotators." in page and "calibration gate" in page.lower()
+    assert "<td>sim-drifter</td>" in page

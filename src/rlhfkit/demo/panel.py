@@ -18,12 +18,19 @@ echoed the customer's email. Such echoes must lose to a longer reply that acts.
 
 from __future__ import annotations
 
+import http.client
+import json
 import math
 import random
 import re
+import threading
+import time
+import urllib.parse
+import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlhfkit.demo.support_replies import ITEMS
 
@@ -360,3 +367,187 @@ def default_panel(k: int = 5, seed: int = 0, drift_after: int = 60) -> list[Simu
         name, kw = DRIFTER
         panel.append(SimulatedAnnotator(name, seed=seed, **{**kw, "drift_after": drift_after}))
     return panel
+
+
+# --- labelling through the annotation app's HTTP API -----------------------------------------
+
+
+class PanelError(RuntimeError):
+    """The annotation server refused a request (other than 'no work': that is a 204)."""
+
+
+@dataclass
+class PanelRun:
+    """What a `run_panel` call did."""
+
+    labels: dict[str, int]
+    """Labels each annotator stored (201; a replayed 200 is not counted twice)."""
+    last_reason: dict[str, str]
+    """Why each annotator's last request found no work: 'done' or 'calibration_gate'."""
+    passes: int
+    """Rounds of 'label until 204' until one where nobody labelled anything."""
+    seconds: float
+
+
+class _Client:
+    """One annotator's keep-alive connection to the app (standard library only: the demo's
+    runtime has no HTTP client dependency)."""
+
+    def __init__(self, base_url: str, token: str, timeout: float):
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"{base_url}: expected http://HOST:PORT")
+        self._conn_args = (url.hostname, url.port, timeout)
+        self._https = url.scheme == "https"
+        self._prefix = url.path.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any, dict]:
+        """(status, parsed JSON or None, headers); reconnects and retries twice when the
+        connection drops (every POST carries a client_id, so a retry never labels twice)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._headers | ({"Content-Type": "application/json"} if data else {})
+        for attempt in range(3):
+            try:
+                if self._conn is None:
+                    host, port, timeout = self._conn_args
+                    cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                    self._conn = cls(host, port, timeout=timeout)
+                self._conn.request(method, self._prefix + path, data, headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+                parsed = json.loads(raw) if raw else None
+                return resp.status, parsed, {k.lower(): v for k, v in resp.getheaders()}
+            except (ConnectionError, http.client.HTTPException, TimeoutError, OSError):
+                self.close()
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def response_text(value: Any) -> str:
+    """A response as the API sends it: text, or chat messages (their contents joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    return str(value)
+
+
+class _Waiting:
+    """Which annotators have no task right now. An annotator told to wait for the
+    calibration gate keeps polling, as a person would come back later, while anyone else
+    is still labelling (their last calibration label may open the gate); once everyone
+    waits, nobody can change anything and all stop."""
+
+    def __init__(self, names: Sequence[str]):
+        self._lock = threading.Lock()
+        self._idle: set[str] = set()
+        self._n = len(names)
+
+    def mark(self, name: str, idle: bool) -> bool:
+        """Record `name`'s state; True when every annotator is idle."""
+        with self._lock:
+            if idle:
+                self._idle.add(name)
+            else:
+                self._idle.discard(name)
+            return len(self._idle) == self._n
+
+
+def _label_until_idle(
+    client: _Client, annotator: SimulatedAnnotator, waiting: _Waiting | None = None
+) -> tuple[int, str]:
+    """Label the annotator's tasks until the server has none: (labels stored, 204 reason)."""
+    stored = 0
+    while True:
+        status, task, headers = client.request("GET", "/api/tasks/next")
+        if status == 204:
+            reason = headers.get("x-rlhfkit-reason", "")
+            everyone_idle = waiting is None or waiting.mark(annotator.name, True)
+            if reason == "calibration_gate" and not everyone_idle:
+                time.sleep(0.05)
+                continue
+            return stored, reason
+        if status != 200:
+            raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
+        if waiting is not None:
+            waiting.mark(annotator.name, False)
+        choices = task.get("choices") or task["rubric"].get("choices") or []
+        choice = annotator.label(
+            task["prompt"],
+            response_text(task["first"]),
+            response_text(task["second"]),
+            allow_tie="tie" in choices,
+            allow_both_bad="both_bad" in choices,
+        )
+        body = {"task_id": task["task_id"], "choice": choice, "client_id": uuid.uuid4().hex}
+        status, answer, _ = client.request("POST", "/api/labels", body)
+        if status == 201:
+            stored += 1
+        elif status != 200:
+            raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
+
+
+def run_panel(
+    base_url: str,
+    tokens: dict[str, str],
+    panel: Sequence[SimulatedAnnotator] | None = None,
+    *,
+    seed: int = 0,
+    concurrent: bool = True,
+    timeout: float = 30.0,
+) -> PanelRun:
+    """Have the simulated annotators label through the annotation app's JSON API until none
+    of them gets any more work.
+
+    Each annotator (one thread each when `concurrent`) repeats ``GET /api/tasks/next`` ->
+    decide -> ``POST /api/labels`` until a 204. A 204 'calibration_gate' means waiting for
+    the others to finish calibrating: the annotator polls again while anyone is labelling.
+    Passes repeat until one in which nobody labelled anything (sequentially, that is how
+    the first to calibrate gets back to work); then every annotator's last answer was 204,
+    'done' or (the gate failed and nobody overrode it) 'calibration_gate'.
+
+    `tokens` maps annotator names to their login tokens; `panel` defaults to
+    ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
+    """
+    panel = list(panel) if panel is not None else default_panel(len(tokens), seed)
+    by_name = {a.name: a for a in panel}
+    if set(by_name) != set(tokens):
+        raise ValueError(
+            f"the panel's annotators {sorted(by_name)} and the tokens' names {sorted(tokens)} "
+            "must be the same"
+        )
+    clients = {name: _Client(base_url, token, timeout) for name, token in tokens.items()}
+    totals = dict.fromkeys(tokens, 0)
+    reasons: dict[str, str] = {}
+    started, passes = time.time(), 0
+    try:
+        while True:
+            passes += 1
+            if concurrent:
+                waiting = _Waiting(list(clients))
+                with ThreadPoolExecutor(len(clients), thread_name_prefix="sim-annotator") as pool:
+                    futures = {
+                        name: pool.submit(_label_until_idle, clients[name], by_name[name], waiting)
+                        for name in clients
+                    }
+                    done = {name: f.result() for name, f in futures.items()}
+            else:
+                done = {name: _label_until_idle(clients[name], by_name[name]) for name in clients}
+            for name, (n, reason) in done.items():
+                totals[name] += n
+                reasons[name] = reason
+            if not any(n for n, _ in done.values()):
+                break
+    finally:
+        for c in clients.values():
+            c.close()
+    return PanelRun(totals, reasons, passes, time.time() - started)
