@@ -81,7 +81,7 @@ def export(
                     m.Item.kind,
                     m.Item.labels,
                     m.Item.gold,
-                )
+                ).order_by(m.Item.id)
             )
         }
         gate = gate_summary(

@@ -1,0 +1,154 @@
+"""Export aggregation by hand-computed cases, at the store level (no server): majority,
+margins, ties and both-bad counted, incomplete items, annotators failing their anchors."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+
+import pytest
+
+from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store
+from rlhfkit.annotate.annotators import Authenticator
+from rlhfkit.annotate.scheduling import LabelRequest, NoTask, next_task, submit_label
+from rlhfkit.data import validate
+from rlhfkit.errors import UserError
+from tests.annotate.conftest import pairs, write_jsonl
+
+POLICY = Policy(
+    overlap=3,
+    calibration_size=0,
+    anchor_rate=0.0,
+    anchor_accuracy_threshold=0.7,
+    choices=("first", "second", "tie", "both_bad"),
+    criteria=("helpful", "tone"),
+    rubric_version="2",
+)
+
+
+def choice_for(task, wanted: str) -> str:
+    """The button that gives `wanted` (A, B, tie, both_bad) for this display order."""
+    if wanted in ("tie", "both_bad"):
+        return wanted
+    a_first = task.first.startswith("Answer A")
+    return "first" if (wanted == "A") == a_first else "second"
+
+
+def labels_by(store, policy, annotator_id, wanted: dict[str, str], anchor_answer=None) -> None:
+    """Label every task this annotator is given: `wanted[prompt]` for items, `anchor_answer`
+    for anchors (prompts starting 'Gold')."""
+    rng = random.Random(0)
+    while not isinstance(task := next_task(store, policy, annotator_id, rng), NoTask):
+        answer = wanted.get(task.prompt)
+        if answer is None:
+            answer = anchor_answer if task.prompt.startswith("Gold") else "A"
+        req = LabelRequest(task.task_id, choice_for(task, answer), uuid.uuid4().hex)
+        submit_label(store, policy, annotator_id, req)
+
+
+def q(i: int) -> str:
+    return f"Question {i}?"
+
+
+@pytest.fixture
+def team(tmp_path, db_url):
+    store = open_store(db_url, create=True)
+    auth = Authenticator(store)
+    ids = {n: auth(add_annotator(store, n)).id for n in ("ann1", "ann2", "ann3")}
+    yield store, ids
+    store.close()
+
+
+def test_majority_margins_ties_both_bad_and_incomplete(team, tmp_path):
+    store, ids = team
+    import_items(store, POLICY, items=write_jsonl(tmp_path / "items.jsonl", pairs(6)))
+    votes = {  # item -> (ann1, ann2, ann3)
+        0: ("A", "A", "B"),  # A wins 2-1: margin (2-1)/3
+        1: ("B", "B", "B"),  # B unanimous: margin 1
+        2: ("tie", "tie", "A"),  # a tie: counted, not written
+        3: ("both_bad", "both_bad", "A"),  # both bad: counted, not written
+        4: ("A", "B", "tie"),  # no majority
+        5: ("A", "A", None),  # only two labels: incomplete
+    }
+    for k, name in enumerate(("ann1", "ann2", "ann3")):
+        wanted = {q(i): v[k] for i, v in votes.items() if v[k] is not None}
+        rng = random.Random(k)
+        while not isinstance(task := next_task(store, POLICY, ids[name], rng), NoTask):
+            if task.prompt not in wanted:
+                break  # ann3 leaves item 5 open
+            choice = choice_for(task, wanted[task.prompt])
+            submit_label(
+                store, POLICY, ids[name], LabelRequest(task.task_id, choice, uuid.uuid4().hex)
+            )
+
+    out = tmp_path / "prefs.jsonl"
+    result = export(store, POLICY, out, labels_out=tmp_path / "labels.jsonl")
+    assert (result.rows, result.ties, result.both_bad, result.no_majority, result.incomplete) == (
+        2, 1, 1, 1, 1,
+    )  # fmt: skip
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert (
+        rows["item0"]["chosen"] == "Answer A to 0."
+        and rows["item0"]["rejected"] == "Answer B to 0."
+    )
+    assert rows["item0"]["margin"] == pytest.approx(1 / 3)
+    assert rows["item0"]["votes"] == {"ann1": "chosen", "ann2": "chosen", "ann3": "rejected"}
+    assert rows["item1"]["chosen"] == "Answer B to 1." and rows["item1"]["margin"] == 1.0
+    assert rows["item1"]["rubric_version"] == "2"
+    dataset, problems = validate(out)
+    assert not problems and dataset.kind.format.value == "preference"
+    assert dataset.metadata_fields() == [
+        "id", "annotator_ids", "votes", "tie", "both_bad", "rubric_version", "margin",
+    ]  # fmt: skip
+    labels = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 17
+    assert {(r["item"], r["annotator"]): r["label"] for r in labels}[
+        ("item3", "ann2")
+    ] == "both_bad"
+
+    both = export(store, POLICY, tmp_path / "all.jsonl", include_incomplete=True)
+    assert both.rows == 3 and both.incomplete == 0
+    row5 = [json.loads(x) for x in (tmp_path / "all.jsonl").read_text().splitlines()][-1]
+    assert (
+        row5["id"] == "item5"
+        and row5["margin"] == 1.0
+        and row5["annotator_ids"] == ["ann1", "ann2"]
+    )
+
+
+def test_annotators_who_fail_their_anchors_are_left_out(team, tmp_path):
+    store, ids = team
+    policy = Policy(**{**POLICY.__dict__, "anchor_rate": 1.0})  # anchors first, all of them
+    anchors = [dict(p, prompt=f"Gold {i}?", label="A") for i, p in enumerate(pairs(4, "g"))]
+    import_items(
+        store,
+        policy,
+        items=write_jsonl(tmp_path / "items.jsonl", pairs(2)),
+        anchors=write_jsonl(tmp_path / "anchors.jsonl", anchors),
+    )
+    # ann1 and ann2 get the anchors right and prefer B; ann3 gets them wrong and prefers A.
+    labels_by(store, policy, ids["ann1"], {q(0): "B", q(1): "B"}, anchor_answer="A")
+    labels_by(store, policy, ids["ann2"], {q(0): "B", q(1): "A"}, anchor_answer="A")
+    labels_by(store, policy, ids["ann3"], {q(0): "A", q(1): "A"}, anchor_answer="B")
+    result = export(store, policy, tmp_path / "prefs.jsonl", gold_out=tmp_path / "gold.jsonl")
+    assert result.excluded_annotators == ["ann3"]
+    rows = [json.loads(x) for x in (tmp_path / "prefs.jsonl").read_text().splitlines()]
+    # item0: B,B (ann3's A left out) -> B, margin 1. item1: B vs A, no majority without ann3.
+    assert [(r["id"], r["chosen"], r["margin"]) for r in rows] == [("item0", "Answer B to 0.", 1.0)]
+    assert rows[0]["annotator_ids"] == ["ann1", "ann2"]
+    assert result.no_majority == 1
+    gold = [json.loads(x) for x in (tmp_path / "gold.jsonl").read_text().splitlines()]
+    assert gold == [{"item": f"g{i}", "label": "A"} for i in range(4)]
+    manifest = json.loads((tmp_path / "prefs.jsonl.manifest.json").read_text())
+    assert manifest["annotation"]["counts"]["excluded_annotators"] == ["ann3"]
+
+
+def test_export_refuses_a_non_jsonl_target_and_an_empty_result(team, tmp_path):
+    store, _ = team
+    import_items(store, POLICY, items=write_jsonl(tmp_path / "items.jsonl", pairs(1)))
+    with pytest.raises(UserError, match=r"export to a \.jsonl file"):
+        export(store, POLICY, tmp_path / "prefs.csv")
+    with pytest.raises(UserError, match="nothing written"):
+        export(store, POLICY, tmp_path / "prefs.jsonl")
+    assert not (tmp_path / "prefs.jsonl").exists()
