@@ -191,7 +191,10 @@ def anchor_accuracy(series: dict[str, list[float]], threshold: float | None) -> 
     if threshold is not None:
         ax.axhline(threshold, color="#d62728", linestyle="--", linewidth=1, label="alert below")
     ax.set_ylim(-0.05, 1.05)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    windows = max(len(v) for v in series.values())
+    ax.set_xlim(0.5, windows + 0.5)
+    if windows <= 20:
+        ax.set_xticks(range(1, windows + 1))
     ax.set_xlabel("window of anchor labels")
     ax.set_ylabel("anchor accuracy")
     ax.set_title("Anchor accuracy over time (drift)", fontsize=10)

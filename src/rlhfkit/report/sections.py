@@ -183,11 +183,12 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
     out: dict[str, Any] = {"ran": True}
     stats = a or st.get("agreement") or {}
     ci = stats.get("ci") or {}
+    fmt = {"percent_agreement": lambda x: pct(x, 1)}
     out["stats"] = [
         {
             "name": label,
-            "value": num(stats[key]),
-            "ci": interval(ci.get(key), num),
+            "value": fmt.get(key, num)(stats[key]),
+            "ci": interval(ci.get(key), fmt.get(key, num)),
             "note": stats.get(f"{key}_note") or note,
         }
         for key, label, note in (
@@ -226,9 +227,15 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
         if not r.get("admin") or r.get("labels")
     ]
     out["alerts"] = [
-        {"annotator": x.get("annotator", "?"), "window": x.get("window"), "reason": x.get("reason")}
+        {
+            "annotator": x.get("annotator", "?"),
+            # windows count from 0 in the JSON, from 1 on the plot's axis
+            "window": x["window"] + 1 if isinstance(x.get("window"), int) else None,
+            "reason": x.get("reason"),
+        }
         for x in alerts
     ]
+    out["disputed"] = _disputed(st.get("disputed_items"), (a.get("calibration_gate") or {}))
     out["simulated"] = bool(out["annotators"]) and all(
         r["name"].startswith(SIMULATED_PREFIX) for r in out["annotators"]
     )
@@ -276,11 +283,25 @@ def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict
         "passed": bool(passed),
         "verdict": verdict,
         "override": override,
-        "disputed": [
-            {"item": str(i), "agreement": pct(v)}
-            for i, v in ((computed or {}).get("disputed_items") or [])[:5]
-        ],
     }
+
+
+def _disputed(store: list | None, computed: dict[str, Any]) -> list[dict[str, str]]:
+    """The five items annotators agreed on least: from the store (with the votes) or else
+    from the agreement summary."""
+    if store:
+        return [
+            {
+                "item": str(d.get("item")),
+                "agreement": pct(d.get("agreement")),
+                "votes": ", ".join(f"{k} {v}" for k, v in (d.get("votes") or {}).items()),
+            }
+            for d in store[:5]
+        ]
+    return [
+        {"item": str(i), "agreement": pct(v), "votes": ""}
+        for i, v in (computed.get("disputed_items") or [])[:5]
+    ]
 
 
 def rm_section(inp: RunInputs) -> dict[str, Any]:
