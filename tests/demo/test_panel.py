@@ -86,6 +86,28 @@ def test_hand_computed_scores():
     )
 
 
+@pytest.mark.parametrize(
+    ("reply", "acts"),
+    [
+        ("I have sent a replacement.", True),
+        ("I sent it this morning.", True),
+        ("We will refund you.", True),
+        ("We’ll send a new one.", True),  # a curly apostrophe, as models write it
+        ("I'm arranging a courier.", True),
+        ("Your refund has been issued.", True),
+        ("I've gone ahead and refunded it.", True),
+        ("Done: order #1 is cancelled.", True),
+        ("We also send them out to other stores.", False),  # a habit, not a step
+        ("We can refund you if you like.", False),  # an offer
+        ("I might send a replacement.", False),  # a hedge
+        ("I cannot refund this order.", False),
+    ],
+)
+def test_what_counts_as_a_concrete_step(reply, acts):
+    helpful = rubric_scores("My kettle arrived broken.", reply)["helpful"]
+    assert (helpful >= 0.5) == acts, helpful
+
+
 def test_a_short_echo_loses_to_a_long_reply_that_acts():
     # The DPO collapse the issue describes: ten-word echoes that pass 'concise' and 'tone'.
     pref, why = rubric_judge(EMAIL, REPLIES["echo"], REPLIES["acts, rambles"])

@@ -46,23 +46,44 @@ MAX_WORDS = 60
 
 # --- what the rubric looks for --------------------------------------------------------------
 
-# A concrete next step is a commitment in the first person ("I have sent", "we will refund",
-# "I've cancelled") or a done deed in the passive ("has been refunded"). Hedged or negated
-# forms ("I might send", "I cannot refund") do not match: the auxiliary list excludes them.
-_ACTION_VERBS = (
-    r"sent|send|sending|refunded|refund|refunding|issued|issue|cancell?ed|cancel|applied|apply|"
-    r"added|add|updated|update|changed|change|arranged|arrange|replaced|replace|shipped|ship|"
-    r"dispatched|dispatch|emailed|email|checked|check|booked|book|processed|process|credited|"
-    r"credit|reserved|reserve|ordered|order|posted|post|attached|attach|waived|waive"
-)
+# A concrete next step is a commitment in the first person, done or promised: "I have sent",
+# "I sent", "we will refund", "I'm arranging", or a done deed in the passive ("has been
+# refunded"). Offers, habits and hedges ("we can refund", "we send them out", "I might
+# send", "I cannot refund") do not match: only these tenses are accepted.
+_VERBS = {  # base form: (past, -ing)
+    "send": ("sent", "sending"),
+    "refund": ("refunded", "refunding"),
+    "issue": ("issued", "issuing"),
+    "cancel": ("cancell?ed", "cancell?ing"),
+    "apply": ("applied", "applying"),
+    "add": ("added", "adding"),
+    "update": ("updated", "updating"),
+    "change": ("changed", "changing"),
+    "arrange": ("arranged", "arranging"),
+    "replace": ("replaced", "replacing"),
+    "ship": ("shipped", "shipping"),
+    "dispatch": ("dispatched", "dispatching"),
+    "email": ("emailed", "emailing"),
+    "check": ("checked", "checking"),
+    "book": ("booked", "booking"),
+    "process": ("processed", "processing"),
+    "credit": ("credited", "crediting"),
+    "reserve": ("reserved", "reserving"),
+    "order": ("ordered", "ordering"),
+    "post": ("posted", "posting"),
+    "attach": ("attached", "attaching"),
+    "waive": ("waived", "waiving"),
+}
+_BASE = "|".join(_VERBS)
+_PAST = "|".join(p for p, _ in _VERBS.values())
+_ING = "|".join(g for _, g in _VERBS.values())
+_ADV = r"(?: (?:just|already|now|also|personally|gone ahead and))?"
 _COMMIT = re.compile(
-    r"\b(?:i|we)(?:'ve|'ll|'m| have| will| am| are| just| already| now| also)*"
-    r"(?: (?:just|already|now|also|personally|gone ahead and))? (?:" + _ACTION_VERBS + r")\b",
+    rf"\b(?:i|we)(?:(?:'ve| have){_ADV} (?:{_PAST})|(?:'ll| will){_ADV} (?:{_BASE})"
+    rf"|(?:'m| am|'re| are){_ADV} (?:{_ING})|{_ADV} (?:{_PAST}))\b",
     re.IGNORECASE,
 )
-_PASSIVE = re.compile(
-    r"\b(?:has|have) (?:now |already |just )?been (?:" + _ACTION_VERBS + r")\b", re.IGNORECASE
-)
+_PASSIVE = re.compile(rf"\b(?:has|have) (?:now |already |just )?been (?:{_PAST})\b", re.I)
 _DONE = re.compile(r"^\s*done\b|\bis due (?:back|in)\b|\bwill (?:arrive|reach|show)\b", re.I | re.M)
 _TIMEFRAME = re.compile(
     r"\b(?:today|tomorrow|tonight|this (?:morning|afternoon|week)|next week|shortly|"
@@ -152,7 +173,7 @@ def _copied_share(email: str, response: str) -> float:
 
 def _helpful(email: str, response: str) -> tuple[float, list[str]]:
     """0..1: does the reply act on the customer's problem? Returns the score and its reasons."""
-    body = _SIGN_OFF.sub("", response)
+    body = _SIGN_OFF.sub("", response.replace("’", "'"))
     acts = bool(_COMMIT.search(body) or _PASSIVE.search(body) or _DONE.search(body))
     when = bool(_TIMEFRAME.search(body))
     order = set(_ORDER.findall(email)) & set(_ORDER.findall(body))
@@ -184,6 +205,7 @@ def _helpful(email: str, response: str) -> tuple[float, list[str]]:
 
 
 def _tone(response: str) -> tuple[float, list[str]]:
+    response = response.replace("’", "'")
     hedges = {m.group(0).lower() for m in _HEDGES.finditer(response)}
     flattery = {m.group(0).lower() for m in _FLATTERY.finditer(response)}
     signs_off = bool(_SIGN_OFF.search(response.strip()))
