@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit.errors import UserError
 from rlhfkit.report.html import write_report
 from rlhfkit.report.inputs import load_run
 from tests.conftest import run_cli
@@ -158,6 +159,24 @@ def test_a_file_of_the_wrong_shape_is_named(run_dir):
     r = run_cli("report", str(run_dir))
     assert r.code == 2 and "Traceback" not in r.stderr
     assert "eval_rm.json: not what `rlhfkit report` expects" in r.stderr
+
+
+def test_changed_criteria_are_announced(run_dir):
+    from rlhfkit.report import sections
+
+    path = run_dir / "eval" / "dpo" / "eval.json"
+    data = json.loads(path.read_text())
+    data["freeze"] |= {"changed": True, "message": "criteria changed after sft: hedging added"}
+    path.write_text(json.dumps(data))
+    ev = load_run(run_dir).evals[1]
+    assert sections.eval_section(ev)["criteria_changed"] == data["freeze"]["message"]
+
+
+def test_another_schema_version_is_refused(run_dir):
+    path = run_dir / "eval" / "ppo" / "eval.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"schema": "rlhfkit.eval_policy/2"}))
+    with pytest.raises(UserError, match=re.escape("schema 'rlhfkit.eval_policy/2'")):
+        load_run(run_dir)
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ from typing import Any
 from rlhfkit.errors import Problem, UserError, display_path
 
 STAGE_ORDER = ("sft", "rm", "ppo", "dpo")
+# The JSON schemas this report reads (see rlhfkit.evaluate.policy and rlhfkit.evaluate.rm).
+EVAL_POLICY_SCHEMA = "rlhfkit.eval_policy/1"
+EVAL_RM_SCHEMA = "rlhfkit.eval_rm/1"
 
 
 @dataclass
@@ -139,6 +142,18 @@ def _object(path: Path) -> dict[str, Any]:
     return data
 
 
+def _check_schema(path: Path, data: dict[str, Any], expected: str) -> dict[str, Any]:
+    """Files written by another version of a command say so in ``schema``: refuse them
+    rather than misread them. Files without one (hand-written) are read as they are."""
+    found = data.get("schema")
+    if found is not None and found != expected:
+        raise UserError(
+            f"{display_path(path)}: schema {found!r}; this rlhfkit's report reads {expected!r}",
+            hint="rerun the command that wrote it with this rlhfkit version",
+        )
+    return data
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise UserError(f"{display_path(path)}: no such {what}")
@@ -159,6 +174,7 @@ def load_eval(folder: Path, name: str | None = None) -> PolicyEval:
     """An `eval policy` output folder (or its eval.json); samples.jsonl beside it if there."""
     path = folder if folder.suffix == ".json" else folder / "eval.json"
     data = _object(_need(path, "evaluation (eval policy writes OUT/eval.json)"))
+    _check_schema(path, data, EVAL_POLICY_SCHEMA)
     samples_path = path.parent / "samples.jsonl"
     samples = read_jsonl(samples_path) if samples_path.is_file() else []
     return PolicyEval(
@@ -206,7 +222,10 @@ def load_run(
     ):
         path = found(explicit, *default)
         if path is not None:
-            setattr(out, key, _object(path))
+            data = _object(path)
+            setattr(
+                out, key, _check_schema(path, data, EVAL_RM_SCHEMA) if key == "rm_eval" else data
+            )
             out.sources[key.replace("_", " ")] = path
 
     runs: dict[str, TrainingRun] = {}
