@@ -11,7 +11,8 @@ import pytest
 
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store
 from rlhfkit.annotate.annotators import Authenticator
-from rlhfkit.annotate.scheduling import LabelRequest, NoTask, next_task, submit_label
+from rlhfkit.annotate.labeling import LabelRequest, submit_label
+from rlhfkit.annotate.scheduling import NoTask, next_task
 from rlhfkit.data import validate
 from rlhfkit.errors import UserError
 from tests.annotate.conftest import pairs, write_jsonl

@@ -26,7 +26,7 @@ from rlhfkit.annotate.annotators import add_annotator
 from rlhfkit.annotate.export import ExportResult, export
 from rlhfkit.annotate.importing import ImportResult, import_items
 from rlhfkit.annotate.policy import Policy
-from rlhfkit.annotate.scheduling import override_gate
+from rlhfkit.annotate.rounds import override_gate
 from rlhfkit.annotate.status import status
 from rlhfkit.annotate.store import Store, open_store
 

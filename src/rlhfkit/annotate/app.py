@@ -22,8 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rlhfkit.annotate.annotators import Authenticator
+from rlhfkit.annotate.labeling import InvalidLabel, LabelConflict, TaskNotFound
 from rlhfkit.annotate.policy import Policy
-from rlhfkit.annotate.scheduling import InvalidLabel, LabelConflict, TaskNotFound
 from rlhfkit.annotate.settings import ServerSettings
 from rlhfkit.annotate.store import Store, open_store
 from rlhfkit.errors import UserError

@@ -23,7 +23,7 @@ from sqlalchemy import func, insert, select
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.policy import Policy
-from rlhfkit.annotate.scheduling import open_round
+from rlhfkit.annotate.rounds import open_round
 from rlhfkit.annotate.store import Store, record_event
 from rlhfkit.data import Format, load
 from rlhfkit.data.formats import split_implicit_prompt

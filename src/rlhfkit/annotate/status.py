@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, select
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.policy import Policy
-from rlhfkit.annotate.scheduling import gate_open
+from rlhfkit.annotate.rounds import gate_open
 from rlhfkit.annotate.store import Store
 
 

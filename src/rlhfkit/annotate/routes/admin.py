@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from rlhfkit.annotate.deps import AdminCaller, app_state
-from rlhfkit.annotate.scheduling import override_gate
+from rlhfkit.annotate.rounds import override_gate
 from rlhfkit.annotate.status import status
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])

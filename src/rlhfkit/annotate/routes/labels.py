@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from rlhfkit.annotate.deps import CurrentCaller, app_state
-from rlhfkit.annotate.scheduling import LabelRequest, submit_label
+from rlhfkit.annotate.labeling import LabelRequest, submit_label_async
 
 router = APIRouter(prefix="/api/labels", tags=["labels"])
 
@@ -28,12 +28,12 @@ class LabelIn(BaseModel):
 
 
 @router.post("", status_code=201, responses={200: {"description": "a replay: already stored"}})
-def post_label(body: LabelIn, request: Request, caller: CurrentCaller) -> JSONResponse:
+async def post_label(body: LabelIn, request: Request, caller: CurrentCaller) -> JSONResponse:
     """Store a label for one of the caller's tasks. 201 once it is committed to disk; the
     same request again (same `client_id`, same content) is 200 and stores nothing; the same
     `client_id` with different content is 409. Another annotator's task is 404."""
     state = app_state(request)
-    stored = submit_label(
+    stored = await submit_label_async(
         state.store,
         state.policy,
         caller.id,

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from rlhfkit.annotate import security
 from rlhfkit.annotate.annotators import Caller
 from rlhfkit.annotate.deps import COOKIE, app_state
-from rlhfkit.annotate.scheduling import override_gate
+from rlhfkit.annotate.rounds import override_gate
 from rlhfkit.annotate.status import status
 from rlhfkit.errors import UserError
 

@@ -6,13 +6,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from rlhfkit.annotate.deps import CurrentCaller, app_state
-from rlhfkit.annotate.scheduling import NoTask, next_task
+from rlhfkit.annotate.scheduling import NoTask, next_task_async
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 
 @router.get("/next", responses={204: {"description": "no work now; see X-Rlhfkit-Reason"}})
-def get_next_task(request: Request, caller: CurrentCaller) -> Response:
+async def get_next_task(request: Request, caller: CurrentCaller) -> Response:
     """The caller's next task: the prompt, the two responses in the order drawn for this
     annotator, and the rubric. Calling again before labeling returns the same task. Nothing
     here tells an anchor from any other item, or shows anyone else's answers.
@@ -21,7 +21,7 @@ def get_next_task(request: Request, caller: CurrentCaller) -> Response:
     ``calibration_gate`` (the main queue waits for the calibration round's agreement) or
     ``done``."""
     state = app_state(request)
-    task = next_task(state.store, state.policy, caller.id, state.rng)
+    task = await next_task_async(state.store, state.policy, caller.id, state.rng)
     if isinstance(task, NoTask):
         return Response(status_code=204, headers={"X-Rlhfkit-Reason": task.reason})
     return JSONResponse(

@@ -1,0 +1,215 @@
+"""Storing labels: durably, exactly once, only on the caller's own tasks.
+
+- The same `client_id` with the same content is a replay: the stored label comes back and
+  nothing is written (`created=False`, HTTP 200). The same `client_id` with different
+  content is a conflict (409). A unique constraint on (annotator, client_id) makes this
+  hold across concurrent requests and crashes, not only in this code.
+- Another annotator's task, or an unknown one, is `TaskNotFound` (404): the two look the same.
+- A task that timed out may still be labeled while its item has a free slot.
+- The label is stored relative to the stored pair (A, B, tie, both_bad) with the display
+  order (`shown_first`), so position bias can be measured.
+
+Statements are built once, at import: on the hot path SQLAlchemy then only binds values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from rlhfkit.annotate import models as m
+from rlhfkit.annotate import security
+from rlhfkit.annotate.policy import Policy
+from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.rounds import finish_round
+from rlhfkit.annotate.store import Store
+
+tasks, items, labels, people = (t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator))
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    task_id: str
+    choice: str
+    """first, second, tie or both_bad, as the annotator saw the pair."""
+    client_id: str
+    criteria: dict[str, str] | None = None
+    rationale: str | None = None
+
+    def digest(self) -> str:
+        body = [self.task_id, self.choice, self.criteria or {}, self.rationale or ""]
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredLabel:
+    label_id: int
+    task_id: str
+    choice: str
+    created: bool
+    """False: the same request was replayed and the stored label is returned."""
+
+
+class TaskNotFound(LookupError):
+    """No such task for this annotator (another annotator's task looks the same: 404)."""
+
+
+class LabelConflict(Exception):
+    """409: the client id was used for different content, or the task cannot take a label."""
+
+
+class InvalidLabel(ValueError):
+    """422: a choice or criterion the rubric does not allow."""
+
+
+class _Raced(Exception):
+    """A row changed between our read and our write; the transaction is retried."""
+
+
+def submit_label(store: Store, policy: Policy, annotator_id: int, req: LabelRequest) -> StoredLabel:
+    """Store a label; when this returns it is committed (fsynced on SQLite)."""
+    check_choice(policy, req)
+    for _ in range(3):
+        try:
+            return store.run(_unit(policy, annotator_id, req), durable=True)
+        except (IntegrityError, _Raced):
+            # A concurrent replay of the same request won the race (PostgreSQL): the next
+            # attempt finds its label and answers as a replay.
+            continue
+    raise LabelConflict("the label could not be stored; retry the request")
+
+
+async def submit_label_async(
+    store: Store, policy: Policy, annotator_id: int, req: LabelRequest
+) -> StoredLabel:
+    """`submit_label` for the event loop."""
+    check_choice(policy, req)
+    for _ in range(3):
+        try:
+            return await store.arun(_unit(policy, annotator_id, req), durable=True)
+        except (IntegrityError, _Raced):
+            continue
+    raise LabelConflict("the label could not be stored; retry the request")
+
+
+def check_choice(policy: Policy, req: LabelRequest) -> None:
+    if req.choice not in policy.choices:
+        raise InvalidLabel(
+            f"choice {req.choice!r} is not allowed; this rubric allows {', '.join(policy.choices)}"
+        )
+    for name, value in (req.criteria or {}).items():
+        if name not in policy.criteria:
+            raise InvalidLabel(
+                f"criterion {name!r} is not in the rubric ({', '.join(policy.criteria)})"
+            )
+        if value not in ("first", "second", "tie"):
+            raise InvalidLabel(f"criterion {name!r}: choose first, second or tie, not {value!r}")
+
+
+PREVIOUS = select(
+    labels.c.id, labels.c.request_hash, labels.c.assignment_id, labels.c.choice
+).where(labels.c.annotator_id == bindparam("a"), labels.c.client_id == bindparam("c"))
+TASK = (
+    select(
+        tasks.c.id,
+        tasks.c.item_id,
+        tasks.c.swap,
+        tasks.c.phase,
+        tasks.c.status,
+        tasks.c.created_at,
+        items.c.kind,
+        items.c.round,
+    )
+    .select_from(tasks.join(items, items.c.id == tasks.c.item_id))
+    .where(tasks.c.id == bindparam("t"), tasks.c.annotator_id == bindparam("a"))
+)
+RETAKE = (
+    update(items)
+    .where(items.c.id == bindparam("i"), items.c.taken < bindparam("k"))
+    .values(taken=items.c.taken + 1)
+)
+CLOSE = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("t"), tasks.c.status == bindparam("was"))
+    .values(status=m.DONE)
+)
+INSERT = insert(labels).returning(labels.c.id)
+LABEL_COLUMNS = [
+    "assignment_id", "item_id", "annotator_id", "choice", "label", "shown_first", "criteria",
+    "rationale", "client_id", "request_hash", "phase", "rubric_version", "created_at", "seconds",
+]  # fmt: skip
+COUNT_ITEM = update(items).where(items.c.id == bindparam("i")).values(labels=items.c.labels + 1)
+COUNT_ANNOTATOR = (
+    update(people).where(people.c.id == bindparam("a")).values(label_count=people.c.label_count + 1)
+)
+PREVIOUS, TASK, RETAKE, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR = map(
+    Prepared, (PREVIOUS, TASK, RETAKE, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR)
+)
+INSERT = Prepared(INSERT, LABEL_COLUMNS)
+
+
+def _unit(
+    policy: Policy, annotator_id: int, req: LabelRequest
+) -> Callable[[Connection], StoredLabel]:
+    return lambda conn: _submit(conn, policy, annotator_id, req)
+
+
+def _submit(conn: Connection, policy: Policy, annotator_id: int, req: LabelRequest) -> StoredLabel:
+    now = time.time()
+    digest = req.digest()
+    previous = PREVIOUS(conn, {"a": annotator_id, "c": req.client_id}).first()
+    if previous is not None:
+        if not security.same(previous.request_hash, digest):
+            raise LabelConflict(f"client_id {req.client_id!r} was already used for another label")
+        return StoredLabel(previous.id, previous.assignment_id, previous.choice, created=False)
+    task = TASK(conn, {"t": req.task_id, "a": annotator_id}).first()
+    if task is None:
+        raise TaskNotFound(req.task_id)
+    if task.status == m.DONE:
+        raise LabelConflict("this task already has a label")
+    # A late label is welcome if nobody has taken the slot its task freed in the meantime.
+    late = task.status == m.EXPIRED and task.kind == m.MAIN
+    if late and RETAKE(conn, {"i": task.item_id, "k": policy.overlap}).rowcount != 1:
+        raise LabelConflict("this task timed out and its item went to other annotators")
+    if CLOSE(conn, {"t": task.id, "was": task.status}).rowcount != 1:
+        raise _Raced  # a sweep expired it between our read and this write
+    criteria = None
+    if req.criteria:
+        criteria = {k: _relative(v, task.swap) for k, v in req.criteria.items()}
+    label_id = INSERT(
+        conn,
+        {
+            "assignment_id": task.id,
+            "item_id": task.item_id,
+            "annotator_id": annotator_id,
+            "choice": req.choice,
+            "label": req.choice if req.choice == "both_bad" else _relative(req.choice, task.swap),
+            "shown_first": "B" if task.swap else "A",
+            "criteria": criteria,
+            "rationale": req.rationale or None,
+            "client_id": req.client_id,
+            "request_hash": digest,
+            "phase": task.phase,
+            "rubric_version": policy.rubric_version,
+            "created_at": now,
+            "seconds": max(0.0, now - task.created_at),
+        },
+    ).scalar_one()
+    COUNT_ITEM(conn, {"i": task.item_id})
+    COUNT_ANNOTATOR(conn, {"a": annotator_id})
+    if task.kind == m.CALIBRATION:
+        finish_round(conn, policy, annotator_id, task.round)
+    return StoredLabel(label_id, task.id, req.choice, created=True)
+
+
+def _relative(choice: str, swap: bool) -> str:
+    """A choice as displayed (first / second / tie) -> relative to the stored pair."""
+    if choice == "tie":
+        return "tie"
+    return "A" if (choice == "first") != swap else "B"
