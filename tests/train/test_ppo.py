@@ -286,3 +286,26 @@ def test_k_samples_share_one_prefill_and_sample_what_plain_generate_would(setup)
         num_return_sequences=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
     assert torch.equal(rollout.input_ids, plain)
     assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):
+    """Rewarding the count of one token teaches the policy to repeat it: the repetition
+    monitor fires, and with --stop-on-flag the run stops there with the model saved."""
+    from rlhfkit.project import init_project
+
+    root, data = setup
+    project = init_project(tmp_path / "project").root
+    with open(project / "rlhfkit.toml", "a") as spec:
+        spec.write("\n[monitors]\nrepetition = 0.1\nwindow = 2\n")
+    out = tmp_path / "watched"
+    result = run_cli(*ppo(root, data, out, "--max-steps", "16", "--kl-coef", "0.05",
+                          "--no-lora", "--project", str(project), "--stop-on-flag"))
+    assert result.code == 0, result.stderr
+    assert "stopped early: reward-hacking monitor: repetition" in result.stdout
+    rows = metrics(out)
+    assert len(rows) < 16 and rows[-1]["monitor_flags"] >= 1
+    assert all("criteria/signs_off" in r for r in rows)
+    flags = [json.loads(x) for x in (out / "monitors.jsonl").read_text().splitlines()]
+    assert flags[-1]["step"] == len(rows)
+    assert "repetition" in [f["name"] for f in flags[-1]["flags"]]
+    assert (out / "final" / "model.safetensors").exists()

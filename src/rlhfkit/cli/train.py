@@ -30,6 +30,7 @@ SHOWN = (
     "kl",
     "kl_coef",
     "response_length",
+    "monitor_flags",
     "tokens_per_s",
 )
 

@@ -247,6 +247,13 @@ class PPOConfig(LoopConfig):
     merged_rollouts: bool = True
     """With LoRA, sample from a copy of the model with the adapter merged in (refreshed each
     step): faster decoding for one more copy of the model in memory."""
+    monitor: bool = True
+    """With --project: run the reward-hacking monitors (length inflation or collapse, prompt
+    echo, hedging, flattery, repetition, refusals, reward up with no criterion moving, KL or
+    entropy running away; thresholds in the spec's [monitors]) on every step's samples,
+    warn in the progress line and record them in monitors.jsonl."""
+    stop_on_flag: bool = False
+    """Stop the run (saving the model so far) the first time a monitor fires."""
 
     def check(self) -> None:
         super().check()

@@ -130,6 +130,8 @@ def train_ppo(
     _check_layout(cfg, accelerator)
     sources = load_rewards(cfg.reward, accelerator.device)
     criteria = _success_criteria(cfg.project)
+    monitor = _live_monitor(cfg, criteria)
+    flagged_before: set[str] = set()
     reference = None
     if not cfg.lora:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
@@ -154,6 +156,8 @@ def train_ppo(
         optimizer_steps_per_step=updates,
     )
     device = accelerator.device
+    if monitor is not None and accelerator.is_main_process:
+        _trim_flags(Path(cfg.output_dir) / "monitors.jsonl", run.start)
     kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
     last_record: dict[str, float] = {}
     stopped_early = None
@@ -277,7 +281,27 @@ def train_ppo(
             record["explained_variance"] = _explained_variance(old_values, returns, mask)
         record |= {k: v / max(n_updates, 1) for k, v in sums.items() if k != "grad_norm"}
         grad_norm = sums.get("grad_norm", math.nan) / max(n_updates, 1)
+        flags = []
+        if monitor is not None:  # every process computes them; only the main one writes
+            flags = monitor.step(
+                asked,
+                rollout.texts,
+                raw.tolist(),
+                kl=totals["kl"],
+                entropy=entropy,
+                criteria={c.name: totals[f"criteria/{c.name}"] for c in criteria},
+            )
+            record["monitor_flags"] = float(sum(f.flagged for f in flags))
         last_record = run.end_step(step + 1, {}, (grad_norm, lr_used), extra=record)
+        if monitor is not None:
+            fired = _record_flags(cfg, accelerator, step + 1, flags, flagged_before)
+            stop = torch.tensor(float(bool(fired) and cfg.stop_on_flag), device=device)
+            if float(accelerator.reduce(stop, "sum")) > 0:  # every process stops together
+                stopped_early = "reward-hacking monitor: " + (
+                    "; ".join(f"{f.name} ({f.explanation})" for f in fired)
+                    or "fired on another process"
+                )
+                break
         if on_samples is not None:
             reason = on_samples(step + 1, asked, rollout.texts, last_record)
             flag = torch.tensor(float(bool(reason)), device=device)
@@ -463,6 +487,53 @@ def _save_critic(actor: ActorCritic, final: Path, accelerator, cfg: PPOConfig) -
             if cfg.lora:
                 critic = copy.deepcopy(critic).merge_and_unload()
             critic.save_pretrained(str(tmp), safe_serialization=True)
+
+
+def _live_monitor(cfg: PPOConfig, criteria: list):
+    """The reward-hacking monitors over this run's steps (evaluate/monitors.py), with the
+    thresholds of the project's [monitors]; the first step's samples are the reference."""
+    if cfg.project is None or not cfg.monitor:
+        return None
+    from rlhfkit.evaluate.monitors import LiveMonitor
+    from rlhfkit.project import load_project
+
+    thresholds = load_project(cfg.project).spec.monitors
+    return LiveMonitor(thresholds, {c.name: c.direction for c in criteria})
+
+
+def _record_flags(cfg: PPOConfig, accelerator, step: int, flags: list, seen: set[str]) -> list:
+    """Append the step's flags to monitors.jsonl; return those newly fired (a flag that stays
+    up is reported once, when it first fires)."""
+    fired = [f for f in flags if f.flagged and f.name not in seen]
+    seen.update(f.name for f in flags if f.flagged)
+    if accelerator.is_main_process:
+        import json
+
+        line = {"step": step, "flags": [f.to_json() for f in flags if f.flagged]}
+        with open(Path(cfg.output_dir) / "monitors.jsonl", "a") as out:
+            out.write(json.dumps(line) + "\n")
+    return fired
+
+
+def _trim_flags(path: Path, start: int) -> None:
+    """A resumed run drops the flags of steps after its checkpoint (they are redone). The
+    monitors' history starts afresh: the first resumed step is the new reference."""
+    if not path.exists():
+        return
+    from rlhfkit.data.io import atomic_open
+
+    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= start]
+    with atomic_open(path) as f:
+        f.write("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int:
+    import json
+
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a line cut by a kill: drop it
 
 
 def _success_criteria(project: Path | None) -> list:
