@@ -3,6 +3,7 @@ a LoRA-adapter policy through the real CLI with a judge, a reward model and a cr
 after freezing; and the training hook that freezes the criteria."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -46,8 +47,13 @@ def adapter(tmp_path_factory):
 def test_identical_models_change_nothing(project, reward_model, tmp_path):
     cfg = PolicyEvalConfig(project=project, before="tiny-random", after="tiny-random",
                            out=tmp_path / "eval", limit=3, max_new_tokens=6,
-                           reward_model=str(reward_model[0]))  # fmt: skip
+                           reward_model=str(reward_model[0]),
+                           sample_cache=tmp_path / "cache")  # fmt: skip
     r = evaluate_policy(cfg)
+    (cached,) = (tmp_path / "cache").iterdir()  # the before model's samples
+    again = evaluate_policy(replace(cfg, out=tmp_path / "again"))  # reads them back
+    assert again["criteria"] == r["criteria"] and again["kl"] == r["kl"]
+    assert list((tmp_path / "cache").iterdir()) == [cached]
     assert r["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and r["kl"]["exact"]
     assert {c["verdict"] for c in r["criteria"]} == {"no significant change"}
     assert all(c["p_value"] == 1.0 and c["diff"] == 0 for c in r["criteria"])

@@ -75,6 +75,11 @@ def eval_policy(
         "permutation", help="permutation (paired, default), bootstrap or two_proportion."
     ),
     alpha: float = typer.Option(0.05, help="Significance level of the verdicts."),
+    sample_cache: Path = typer.Option(
+        None,
+        help="Folder to keep the --before model's samples in; a later evaluation with the same "
+        "model, prompts and settings reuses them (e.g. PPO and DPO against one start).",
+    ),
 ) -> None:
     """Did training change what it should? Before vs after on held-out prompts.
 
@@ -105,6 +110,7 @@ def eval_policy(
         reward_model=reward_model,
         test=test,
         alpha=alpha,
+        sample_cache=sample_cache,
     )
     with Progress(
         TextColumn("sampling {task.fields[who]}"), BarColumn(), MofNCompleteColumn(),

@@ -51,7 +51,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,9 @@ class PolicyEvalConfig:
     """A reward model for mean reward, its win rate and 'reward up, no criterion moved'."""
     test: str = "permutation"
     """permutation, bootstrap or two_proportion (see stats.py)."""
+    sample_cache: Path | None = None
+    """A folder where the --before model's samples are kept and reused by a later evaluation
+    with the same model, prompts and settings (e.g. PPO and DPO against one start)."""
     alpha: float = 0.05
     confidence: float = 0.95
 
@@ -150,6 +153,20 @@ def _recorded_hash(ref: str) -> str | None:
     return json.loads(manifest.read_text()).get("criteria_hash")
 
 
+@dataclass
+class ModelRun:
+    """What one model contributed: its samples, and log-probs for the KL estimate."""
+
+    samples: Sampled
+    rollouts: list
+    """Its rollouts (token ids; empty when the samples came from the cache)."""
+    own_logps: list[float] | None
+    """Summed log-probs of its own samples, one per sample in order (if asked)."""
+    scored_logps: list[float] | None
+    """Summed log-probs of another model's rollouts (if asked and the tokenizers match)."""
+    tokenizer: Any
+
+
 def sample_model(
     ref: str,
     prompts: list[Any],
@@ -159,70 +176,116 @@ def sample_model(
     seed: int,
     progress: Progress | None = None,
     label: str = "",
-    own_logps: list[float] | None = None,
+    score_own: bool = False,
     score_rollouts: list | None = None,
     same_tokens_as: Any = None,
-) -> tuple[Sampled, list, list[float] | None, Any]:
+) -> ModelRun:
     """Sample `cfg.samples` responses per prompt from `ref`, batch by batch, seeded alike for
-    every model. For the KL estimate: with `own_logps`, append this model's summed log-probs
-    of its own samples (one per sample, in order); with `score_rollouts`, return its summed
-    log-probs of those rollouts' responses — unless its tokenizer differs from
-    `same_tokens_as` (the rollouts' token ids would mean other text), then None.
-
-    Returns (samples, this model's rollouts, log-probs of `score_rollouts` or None, tokenizer).
-    """
+    every model (or read them from `cfg.sample_cache`, unless `score_own`: the KL needs the
+    token ids). For the KL estimate: `score_own` scores the model's own samples;
+    `score_rollouts` another model's rollouts — unless this tokenizer differs from
+    `same_tokens_as` (the token ids would mean other text)."""
     import torch
 
-    from rlhfkit.train.rollout import rollout_batch, sample_rollout
-    from rlhfkit.train.scoring import CompletionScorer, sequence_logps
+    from rlhfkit.train.rollout import sample_rollout
     from rlhfkit.train.tokenize import token_ids
 
     model, tok = load_policy(ref)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     chat = isinstance(prompts[0], list)
+    cached = None
+    if cfg.sample_cache is not None and not score_own:
+        key = _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed)
+        cached = Path(cfg.sample_cache) / f"samples-{key}.json"
     out, rollouts = Sampled(), []
-    batches = [prompts[i : i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
-    for b, batch in enumerate(batches):
-        ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in batch]
-        with _quiet_transformers():
-            rollout = sample_rollout(
-                model, tok, ids, cfg.samples, max_new_tokens, temperature, cfg.top_p,
-                (seed * 1_000_003 + b) % 2**63,
-            )  # fmt: skip
-        rollout = rollout._replace(
-            input_ids=rollout.input_ids.cpu(),
-            attention_mask=rollout.attention_mask.cpu(),
-            response_mask=rollout.response_mask.cpu(),
-            finished=rollout.finished.cpu(),
-        )
-        rollouts.append(rollout)
-        lengths = rollout.response_mask.sum(dim=1).long().tolist()
-        for i in range(len(batch)):
-            rows = range(i * cfg.samples, (i + 1) * cfg.samples)
-            # a chat reply's surrounding whitespace is template noise (as generate.py strips)
-            out.texts.append([rollout.texts[r].strip() if chat else rollout.texts[r] for r in rows])
-            out.finished.append([bool(rollout.finished[r]) for r in rows])
-            out.tokens.append([lengths[r] for r in rows])
+    if cached is not None and cached.exists():
+        out = Sampled(**json.loads(cached.read_text())["samples"])
         if progress:
-            progress(label, b + 1, len(batches))
-    logps = None
+            progress(f"{label} (cached)", 1, 1)
+    else:
+        batches = [prompts[i : i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
+        for b, batch in enumerate(batches):
+            ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in batch]
+            with _quiet_transformers():
+                rollout = sample_rollout(
+                    model, tok, ids, cfg.samples, max_new_tokens, temperature, cfg.top_p,
+                    (seed * 1_000_003 + b) % 2**63,
+                )  # fmt: skip
+            rollout = rollout._replace(
+                input_ids=rollout.input_ids.cpu(),
+                attention_mask=rollout.attention_mask.cpu(),
+                response_mask=rollout.response_mask.cpu(),
+                finished=rollout.finished.cpu(),
+            )
+            rollouts.append(rollout)
+            lengths = rollout.response_mask.sum(dim=1).long().tolist()
+            for i in range(len(batch)):
+                rows = range(i * cfg.samples, (i + 1) * cfg.samples)
+                # a chat reply's surrounding whitespace is template noise (generate.py strips)
+                texts = [rollout.texts[r] for r in rows]
+                out.texts.append([t.strip() for t in texts] if chat else texts)
+                out.finished.append([bool(rollout.finished[r]) for r in rows])
+                out.tokens.append([lengths[r] for r in rows])
+            if progress:
+                progress(label, b + 1, len(batches))
+        if cached is not None:
+            from rlhfkit.data.io import atomic_open
+
+            with atomic_open(cached) as f:
+                json.dump({"model": ref, "samples": asdict(out)}, f)
+
     same = same_tokens_as is None or same_tokens_as.get_vocab() == tok.get_vocab()
-    if score_rollouts is not None and same:
-        scorer = CompletionScorer(model, temperature)
-        logps = []
-        with torch.inference_mode():
-            for rollout in score_rollouts:
-                batch = rollout_batch(rollout).to(device)
-                logps += sequence_logps(scorer, batch).float().cpu().tolist()
-    if own_logps is not None:
-        scorer = CompletionScorer(model, temperature)
-        with torch.inference_mode():
-            for rollout in rollouts:
-                batch = rollout_batch(rollout).to(device)
-                own_logps += sequence_logps(scorer, batch).float().cpu().tolist()
-    del model
-    return out, rollouts, logps, tok
+    return ModelRun(
+        out,
+        rollouts,
+        _logps(model, temperature, rollouts) if score_own else None,
+        _logps(model, temperature, score_rollouts) if score_rollouts and same else None,
+        tok,
+    )
+
+
+def _logps(model, temperature: float, rollouts: list) -> list[float]:
+    """Summed log-probs of each rollout response under `model`, at `temperature`."""
+    import torch
+
+    from rlhfkit.train.rollout import rollout_batch
+    from rlhfkit.train.scoring import CompletionScorer, sequence_logps
+
+    scorer, found = CompletionScorer(model, temperature), []
+    with torch.inference_mode():
+        for rollout in rollouts:
+            batch = rollout_batch(rollout).to(model.device)
+            found += sequence_logps(scorer, batch).float().cpu().tolist()
+    return found
+
+
+def _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed) -> str:
+    """What makes two runs sample the same: the model's weights (by file size and time), the
+    prompts and every sampling setting."""
+    from rlhfkit import __version__
+    from rlhfkit.lineage import config_hash
+    from rlhfkit.models import resolve
+
+    folder = Path(ref) if Path(ref).is_dir() else resolve(ref)
+    weights = [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(folder.glob("*.safetensors"))
+    ]
+    return config_hash(
+        {
+            "folder": str(folder.resolve()),
+            "weights": weights,
+            "prompts": prompts,
+            "samples": cfg.samples,
+            "batch_size": cfg.batch_size,
+            "top_p": cfg.top_p,
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "rlhfkit": __version__,
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -291,16 +354,17 @@ def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> 
     # 2. sample: the after model first (keeping its rollouts and log-probs for KL), then the
     # before model, which scores the after model's rollouts; one model in memory at a time
     t0 = time.time()
-    after_logps: list[float] = []
-    after, after_rollouts, _, tok_after = sample_model(
-        cfg.after, prompts, cfg, temperature, max_new, seed, progress, "after", after_logps
+    after_run = sample_model(
+        cfg.after, prompts, cfg, temperature, max_new, seed, progress, "after", score_own=True
     )
+    after = after_run.samples
     t_after = time.time() - t0
     t0 = time.time()
-    before, _, before_logps, _ = sample_model(
+    before_run = sample_model(
         cfg.before, prompts, cfg, temperature, max_new, seed, progress, "before",
-        score_rollouts=after_rollouts, same_tokens_as=tok_after,
+        score_rollouts=after_run.rollouts, same_tokens_as=after_run.tokenizer,
     )  # fmt: skip
+    before = before_run.samples
     t_before = time.time() - t0
 
     # 3. criteria, length, reward on both sides
@@ -353,7 +417,7 @@ def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> 
         sd = float(np.std(rewards_b, ddof=1)) if len(rewards_b) > 1 else 0.0
         rise_sd = comp.diff / sd if sd > 0 else None
         reward = {"model": cfg.reward_model, **_comparison_json(comp, "mean"), "rise_sd": rise_sd}
-    kl, kl_per_sample = _kl(after_logps, before_logps, after, cfg.top_p)
+    kl, kl_per_sample = _kl(after_run.own_logps, before_run.scored_logps, after, cfg.top_p)
     t_score = time.time() - t0
 
     # 4. judges: after is `a`, before is `b`
