@@ -42,6 +42,7 @@ class AppState:
     authenticate: Authenticator
     rubric: dict[str, Any]
     """The rubric as the API and pages show it (criteria, borderline examples, policies)."""
+    rubric_json: bytes
     project_name: str
     templates: jinja2.Environment
     rng: random.Random
@@ -59,6 +60,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         policy=policy,
         authenticate=Authenticator(store),
         rubric=rubric,
+        rubric_json=json.dumps(rubric, ensure_ascii=False).encode(),
         project_name=project.spec.name,
         templates=jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),

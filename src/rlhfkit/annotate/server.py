@@ -55,6 +55,8 @@ def _config(settings: ServerSettings, **overrides):
         log_level="warning",
         access_log=False,
         server_header=False,
+        # X-Forwarded-* headers are not trusted: nothing here depends on the client's address.
+        proxy_headers=False,
         timeout_keep_alive=30,
         **overrides,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from rlhfkit.annotate.deps import CurrentCaller, app_state
 from rlhfkit.annotate.scheduling import NoTask, next_task_async
@@ -24,15 +25,15 @@ async def get_next_task(request: Request, caller: CurrentCaller) -> Response:
     task = await next_task_async(state.store, state.policy, caller.id, state.rng)
     if isinstance(task, NoTask):
         return Response(status_code=204, headers={"X-Rlhfkit-Reason": task.reason})
-    return JSONResponse(
-        {
-            "task_id": task.task_id,
-            "prompt": task.prompt,
-            "first": task.first,
-            "second": task.second,
-            "phase": task.phase,
-            "expires_at": task.expires_at,
-            "choices": state.rubric["choices"],
-            "rubric": state.rubric,
-        }
-    )
+    body = {
+        "task_id": task.task_id,
+        "prompt": task.prompt,
+        "first": task.first,
+        "second": task.second,
+        "phase": task.phase,
+        "expires_at": task.expires_at,
+        "choices": state.rubric["choices"],
+    }
+    # The rubric is the same for every task: encoded once at start-up, spliced in here.
+    encoded = json.dumps(body, ensure_ascii=False).encode()[:-1] + b',"rubric":'
+    return Response(encoded + state.rubric_json + b"}", media_type="application/json")
