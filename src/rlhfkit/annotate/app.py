@@ -180,7 +180,9 @@ class SecurityHeaders:
                     (b"content-security-policy", CSP.encode()),
                     (b"x-content-type-options", b"nosniff"),
                     (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer"),
+                    # same-origin, not no-referrer: with no-referrer browsers send
+                    # "Origin: null" on form posts, and the login's origin check needs it.
+                    (b"referrer-policy", b"same-origin"),
                     (b"cache-control", b"no-store"),
                 ]
                 message = {**message, "headers": headers}

@@ -8,7 +8,7 @@ relative to the stored pair, `shown_first` for position bias, anchors as gold).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, func, select
@@ -135,9 +135,17 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
                 policy.recalibrate_every and since >= policy.recalibrate_every
             ),
         }
-        row.update(stats["per_annotator"].get(p.name, {}))
+        row.update(stats["per_annotator"].get(p.name, _no_labels()))
         out["annotators"].append(row)
     return out
+
+
+def _no_labels() -> dict[str, Any]:
+    """The per-annotator statistics of someone without labels: all undefined."""
+    from rlhfkit.agreement import AnnotatorStats
+
+    row = {f.name: None for f in fields(AnnotatorStats) if f.name != "annotator"}
+    return row | {"labels": 0, "excluded_from_export": False}
 
 
 def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, Any]:
@@ -259,6 +267,17 @@ def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[
             .select_from(m.Item)
             .where(m.Item.kind == m.MAIN, m.Item.taken < policy.overlap)
             .where(m.Item.id.not_in(mine))
+        ).scalar_one()
+        # ... plus the main item they hold open right now: it is theirs to finish.
+        remaining += conn.execute(
+            select(func.count())
+            .select_from(m.Assignment)
+            .join(m.Item, m.Item.id == m.Assignment.item_id)
+            .where(
+                m.Assignment.annotator_id == annotator_id,
+                m.Assignment.status == m.OPEN,
+                m.Item.kind == m.MAIN,
+            )
         ).scalar_one()
     in_calibration = latest is not None and me.calibrated_round < latest.id
     if in_calibration:
