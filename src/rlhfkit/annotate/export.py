@@ -81,6 +81,7 @@ def export(
                     m.Item.kind,
                     m.Item.labels,
                     m.Item.gold,
+                    m.Item.extra,
                 ).order_by(m.Item.id)
             )
         }
@@ -165,7 +166,10 @@ def _aggregate(item: Any, given: dict[str, str], version: str, result: ExportRes
         (item.response_a, item.response_b) if winner == "A" else (item.response_b, item.response_a)
     )
     names = sorted(given)
-    return {
+    # The item's other columns (e.g. a topic to slice `eval rm` by) pass through, except
+    # `truncated`, whose [A, B] order no longer matches once A and B become chosen/rejected.
+    extra = {k: v for k, v in (item.extra or {}).items() if k != "truncated"}
+    return extra | {
         "id": item.external_id,
         "prompt": item.prompt,
         "chosen": chosen,
