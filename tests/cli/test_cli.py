@@ -178,20 +178,6 @@ def test_missing_model_is_exit_2_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-def test_quick_demo_runs_then_skips_finished_stages(tmp_path):
-    first = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
-    assert first.code == 0, first.stderr
-    assert "complete sampled replies, before any training" in first.stdout
-    baseline = json.loads((tmp_path / "demo" / "baseline.json").read_text())
-    assert baseline["complete"] + baseline["truncated"] == 16
-    assert set(baseline["criteria"]) == {"signs_off", "hedging", "concise"}
-    started = time.time()
-    again = run_cli("demo", "--quick", "--dir", str(tmp_path / "demo"))
-    assert again.code == 0 and again.stdout.count("skipped (done)") == 4
-    assert time.time() - started < 15
-
-
 def test_convert_never_overwrites_a_folder_that_is_not_a_dataset(tmp_path):
     src = write_lines(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
     precious = tmp_path / "precious"

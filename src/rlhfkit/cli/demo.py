@@ -1,132 +1,290 @@
-"""`rlhfkit demo`: the bundled example through every stage that exists so far."""
+"""`rlhfkit demo`: the bundled example through the whole governed RLHF loop."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from rlhfkit.cli.common import console, progress_bar, status
+from rlhfkit.cli.common import console, err_console
+
+STAGES = (
+    ("project", "scaffold the example project"),
+    ("model", "provision the base model"),
+    ("sft", "stage 1: supervised fine-tuning (LoRA)"),
+    ("candidates", "sample candidate reply pairs"),
+    ("annotation", "simulated panel labels through the annotation app"),
+    ("rm", "stage 2: reward model + eval rm"),
+    ("ppo", "stage 3: PPO with a KL penalty"),
+    ("dpo", "DPO on the same preferences"),
+    ("eval_ppo", "eval policy: PPO vs the SFT model"),
+    ("eval_dpo", "eval policy: DPO vs the SFT model"),
+    ("report", "the report and summary.json"),
+)
 
 
 def demo(
-    directory: Path = typer.Option(Path("runs/demo"), "--dir", help="Where the demo writes."),
-    quick: bool = typer.Option(False, help="Smaller everything (8 prompts), same stages."),
+    directory: Path = typer.Option(
+        None, "--dir", help="Run folder (default: runs/demo, or runs/demo-quick with --quick)."
+    ),
+    quick: bool = typer.Option(False, help="Smaller everything, same stages (about 5 minutes)."),
+    model: str = typer.Option(
+        None, hidden=True, help="Base model instead of the project's (tests: tiny-random)."
+    ),
 ) -> None:
-    """Run the loop on the bundled support-replies project with SmolLM2-135M-Instruct.
+    """Run the whole loop on the bundled support-replies project with SmolLM2-135M-Instruct.
 
-    Stages: scaffold the project, provision the bundled model (converted once, cached), sample
-    candidate reply pairs, and measure how often the replies already meet each success
-    criterion. Interrupted? Run it again: finished stages are skipped.
+    SFT on the team's past replies, sampling candidate pairs, a SIMULATED annotator panel
+    labelling them through the real annotation app (calibration round, agreement gate,
+    anchors, overlap), a reward model checked on held-out pairs, PPO with a KL penalty and
+    DPO on the same preferences, a before/after evaluation of both against the SFT model
+    on held-out prompts, and the HTML report with summary.json beside it.
+
+    Interrupted? Run it again: finished stages are skipped, a stage cut off midway resumes
+    from its last checkpoint, and a stage whose inputs changed runs again.
     """
-    from rlhfkit.data.io import atomic_open
-    from rlhfkit.demo.pipeline import DemoConfig, StageLog, baseline_rates
-    from rlhfkit.errors import display_path
-    from rlhfkit.generate import SamplingConfig, generate_candidates
-    from rlhfkit.lineage import sha256_file
-    from rlhfkit.models import pull
-    from rlhfkit.project import SPEC_FILE, init_project, load_project
+    from rlhfkit.demo.pipeline import DemoConfig
 
-    cfg = DemoConfig(root=directory, quick=quick)
+    root = directory or Path("runs/demo-quick" if quick else "runs/demo")
+    cfg = DemoConfig(root=root, quick=quick)
     started = time.time()
-    project_dir = cfg.root / "project"
+    ran, summary, report = _run(cfg, model)
+    _show(cfg, summary, ran, report, time.time() - started)
+
+
+def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, Any], Path]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from rlhfkit.demo import stages as S
+    from rlhfkit.demo.pipeline import StageLog
+    from rlhfkit.lineage import sha256_file
+    from rlhfkit.project import load_project
+
+    paths = S.Paths(cfg.root)
+    preset = cfg.preset
     cfg.root.mkdir(parents=True, exist_ok=True)
     log = StageLog.open(cfg.root / "stages.json")
-    ran = {}
+    ran: dict[str, bool] = {}
+    report_path = cfg.root / "report.html"
+    summary: dict[str, Any] = {}
 
-    ran["project"] = log.run(
-        "project",
-        {"example": "support-replies"},
-        lambda: None if (project_dir / SPEC_FILE).exists() else init_project(project_dir),
-        outputs=(project_dir / SPEC_FILE,),
-    )
-    spec = load_project(project_dir).spec
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+    ) as bar:
+        overall = bar.add_task("demo", total=len(STAGES), info="")
+        inner = bar.add_task("", total=None, info="", visible=False)
 
-    def provision() -> None:
-        with status(f"converting {spec.base_model} to safetensors (once, about 30 s)"):
-            pull(spec.base_model)
+        def step_progress(*args: Any) -> None:
+            if len(args) == 3 and isinstance(args[0], str):  # eval: (what, done, total)
+                what, done, total = args
+                bar.update(inner, completed=done, total=total, info=what, visible=True)
+            elif len(args) == 3:  # training: (step, total, metrics)
+                step, total, m = args
+                shown = "  ".join(
+                    f"{k}={m[k]:.3g}" for k in ("loss", "reward", "kl", "accuracy") if k in m
+                )
+                bar.update(inner, completed=step, total=total, info=shown, visible=True)
+            else:  # sampling: (done, total)
+                done, total = args
+                bar.update(inner, completed=done, total=total, info="", visible=True)
 
-    ran["model"] = log.run("model", {"model": spec.base_model}, provision)
+        def stage(name: str, inputs: dict[str, Any], fn, outputs=(), clear=None) -> None:
+            index = [s for s, _ in STAGES].index(name)
+            bar.update(overall, completed=index, description=f"{name}: {dict(STAGES)[name]}")
+            bar.update(inner, completed=0, total=None, info="", visible=False)
+            if clear is not None and log.changed(name, inputs):
+                S.clear(clear)  # other inputs than the finished run's: start that stage over
+            ran[name] = log.run(name, inputs, fn, outputs)
+            bar.update(overall, completed=index + 1)
 
-    candidates = project_dir / "artifacts" / "candidates.jsonl"
-    sampling = SamplingConfig.from_spec(spec.generate, max_new_tokens=cfg.max_new_tokens)
-    prompts = project_dir / spec.data.prompts
+        settings = cfg.settings()
+        stage(
+            "project",
+            {"example": "support-replies", "calibration": preset.calibration_size},
+            lambda: S.project_spec(paths, preset),
+            outputs=(paths.project / "rlhfkit.toml",),
+        )
+        spec = load_project(paths.project).spec
+        base = model_override or spec.base_model
 
-    def sample() -> None:
-        with progress_bar("sampling candidate replies") as update:
-            generate_candidates(
-                spec.base_model,
-                prompts,
-                candidates,
-                sampling,
-                limit=cfg.n_prompts,
-                on_progress=update,
+        def provision() -> None:
+            from rlhfkit.models import pull
+
+            if base == spec.base_model:
+                pull(base)
+
+        stage("model", {"model": base}, provision)
+
+        def fingerprint(name: str) -> str:
+            return log.records[name]["fingerprint"]
+
+        stage(
+            "sft",
+            {
+                "model": base,
+                "data": sha256_file(paths.project / "data" / "sft.jsonl"),
+                "steps": preset.sft_steps,
+                "lr": preset.sft_learning_rate,
+            },
+            lambda: S.sft(paths, preset, base, step_progress),
+            outputs=(paths.final("sft"),),
+            clear=paths.sft,
+        )
+        stage(
+            "candidates",
+            {
+                "sft": fingerprint("sft"),
+                "prompts": sha256_file(paths.project / spec.data.prompts),
+                "generate": spec.generate.model_dump(),
+                "n": preset.candidate_prompts,
+                "max_new_tokens": preset.max_new_tokens,
+            },
+            lambda: S.candidates(paths, preset, step_progress),
+            outputs=(paths.candidates,),
+        )
+        stage(
+            "annotation",
+            {
+                "candidates": fingerprint("candidates"),
+                "rubric": spec.rubric.model_dump(),
+                "annotation": spec.annotation.model_dump(),
+                "anchors": preset.anchors,
+                "heldout": preset.heldout_share,
+            },
+            lambda: S.annotation(paths, preset),
+            outputs=(paths.prefs_train, paths.prefs_heldout, paths.annotation / "status.json"),
+        )
+        stage(
+            "rm",
+            {"prefs": fingerprint("annotation"), "epochs": preset.rm_epochs},
+            lambda: S.reward_model(paths, preset, step_progress),
+            outputs=(paths.rm / "eval_rm.json",),
+            clear=paths.rm,
+        )
+        stage(
+            "ppo",
+            {
+                "rm": fingerprint("rm"),
+                "steps": preset.ppo_steps,
+                "batch": preset.ppo_batch,
+                "lr": preset.ppo_learning_rate,
+                "max_new_tokens": preset.max_new_tokens,
+                "ppo": spec.train.ppo.model_dump(),
+                "monitors": spec.monitors.model_dump(),
+            },
+            lambda: S.ppo(paths, preset, step_progress),
+            outputs=(paths.final("ppo"),),
+            clear=paths.policy("ppo"),
+        )
+        stage(
+            "dpo",
+            {
+                "prefs": fingerprint("annotation"),
+                "sft": fingerprint("sft"),
+                "epochs": preset.dpo_epochs,
+                "lr": preset.dpo_learning_rate,
+                "dpo": spec.train.dpo.model_dump(),
+            },
+            lambda: S.dpo(paths, preset, step_progress),
+            outputs=(paths.final("dpo"),),
+            clear=paths.policy("dpo"),
+        )
+        for policy in ("ppo", "dpo"):
+            stage(
+                f"eval_{policy}",
+                {
+                    "policy": fingerprint(policy),
+                    "rm": fingerprint("rm"),
+                    "criteria": spec.criteria_hash(),
+                    "prompts": preset.eval_prompts,
+                    "samples": preset.eval_samples,
+                },
+                lambda policy=policy: S.evaluate(paths, preset, policy, step_progress),
+                outputs=(paths.eval(policy) / "eval.json",),
             )
 
-    ran["candidates"] = log.run(
-        "candidates",
-        {
-            "model": spec.base_model,
-            "sampling": sampling.__dict__,
-            "limit": cfg.n_prompts,
-            "prompts_sha256": sha256_file(prompts),
-        },
-        sample,
-        outputs=(candidates,),
-    )
+        def write_report() -> None:
+            S.report(paths, log.seconds())
 
-    baseline_path = cfg.root / "baseline.json"
-
-    def baseline() -> None:
-        with atomic_open(baseline_path) as f:
-            json.dump(baseline_rates(project_dir, candidates), f, indent=2)
-
-    ran["baseline"] = log.run(
-        "baseline",
-        {"after": log.records["candidates"], "criteria": spec.criteria_hash()},
-        baseline,
-        outputs=(baseline_path,),
-    )
-
-    _show(cfg.root, candidates, json.loads(baseline_path.read_text()), log, ran)
-    console.print(f"Done in {time.time() - started:.1f} s. Artifacts in {display_path(cfg.root)}")
+        stage(
+            "report",
+            {"after": [fingerprint(s) for s, _ in STAGES[:-1]], "settings": settings},
+            write_report,
+            outputs=(report_path, cfg.root / "summary.json"),
+        )
+    summary = json.loads((cfg.root / "summary.json").read_text())
+    summary["stage_seconds"] = log.seconds()
+    return ran, summary, report_path
 
 
-def _show(root: Path, candidates: Path, rates: dict, log, ran: dict[str, bool]) -> None:
-    from rlhfkit.data import load
+def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: float) -> None:
+    from rlhfkit.errors import display_path
 
-    rows = load(candidates).rows
-    example = rows[0]
-    email = example["prompt"][-1]["content"]
-    console.rule("A customer email and two sampled replies")
-    console.print(email, markup=False)
-    for key in ("response_a", "response_b"):
-        console.print(f"[bold]{key}[/bold]: {escape(example[key][0]['content'])}")
-
-    console.print(
-        f"Success criteria on {rates['complete']} complete sampled replies, before any training "
-        f"({rates['truncated']} more were cut off at the token limit and are not counted):"
-    )
-    table = Table()
-    table.add_column("criterion")
-    table.add_column("should")
-    table.add_column("pass rate", justify="right")
-    for name, r in rates["criteria"].items():
-        rate = "n/a" if r["pass_rate"] is None else f"{r['pass_rate']:.0%}"
-        table.add_row(name, r["direction"], rate)
+    console.rule("rlhfkit demo: support replies (annotators are a SIMULATED panel)")
+    gate = s.get("calibration_gate") or {}
+    if gate:
+        verdict = "passed" if gate["passed"] else "FAILED"
+        console.print(
+            f"calibration gate: {gate['statistic']} {gate['value']:.2f} vs threshold "
+            f"{gate['threshold']:.2f}: {verdict}" + (" (overridden)" if gate["overridden"] else "")
+        )
+    for f in s.get("flagged_annotators", []):
+        console.print(f"flagged annotator: {f['annotator']}: {'; '.join(f['reasons'])}")
+    if s.get("rm_heldout_accuracy") is not None:
+        console.print(
+            f"reward model: held-out accuracy {s['rm_heldout_accuracy']:.2f} on "
+            f"{s['rm_heldout_pairs']} pairs (against the panel's majority)"
+        )
+    table = Table(title="success criteria on held-out prompts, against the SFT model")
+    for col in ("policy", "criterion", "should", "before", "after", "p", "verdict"):
+        table.add_column(col)
+    for policy in ("ppo", "dpo"):
+        ev = s.get(policy)
+        if not ev:
+            continue
+        for name, c in ev["criteria"].items():
+            table.add_row(
+                policy,
+                name,
+                c["direction"],
+                f"{c['before']:.0%}",
+                f"{c['after']:.0%}",
+                f"{c['p_value']:.3g}",
+                c["verdict"],
+            )
     console.print(table)
-    if rates["mean_words"] is not None:
-        console.print(f"mean length of complete replies: {rates['mean_words']:.0f} words")
-
-    console.print("Stages:")
-    stages = Table()
+    for policy in ("ppo", "dpo"):
+        ev = s.get(policy)
+        if ev:
+            flags = ", ".join(f["name"] for f in ev["hacking_flags"]) or "none"
+            kl = "n/a" if ev["kl"] is None else f"{ev['kl']:.2f} nats"
+            console.print(
+                f"{policy}: KL to the SFT model {kl}; length {ev['length']['before']:.0f} -> "
+                f"{ev['length']['after']:.0f} words; hacking flags: {flags}"
+            )
+    stages = Table(title="stages")
     stages.add_column("stage")
     stages.add_column("status")
     stages.add_column("seconds", justify="right")
-    for name, record in log.records.items():
-        stages.add_row(name, "ran" if ran.get(name) else "skipped (done)", f"{record['seconds']}")
+    for name, _ in STAGES:
+        secs = s["stage_seconds"].get(name)
+        status = "ran" if ran.get(name) else "skipped (done)"
+        stages.add_row(name, status, "" if secs is None else f"{secs:.1f}")
     console.print(stages)
+    console.print(f"Done in {wall:.0f} s. Report: {display_path(report)}")
+    console.print(f"Summary: {display_path(cfg.root / 'summary.json')}")

@@ -1,9 +1,22 @@
-"""The demo: the bundled example project run through every stage that exists so far.
+"""The demo: the bundled support-replies project through the whole governed RLHF loop.
 
-Each stage is resumable: a finished stage is recorded in ``stages.json`` with a fingerprint
-of its inputs and settings, and a rerun skips it unless that fingerprint changed. Stages now:
-scaffold the project, provision SmolLM2, sample candidate replies, and measure the success
-criteria's base rates on them (what training will have to move).
+Stages, in order (each a function in `stages.py`; each records a fingerprint of its inputs
+and settings in ``stages.json`` when it finishes, and a rerun skips it unless that
+fingerprint changed or its outputs are gone; a stage killed midway picks up where its own
+resumable steps left off):
+
+    project     scaffold the example project (rubric, success criteria, data)
+    model       provision SmolLM2-135M-Instruct (converted once, cached)
+    sft         stage 1: LoRA SFT on the team's past replies
+    candidates  sample two replies per prompt from the SFT model
+    annotation  the simulated panel labels them through the real annotation app: calibration
+                round, agreement gate, anchors, overlap; export + agreement statistics
+    rm          stage 2: reward model on the panel's majority preferences; `eval rm` on a
+                held-out split
+    ppo         stage 3: PPO with a KL penalty against the reward model, monitors live
+    dpo         DPO on the same preferences
+    eval_ppo, eval_dpo   `eval policy` of each against the SFT model (the starting point)
+    report      the HTML report, its Markdown summary and summary.json
 """
 
 from __future__ import annotations
@@ -11,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +33,65 @@ from rlhfkit.lineage import config_hash
 
 
 @dataclass(frozen=True)
+class Preset:
+    """Sizes of everything; `quick` shrinks them, the stages stay the same."""
+
+    sft_steps: int = 40
+    sft_learning_rate: float = 1e-3
+    candidate_prompts: int = 160
+    """Prompts sampled twice for annotation (one comparison pair each)."""
+    calibration_size: int = 50
+    """Pairs every simulated annotator labels first (the spec's calibration round)."""
+    anchors: int = 40
+    max_new_tokens: int = 96
+    rm_epochs: float = 2.0
+    heldout_share: float = 0.2
+    """Share of the exported preferences kept out of RM and DPO training, for `eval rm`."""
+    ppo_steps: int = 12
+    ppo_batch: int = 8
+    ppo_learning_rate: float = 2e-4
+    dpo_epochs: float = 2.0
+    dpo_learning_rate: float = 2e-4
+    eval_prompts: int = 100
+    eval_samples: int = 2
+
+
+PRESETS = {
+    "default": Preset(),
+    "quick": Preset(
+        sft_steps=10,
+        candidate_prompts=36,
+        calibration_size=12,
+        anchors=8,
+        max_new_tokens=64,
+        rm_epochs=1.0,
+        ppo_steps=3,
+        ppo_batch=4,
+        dpo_epochs=1.0,
+        eval_prompts=16,
+        eval_samples=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     root: Path = Path("runs/demo")
-    """Where the demo's project and artifacts go."""
+    """Where the demo's run folder goes (the project, every stage's output, the report)."""
     quick: bool = False
     """Smaller everything, same stages."""
 
     @property
-    def n_prompts(self) -> int:
-        return 8 if self.quick else 32
+    def preset(self) -> Preset:
+        return PRESETS["quick" if self.quick else "default"]
 
-    @property
-    def max_new_tokens(self) -> int:
-        return 64 if self.quick else 128
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.preset) | {"quick": self.quick}
 
 
 @dataclass
 class StageLog:
-    """Per-stage timings and whether each ran or was skipped as already done."""
+    """Per-stage timings and fingerprints, kept in ``stages.json``."""
 
     path: Path
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -46,6 +100,19 @@ class StageLog:
     def open(cls, path: Path) -> StageLog:
         records = json.loads(path.read_text()) if path.exists() else {}
         return cls(path, records)
+
+    def done(self, name: str, inputs: dict[str, Any], outputs: tuple[Path, ...] = ()) -> bool:
+        previous = self.records.get(name)
+        return bool(
+            previous
+            and previous.get("fingerprint") == config_hash(inputs)
+            and all(p.exists() for p in outputs)
+        )
+
+    def changed(self, name: str, inputs: dict[str, Any]) -> bool:
+        """The stage finished before, with other inputs."""
+        previous = self.records.get(name)
+        return bool(previous and previous.get("fingerprint") != config_hash(inputs))
 
     def run(
         self,
@@ -56,27 +123,25 @@ class StageLog:
     ) -> bool:
         """Run `fn` unless it finished before with the same inputs and its outputs are still
         there; return True if it ran."""
-        fingerprint = config_hash(inputs)
-        previous = self.records.get(name)
-        if (
-            previous
-            and previous.get("fingerprint") == fingerprint
-            and all(p.exists() for p in outputs)
-        ):
+        if self.done(name, inputs, outputs):
             return False
         started = time.time()
         fn()
         self.records[name] = {
-            "fingerprint": fingerprint,
+            "fingerprint": config_hash(inputs),
             "seconds": round(time.time() - started, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with atomic_open(self.path) as f:
             json.dump(self.records, f, indent=2)
         return True
 
+    def seconds(self) -> dict[str, float]:
+        return {name: r["seconds"] for name, r in self.records.items()}
+
 
 def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
-    """Pass rate of each success criterion over every sampled response."""
+    """Pass rate of each success criterion over every complete sampled candidate."""
     from rlhfkit.data import load
     from rlhfkit.project import load_project
 
@@ -92,6 +157,8 @@ def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
     responses = [_text(reply) for reply, cut in pairs if not cut]
     rates = {}
     for c in spec.success_criteria:
+        if not c.text_only:
+            continue
         hits = sum(c.detector.matches(t) for t in responses)
         rates[c.name] = {
             "direction": c.direction,

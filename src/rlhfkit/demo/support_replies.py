@@ -204,3 +204,71 @@ def build(seed: int = 0, n_prompts: int = 240, n_eval: int = 100, n_sft: int = 2
         for i, e, f in sft_pool
     ]
     return prompts, eval_prompts, sft
+
+
+HEDGES = (
+    " I think that should sort it out, but I'm not sure.",
+    " Maybe that helps.",
+    " I believe that is everything, but perhaps check with us again.",
+)
+FILLER = (
+    " Please do not hesitate to get in touch again if you have any further questions or "
+    "concerns about this or any other order, as we are always very happy to help you."
+)
+
+
+def past_replies(sft: list[dict], seed: int = 0, sign_off: float = 0.4, hedge: float = 0.15,
+                 verbose: float = 0.25) -> list[dict]:
+    """The SFT rows as a real team's archive would hold them: every reply solves the
+    problem, but only some follow the house style — a share signs off, some hedge, some pad.
+
+    This is what makes the example honest: SFT teaches the task and makes the sign-off
+    *appear* (a 135M model never writes one unprompted, and preference optimisation cannot
+    reinforce what the policy never samples); the preference stages then have a behavior to
+    strengthen. The shares are the expected pass rates after SFT, before any preferences.
+    """
+    rng = random.Random(seed)
+    out = []
+    for row in sft:
+        text = row["completion"][0]["content"].removesuffix("\n\n" + SIGN_OFF)
+        if rng.random() < hedge:
+            text += rng.choice(HEDGES)
+        if rng.random() < verbose:
+            text += FILLER
+        if rng.random() < sign_off:
+            text += "\n\n" + SIGN_OFF
+        out.append(row | {"completion": [{"role": "assistant", "content": text}]})
+    return out
+
+
+def anchor_items(n: int, seed: int = 1) -> list[dict]:
+    """Anchor pairs with a known answer (``label`` A or B) for the annotation queue: the
+    ideal reply to an email against one that only apologises, restates the email or hedges
+    without acting. Emails come from the SFT pool's templates with fresh order numbers, so
+    no anchor repeats a prompt the policy is trained or evaluated on."""
+    rng = random.Random(seed)
+    bad = (
+        lambda email, reply: "I'm so sorry to hear about this. We value you as a customer."
+        + "\n\n" + SIGN_OFF,
+        lambda email, reply: "Thank you for your email about this. " + email.split("\n")[0],
+        lambda email, reply: "I think maybe someone could look into it, but I'm not sure what "
+        "we can do.",
+    )
+    rows = []
+    for i in range(n):
+        issue = rng.choice(ISSUES)
+        email, fields = _email(rng, issue, rng.choice(issue.emails), rng.choice(ITEMS))
+        good = issue.reply.format(**fields) + "\n\n" + SIGN_OFF
+        worse = rng.choice(bad)(email, good)
+        good_first = rng.random() < 0.5
+        first, second = (good, worse) if good_first else (worse, good)
+        rows.append(
+            {
+                "id": f"anchor-{i}",
+                "prompt": _messages(email),
+                "response_a": [{"role": "assistant", "content": first}],
+                "response_b": [{"role": "assistant", "content": second}],
+                "label": "A" if good_first else "B",
+            }
+        )
+    return rows

@@ -1,0 +1,340 @@
+"""The demo's stages, each a plain function of the run folder's paths and the preset.
+
+Every stage calls the same Python function as the CLI command it stands for (`train_sft`,
+`generate_candidates`, the annotation store and server, `evaluate_reward_model`,
+`train_ppo`, `train_dpo`, `evaluate_policy`, `write_report`), so the demo exercises exactly
+what a team would run by hand. Training stages resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.data.io import atomic_open
+from rlhfkit.demo.pipeline import Preset
+
+# (step, total, metrics) for training; (done, total) for sampling; (what, done, total) for eval
+Progress = Callable[..., None]
+PANEL_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The run folder's layout (what `rlhfkit report` reads; see report/inputs.py)."""
+
+    root: Path
+
+    @property
+    def project(self) -> Path:
+        return self.root / "project"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "annotation" / "candidates.jsonl"
+
+    @property
+    def annotation(self) -> Path:
+        return self.root / "annotation"
+
+    @property
+    def prefs(self) -> Path:
+        return self.annotation / "preferences.jsonl"
+
+    @property
+    def prefs_train(self) -> Path:
+        return self.annotation / "preferences.train.jsonl"
+
+    @property
+    def prefs_heldout(self) -> Path:
+        return self.annotation / "preferences.heldout.jsonl"
+
+    @property
+    def rm(self) -> Path:
+        return self.root / "rm"
+
+    def policy(self, name: str) -> Path:
+        return self.root / name
+
+    def eval(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    def final(self, stage: str) -> Path:
+        return self.root / stage / "final"
+
+
+def project_spec(paths: Paths, preset: Preset) -> None:
+    """Scaffold the example project; a smaller preset shortens its calibration round."""
+    from rlhfkit.project import SPEC_FILE, init_project
+
+    spec = paths.project / SPEC_FILE
+    if spec.exists():
+        return
+    init_project(paths.project)
+    text = spec.read_text()
+    default = "calibration_size = 50 "
+    if preset.calibration_size != 50 and default in text:
+        shown = f"calibration_size = {preset.calibration_size}".ljust(len(default))
+        spec.write_text(text.replace(default, shown))
+
+
+def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> None:
+    from rlhfkit.train.configs import SFTConfig
+    from rlhfkit.train.sft import train_sft
+
+    cfg = SFTConfig(
+        model=model,
+        data=paths.project / "data" / "sft.jsonl",
+        output_dir=paths.sft,
+        max_steps=preset.sft_steps,
+        batch_size=8,
+        learning_rate=preset.sft_learning_rate,
+        max_length=256,
+        save_every=10,
+        resume=True,
+        project=paths.project,
+    )
+    train_sft(cfg, progress)
+
+
+def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
+    from rlhfkit.generate import SamplingConfig, generate_candidates
+    from rlhfkit.project import load_project
+
+    spec = load_project(paths.project).spec
+    sampling = SamplingConfig.from_spec(spec.generate, max_new_tokens=preset.max_new_tokens)
+    generate_candidates(
+        str(paths.final("sft")),
+        paths.project / spec.data.prompts,
+        paths.candidates,
+        sampling,
+        limit=preset.candidate_prompts,
+        on_progress=progress,
+    )
+
+
+def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
+    """A fresh store; the panel labels through the real app over HTTP; export; statistics."""
+    from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
+    from rlhfkit.annotate.server import serve_in_background
+    from rlhfkit.data import write_jsonl
+    from rlhfkit.demo.panel import default_panel, run_panel
+    from rlhfkit.demo.support_replies import anchor_items
+    from rlhfkit.project import load_project
+
+    folder = paths.annotation
+    db = folder / "annotations.sqlite"
+    for stale in folder.glob("annotations.sqlite*"):  # a half-labelled store starts over
+        stale.unlink()
+    anchors = folder / "anchors.jsonl"
+    write_jsonl(anchors, anchor_items(preset.anchors, seed=seed + 1))
+    project = load_project(paths.project)
+    policy = Policy.from_project(project)
+    store = open_store(f"sqlite:///{db}", create=True)
+    try:
+        import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
+        panel = default_panel(PANEL_SIZE, seed=seed, drift_after=_drift_after(preset))
+        tokens = {a.name: add_annotator(store, a.name) for a in panel}
+        with serve_in_background(store.url, paths.project) as base_url:
+            run = run_panel(base_url, tokens, panel, seed=seed)
+        state = status(store, policy)
+        result = export(
+            store,
+            policy,
+            paths.prefs,
+            labels_out=folder / "labels.jsonl",
+            gold_out=folder / "gold.jsonl",
+        )
+    finally:
+        store.close()
+    _write_json(folder / "status.json", state)
+    agreement = _agreement(folder, policy)
+    _write_json(folder / "agreement.json", agreement)
+    train, heldout = _split(paths.prefs, preset.heldout_share)
+    write_jsonl(paths.prefs_train, train)
+    write_jsonl(paths.prefs_heldout, heldout)
+    panel_info = {
+        "simulated": True,
+        "annotators": [
+            {
+                "name": a.name,
+                "noise": a.noise,
+                "position_bias": a.position_bias,
+                "length_bias": a.length_bias,
+                "drift_after": a.drift_after,
+                "drift_noise": a.drift_noise if a.drift_after is not None else None,
+            }
+            for a in panel
+        ],
+        "labels": run.labels,
+        "seconds": round(run.seconds, 2),
+        "exported": result.rows,
+        "ties": result.ties,
+        "both_bad": result.both_bad,
+        "excluded_annotators": result.excluded_annotators,
+        "train_pairs": len(train),
+        "heldout_pairs": len(heldout),
+    }
+    _write_json(folder / "panel.json", panel_info)
+    return panel_info
+
+
+def _drift_after(preset: Preset) -> int:
+    # The drifter turns careless once calibration is behind it, so that the gate passes
+    # and the drift shows in the anchors of the main round.
+    return preset.calibration_size + 10
+
+
+def _agreement(folder: Path, policy) -> dict[str, Any]:
+    from rlhfkit.agreement import read_gold, read_labels, summarise
+
+    labels = read_labels(folder / "labels.jsonl")
+    gold = read_gold(folder / "gold.jsonl", labels)
+    return summarise(
+        labels,
+        "nominal",
+        gold,
+        policy.agreement_threshold,
+        1000,
+        policy.anchor_accuracy_threshold,
+        20,
+    )
+
+
+def _split(prefs: Path, share: float) -> tuple[list[dict], list[dict]]:
+    """A held-out share of the preferences by a hash of each row's id: stable across reruns
+    and independent of row order."""
+    from rlhfkit.data import load
+
+    train, heldout = [], []
+    for row in load(prefs).rows:
+        h = int(hashlib.sha256(str(row.get("id")).encode()).hexdigest()[:8], 16) / 16**8
+        (heldout if h < share else train).append(row)
+    return train, heldout
+
+
+def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dict[str, Any]:
+    from rlhfkit.evaluate.rm import evaluate_reward_model
+    from rlhfkit.train.configs import RewardConfig
+    from rlhfkit.train.reward import train_reward
+
+    cfg = RewardConfig(
+        model=str(paths.final("sft")),
+        data=paths.prefs_train,
+        output_dir=paths.rm,
+        epochs=preset.rm_epochs,
+        batch_size=8,
+        learning_rate=1e-4,
+        max_length=384,
+        save_every=10,
+        resume=True,
+        project=paths.project,
+    )
+    train_reward(cfg, progress)
+    found = evaluate_reward_model(str(paths.final("rm")), paths.prefs_heldout, slices=("topic",))
+    _write_json(paths.rm / "eval_rm.json", found)
+    return found
+
+
+def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
+    from rlhfkit.project import load_project
+    from rlhfkit.train.configs import PPOConfig
+    from rlhfkit.train.ppo import train_ppo
+
+    spec = load_project(paths.project).spec
+    cfg = PPOConfig(
+        model=str(paths.final("sft")),
+        data=paths.project / spec.data.prompts,
+        output_dir=paths.policy("ppo"),
+        reward=[str(paths.final("rm"))],
+        algorithm="ppo",
+        max_steps=preset.ppo_steps,
+        batch_size=preset.ppo_batch,
+        learning_rate=preset.ppo_learning_rate,
+        lr_schedule="constant",
+        warmup_ratio=0.0,
+        max_new_tokens=preset.max_new_tokens,
+        temperature=spec.generate.temperature,
+        missing_eos_penalty=1.0,
+        kl_coef=spec.train.ppo.kl_coef,
+        whiten_rewards=True,
+        save_every=4,
+        resume=True,
+        project=paths.project,
+    )
+    train_ppo(cfg, progress)
+
+
+def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
+    from rlhfkit.project import load_project
+    from rlhfkit.train.configs import DPOConfig
+    from rlhfkit.train.dpo import train_dpo
+
+    spec = load_project(paths.project).spec
+    cfg = DPOConfig(
+        model=str(paths.final("sft")),
+        data=paths.prefs_train,
+        output_dir=paths.policy("dpo"),
+        epochs=preset.dpo_epochs,
+        batch_size=8,
+        learning_rate=preset.dpo_learning_rate,
+        beta=spec.train.dpo.beta,
+        max_length=384,
+        save_every=10,
+        resume=True,
+        project=paths.project,
+    )
+    train_dpo(cfg, progress)
+
+
+def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | None) -> dict:
+    from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
+
+    rm = str(paths.final("rm"))
+    cfg = PolicyEvalConfig(
+        project=paths.project,
+        before=str(paths.final("sft")),
+        after=str(paths.final(policy)),
+        out=paths.eval(policy),
+        limit=preset.eval_prompts,
+        samples=preset.eval_samples,
+        max_new_tokens=preset.max_new_tokens,
+        judges=("panel", f"rm:{rm}"),
+        reward_model=rm,
+        batch_size=16,
+        sample_cache=paths.root / "eval" / "cache",
+    )
+    return evaluate_policy(cfg, progress)
+
+
+def report(paths: Paths, seconds: dict[str, float]) -> tuple[Path, dict[str, Any]]:
+    from rlhfkit.demo.summary import summary
+    from rlhfkit.report.html import write_report
+    from rlhfkit.report.inputs import load_run
+
+    written = write_report(load_run(paths.root), paths.root / "report.html")
+    found = summary(paths, seconds)
+    _write_json(paths.root / "summary.json", found)
+    return written.html, found
+
+
+def clear(path: Path) -> None:
+    """Remove a stage's output folder before it reruns with other inputs (a resumed run
+    with other settings would be refused, rightly)."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        json.dump(data, f, indent=2, default=str)

@@ -1,0 +1,109 @@
+"""summary.json: the demo's outcome in one machine-readable file, beside the report.
+
+Keys: ``rm_heldout_accuracy``; ``calibration_gate`` {statistic, value, threshold, passed,
+overridden}; ``agreement`` {percent_agreement, krippendorff_alpha, fleiss_kappa};
+``flagged_annotators`` (drift alerts or anchor accuracy under the threshold, with why);
+``panel`` (the simulated annotators and their label counts); for ``ppo`` and ``dpo``:
+``criteria`` {name: {direction, before, after, p_value, test, verdict}}, ``improved``
+(the criteria whose verdict is 'improved'), ``kl``, ``length`` {before, after},
+``win_rates``, ``hacking_flags``; and ``stage_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rlhfkit.demo.stages import Paths
+
+
+def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:
+    annotation = paths.annotation
+    status = _read(annotation / "status.json")
+    agreement = _read(annotation / "agreement.json")
+    rm = _read(paths.rm / "eval_rm.json")
+    out: dict[str, Any] = {
+        "simulated_annotators": True,
+        "rm_heldout_accuracy": rm.get("accuracy"),
+        "rm_heldout_pairs": rm.get("pairs"),
+        "calibration_gate": _gate(status),
+        "agreement": {
+            k: agreement.get(k) for k in ("percent_agreement", "krippendorff_alpha", "fleiss_kappa")
+        },
+        "flagged_annotators": _flagged(status, agreement),
+        "panel": _read(annotation / "panel.json"),
+    }
+    for policy in ("ppo", "dpo"):
+        out[policy] = _policy(paths.eval(policy) / "eval.json")
+    out["stage_seconds"] = seconds
+    out["total_seconds"] = round(sum(seconds.values()), 1)
+    return out
+
+
+def _gate(status: dict[str, Any]) -> dict[str, Any] | None:
+    gate = status.get("gate")
+    if not gate or not gate.get("rounds"):
+        return None
+    first = gate["rounds"][0]
+    return {
+        "statistic": gate["statistic"],
+        "value": first["percent_agreement"],
+        "threshold": gate["threshold"],
+        "passed": bool(first["passed"]),
+        "overridden": gate["overridden"],
+        "rounds": len(gate["rounds"]),
+    }
+
+
+def _flagged(status: dict[str, Any], agreement: dict[str, Any]) -> list[dict[str, Any]]:
+    """Annotators with a drift alert, or whose anchor accuracy is under the threshold."""
+    flagged: dict[str, list[str]] = {}
+    for alert in status.get("drift_alerts", []) + agreement.get("drift_alerts", []):
+        flagged.setdefault(alert["annotator"], []).append(alert["reason"])
+    for a in status.get("annotators", []):
+        if a.get("excluded_from_export"):
+            flagged.setdefault(a["annotator"], []).append(
+                f"anchor accuracy {a['anchor_accuracy']:.2f} under the threshold: left out "
+                "of the export"
+            )
+    return [{"annotator": k, "reasons": sorted(set(v))} for k, v in sorted(flagged.items())]
+
+
+def _policy(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    ev = json.loads(path.read_text())
+    criteria = {
+        c["name"]: {
+            "direction": c["direction"],
+            "before": c["before"]["rate"],
+            "after": c["after"]["rate"],
+            "p_value": c["p_value"],
+            "test": c["test"],
+            "verdict": c["verdict"],
+        }
+        for c in ev["criteria"]
+    }
+    return {
+        "criteria": criteria,
+        "improved": [n for n, c in criteria.items() if c["verdict"] == "improved"],
+        "regressed": [n for n, c in criteria.items() if c["verdict"] == "regressed"],
+        "kl": ev["kl"].get("value"),
+        "length": {
+            "before": ev["length"]["before"]["mean"],
+            "after": ev["length"]["after"]["mean"],
+        },
+        "win_rates": {w["judge"]: w["win_rate"] for w in ev.get("win_rates", [])},
+        "hacking_flags": [
+            {"name": m["name"], "value": m["value"], "explanation": m["explanation"]}
+            for m in ev.get("monitors", [])
+            if m.get("flagged")
+        ],
+        "samples": ev["settings"]["n_prompts"] * ev["settings"]["samples_per_prompt"],
+    }
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,150 @@
+"""The demo's pipeline: its stage bookkeeping, its summary, and every stage after SFT run for
+real on the tiny random model (with candidate replies written from the example's templates,
+since a random model's own replies are all 'both bad' to the rubric)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+
+from rlhfkit.demo import stages as S
+from rlhfkit.demo.pipeline import Preset, StageLog
+from rlhfkit.demo.support_replies import SIGN_OFF, build
+from tests.conftest import run_cli, write_lines
+
+TINY = Preset(
+    sft_steps=2,
+    candidate_prompts=24,
+    calibration_size=8,
+    anchors=6,
+    max_new_tokens=8,
+    rm_epochs=1.0,
+    ppo_steps=2,
+    ppo_batch=4,
+    dpo_epochs=1.0,
+    eval_prompts=4,
+    eval_samples=1,
+)
+
+
+def test_stage_log_skips_finished_stages_and_notices_changed_inputs(tmp_path):
+    log = StageLog.open(tmp_path / "stages.json")
+    calls = []
+    assert log.run("a", {"x": 1}, lambda: calls.append(1))
+    assert not log.run("a", {"x": 1}, lambda: calls.append(2))
+    assert log.changed("a", {"x": 2}) and not log.changed("a", {"x": 1})
+    assert not log.changed("never", {"x": 1})
+    again = StageLog.open(tmp_path / "stages.json")  # the record survives a restart
+    assert not again.run("a", {"x": 1}, lambda: calls.append(3))
+    out = tmp_path / "out.txt"
+    assert again.run("b", {}, lambda: out.write_text("made"), outputs=(out,))
+    out.unlink()  # an output that disappeared makes the stage run again
+    assert again.run("b", {}, lambda: out.write_text("made"), outputs=(out,))
+    assert calls == [1] and set(again.seconds()) == {"a", "b"}
+
+
+def test_the_held_out_split_is_stable_and_disjoint(tmp_path):
+    rows = [{"id": f"i{i}", "prompt": "p", "chosen": "a", "rejected": "b"} for i in range(200)]
+    path = write_lines(tmp_path / "prefs.jsonl", rows)
+    train, held = S._split(path, 0.2)
+    assert len(train) + len(held) == 200 and 20 < len(held) < 60
+    write_lines(path, rows[::-1])
+    _train2, held2 = S._split(path, 0.2)  # row order does not matter
+    assert {r["id"] for r in held2} == {r["id"] for r in held}
+
+
+def _template_candidates(n: int, seed: int = 0) -> list[dict]:
+    """Comparison pairs of the kinds a half-trained policy writes: the same helpful reply
+    with or without a sign-off, with hedging, padded, or a useless apology."""
+    rng = random.Random(seed)
+    _prompts, _, sft = build()
+    variants = (
+        lambda r: r,
+        lambda r: r.removesuffix("\n\n" + SIGN_OFF),
+        lambda r: r.removesuffix("\n\n" + SIGN_OFF) + " I think that should help, maybe.",
+        lambda r: "I'm sorry about that. We value your feedback.",
+    )
+    rows = []
+    for i, row in enumerate(sft[:n]):
+        reply = row["completion"][0]["content"]
+        a, b = rng.sample(variants, 2)
+        rows.append(
+            {
+                "id": f"c{i}",
+                "prompt": row["prompt"],
+                "response_a": [{"role": "assistant", "content": a(reply)}],
+                "response_b": [{"role": "assistant", "content": b(reply)}],
+                "topic": row["topic"],
+            }
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Every stage from annotation to the report, on the tiny model."""
+    paths = S.Paths(tmp_path_factory.mktemp("demo"))
+    S.project_spec(paths, TINY)
+    spec_text = (paths.project / "rlhfkit.toml").read_text()
+    assert "calibration_size = 8 " in spec_text
+    S.sft(paths, TINY, "tiny-random", None)
+    paths.candidates.parent.mkdir(parents=True)
+    write_lines(paths.candidates, _template_candidates(TINY.candidate_prompts))
+    panel = S.annotation(paths, TINY)
+    S.reward_model(paths, TINY, None)
+    S.ppo(paths, TINY, None)
+    S.dpo(paths, TINY, None)
+    for policy in ("ppo", "dpo"):
+        S.evaluate(paths, TINY, policy, None)
+    html, summary = S.report(paths, {"sft": 1.0, "rm": 2.0})
+    return paths, panel, html, summary
+
+
+def test_the_panel_labels_through_the_app_and_the_export_trains(run):
+    paths, panel, _, _ = run
+    assert panel["simulated"] and all(a["name"].startswith("sim-") for a in panel["annotators"])
+    assert panel["train_pairs"] > 0 and panel["heldout_pairs"] > 0
+    status = json.loads((paths.annotation / "status.json").read_text())
+    assert status["gate"]["rounds"][0]["passed"] is not None
+    result = run_cli("data", "validate", str(paths.prefs))
+    assert result.code == 0, result.stderr
+    assert (paths.final("rm") / "config.json").exists()
+    assert (paths.rm / "eval_rm.json").exists()
+
+
+def test_summary_json_has_the_promised_keys(run):
+    paths, _, html, summary = run
+    assert html.exists() and (paths.root / "report.md").exists()
+    on_disk = json.loads((paths.root / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    for key in ("rm_heldout_accuracy", "calibration_gate", "flagged_annotators", "ppo", "dpo",
+                "stage_seconds"):
+        assert key in on_disk, key
+    assert set(on_disk["calibration_gate"]) >= {"statistic", "value", "threshold", "passed"}
+    for policy in ("ppo", "dpo"):
+        ev = on_disk[policy]
+        assert set(ev["criteria"]) == {"signs_off", "hedging", "concise"}
+        for c in ev["criteria"].values():
+            assert {"before", "after", "p_value", "verdict"} <= set(c)
+        assert "kl" in ev and isinstance(ev["hacking_flags"], list)
+    assert on_disk["stage_seconds"] == {"sft": 1.0, "rm": 2.0}
+
+
+def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path):
+    """A random model's replies are all 'both bad', so the tiny demo stops at the export with
+    the reason (exit 2); a rerun skips the four stages that finished, in seconds."""
+    args = ("demo", "--quick", "--dir", str(tmp_path / "d"), "--model", "tiny-random")
+    first = run_cli(*args)
+    assert first.code == 2, first.stderr
+    assert "no item has a majority answer to export" in first.stderr
+    assert "Traceback" not in first.stderr
+    records = json.loads((tmp_path / "d" / "stages.json").read_text())
+    assert list(records) == ["project", "model", "sft", "candidates"]
+    started = time.time()
+    again = run_cli(*args)
+    assert again.code == 2
+    assert json.loads((tmp_path / "d" / "stages.json").read_text()) == records
+    assert time.time() - started < 60
