@@ -146,6 +146,9 @@ async def labeler(client: Client, stats: dict, stop_at: float, pause: asyncio.Ev
             if not pause.is_set():
                 continue
             stats["latency"].extend((t1 - t0, t2 - t1))
+            stats["worst"].append(
+                (max(t1 - t0, t2 - t1), t0, "get" if t1 - t0 > t2 - t1 else "post")
+            )
             stats["cycles"] += 1
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError):
             client.writer = None  # the server died: wait for the restart, then replay
@@ -165,7 +168,7 @@ async def drive(
     port: int, tokens: list[str], seconds: float, kill, warmup: float, server_pid
 ) -> dict:
     stats = {"acknowledged": set(), "latency": [], "cycles": 0, "errors": 0, "replayed": 0,
-             "exhausted": False}  # fmt: skip
+             "exhausted": False, "worst": []}  # fmt: skip
     pause = asyncio.Event()
     pause.set()
     clients = [Client(port, t) for t in tokens]
@@ -174,8 +177,9 @@ async def drive(
         asyncio.create_task(labeler(c, stats, start + warmup + seconds, pause)) for c in clients
     ]
     await asyncio.sleep(warmup)
-    stats.update(cycles=0, latency=[])  # measure from here
+    stats.update(cycles=0, latency=[], worst=[])  # measure from here
     measure_start = time.monotonic()
+    stats["t0"] = time.perf_counter()
     cpu_start = (cpu_seconds(server_pid()), cpu_seconds(None))
     if kill is not None:
         await asyncio.sleep(seconds / 2)
@@ -276,6 +280,9 @@ def main() -> None:
         "replayed_after_kill": stats["replayed"],
         "queue_exhausted": stats["exhausted"],
     }
+    if os.environ.get("BENCH_WORST"):
+        for lat, t, kind in sorted(stats["worst"], reverse=True)[:8]:
+            print(f"worst {kind} {lat * 1000:.0f} ms at {t - stats['t0']:.2f} s", file=sys.stderr)
     print(json.dumps(result))
 
 
