@@ -127,7 +127,9 @@ def pg_server():
     def run(*args: str) -> None:
         subprocess.run(args, check=True, capture_output=True, **user)
 
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+    # --no-sync: a throwaway cluster need not survive a power cut while it is being created.
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]
+    run(*initdb, "-E", "UTF8", "--no-sync")
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
     run(
         str(bin_dir / "pg_ctl"),
@@ -141,7 +143,12 @@ def pg_server():
         "start",
     )
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        import psycopg
+
+        server = f"postgresql://postgres@127.0.0.1:{port}"
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE rlhfkit")
+        yield f"{server}/rlhfkit"
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
@@ -149,12 +156,14 @@ def pg_server():
 
 
 def new_pg_database(server: str) -> str:
+    """An empty store location on the test server: a fresh schema, first on the search path
+    (a schema costs nothing; a database per test copies a template's files each time)."""
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{server}/{name}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    return f"{server}?options=-csearch_path%3D{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

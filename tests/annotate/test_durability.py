@@ -68,7 +68,7 @@ def test_kill_9_loses_no_acknowledged_label_and_stores_none_twice(backend, tmp_p
         db = new_pg_database(request.getfixturevalue("pg_server"))
     store = open_store(db, create=True)
     policy = Policy.from_project(load_project(project))
-    import_items(store, policy, items=write_jsonl(tmp_path / "items.jsonl", pairs(3000)))
+    import_items(store, policy, items=write_jsonl(tmp_path / "items.jsonl", pairs(1500)))
     tokens = [add_annotator(store, f"ann{i}") for i in range(CLIENTS)]
     store.close()
 
@@ -79,7 +79,7 @@ def test_kill_9_loses_no_acknowledged_label_and_stores_none_twice(backend, tmp_p
     for t in labelers:
         t.start()
     deadline = time.monotonic() + 30
-    while sum(len(t.acknowledged) for t in labelers) < 200 and time.monotonic() < deadline:
+    while sum(len(t.acknowledged) for t in labelers) < 120 and time.monotonic() < deadline:
         time.sleep(0.05)
     server.kill()  # SIGKILL: no shutdown, no flush, nothing after the last commit
     server.wait()

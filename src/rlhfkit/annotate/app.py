@@ -9,12 +9,15 @@ rendering bug could not run a `<script>` from a model's response).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -73,7 +76,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     from rlhfkit.annotate.routes import admin, labels, me, pages, tasks
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Stop the SQLite writer and checkpoint threads and close the connections: a
+        # process that starts and stops servers (tests, the demo) must not collect them.
+        await anyio.to_thread.run_sync(store.close)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="rlhfkit annotate",
         docs_url=None,  # the docs pages load scripts from a CDN, which the CSP forbids
         redoc_url=None,
