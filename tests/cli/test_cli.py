@@ -18,7 +18,10 @@ def test_help_is_fast_and_follows_the_pipeline():
     assert result.code == 0
     assert elapsed < 1.5, f"rlhfkit --help took {elapsed:.2f} s"
     listed = re.findall(r"^[│|] (\w+) ", result.stdout, flags=re.M)
-    assert listed == ["init", "data", "models", "generate", "agreement", "train", "eval", "demo"]
+    assert listed == [
+        "init", "data", "models", "generate", "annotate", "agreement", "train", "eval", "report",
+        "demo",
+    ]  # fmt: skip
 
 
 def test_help_imports_no_heavy_library():
