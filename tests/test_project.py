@@ -60,6 +60,20 @@ def test_example_prompt_pools_are_disjoint(tmp_path):
     assert all(r["completion"][0]["content"].endswith("Northwind Support Team") for r in sft)
 
 
+def test_the_example_sft_data_is_a_mixed_archive(tmp_path):
+    """The scaffolded SFT rows are the ideal replies as a team's archive holds them: each
+    solves the problem, some sign off, some hedge, some pad (the rates SFT starts from)."""
+    from rlhfkit.data import load
+    from rlhfkit.demo.support_replies import FILLER, HEDGES, SIGN_OFF
+
+    project = init_project(tmp_path / "p")
+    replies = [r["completion"][0]["content"] for r in load(project.data_path("sft")).rows]
+    share = lambda hit: sum(map(hit, replies)) / len(replies)  # noqa: E731
+    assert 0.3 < share(lambda t: t.endswith(SIGN_OFF)) < 0.5
+    assert 0.1 < share(lambda t: any(h in t for h in HEDGES)) < 0.3
+    assert 0.15 < share(lambda t: FILLER in t) < 0.35
+
+
 def test_missing_and_unknown_fields_name_their_path(example_text):
     text = example_text.replace('name = "support-replies"\n', "")
     assert "name: Field required" in errors_of(text)

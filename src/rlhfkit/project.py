@@ -323,7 +323,8 @@ def init_project(target: Path | str, example: str = "support-replies") -> Projec
         spec_text = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
         spec = parse_spec(spec_text)  # the template itself must always be valid
         (tmp / SPEC_FILE).write_text(spec_text)
-        prompts, eval_prompts, sft = support_replies.build()
+        prompts, eval_prompts, ideal = support_replies.build()
+        sft = support_replies.past_replies(ideal)
         write_jsonl(tmp / "data" / "prompts.jsonl", prompts)
         write_jsonl(tmp / "data" / "eval_prompts.jsonl", eval_prompts)
         write_jsonl(tmp / "data" / "sft.jsonl", sft)

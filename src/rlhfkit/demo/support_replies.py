@@ -217,7 +217,7 @@ FILLER = (
 )
 
 
-def past_replies(sft: list[dict], seed: int = 0, sign_off: float = 0.4, hedge: float = 0.15,
+def past_replies(sft: list[dict], seed: int = 0, sign_off: float = 0.4, hedge: float = 0.2,
                  verbose: float = 0.25) -> list[dict]:
     """The SFT rows as a real team's archive would hold them: every reply solves the
     problem, but only some follow the house style — a share signs off, some hedge, some pad.
