@@ -82,11 +82,11 @@ def _render(run: Path, **kw) -> tuple[str, str]:
     return written.html.read_text(), written.markdown.read_text()
 
 
-def _row(page: str, first_cell: str) -> str:
-    """The table row whose first cell is `first_cell`."""
+def _row(page: str, first_cell: str, nth: int | None = None) -> str:
+    """The table row whose first cell is `first_cell` (the only one, or the `nth`)."""
     rows = [r for r in page.split("<tr>") if r.startswith(f"<td>{first_cell}</td>")]
-    assert len(rows) == 1, first_cell
-    return rows[0].split("</tr>")[0]
+    assert nth is not None or len(rows) == 1, first_cell
+    return rows[nth or 0].split("</tr>")[0]
 
 
 # --- content ----------------------------------------------------------------------------------
@@ -101,10 +101,11 @@ def test_every_section_renders_from_the_run_files(rendered):
     # annotation: the gate with its admin override, the drifting annotator flagged
     assert "failed, overridden by an admin" in page
     assert "recalibrate after 200 labels" in page
-    assert "flagged, left out of the export" in _row(page, "sim-drifter")
-    assert "flagged" not in _row(page, "sim-careful")
+    assert "flagged, left out of the export" in _row(page, "sim-drifter", nth=1)
+    assert "flagged" not in _row(page, "sim-careful", nth=1)
     assert "anchor accuracy 0.45 is below the threshold 0.70" in page  # the store's alert
     assert "Simulated annotators." in page
+    assert "noise → 50% after 60 labels" in _row(page, "sim-drifter", nth=0)  # as configured
     # reward model, training curves, criteria with p-values and verdicts, win rates, flags
     assert "81.2%" in page and "ECE" in page
     assert "KL coefficient" in page

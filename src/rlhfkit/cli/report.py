@@ -13,6 +13,7 @@ LAYOUT = """RUN_DIR layout (every part optional; a missing one shows as "not run
   project/rlhfkit.toml         the spec: task, rubric and version, success criteria
   annotation/agreement.json    rlhfkit agreement LABELS --json
   annotation/status.json       rlhfkit annotate status --json
+  annotation/panel.json        the demo's simulated panel settings
   rm/eval_rm.json              rlhfkit eval rm --json
   STAGE/metrics.jsonl          each training run's step log (sft, rm, ppo, dpo, ...)
   eval/POLICY/eval.json        rlhfkit eval policy (and samples.jsonl beside it)"""

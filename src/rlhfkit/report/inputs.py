@@ -6,6 +6,7 @@ A run folder (what `rlhfkit demo` writes; any pipeline can write the same)::
       project/rlhfkit.toml          the spec: task, rubric (with version), success criteria
       annotation/agreement.json     `rlhfkit agreement LABELS --json`
       annotation/status.json        `rlhfkit annotate status --json` (gate, override, progress)
+      annotation/panel.json         the demo's simulated panel: who it was, its set noise and biases
       rm/eval_rm.json               `rlhfkit eval rm --json`
       <stage>/metrics.jsonl         one JSON object per step, as every `rlhfkit train` writes
                                     (sft/, rm/, ppo/, dpo/ first, any other folder after)
@@ -77,6 +78,8 @@ class RunInputs:
     """The loaded `rlhfkit.project.Project`, or None."""
     agreement: dict[str, Any] | None = None
     status: dict[str, Any] | None = None
+    panel: dict[str, Any] | None = None
+    """The simulated panel's settings when the labels came from `rlhfkit.demo.panel`."""
     rm_eval: dict[str, Any] | None = None
     training: list[TrainingRun] = field(default_factory=list)
     evals: list[PolicyEval] = field(default_factory=list)
@@ -218,6 +221,7 @@ def load_run(
     for key, explicit, default in (
         ("agreement", agreement, ("annotation", "agreement.json")),
         ("status", status, ("annotation", "status.json")),
+        ("panel", None, ("annotation", "panel.json")),
         ("rm_eval", rm_eval, ("rm", "eval_rm.json")),
     ):
         path = found(explicit, *default)

@@ -236,9 +236,23 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
         for x in alerts
     ]
     out["disputed"] = _disputed(st.get("disputed_items"), (a.get("calibration_gate") or {}))
-    out["simulated"] = bool(out["annotators"]) and all(
-        r["name"].startswith(SIMULATED_PREFIX) for r in out["annotators"]
+    panel = inp.panel or {}
+    out["simulated"] = bool(panel.get("simulated")) or (
+        bool(out["annotators"])
+        and all(r["name"].startswith(SIMULATED_PREFIX) for r in out["annotators"])
     )
+    out["panel"] = [
+        {
+            "name": p.get("name", "?"),
+            "noise": pct(p.get("noise")),
+            "position_bias": pct(p.get("position_bias")),
+            "length_bias": num(p.get("length_bias"), 2),
+            "drift": f"noise → {pct(p.get('drift_noise'))} after {p['drift_after']} labels"
+            if p.get("drift_after") is not None
+            else "—",
+        }
+        for p in panel.get("annotators") or []
+    ]
     progress = st.get("progress") or {}
     out["progress"] = [
         {"name": k.replace("_", " "), "value": pct(v) if k.startswith("fraction") else num(v)}
