@@ -203,8 +203,15 @@ def generate_candidates(
             if text_a == text_b or not text_a or not text_b:
                 skipped += 1
                 continue
+            # the prompt row's other columns (e.g. a topic) pass through, as everywhere
+            extra = {
+                k: v
+                for k, v in row.items()
+                if k not in ("prompt", "completion", "chosen", "rejected")
+            }
             pair_rows.append(
-                {
+                extra
+                | {
                     "id": f"p{index:05d}-{a}-{b}",
                     "prompt": row["prompt"],
                     "response_a": _as_completion(text_a, conversational),
