@@ -240,7 +240,12 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
         project=paths.project,
     )
     train_reward(cfg, progress)
-    found = evaluate_reward_model(str(paths.final("rm")), paths.prefs_heldout, slices=("topic",))
+    from rlhfkit.data import load
+
+    sliced = any("topic" in r for r in load(paths.prefs_heldout).rows)
+    found = evaluate_reward_model(
+        str(paths.final("rm")), paths.prefs_heldout, slices=("topic",) if sliced else ()
+    )
     _write_json(paths.rm / "eval_rm.json", found)
     return found
 
