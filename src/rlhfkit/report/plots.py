@@ -80,6 +80,8 @@ def training_curves(kind: str, records: list[dict[str, Any]]) -> str | None:
     if not panels:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
@@ -97,6 +99,7 @@ def training_curves(kind: str, records: list[dict[str, Any]]) -> str | None:
             if len(ys) >= 8:
                 ax.plot(steps, _smooth(ys), color=COLORS[0], linewidth=1.8, label="smoothed")
             ax.set_title(TITLES.get(name, name), fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)

@@ -365,14 +365,20 @@ def rm_section(inp: RunInputs) -> dict[str, Any]:
                 "note": "near 0 is good; a strong positive value means it may pay for length",
             }
         )
-        if length.get("rm_prefers_longer") is not None:
+        rm_longer, people_longer = length.get("rm_prefers_longer"), length.get("chosen_is_longer")
+        if rm_longer is not None:
+            biased = people_longer is not None and rm_longer - people_longer > 0.15
             facts.append(
                 {
                     "name": "prefers the longer reply",
-                    "value": pct(length.get("rm_prefers_longer")),
-                    "note": f"annotators chose the longer reply "
-                    f"{pct(length.get('chosen_is_longer'))} of the time; far above that, the "
-                    "reward model has learned a length bias",
+                    "value": pct(rm_longer),
+                    "note": f"annotators chose the longer reply {pct(people_longer)} of the time; "
+                    + (
+                        "the reward model favours length well beyond that: a learned length "
+                        "bias that PPO can exploit"
+                        if biased
+                        else "no sign that the reward model pays for length beyond that"
+                    ),
                 }
             )
     order = r.get("order_invariance") or {}
