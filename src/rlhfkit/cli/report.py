@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -29,7 +30,7 @@ def report(
         None,
         "--out",
         "-o",
-        help="The HTML file to write [default: RUN_DIR/report.html]. The "
+        help="The HTML file to write (default: RUN_DIR/report.html). The "
         "Markdown summary goes beside it with the .md suffix.",
     ),
     project: Path = typer.Option(None, help="The project folder or its rlhfkit.toml."),
@@ -82,4 +83,6 @@ def report(
         console.print(f"[dim]not run: {', '.join(written.sections_missing)}[/dim]")
 
 
-report.__doc__ = (report.__doc__ or "") + "\n\n" + LAYOUT.replace("\n", "\n\n")
+# The layout joins the docstring for --help: dedent the docstring first, or Typer keeps its
+# indentation once an unindented block follows it. One paragraph per line keeps the lines.
+report.__doc__ = inspect.cleandoc(report.__doc__ or "") + "\n\n" + LAYOUT.replace("\n", "\n\n")

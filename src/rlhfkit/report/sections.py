@@ -8,7 +8,6 @@ command produces them; the renderers print "not run" for it.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,66 +15,10 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.report import plots
+from rlhfkit.report.format import interval, named, num, pct, pvalue, rate, signed_pct
 from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun
 
 SIMULATED_PREFIX = "sim-"
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-
-def num(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def pct(x: Any, digits: int = 0) -> str:
-    if not isinstance(x, int | float) or isinstance(x, bool) or not math.isfinite(x):
-        return "n/a"
-    return f"{100 * x:.{digits}f}%"
-
-
-def interval(ci: Any, fmt=pct) -> str:
-    if not isinstance(ci, list | tuple) or len(ci) != 2 or None in ci:
-        return ""
-    return f"{fmt(ci[0])} – {fmt(ci[1])}"
-
-
-def pvalue(p: Any) -> str:
-    if not isinstance(p, int | float) or not math.isfinite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def signed_pct(x: Any) -> str:
-    if not isinstance(x, int | float) or not math.isfinite(x):
-        return "n/a"
-    return f"{100 * x:+.0f} pts"
-
-
-def _rate(v: Any) -> tuple[float | None, list | None]:
-    """A rate given as a number or as ``{"rate"|"value": x, "ci": [lo, hi]}``."""
-    if isinstance(v, dict):
-        return v.get("rate", v.get("value", v.get("mean"))), v.get("ci")
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v), None
-    return None, None
-
-
-def _named(container: Any) -> list[dict[str, Any]]:
-    """A list of dicts with 'name', from either a list or a {name: dict} mapping."""
-    if isinstance(container, dict):
-        return [{"name": k, **v} for k, v in container.items() if isinstance(v, dict)]
-    if isinstance(container, list):
-        return [x for x in container if isinstance(x, dict)]
-    return []
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -448,9 +391,9 @@ def eval_section(ev: PolicyEval) -> dict[str, Any]:
     `rlhfkit.evaluate.policy`) as rows and sentences."""
     d = ev.data
     criteria = []
-    for c in _named(d.get("criteria")):
-        before, bci = _rate(c.get("before"))
-        after, aci = _rate(c.get("after"))
+    for c in named(d.get("criteria")):
+        before, bci = rate(c.get("before"))
+        after, aci = rate(c.get("after"))
         diff = c.get("diff")
         criteria.append(
             {
@@ -479,7 +422,7 @@ def eval_section(ev: PolicyEval) -> dict[str, Any]:
             "p": pvalue(w.get("p_value")),
             "counts": " / ".join(str(w.get(k, 0)) for k in ("wins", "losses", "ties", "both_bad")),
         }
-        for w in _named(d.get("win_rates"))
+        for w in named(d.get("win_rates"))
     ]
     flags = [
         {
@@ -490,7 +433,7 @@ def eval_section(ev: PolicyEval) -> dict[str, Any]:
             "threshold": num(f.get("threshold")),
             "explanation": f.get("explanation", ""),
         }
-        for f in _named(d.get("monitors"))
+        for f in named(d.get("monitors"))
     ]
     kl = d.get("kl") or {}
     length = d.get("length") or {}
@@ -522,8 +465,8 @@ def eval_section(ev: PolicyEval) -> dict[str, Any]:
 def _means(c: dict[str, Any], digits: int) -> dict[str, str]:
     """A before/after comparison of means (length, reward) as text."""
     return {
-        "before": num(_rate(c.get("before"))[0], digits),
-        "after": num(_rate(c.get("after"))[0], digits),
+        "before": num(rate(c.get("before"))[0], digits),
+        "after": num(rate(c.get("after"))[0], digits),
         "diff": f"{c['diff']:+.{digits}f}" if isinstance(c.get("diff"), int | float) else "n/a",
         "diff_ci": interval(c.get("diff_ci"), lambda x: num(x, digits)),
         "p": pvalue(c.get("p_value")),
@@ -542,7 +485,7 @@ def samples_section(ev: PolicyEval, limit: int) -> dict[str, Any]:
     """Before/after replies to the same held-out prompts, the first sample of each, with
     which success criteria each passed and what the judges said."""
     rows = [r for r in ev.samples if r.get("sample", 0) == 0]
-    direction = {c.get("name"): c.get("direction") for c in _named(ev.data.get("criteria"))}
+    direction = {c.get("name"): c.get("direction") for c in named(ev.data.get("criteria"))}
     out = []
     for r in rows[:limit]:
         marks = r.get("criteria") or {}

@@ -1,0 +1,61 @@
+"""Numbers as the report shows them: formatted once, here. Missing or non-finite values
+print as "n/a" rather than failing, since a run may not have produced every figure."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def num(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def pct(x: Any, digits: int = 0) -> str:
+    if not isinstance(x, int | float) or isinstance(x, bool) or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.{digits}f}%"
+
+
+def interval(ci: Any, fmt=pct) -> str:
+    if not isinstance(ci, list | tuple) or len(ci) != 2 or None in ci:
+        return ""
+    return f"{fmt(ci[0])} – {fmt(ci[1])}"
+
+
+def pvalue(p: Any) -> str:
+    if not isinstance(p, int | float) or not math.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def signed_pct(x: Any) -> str:
+    if not isinstance(x, int | float) or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:+.0f} pts"
+
+
+def rate(v: Any) -> tuple[float | None, list | None]:
+    """A rate given as a number or as ``{"rate"|"value": x, "ci": [lo, hi]}``."""
+    if isinstance(v, dict):
+        return v.get("rate", v.get("value", v.get("mean"))), v.get("ci")
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v), None
+    return None, None
+
+
+def named(container: Any) -> list[dict[str, Any]]:
+    """A list of dicts with 'name', from either a list or a {name: dict} mapping."""
+    if isinstance(container, dict):
+        return [{"name": k, **v} for k, v in container.items() if isinstance(v, dict)]
+    if isinstance(container, list):
+        return [x for x in container if isinstance(x, dict)]
+    return []
