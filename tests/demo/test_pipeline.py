@@ -134,15 +134,15 @@ def test_summary_json_has_the_promised_keys(run):
 
 
 def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path):
-    """A random model's replies are all 'both bad', so the tiny demo stops at the export with
-    the reason (exit 2); a rerun skips the four stages that finished, in seconds."""
+    """A random model's replies are (nearly) all 'both bad' to the panel, so the tiny demo
+    stops after annotation with a plain reason (exit 2: nothing, or too little, to train a
+    reward model on); a rerun skips the stages that finished, in seconds."""
     args = ("demo", "--quick", "--dir", str(tmp_path / "d"), "--model", "tiny-random")
     first = run_cli(*args)
     assert first.code == 2, first.stderr
-    assert "no item has a majority answer to export" in first.stderr
-    assert "Traceback" not in first.stderr
+    assert "error:" in first.stderr and "Traceback" not in first.stderr
     records = json.loads((tmp_path / "d" / "stages.json").read_text())
-    assert list(records) == ["project", "model", "sft", "candidates"]
+    assert list(records)[:4] == ["project", "model", "sft", "candidates"]
     started = time.time()
     again = run_cli(*args)
     assert again.code == 2
