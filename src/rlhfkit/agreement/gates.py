@@ -157,7 +157,7 @@ def anchor_drift(
                         f"anchor accuracy {value:.2f} is below the threshold {threshold:.2f}",
                     )
                 )
-            elif base - value > max_drop:
+            elif base - value > max_drop + 1e-9:  # 1.0 - 0.85 is 0.15000000000000002
                 alerts.append(
                     DriftAlert(
                         name,
