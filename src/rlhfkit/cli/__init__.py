@@ -7,6 +7,7 @@ libraries (torch, transformers, datasets) are imported inside commands, never he
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -104,6 +105,10 @@ app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 
 def main() -> None:
     """Entry point: user mistakes print their problems and exit 2, never a stack trace."""
+    # Every command draws its own progress display; the libraries' tqdm bars ("Loading
+    # weights", "Writing model shards") would interleave with it.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         app()
     except UserError as e:
