@@ -85,6 +85,8 @@ def sample_rollout(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        output_logits=logprobs,
+        return_dict_in_generate=logprobs,
     )
     was_training = model.training
     model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
@@ -111,8 +113,6 @@ def sample_rollout(
             attention_mask=mask,
             past_key_values=cache,
             generation_config=config,
-            output_logits=logprobs,
-            return_dict_in_generate=logprobs,
         )
     model.train(was_training)
     step_logits = out.logits if logprobs else None
