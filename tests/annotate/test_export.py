@@ -153,3 +153,35 @@ def test_export_refuses_a_non_jsonl_target_and_an_empty_result(team, tmp_path):
     with pytest.raises(UserError, match="nothing written"):
         export(store, POLICY, tmp_path / "prefs.jsonl")
     assert not (tmp_path / "prefs.jsonl").exists()
+
+
+def test_chat_pairs_round_trip_as_conversational_preferences(sqlite_url, tmp_path):
+    """Pairs as `rlhfkit generate` writes them for a chat model: messages, extra fields."""
+    store = open_store(sqlite_url, create=True)
+    policy = Policy(**{**POLICY.__dict__, "overlap": 1})
+    rows = [
+        {
+            "id": f"p{i:05d}-0-1",
+            "prompt": [{"role": "user", "content": f"Where is order #{i}?"}],
+            "response_a": [{"role": "assistant", "content": f"Answer A to {i}."}],
+            "response_b": [{"role": "assistant", "content": f"Answer B to {i}."}],
+            "truncated": [False, True],
+            "source_row": i + 1,
+        }
+        for i in range(3)
+    ]
+    import_items(store, policy, items=write_jsonl(tmp_path / "candidates.jsonl", rows))
+    annotator = Authenticator(store)(add_annotator(store, "ann1")).id
+    rng = random.Random(0)
+    while not isinstance(task := next_task(store, policy, annotator, rng), NoTask):
+        assert task.prompt == [{"role": "user", "content": task.prompt[0]["content"]}]
+        a_first = task.first[0]["content"].startswith("Answer A")
+        req = LabelRequest(task.task_id, "first" if a_first else "second", uuid.uuid4().hex)
+        submit_label(store, policy, annotator, req)
+    export(store, policy, tmp_path / "prefs.jsonl")
+    store.close()
+    dataset, problems = validate(tmp_path / "prefs.jsonl")
+    assert not problems and dataset.kind.conversational
+    assert [r["chosen"][0]["content"] for r in dataset.rows] == [
+        f"Answer A to {i}." for i in range(3)
+    ]
