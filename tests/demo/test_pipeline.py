@@ -46,6 +46,26 @@ def test_stage_log_skips_finished_stages_and_notices_changed_inputs(tmp_path):
     assert calls == [1] and set(again.seconds()) == {"a", "b"}
 
 
+def test_a_stage_killed_midway_resumes_unless_its_inputs_changed(tmp_path):
+    log = StageLog.open(tmp_path / "stages.json")
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        log.run("train", {"lr": 1}, killed)
+    restarted = StageLog.open(tmp_path / "stages.json")
+    assert not restarted.done("train", {"lr": 1})  # it has to run (and resume) again
+    assert not restarted.changed("train", {"lr": 1})  # ... from its checkpoints
+    assert restarted.changed("train", {"lr": 2})  # other inputs: its leftovers are stale
+    assert restarted.seconds() == {}
+    restarted.run("train", {"lr": 1}, lambda: None)
+    first = restarted.output_key("train")
+    time.sleep(1.1)
+    restarted.run("train", {"lr": 1}, lambda: None, outputs=(tmp_path / "gone",))
+    assert restarted.output_key("train") != first  # downstream stages see the rerun
+
+
 def test_the_held_out_split_is_stable_and_disjoint(tmp_path):
     rows = [{"id": f"i{i}", "prompt": "p", "chosen": "a", "rejected": "b"} for i in range(200)]
     path = write_lines(tmp_path / "prefs.jsonl", rows)

@@ -103,12 +103,13 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 done, total = args
                 bar.update(inner, completed=done, total=total, info="", visible=True)
 
-        def stage(name: str, inputs: dict[str, Any], fn, outputs=(), clear=None) -> None:
+        def stage(name: str, inputs: dict[str, Any], fn, outputs=(), clear=()) -> None:
             index = [s for s, _ in STAGES].index(name)
             bar.update(overall, completed=index, description=f"{name}: {dict(STAGES)[name]}")
             bar.update(inner, completed=0, total=None, info="", visible=False)
-            if clear is not None and log.changed(name, inputs):
-                S.clear(clear)  # other inputs than the finished run's: start that stage over
+            if log.changed(name, inputs):
+                for path in clear:  # other inputs than the last run's: start that stage over
+                    S.clear(path)
             ran[name] = log.run(name, inputs, fn, outputs)
             bar.update(overall, completed=index + 1)
 
@@ -131,7 +132,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
         stage("model", {"model": base}, provision)
 
         def fingerprint(name: str) -> str:
-            return log.records[name]["fingerprint"]
+            return log.output_key(name)
 
         stage(
             "sft",
@@ -143,7 +144,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
             },
             lambda: S.sft(paths, preset, base, step_progress),
             outputs=(paths.final("sft"),),
-            clear=paths.sft,
+            clear=(paths.sft,),
         )
         stage(
             "candidates",
@@ -156,6 +157,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
             },
             lambda: S.candidates(paths, preset, step_progress),
             outputs=(paths.candidates,),
+            clear=(paths.candidates, paths.candidates.with_name(".candidates.jsonl.partial")),
         )
         stage(
             "annotation",
@@ -174,7 +176,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
             {"prefs": fingerprint("annotation"), "epochs": preset.rm_epochs},
             lambda: S.reward_model(paths, preset, step_progress),
             outputs=(paths.rm / "eval_rm.json",),
-            clear=paths.rm,
+            clear=(paths.rm,),
         )
         stage(
             "ppo",
@@ -185,11 +187,10 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "lr": preset.ppo_learning_rate,
                 "max_new_tokens": preset.max_new_tokens,
                 "ppo": spec.train.ppo.model_dump(),
-                "monitors": spec.monitors.model_dump(),
             },
             lambda: S.ppo(paths, preset, step_progress),
             outputs=(paths.final("ppo"),),
-            clear=paths.policy("ppo"),
+            clear=(paths.policy("ppo"),),
         )
         stage(
             "dpo",
@@ -202,7 +203,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
             },
             lambda: S.dpo(paths, preset, step_progress),
             outputs=(paths.final("dpo"),),
-            clear=paths.policy("dpo"),
+            clear=(paths.policy("dpo"),),
         )
         for policy in ("ppo", "dpo"):
             stage(
@@ -211,6 +212,8 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                     "policy": fingerprint(policy),
                     "rm": fingerprint("rm"),
                     "criteria": spec.criteria_hash(),
+                    "monitors": spec.monitors.model_dump(),
+                    "eval_prompts": sha256_file(paths.project / spec.data.eval_prompts),
                     "prompts": preset.eval_prompts,
                     "samples": preset.eval_samples,
                 },
@@ -238,9 +241,10 @@ def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: floa
     console.rule("rlhfkit demo: support replies (annotators are a SIMULATED panel)")
     gate = s.get("calibration_gate") or {}
     if gate:
-        verdict = "passed" if gate["passed"] else "FAILED"
+        verdict = "passed" if gate["passed"] else "FAILED: the main queue stayed closed"
+        value = "n/a" if gate["value"] is None else f"{gate['value']:.2f}"
         console.print(
-            f"calibration gate: {gate['statistic']} {gate['value']:.2f} vs threshold "
+            f"calibration gate: {gate['statistic']} {value} vs threshold "
             f"{gate['threshold']:.2f}: {verdict}" + (" (overridden)" if gate["overridden"] else "")
         )
     for f in s.get("flagged_annotators", []):

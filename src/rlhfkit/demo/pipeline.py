@@ -110,9 +110,19 @@ class StageLog:
         )
 
     def changed(self, name: str, inputs: dict[str, Any]) -> bool:
-        """The stage finished before, with other inputs."""
-        previous = self.records.get(name)
-        return bool(previous and previous.get("fingerprint") != config_hash(inputs))
+        """The stage started or finished before with other inputs: what it left behind
+        (a finished output, or a half-run's checkpoints) must not be reused."""
+        previous = self.records.get(name, {})
+        fingerprint = config_hash(inputs)
+        return any(
+            previous.get(key) not in (None, fingerprint) for key in ("fingerprint", "started")
+        )
+
+    def output_key(self, name: str) -> str:
+        """What downstream stages fingerprint: this stage's inputs and when it last ran, so
+        a stage rerun because its outputs were deleted reruns everything after it too."""
+        record = self.records[name]
+        return f"{record['fingerprint']}@{record.get('finished', '')}"
 
     def run(
         self,
@@ -125,6 +135,8 @@ class StageLog:
         there; return True if it ran."""
         if self.done(name, inputs, outputs):
             return False
+        self.records[name] = {"started": config_hash(inputs)}
+        self._save()
         started = time.time()
         fn()
         self.records[name] = {
@@ -132,48 +144,12 @@ class StageLog:
             "seconds": round(time.time() - started, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        with atomic_open(self.path) as f:
-            json.dump(self.records, f, indent=2)
+        self._save()
         return True
 
+    def _save(self) -> None:
+        with atomic_open(self.path) as f:
+            json.dump(self.records, f, indent=2)
+
     def seconds(self) -> dict[str, float]:
-        return {name: r["seconds"] for name, r in self.records.items()}
-
-
-def baseline_rates(project_root: Path, candidates: Path) -> dict[str, Any]:
-    """Pass rate of each success criterion over every complete sampled candidate."""
-    from rlhfkit.data import load
-    from rlhfkit.project import load_project
-
-    spec = load_project(project_root).spec
-    rows = load(candidates).rows
-    # A reply cut at the token limit can never end with a sign-off and always looks
-    # concise: counting it would bias every rate, so only complete replies count.
-    pairs = [
-        (r[k], r.get("truncated", [False, False])[i])
-        for r in rows
-        for i, k in enumerate(("response_a", "response_b"))
-    ]
-    responses = [_text(reply) for reply, cut in pairs if not cut]
-    rates = {}
-    for c in spec.success_criteria:
-        if not c.text_only:
-            continue
-        hits = sum(c.detector.matches(t) for t in responses)
-        rates[c.name] = {
-            "direction": c.direction,
-            "pass_rate": hits / len(responses) if responses else None,
-            "n": len(responses),
-        }
-    words = [len(t.split()) for t in responses]
-    return {
-        "complete": len(responses),
-        "truncated": len(pairs) - len(responses),
-        "criteria": rates,
-        "mean_words": sum(words) / len(words) if words else None,
-        "responses": len(responses),
-    }
-
-
-def _text(value: str | list[dict[str, str]]) -> str:
-    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+        return {name: r["seconds"] for name, r in self.records.items() if "seconds" in r}

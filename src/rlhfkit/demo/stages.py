@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,14 +78,15 @@ def project_spec(paths: Paths, preset: Preset) -> None:
     from rlhfkit.project import SPEC_FILE, init_project
 
     spec = paths.project / SPEC_FILE
-    if spec.exists():
-        return
-    init_project(paths.project)
+    if not spec.exists():
+        init_project(paths.project)
     text = spec.read_text()
-    default = "calibration_size = 50 "
-    if preset.calibration_size != 50 and default in text:
-        shown = f"calibration_size = {preset.calibration_size}".ljust(len(default))
-        spec.write_text(text.replace(default, shown))
+    sized = re.sub(
+        r"^calibration_size = \d+", f"calibration_size = {preset.calibration_size}", text,
+        flags=re.M,
+    )
+    if sized != text:
+        spec.write_text(sized)
 
 
 def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> None:
@@ -142,7 +144,7 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
     store = open_store(f"sqlite:///{db}", create=True)
     try:
         import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
-        panel = default_panel(PANEL_SIZE, seed=seed, drift_after=_drift_after(preset))
+        panel = default_panel(PANEL_SIZE, seed=seed, drift_after=_drift_after(policy))
         tokens = {a.name: add_annotator(store, a.name) for a in panel}
         with serve_in_background(store.url, paths.project) as base_url:
             run = run_panel(base_url, tokens, panel, seed=seed)
@@ -188,10 +190,10 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
     return panel_info
 
 
-def _drift_after(preset: Preset) -> int:
+def _drift_after(policy) -> int:
     # The drifter turns careless once calibration is behind it, so that the gate passes
     # and the drift shows in the anchors of the main round.
-    return preset.calibration_size + 10
+    return policy.calibration_size + 10
 
 
 def _agreement(folder: Path, policy) -> dict[str, Any]:
@@ -313,7 +315,7 @@ def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | Non
         limit=preset.eval_prompts,
         samples=preset.eval_samples,
         max_new_tokens=preset.max_new_tokens,
-        judges=("panel", f"rm:{rm}"),
+        judges=("panel",),  # the reward model's own win rate comes with reward_model
         reward_model=rm,
         batch_size=16,
         sample_cache=paths.root / "eval" / "cache",

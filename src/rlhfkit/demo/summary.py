@@ -1,12 +1,14 @@
 """summary.json: the demo's outcome in one machine-readable file, beside the report.
 
-Keys: ``rm_heldout_accuracy``; ``calibration_gate`` {statistic, value, threshold, passed,
-overridden}; ``agreement`` {percent_agreement, krippendorff_alpha, fleiss_kappa};
+Keys: ``simulated_annotators`` (always true here), ``rm_heldout_accuracy`` and
+``rm_heldout_pairs``; ``calibration_gate`` {statistic, value, threshold, passed, overridden,
+main_queue_open, rounds} of the latest calibration round; ``agreement``
+{percent_agreement, krippendorff_alpha, fleiss_kappa};
 ``flagged_annotators`` (drift alerts or anchor accuracy under the threshold, with why);
 ``panel`` (the simulated annotators and their label counts); for ``ppo`` and ``dpo``:
 ``criteria`` {name: {direction, before, after, p_value, test, verdict}}, ``improved``
-(the criteria whose verdict is 'improved'), ``kl``, ``length`` {before, after},
-``win_rates``, ``hacking_flags``; and ``stage_seconds``.
+and ``regressed`` (the criteria by verdict), ``kl``, ``length`` {before, after}, ``win_rates``,
+``hacking_flags``, ``samples``; and ``stage_seconds``, ``total_seconds``.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ def _gate(status: dict[str, Any]) -> dict[str, Any] | None:
     gate = status.get("gate")
     if not gate or not gate.get("rounds"):
         return None
-    first = gate["rounds"][0]
+    last = gate["rounds"][-1]  # a failed round followed by a recalibration that passed
     return {
         "statistic": gate["statistic"],
-        "value": first["percent_agreement"],
+        "value": last["percent_agreement"],
         "threshold": gate["threshold"],
-        "passed": bool(first["passed"]),
+        "passed": bool(last["passed"]),
         "overridden": gate["overridden"],
+        "main_queue_open": gate["main_queue_open"],
         "rounds": len(gate["rounds"]),
     }
 

@@ -164,7 +164,9 @@ def train_ppo(
     # One update per step and no critic: the update is on-policy, so the sampler's own
     # log-probs serve as the old ones (the ratio is 1 by construction) and the separate
     # no-grad pass over the policy is skipped. PPO needs that pass for its values.
-    on_policy = cfg.algorithm != "ppo" and updates == 1
+    # Under bf16 autocast the sampler (fp32) and the scored passes would differ by rounding,
+    # and the KL would mix the two: there the shortcut is off.
+    on_policy = cfg.algorithm != "ppo" and updates == 1 and accelerator.mixed_precision == "no"
 
     for step in range(run.start, run.total):
         t0 = time.time()
@@ -281,9 +283,9 @@ def train_ppo(
             record["explained_variance"] = _explained_variance(old_values, returns, mask)
         record |= {k: v / max(n_updates, 1) for k, v in sums.items() if k != "grad_norm"}
         grad_norm = sums.get("grad_norm", math.nan) / max(n_updates, 1)
-        flags = []
-        if monitor is not None:  # every process computes them; only the main one writes
-            flags = monitor.step(
+        fired = []
+        if monitor is not None:  # every process computes them; only the main one writes,
+            flags = monitor.step(  # before the checkpoint, so that a kill loses no line
                 asked,
                 rollout.texts,
                 raw.tolist(),
@@ -292,9 +294,9 @@ def train_ppo(
                 criteria={c.name: totals[f"criteria/{c.name}"] for c in criteria},
             )
             record["monitor_flags"] = float(sum(f.flagged for f in flags))
+            fired = _record_flags(cfg, accelerator, step + 1, flags, flagged_before)
         last_record = run.end_step(step + 1, {}, (grad_norm, lr_used), extra=record)
         if monitor is not None:
-            fired = _record_flags(cfg, accelerator, step + 1, flags, flagged_before)
             stop = torch.tensor(float(bool(fired) and cfg.stop_on_flag), device=device)
             if float(accelerator.reduce(stop, "sum")) > 0:  # every process stops together
                 stopped_early = "reward-hacking monitor: " + (
