@@ -32,7 +32,7 @@ from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError
 from rlhfkit.train import losses as L
 from rlhfkit.train.batches import Batch
-from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.checkpoint import MetricsLog, save_final
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
@@ -156,8 +156,11 @@ def train_ppo(
         optimizer_steps_per_step=updates,
     )
     device = accelerator.device
+    # the flags' log: step-keyed JSON lines, cut back on resume like metrics.jsonl (the
+    # monitors' history starts afresh: the first resumed step is the new reference)
+    flag_log = MetricsLog(Path(cfg.output_dir) / "monitors.jsonl")
     if monitor is not None and accelerator.is_main_process:
-        _trim_flags(Path(cfg.output_dir) / "monitors.jsonl", run.start)
+        flag_log.truncate_after(run.start)
     kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
     last_record: dict[str, float] = {}
     stopped_early = None
@@ -294,7 +297,7 @@ def train_ppo(
                 criteria={c.name: totals[f"criteria/{c.name}"] for c in criteria},
             )
             record["monitor_flags"] = float(sum(f.flagged for f in flags))
-            fired = _record_flags(cfg, accelerator, step + 1, flags, flagged_before)
+            fired = _record_flags(flag_log, accelerator, step + 1, flags, flagged_before)
         last_record = run.end_step(step + 1, {}, (grad_norm, lr_used), extra=record)
         if monitor is not None:
             stop = torch.tensor(float(bool(fired) and cfg.stop_on_flag), device=device)
@@ -503,39 +506,14 @@ def _live_monitor(cfg: PPOConfig, criteria: list):
     return LiveMonitor(thresholds, {c.name: c.direction for c in criteria})
 
 
-def _record_flags(cfg: PPOConfig, accelerator, step: int, flags: list, seen: set[str]) -> list:
-    """Append the step's flags to monitors.jsonl; return those newly fired (a flag that stays
-    up is reported once, when it first fires)."""
+def _record_flags(log: MetricsLog, accelerator, step: int, flags: list, seen: set[str]) -> list:
+    """Log the step's raised flags; return those newly fired (a flag that stays up is
+    reported once, when it first fires)."""
     fired = [f for f in flags if f.flagged and f.name not in seen]
     seen.update(f.name for f in flags if f.flagged)
     if accelerator.is_main_process:
-        import json
-
-        line = {"step": step, "flags": [f.to_json() for f in flags if f.flagged]}
-        with open(Path(cfg.output_dir) / "monitors.jsonl", "a") as out:
-            out.write(json.dumps(line) + "\n")
+        log.write({"step": step, "flags": [f.to_json() for f in flags if f.flagged]})
     return fired
-
-
-def _trim_flags(path: Path, start: int) -> None:
-    """A resumed run drops the flags of steps after its checkpoint (they are redone). The
-    monitors' history starts afresh: the first resumed step is the new reference."""
-    if not path.exists():
-        return
-    from rlhfkit.data.io import atomic_open
-
-    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= start]
-    with atomic_open(path) as f:
-        f.write("".join(line + "\n" for line in kept))
-
-
-def _step_of(line: str) -> int:
-    import json
-
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # a line cut by a kill: drop it
 
 
 def _success_criteria(project: Path | None) -> list:
