@@ -108,6 +108,7 @@ def test_criteria_need_both_directions(example_text):
 
 def test_tie_policy_contradicted_by_an_example(example_text):
     text = example_text.replace('preferred = "a"', 'preferred = "tie"')
+    text = text.replace('tie_policy = "allow"', 'tie_policy = "force_choice"')
     assert any("tie_policy forbids ties" in p for p in errors_of(text))
 
 

@@ -47,8 +47,8 @@ def write_project(root: Path, tie: bool = False, **annotation) -> Path:
     text = spec.read_text()
     table = "[annotation]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
     text = re.sub(r"\[annotation\]\n(?:[^\[].*\n|\n)*", table + "\n", text)
-    if tie:
-        text = text.replace('tie_policy = "force_choice"', 'tie_policy = "allow"')
+    if not tie:  # the example allows ties; most tests here want a forced choice
+        text = text.replace('tie_policy = "allow"', 'tie_policy = "force_choice"')
     spec.write_text(text)
     return root
 

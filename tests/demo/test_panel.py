@@ -71,10 +71,10 @@ def test_hand_made_replies_rank_as_the_rubric_says():
 def test_hand_computed_scores():
     s = rubric_scores(EMAIL, REPLIES["ideal"])
     assert s == {"helpful": 1.0, "tone": 1.0, "concise": 1.0, "overall": 1.0}
-    # acts on the topic (0.55 + 0.2), says when (+0.15), names the order (+0.1); no sign-off
-    # costs tone 0.35
+    # acts on the topic (0.7 + 0.2), says when (+0.05), names the order (+0.05); no sign-off
+    # costs tone 0.35: overall 0.5 * 1 + 0.3 * 0.65 + 0.2 * 1
     s = rubric_scores(EMAIL, REPLIES["acts, no sign-off"])
-    assert s == {"helpful": 1.0, "tone": 0.65, "concise": 1.0, "overall": 0.93}
+    assert s == {"helpful": 1.0, "tone": 0.65, "concise": 1.0, "overall": 0.895}
     # echo: no step, mostly the email's own words -> 0.05 at most
     assert rubric_scores(EMAIL, REPLIES["echo"])["helpful"] == 0.05
     # hedges: 'i think', 'maybe', 'not sure' (three, capped at 0.5) and no sign-off (0.35)

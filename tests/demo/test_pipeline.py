@@ -66,11 +66,16 @@ def test_a_stage_killed_midway_resumes_unless_its_inputs_changed(tmp_path):
     assert restarted.output_key("train") != first  # downstream stages see the rerun
 
 
-def test_the_held_out_split_is_stable_and_disjoint(tmp_path):
-    rows = [{"id": f"i{i}", "prompt": "p", "chosen": "a", "rejected": "b"} for i in range(200)]
+def test_the_held_out_split_is_stable_and_keeps_a_prompts_pairs_together(tmp_path):
+    rows = [
+        {"id": f"i{i}-{j}", "prompt": f"email {i}", "chosen": "a", "rejected": "b"}
+        for i in range(200)
+        for j in range(3)
+    ]
     path = write_lines(tmp_path / "prefs.jsonl", rows)
     train, held = S._split(path, 0.2)
-    assert len(train) + len(held) == 200 and 20 < len(held) < 60
+    assert len(train) + len(held) == 600 and 60 < len(held) < 180
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     write_lines(path, rows[::-1])
     _train2, held2 = S._split(path, 0.2)  # row order does not matter
     assert {r["id"] for r in held2} == {r["id"] for r in held}

@@ -50,10 +50,13 @@ def test_identical_models_change_nothing(project, reward_model, tmp_path):
                            reward_model=str(reward_model[0]),
                            sample_cache=tmp_path / "cache")  # fmt: skip
     r = evaluate_policy(cfg)
-    (cached,) = (tmp_path / "cache").iterdir()  # the before model's samples
+    # the before model's samples and their rewards
+    cached = sorted(f.name.split("-")[0] for f in (tmp_path / "cache").iterdir())
+    assert cached == ["rewards", "samples"]
     again = evaluate_policy(replace(cfg, out=tmp_path / "again"))  # reads them back
     assert again["criteria"] == r["criteria"] and again["kl"] == r["kl"]
-    assert list((tmp_path / "cache").iterdir()) == [cached]
+    assert again["reward"] == r["reward"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2
     assert r["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and r["kl"]["exact"]
     assert {c["verdict"] for c in r["criteria"]} == {"no significant change"}
     assert all(c["p_value"] == 1.0 and c["diff"] == 0 for c in r["criteria"])

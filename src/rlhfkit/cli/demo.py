@@ -153,6 +153,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "prompts": sha256_file(paths.project / spec.data.prompts),
                 "generate": spec.generate.model_dump(),
                 "n": preset.candidate_prompts,
+                "samples": preset.candidate_samples,
                 "max_new_tokens": preset.max_new_tokens,
             },
             lambda: S.candidates(paths, preset, step_progress),
@@ -173,7 +174,11 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
         )
         stage(
             "rm",
-            {"prefs": fingerprint("annotation"), "epochs": preset.rm_epochs},
+            {
+                "prefs": fingerprint("annotation"),
+                "epochs": preset.rm_epochs,
+                "lr": preset.rm_learning_rate,
+            },
             lambda: S.reward_model(paths, preset, step_progress),
             outputs=(paths.rm / "eval_rm.json",),
             clear=(paths.rm,),
@@ -216,6 +221,8 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                     "eval_prompts": sha256_file(paths.project / spec.data.eval_prompts),
                     "prompts": preset.eval_prompts,
                     "samples": preset.eval_samples,
+                    "batch": preset.eval_batch,
+                    "max_new_tokens": preset.max_new_tokens,
                 },
                 lambda policy=policy: S.evaluate(paths, preset, policy, step_progress),
                 outputs=(paths.eval(policy) / "eval.json",),

@@ -37,9 +37,11 @@ from rlhfkit.demo.support_replies import ITEMS
 Choice = Literal["first", "second", "tie", "both_bad"]
 Preference = Literal["a", "b", "tie", "both_bad"]
 
-# Overall score = a weighted sum of the criteria. Helpfulness carries most of the weight so
-# that no amount of brevity and politeness makes up for not solving the problem.
-WEIGHTS = {"helpful": 0.6, "tone": 0.2, "concise": 0.2}
+# Overall score = a weighted sum of the criteria. Helpfulness carries the most weight, and
+# whether a reply acts at all (0.7 of it) outweighs any amount of brevity and politeness; its
+# details (a date, the order number: 0.05 each) weigh less than a missing sign-off or a hedge,
+# the habits this team wants to change.
+WEIGHTS = {"helpful": 0.5, "tone": 0.3, "concise": 0.2}
 BOTH_BAD_BELOW = 0.3
 """When neither reply reaches this helpfulness, the rubric's answer is 'both bad'."""
 MAX_WORDS = 60
@@ -180,14 +182,14 @@ def _helpful(email: str, response: str) -> tuple[float, list[str]]:
     item = any(i in email.lower() and i in body.lower() for i in ITEMS)
     reasons = []
     if acts:
-        score = 0.55
+        score = 0.7
         topic = _topic(email)
         if topic is None or topic[1].search(body):
             score += 0.2
             reasons.append("takes a concrete step on the customer's problem")
         else:
             reasons.append(f"acts, but not on the {topic[0]} the email is about")
-        score += 0.15 * when + 0.1 * bool(order or item)
+        score += 0.05 * when + 0.05 * bool(order or item)
         if when:
             reasons.append("says when")
     else:
@@ -310,6 +312,9 @@ class SimulatedAnnotator:
     """The noise this annotator drifts to."""
     drift_span: int = 20
     """Labels over which the noise rises linearly from `noise` to `drift_noise`."""
+    tie_margin: float = 0.04
+    """Where the rubric allows ties: a score difference under this is a tie (the annotator
+    cannot tell the replies apart: a date or an order number more or less)."""
     seed: int = 0
     labelled: int = 0
     """Labels given so far (drives the drift)."""
@@ -348,7 +353,7 @@ class SimulatedAnnotator:
         else:
             w1, w2 = len(first.split()), len(second.split())
             diff = s1["overall"] - s2["overall"] + self.length_bias * math.tanh((w1 - w2) / 40)
-            if allow_tie and abs(diff) < 0.02:
+            if allow_tie and abs(diff) < self.tie_margin:
                 choice = "tie"
             elif diff == 0:
                 choice = rng.choice(("first", "second"))

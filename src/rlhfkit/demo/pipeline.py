@@ -11,8 +11,8 @@ resumable steps left off):
     candidates  sample two replies per prompt from the SFT model
     annotation  the simulated panel labels them through the real annotation app: calibration
                 round, agreement gate, anchors, overlap; export + agreement statistics
-    rm          stage 2: reward model on the panel's majority preferences; `eval rm` on a
-                held-out split
+    rm          stage 2: reward model on the panel's majority preferences (plus the anchor
+                pairs, whose answers the team wrote down); `eval rm` on held-out prompts
     ppo         stage 3: PPO with a KL penalty against the reward model, monitors live
     dpo         DPO on the same preferences
     eval_ppo, eval_dpo   `eval policy` of each against the SFT model (the starting point)
@@ -36,40 +36,49 @@ from rlhfkit.lineage import config_hash
 class Preset:
     """Sizes of everything; `quick` shrinks them, the stages stay the same."""
 
-    sft_steps: int = 40
+    sft_steps: int = 24
     sft_learning_rate: float = 1e-3
-    candidate_prompts: int = 160
-    """Prompts sampled twice for annotation (one comparison pair each)."""
+    candidate_prompts: int = 96
+    """Prompts the SFT model answers for annotation."""
+    candidate_samples: int = 3
+    """Replies per prompt; every pair of them becomes a comparison (InstructGPT's K-way
+    ranking, asked pairwise): 3 replies give 3 pairs for the price of 3 samples, not 6."""
     calibration_size: int = 50
     """Pairs every simulated annotator labels first (the spec's calibration round)."""
-    anchors: int = 40
-    max_new_tokens: int = 96
-    rm_epochs: float = 2.0
+    anchors: int = 64
+    """Anchor pairs with the team's answers: mixed into annotation to catch drift, and
+    added to the reward model's and DPO's training pairs."""
+    max_new_tokens: int = 80
+    rm_epochs: float = 1.0
+    rm_learning_rate: float = 5e-4
     heldout_share: float = 0.2
-    """Share of the exported preferences kept out of RM and DPO training, for `eval rm`."""
-    ppo_steps: int = 12
+    """Share of the prompts whose preference pairs are kept out of RM and DPO training, for
+    `eval rm` (split by prompt: pairs that share a prompt stay on one side)."""
+    ppo_steps: int = 8
     ppo_batch: int = 8
-    ppo_learning_rate: float = 2e-4
-    dpo_epochs: float = 2.0
-    dpo_learning_rate: float = 2e-4
-    eval_prompts: int = 100
+    ppo_learning_rate: float = 3e-4
+    dpo_epochs: float = 0.6
+    dpo_learning_rate: float = 3e-4
+    eval_prompts: int = 48
     eval_samples: int = 2
+    eval_batch: int = 24
+    """Prompts per sampling batch in the evaluations (each expands to eval_samples replies)."""
 
 
 PRESETS = {
     "default": Preset(),
     "quick": Preset(
-        sft_steps=10,
-        candidate_prompts=36,
+        sft_steps=8,
+        candidate_prompts=24,
         calibration_size=12,
         anchors=8,
         max_new_tokens=64,
-        rm_epochs=1.0,
-        ppo_steps=3,
+        ppo_steps=2,
         ppo_batch=4,
-        dpo_epochs=1.0,
+        dpo_epochs=0.5,
         eval_prompts=16,
         eval_samples=1,
+        eval_batch=16,
     ),
 }
 

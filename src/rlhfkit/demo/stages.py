@@ -113,13 +113,19 @@ def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
     from rlhfkit.project import load_project
 
     spec = load_project(paths.project).spec
-    sampling = SamplingConfig.from_spec(spec.generate, max_new_tokens=preset.max_new_tokens)
+    sampling = SamplingConfig.from_spec(
+        spec.generate,
+        n=preset.candidate_samples,
+        max_new_tokens=preset.max_new_tokens,
+        batch_size=24,  # 72 sequences a batch: decoding runs ~1.3x faster than at 32
+    )
     generate_candidates(
         str(paths.final("sft")),
         paths.project / spec.data.prompts,
         paths.candidates,
         sampling,
         limit=preset.candidate_prompts,
+        all_pairs=True,
         on_progress=progress,
     )
 
@@ -162,7 +168,8 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
     agreement = _agreement(folder, policy)
     _write_json(folder / "agreement.json", agreement)
     train, heldout = _split(paths.prefs, preset.heldout_share)
-    write_jsonl(paths.prefs_train, train)
+    gold = _gold_pairs(anchors)
+    write_jsonl(paths.prefs_train, train + gold)
     write_jsonl(paths.prefs_heldout, heldout)
     panel_info = {
         "simulated": True,
@@ -184,10 +191,27 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
         "both_bad": result.both_bad,
         "excluded_annotators": result.excluded_annotators,
         "train_pairs": len(train),
+        "anchor_pairs": len(gold),
         "heldout_pairs": len(heldout),
     }
     _write_json(folder / "panel.json", panel_info)
     return panel_info
+
+
+def _gold_pairs(anchors: Path) -> list[dict[str, Any]]:
+    """The anchor items as preference rows: the team wrote their answers down, so they are
+    training data too. They teach what the panel's pairs rarely show side by side: a reply
+    that acts against one that only apologises, echoes or hedges."""
+    from rlhfkit.data import load
+
+    rows = []
+    for item in load(anchors).rows:
+        a, b = item["response_a"], item["response_b"]
+        chosen, rejected = (a, b) if item["label"] == "A" else (b, a)
+        rows.append(
+            {"id": item["id"], "prompt": item["prompt"], "chosen": chosen, "rejected": rejected}
+        )
+    return rows
 
 
 def _drift_after(policy) -> int:
@@ -213,13 +237,15 @@ def _agreement(folder: Path, policy) -> dict[str, Any]:
 
 
 def _split(prefs: Path, share: float) -> tuple[list[dict], list[dict]]:
-    """A held-out share of the preferences by a hash of each row's id: stable across reruns
-    and independent of row order."""
+    """A held-out share of the prompts, with all their preference pairs, by a hash of the
+    prompt: stable across reruns, independent of row order, and no held-out pair shares a
+    prompt (or a reply) with a training pair."""
     from rlhfkit.data import load
 
     train, heldout = [], []
     for row in load(prefs).rows:
-        h = int(hashlib.sha256(str(row.get("id")).encode()).hexdigest()[:8], 16) / 16**8
+        prompt = json.dumps(row.get("prompt"), sort_keys=True)
+        h = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8
         (heldout if h < share else train).append(row)
     return train, heldout
 
@@ -235,7 +261,7 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
         output_dir=paths.rm,
         epochs=preset.rm_epochs,
         batch_size=8,
-        learning_rate=1e-4,
+        learning_rate=preset.rm_learning_rate,
         max_length=384,
         save_every=10,
         resume=True,
@@ -317,7 +343,7 @@ def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | Non
         max_new_tokens=preset.max_new_tokens,
         judges=("panel",),  # the reward model's own win rate comes with reward_model
         reward_model=rm,
-        batch_size=16,
+        batch_size=preset.eval_batch,
         sample_cache=paths.root / "eval" / "cache",
     )
     return evaluate_policy(cfg, progress)

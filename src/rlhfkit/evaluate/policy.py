@@ -182,7 +182,9 @@ def sample_model(
 ) -> ModelRun:
     """Sample `cfg.samples` responses per prompt from `ref`, batch by batch, seeded alike for
     every model (or read them from `cfg.sample_cache`, unless `score_own`: the KL needs the
-    token ids). For the KL estimate: `score_own` scores the model's own samples;
+    token ids). For the KL estimate: `score_own` keeps the sampler's log-prob of each of the
+    model's own samples (at `temperature`, before top-p: the same numbers a scoring pass would
+    give, to float rounding, for one pass less);
     `score_rollouts` another model's rollouts — unless this tokenizer differs from
     `same_tokens_as` (the token ids would mean other text)."""
     import torch
@@ -198,7 +200,7 @@ def sample_model(
     if cfg.sample_cache is not None and not score_own:
         key = _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed)
         cached = Path(cfg.sample_cache) / f"samples-{key}.json"
-    out, rollouts = Sampled(), []
+    out, rollouts, own_logps = Sampled(), [], []
     if cached is not None and cached.exists():
         out = Sampled(**json.loads(cached.read_text())["samples"])
         if progress:
@@ -210,9 +212,13 @@ def sample_model(
             with _quiet_transformers():
                 rollout = sample_rollout(
                     model, tok, ids, cfg.samples, max_new_tokens, temperature, cfg.top_p,
-                    (seed * 1_000_003 + b) % 2**63,
+                    (seed * 1_000_003 + b) % 2**63, logprobs=score_own,
                 )  # fmt: skip
+            if score_own:  # the sampler's own log-probs: no second pass over these samples
+                own_logps += (rollout.logps * rollout.response_mask).sum(dim=1).tolist()
             rollout = rollout._replace(
+                logps=None,
+                entropy=None,
                 input_ids=rollout.input_ids.cpu(),
                 attention_mask=rollout.attention_mask.cpu(),
                 response_mask=rollout.response_mask.cpu(),
@@ -239,7 +245,7 @@ def sample_model(
     return ModelRun(
         out,
         rollouts,
-        _logps(model, temperature, rollouts) if score_own else None,
+        own_logps if score_own else None,
         _logps(model, temperature, score_rollouts) if score_rollouts and same else None,
         tok,
     )
@@ -268,14 +274,9 @@ def _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed) -> str:
     from rlhfkit.models import resolve
 
     folder = Path(ref) if Path(ref).is_dir() else resolve(ref)
-    weights = [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in sorted(folder.glob("*.safetensors"))
-    ]
     return config_hash(
         {
-            "folder": str(folder.resolve()),
-            "weights": weights,
+            **_weights(folder),
             "prompts": prompts,
             "samples": cfg.samples,
             "batch_size": cfg.batch_size,
@@ -286,6 +287,39 @@ def _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed) -> str:
             "rlhfkit": __version__,
         }
     )
+
+
+def _weights(folder: Path) -> dict[str, Any]:
+    """A model folder's identity for a cache key: its path and its weight files' sizes and
+    modification times (hashing 500 MB per evaluation would cost more than it saves)."""
+    weights = [
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+        for f in sorted(folder.glob("*.safetensors"))
+    ]
+    return {"folder": str(folder.resolve()), "weights": weights}
+
+
+def _rewards(
+    judge: RewardModelJudge, cfg: PolicyEvalConfig, prompts: list[Any], texts: list[str]
+) -> list[float]:
+    """The reward model's scores, kept in `cfg.sample_cache` beside the samples when the
+    reward model is a folder: the before model's samples are scored once for PPO and DPO."""
+    from rlhfkit.data.io import atomic_open
+    from rlhfkit.lineage import config_hash
+
+    if cfg.sample_cache is None or not isinstance(cfg.reward_model, str):
+        return judge.scores(prompts, texts)
+    key = config_hash(
+        {"rm": _weights(Path(cfg.reward_model)), "prompts": prompts, "responses": texts}
+    )
+    cached = Path(cfg.sample_cache) / f"rewards-{key}.json"
+    if cached.exists():
+        return [float(r) for r in json.loads(cached.read_text())]
+    found = judge.scores(prompts, texts)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(cached) as f:
+        json.dump(found, f)
+    return found
 
 
 @contextlib.contextmanager
@@ -411,7 +445,7 @@ def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> 
     }
     reward, rewards_b, rewards_a, rise_sd = None, None, None, None
     if rm_judge is not None:
-        rewards_b = rm_judge.scores(flat_prompts, flat_before)
+        rewards_b = _rewards(rm_judge, cfg, flat_prompts, flat_before)
         rewards_a = rm_judge.scores(flat_prompts, flat_after)
         comp = stats.compare_means(_grid(rewards_b, p, s), _grid(rewards_a, p, s), cfg.confidence)
         sd = float(np.std(rewards_b, ddof=1)) if len(rewards_b) > 1 else 0.0

