@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # Debian packages the annotation app's tests use: PostgreSQL (each session starts a throwaway
 # server) and Chromium (the browser test). Installed with apt-get when missing, if we are

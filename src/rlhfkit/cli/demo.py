@@ -116,9 +116,14 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
         settings = cfg.settings()
         stage(
             "project",
-            {"example": "support-replies", "calibration": preset.calibration_size},
+            {
+                "example": "support-replies",
+                "template": S.code_hash("support_replies.toml", "support_replies.py"),
+                "calibration": preset.calibration_size,
+            },
             lambda: S.project_spec(paths, preset),
             outputs=(paths.project / "rlhfkit.toml",),
+            clear=(paths.project,),  # a new version of the example: scaffold it again
         )
         spec = load_project(paths.project).spec
         base = model_override or spec.base_model
@@ -154,6 +159,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "generate": spec.generate.model_dump(),
                 "n": preset.candidate_prompts,
                 "samples": preset.candidate_samples,
+                "batch": S.CANDIDATE_BATCH,  # the seeds go by batch
                 "max_new_tokens": preset.max_new_tokens,
             },
             lambda: S.candidates(paths, preset, step_progress),
@@ -168,6 +174,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "annotation": spec.annotation.model_dump(),
                 "anchors": preset.anchors,
                 "heldout": preset.heldout_share,
+                "panel": S.code_hash("panel.py"),  # the simulated annotators' rubric and biases
             },
             lambda: S.annotation(paths, preset),
             outputs=(paths.prefs_train, paths.prefs_heldout, paths.annotation / "status.json"),
@@ -254,12 +261,24 @@ def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: floa
             f"calibration gate: {gate['statistic']} {value} vs threshold "
             f"{gate['threshold']:.2f}: {verdict}" + (" (overridden)" if gate["overridden"] else "")
         )
+    agreement, panel = s.get("agreement") or {}, s.get("panel") or {}
+    if agreement.get("percent_agreement") is not None:
+        alpha = agreement.get("krippendorff_alpha")
+        console.print(
+            f"panel agreement: {agreement['percent_agreement']:.2f} percent agreement, "
+            f"Krippendorff's alpha {'n/a' if alpha is None else f'{alpha:.2f}'}; exported "
+            f"{panel.get('exported', 0)} majority pairs ({panel.get('ties', 0)} ties, "
+            f"{panel.get('both_bad', 0)} both-bad and {panel.get('no_majority', 0)} without a "
+            "majority left out)"
+        )
     for f in s.get("flagged_annotators", []):
         console.print(f"flagged annotator: {f['annotator']}: {'; '.join(f['reasons'])}")
     if s.get("rm_heldout_accuracy") is not None:
         console.print(
             f"reward model: held-out accuracy {s['rm_heldout_accuracy']:.2f} on "
-            f"{s['rm_heldout_pairs']} pairs (against the panel's majority)"
+            f"{s['rm_heldout_pairs']} pairs of held-out emails (against the panel's majority); "
+            f"trained on {panel.get('train_pairs', '?')} panel pairs + "
+            f"{panel.get('anchor_pairs', 0)} anchor pairs"
         )
     table = Table(title="success criteria on held-out prompts, against the SFT model")
     for col in ("policy", "criterion", "should", "before", "after", "p", "verdict"):

@@ -38,9 +38,9 @@ Choice = Literal["first", "second", "tie", "both_bad"]
 Preference = Literal["a", "b", "tie", "both_bad"]
 
 # Overall score = a weighted sum of the criteria. Helpfulness carries the most weight, and
-# whether a reply acts at all (0.7 of it) outweighs any amount of brevity and politeness; its
-# details (a date, the order number: 0.05 each) weigh less than a missing sign-off or a hedge,
-# the habits this team wants to change.
+# whether a reply acts on the problem at all (0.9 of it) outweighs brevity and politeness in
+# all but extreme cases; its details (a date, the order number: 0.05 each) weigh less than a
+# missing sign-off or a hedge, the habits this team wants to change.
 WEIGHTS = {"helpful": 0.5, "tone": 0.3, "concise": 0.2}
 BOTH_BAD_BELOW = 0.3
 """When neither reply reaches this helpfulness, the rubric's answer is 'both bad'."""

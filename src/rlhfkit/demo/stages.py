@@ -73,6 +73,20 @@ class Paths:
         return self.root / stage / "final"
 
 
+CANDIDATE_BATCH = 24
+"""Prompts per sampling batch for the candidates (x3 replies: 72 sequences; decoding runs
+about 1.3x faster per token than at 32)."""
+
+
+def code_hash(*files: str) -> str:
+    """A hash of files of this package (the example's template, the panel's code), for stage
+    fingerprints: a new version of them reruns the stages they feed."""
+    h = hashlib.sha256()
+    for name in files:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def project_spec(paths: Paths, preset: Preset) -> None:
     """Scaffold the example project; a smaller preset shortens its calibration round."""
     from rlhfkit.project import SPEC_FILE, init_project
@@ -117,7 +131,7 @@ def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         spec.generate,
         n=preset.candidate_samples,
         max_new_tokens=preset.max_new_tokens,
-        batch_size=24,  # 72 sequences a batch: decoding runs ~1.3x faster than at 32
+        batch_size=CANDIDATE_BATCH,
     )
     generate_candidates(
         str(paths.final("sft")),
@@ -189,6 +203,7 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
         "exported": result.rows,
         "ties": result.ties,
         "both_bad": result.both_bad,
+        "no_majority": result.no_majority,
         "excluded_annotators": result.excluded_annotators,
         "train_pairs": len(train),
         "anchor_pairs": len(gold),
@@ -208,8 +223,14 @@ def _gold_pairs(anchors: Path) -> list[dict[str, Any]]:
     for item in load(anchors).rows:
         a, b = item["response_a"], item["response_b"]
         chosen, rejected = (a, b) if item["label"] == "A" else (b, a)
-        rows.append(
-            {"id": item["id"], "prompt": item["prompt"], "chosen": chosen, "rejected": rejected}
+        rows.append(  # margin 1: as sure as a unanimous panel vote
+            {
+                "id": item["id"],
+                "prompt": item["prompt"],
+                "chosen": chosen,
+                "rejected": rejected,
+                "margin": 1.0,
+            }
         )
     return rows
 

@@ -304,13 +304,15 @@ def _rewards(
 ) -> list[float]:
     """The reward model's scores, kept in `cfg.sample_cache` beside the samples when the
     reward model is a folder: the before model's samples are scored once for PPO and DPO."""
+    from rlhfkit import __version__
     from rlhfkit.data.io import atomic_open
     from rlhfkit.lineage import config_hash
 
-    if cfg.sample_cache is None or not isinstance(cfg.reward_model, str):
+    folder = Path(cfg.reward_model or "")
+    if cfg.sample_cache is None or not folder.is_dir() or not any(folder.glob("*.safetensors")):
         return judge.scores(prompts, texts)
     key = config_hash(
-        {"rm": _weights(Path(cfg.reward_model)), "prompts": prompts, "responses": texts}
+        {"rm": _weights(folder), "prompts": prompts, "responses": texts, "rlhfkit": __version__}
     )
     cached = Path(cfg.sample_cache) / f"rewards-{key}.json"
     if cached.exists():
