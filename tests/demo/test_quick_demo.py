@@ -4,7 +4,8 @@ The suite's one run of the whole governed loop on the real model — what `make 
 with the quick preset's sizes: SFT, candidates, the simulated panel through the annotation
 app, reward model + `eval rm`, PPO, DPO, both `eval policy` runs and the report. Then a rerun,
 which must skip every finished stage. It is the slowest test here on purpose (a few minutes
-on 2 cores); the default preset's run is measured by hand, not in CI (see the README).
+on 2 cores); the default preset's run is measured by hand, not in CI (README: "How long
+it takes").
 """
 
 from __future__ import annotations
