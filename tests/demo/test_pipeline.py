@@ -160,16 +160,20 @@ def test_summary_json_has_the_promised_keys(run):
 
 def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path):
     """A random model's replies are (nearly) all 'both bad' to the panel, so the tiny demo
-    stops after annotation with a plain reason (exit 2: nothing, or too little, to train a
-    reward model on); a rerun skips the stages that finished, in seconds."""
+    stops at annotation or the reward model with a plain reason (exit 2: nothing, or too
+    little, to train on; which of the two depends on the order in which the panel's threads
+    draw items); a rerun skips the stages that finished, in seconds."""
     args = ("demo", "--quick", "--dir", str(tmp_path / "d"), "--model", "tiny-random")
     first = run_cli(*args)
     assert first.code == 2, first.stderr
     assert "error:" in first.stderr and "Traceback" not in first.stderr
     records = json.loads((tmp_path / "d" / "stages.json").read_text())
     assert list(records)[:4] == ["project", "model", "sft", "candidates"]
+    finished = {name: r for name, r in records.items() if "finished" in r}
+    assert {"project", "model", "sft", "candidates"} <= set(finished)
     started = time.time()
     again = run_cli(*args)
-    assert again.code == 2
-    assert json.loads((tmp_path / "d" / "stages.json").read_text()) == records
+    assert again.code == 2 and "Traceback" not in again.stderr
+    rerun = json.loads((tmp_path / "d" / "stages.json").read_text())
+    assert {name: rerun[name] for name in finished} == finished  # not one of them ran again
     assert time.time() - started < 60
