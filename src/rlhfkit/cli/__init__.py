@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import click
 import typer
@@ -109,6 +110,9 @@ def main() -> None:
     # weights", "Writing model shards") would interleave with it.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # transformers' notices of its own renamed methods, raised when peft calls the old names:
+    # nothing a user can act on, and they land in the middle of the progress display.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     try:
         app()
     except UserError as e:
