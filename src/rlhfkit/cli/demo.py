@@ -136,8 +136,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
 
         stage("model", {"model": base}, provision)
 
-        def fingerprint(name: str) -> str:
-            return log.output_key(name)
+        fingerprint = log.output_key  # what a downstream stage keys on
 
         stage(
             "sft",

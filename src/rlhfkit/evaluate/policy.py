@@ -318,8 +318,7 @@ def _rewards(
     if cached.exists():
         return [float(r) for r in json.loads(cached.read_text())]
     found = judge.scores(prompts, texts)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(cached) as f:
+    with atomic_open(cached) as f:  # creates the folder
         json.dump(found, f)
     return found
 
