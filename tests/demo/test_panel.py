@@ -370,7 +370,7 @@ def test_the_panel_labels_through_the_real_app(tmp_path):
     tokens = {a.name: add_annotator(store, a.name) for a in panel}
 
     with serve_in_background(db, root) as url:
-        run = run_panel(url, tokens, panel)
+        run = run_panel(url, tokens, panel, concurrent=True)
     assert set(run.last_reason.values()) == {"done"}, run
     assert run.passes >= 2  # the early finishers of calibration waited for the gate
 
@@ -420,3 +420,54 @@ def test_the_panel_labels_through_the_real_app(tmp_path):
     page = (run_dir / "report.html").read_text()
     assert "Simulated annotators." in page and "calibration gate" in page.lower()
     assert "<td>sim-drifter</td>" in page
+
+
+def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_path):
+    """The demo's default: the annotators take turns, one request at a time, so a seeded
+    server hands out the same tasks in the same order and the labels come out identical."""
+    from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
+    from rlhfkit.annotate.server import serve_in_background
+    from rlhfkit.demo.panel import response_text, run_panel
+    from rlhfkit.project import load_project
+
+    root = _project(
+        tmp_path / "project",
+        overlap=3,
+        calibration_size=6,
+        agreement_threshold=0.5,
+        anchor_rate=0.25,
+        anchor_accuracy_threshold=0.7,
+        recalibrate_every=0,
+    )
+    policy = Policy.from_project(load_project(root))
+    items = _write(tmp_path / "items.jsonl", _pairs(16, seed=0, prefix="item"))
+    anchors = _pairs(8, seed=1, prefix="anchor")
+    for row in anchors:
+        pair = map(response_text, (row["response_a"], row["response_b"]))
+        pref, _ = rubric_judge(row["prompt"], *pair)
+        row["label"] = {"a": "A", "b": "B"}.get(pref, pref)
+    anchors = _write(tmp_path / "anchors.jsonl", anchors)
+
+    def labelled(name: str, seed: int) -> list[tuple]:
+        db = f"sqlite:///{tmp_path / name}"
+        store = open_store(db, create=True)
+        import_items(store, policy, items=items, anchors=anchors)
+        panel = default_panel(3, seed=0, drift_after=10)
+        tokens = {a.name: add_annotator(store, a.name) for a in panel}
+        with serve_in_background(db, root, seed=seed) as url:
+            run = run_panel(url, tokens, panel)
+        assert set(run.last_reason.values()) == {"done"}, run
+        assert status(store, policy)["progress"]["complete_items"] == 16
+        with store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT a.name, i.external_id, l.choice, l.label FROM labels l"
+                " JOIN annotators a ON a.id = l.annotator_id JOIN items i ON i.id = l.item_id"
+                " ORDER BY l.id"
+            ).all()
+        store.close()
+        return [tuple(r) for r in rows]
+
+    first, again, other = labelled("a.sqlite", 7), labelled("b.sqlite", 7), labelled("c.sqlite", 8)
+    assert first == again
+    assert any(item.startswith("anchor") for _, item, *_ in first)
+    assert first != other  # the seed does decide: display order and anchors differ

@@ -70,7 +70,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             autoescape=True,  # every {{ value }} is HTML-escaped: model output is untrusted
             undefined=jinja2.StrictUndefined,
         ),
-        rng=random.Random(),
+        rng=random.Random(settings.seed),
     )
     state.templates.filters["tojson_text"] = lambda v: json.dumps(v, ensure_ascii=False, indent=1)
 

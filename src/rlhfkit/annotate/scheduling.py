@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, func, insert, select, update
+from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
@@ -108,9 +108,7 @@ TEXT = select(items.c.prompt, items.c.response_a, items.c.response_b).where(
     items.c.id == bindparam("i")
 )
 NOT_SEEN = ~exists().where(tasks.c.item_id == items.c.id, tasks.c.annotator_id == bindparam("a"))
-UNSEEN_ANCHOR = (
-    select(items.c.id).where(items.c.kind == m.ANCHOR, NOT_SEEN).order_by(func.random()).limit(1)
-)
+UNSEEN_ANCHORS = select(items.c.id).where(items.c.kind == m.ANCHOR, NOT_SEEN).order_by(items.c.id)
 NEXT_IN_ROUND = (
     select(items.c.id)
     .where(
@@ -156,8 +154,8 @@ RELEASE = (
     .where(items.c.id == bindparam("i"), items.c.kind == m.MAIN)
     .values(taken=items.c.taken - bindparam("n"))
 )
-ME, OPEN_TASK, TEXT, UNSEEN_ANCHOR, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN = map(
-    Prepared, (ME, OPEN_TASK, TEXT, UNSEEN_ANCHOR, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN)
+ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN = map(
+    Prepared, (ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN)
 )
 CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE = map(
     Prepared, (CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE)
@@ -195,7 +193,7 @@ def _next_task(
             if task is not None:
                 return task
     if policy.anchor_rate and rng.random() < policy.anchor_rate:
-        anchor = UNSEEN_ANCHOR(conn, {"a": annotator_id}).scalar()
+        anchor = _unseen_anchor(conn, annotator_id, rng)
         if anchor is not None:
             return _assign(conn, policy, anchor, annotator_id, "main", now, rng)
     item = _take_main_item(conn, policy, annotator_id)
@@ -209,7 +207,7 @@ def _calibration_task(
 ) -> Task | None:
     """Their next item of the round (or an anchor); None when they have labeled them all."""
     if policy.anchor_rate and rng.random() < policy.anchor_rate:
-        anchor = UNSEEN_ANCHOR(conn, {"a": me.id}).scalar()
+        anchor = _unseen_anchor(conn, me.id, rng)
         if anchor is not None:
             return _assign(conn, policy, anchor, me.id, "calibration", now, rng)
     item_id = NEXT_IN_ROUND(conn, {"r": round_id, "a": me.id}).scalar()
@@ -223,6 +221,13 @@ def _calibration_task(
         REOPEN(conn, {"t": mine.id, "e": expires})
         return _task(conn, mine.id, mine.item_id, mine.swap, mine.phase, expires)
     return _assign(conn, policy, item_id, me.id, "calibration", now, rng)
+
+
+def _unseen_anchor(conn: Connection, annotator_id: int, rng: random.Random) -> int | None:
+    """An anchor this annotator has not seen, drawn with the scheduler's generator (not SQL's
+    random(): a seeded server then draws the same anchors every run)."""
+    ids = UNSEEN_ANCHORS(conn, {"a": annotator_id}).scalars().all()
+    return rng.choice(ids) if ids else None
 
 
 def _take_main_item(conn: Connection, policy: Policy, annotator_id: int) -> int | None:

@@ -90,6 +90,7 @@ def serve_in_background(
     port: int = 0,
     task_timeout_s: float = 1800.0,
     max_body_bytes: int = 64 * 1024,
+    seed: int | None = None,
 ) -> Iterator[str]:
     """Start the app on a thread and yield its base URL (``http://127.0.0.1:PORT``); port 0
     picks a free port. The server stops when the block ends."""
@@ -102,6 +103,7 @@ def serve_in_background(
         port=port,
         task_timeout_s=task_timeout_s,
         max_body_bytes=max_body_bytes,
+        seed=seed,
     )
     warning = exposure_warning(host)
     if warning:

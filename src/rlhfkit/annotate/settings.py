@@ -27,6 +27,9 @@ class ServerSettings:
     """An open task not labeled within this long returns to the pool."""
     max_body_bytes: int = 64 * 1024
     """Larger request bodies are refused with 413 before they are read."""
+    seed: int | None = None
+    """Seeds the scheduler's draws (anchors, display order); None: fresh each start. A
+    seeded server that answers one request at a time hands out the same tasks every run."""
 
     @classmethod
     def from_env(cls) -> ServerSettings:

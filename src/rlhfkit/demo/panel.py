@@ -412,7 +412,8 @@ class PanelRun:
     last_reason: dict[str, str]
     """Why each annotator's last request found no work: 'done' or 'calibration_gate'."""
     passes: int
-    """Rounds of 'label until 204' until one where nobody labelled anything."""
+    """Turns taken (one task each per turn); when concurrent, rounds of 'label until 204'
+    until one where nobody labelled anything."""
     seconds: float
 
 
@@ -489,38 +490,45 @@ class _Waiting:
             return len(self._idle) == self._n
 
 
+def _label_one(client: _Client, annotator: SimulatedAnnotator) -> tuple[bool, str | None]:
+    """Ask for a task and label it: (a new label was stored, None), or (False, the 204's
+    reason) when the server has no work for this annotator now."""
+    status, task, headers = client.request("GET", "/api/tasks/next")
+    if status == 204:
+        return False, headers.get("x-rlhfkit-reason", "")
+    if status != 200:
+        raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
+    choices = task.get("choices") or task["rubric"].get("choices") or []
+    choice = annotator.label(
+        task["prompt"],
+        response_text(task["first"]),
+        response_text(task["second"]),
+        allow_tie="tie" in choices,
+        allow_both_bad="both_bad" in choices,
+    )
+    body = {"task_id": task["task_id"], "choice": choice, "client_id": uuid.uuid4().hex}
+    status, answer, _ = client.request("POST", "/api/labels", body)
+    if status not in (200, 201):
+        raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
+    return status == 201, None
+
+
 def _label_until_idle(
-    client: _Client, annotator: SimulatedAnnotator, waiting: _Waiting | None = None
+    client: _Client, annotator: SimulatedAnnotator, waiting: _Waiting
 ) -> tuple[int, str]:
     """Label the annotator's tasks until the server has none: (labels stored, 204 reason)."""
     stored = 0
     while True:
-        status, task, headers = client.request("GET", "/api/tasks/next")
-        if status == 204:
-            reason = headers.get("x-rlhfkit-reason", "")
-            everyone_idle = waiting is None or waiting.mark(annotator.name, True)
-            if reason == "calibration_gate" and not everyone_idle:
-                time.sleep(0.05)
-                continue
-            return stored, reason
-        if status != 200:
-            raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
-        if waiting is not None:
+        new, reason = _label_one(client, annotator)
+        if reason is None:
             waiting.mark(annotator.name, False)
-        choices = task.get("choices") or task["rubric"].get("choices") or []
-        choice = annotator.label(
-            task["prompt"],
-            response_text(task["first"]),
-            response_text(task["second"]),
-            allow_tie="tie" in choices,
-            allow_both_bad="both_bad" in choices,
-        )
-        body = {"task_id": task["task_id"], "choice": choice, "client_id": uuid.uuid4().hex}
-        status, answer, _ = client.request("POST", "/api/labels", body)
-        if status == 201:
-            stored += 1
-        elif status != 200:
-            raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
+            stored += new
+            continue
+        everyone_idle = waiting.mark(annotator.name, True)
+        if reason == "calibration_gate" and not everyone_idle:
+            time.sleep(0.05)  # someone is still labelling: their label may open the gate
+            continue
+        return stored, reason
 
 
 def run_panel(
@@ -529,18 +537,23 @@ def run_panel(
     panel: Sequence[SimulatedAnnotator] | None = None,
     *,
     seed: int = 0,
-    concurrent: bool = True,
+    concurrent: bool = False,
     timeout: float = 30.0,
 ) -> PanelRun:
     """Have the simulated annotators label through the annotation app's JSON API until none
     of them gets any more work.
 
-    Each annotator (one thread each when `concurrent`) repeats ``GET /api/tasks/next`` ->
-    decide -> ``POST /api/labels`` until a 204. A 204 'calibration_gate' means waiting for
-    the others to finish calibrating: the annotator polls again while anyone is labelling.
-    Passes repeat until one in which nobody labelled anything (sequentially, that is how
-    the first to calibrate gets back to work); then every annotator's last answer was 204,
-    'done' or (the gate failed and nobody overrode it) 'calibration_gate'.
+    By default the annotators take turns, one task each per turn, in the panel's order
+    (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``), as a team working at the same
+    pace would. One request at a time makes the run reproducible: against a server started
+    with a seed, the same panel labels the same tasks the same way every time. A 204
+    'calibration_gate' means waiting for the others to finish calibrating; the run ends after
+    a turn in which every annotator was told 204 ('done', or 'calibration_gate' when the gate
+    failed and nobody overrode it).
+
+    `concurrent` gives each annotator a thread that labels until the server has no work for
+    it (closer to a real team's load, but which annotator gets which item then depends on
+    timing). Passes repeat until one in which nobody labelled anything.
 
     `tokens` maps annotator names to their login tokens; `panel` defaults to
     ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
@@ -552,8 +565,8 @@ def run_panel(
             f"the panel's annotators {sorted(by_name)} and the tokens' names {sorted(tokens)} "
             "must be the same"
         )
-    clients = {name: _Client(base_url, token, timeout) for name, token in tokens.items()}
-    totals = dict.fromkeys(tokens, 0)
+    clients = {a.name: _Client(base_url, tokens[a.name], timeout) for a in panel}
+    totals = dict.fromkeys(clients, 0)
     reasons: dict[str, str] = {}
     started, passes = time.time(), 0
     try:
@@ -567,13 +580,21 @@ def run_panel(
                         for name in clients
                     }
                     done = {name: f.result() for name, f in futures.items()}
-            else:
-                done = {name: _label_until_idle(clients[name], by_name[name]) for name in clients}
-            for name, (n, reason) in done.items():
-                totals[name] += n
-                reasons[name] = reason
-            if not any(n for n, _ in done.values()):
-                break
+                for name, (n, reason) in done.items():
+                    totals[name] += n
+                    reasons[name] = reason
+                if not any(n for n, _ in done.values()):
+                    break
+            else:  # one turn each
+                idle = 0
+                for name, client in clients.items():
+                    new, reason = _label_one(client, by_name[name])
+                    totals[name] += new
+                    if reason is not None:
+                        reasons[name] = reason
+                        idle += 1
+                if idle == len(clients):
+                    break
     finally:
         for c in clients.values():
             c.close()

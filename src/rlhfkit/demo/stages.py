@@ -165,7 +165,7 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
         import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
         panel = default_panel(PANEL_SIZE, seed=seed, drift_after=_drift_after(policy))
         tokens = {a.name: add_annotator(store, a.name) for a in panel}
-        with serve_in_background(store.url, paths.project) as base_url:
+        with serve_in_background(store.url, paths.project, seed=seed) as base_url:
             run = run_panel(base_url, tokens, panel, seed=seed)
         state = status(store, policy)
         result = export(
