@@ -103,6 +103,9 @@ class AnnotationSettings(Strict):
     """Share of each annotator's queue that is anchor items with known answers."""
     anchor_accuracy_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
     """Annotators below this anchor accuracy are flagged and left out of the export."""
+    min_anchor_labels: Annotated[int, Field(ge=1)] = 5
+    """Anchor answers an annotator needs before their anchor accuracy can leave them out of
+    the export: with fewer (two slips in four anchors), it is shown but not acted on."""
     recalibrate_every: Annotated[int, Field(ge=0)] = 500
     """Labels per annotator after which a recalibration round is due (0: never)."""
 

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store
+from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
 from rlhfkit.annotate.annotators import Authenticator
 from rlhfkit.annotate.labeling import LabelRequest, submit_label
 from rlhfkit.annotate.scheduling import NoTask, next_task
@@ -120,7 +120,8 @@ def test_majority_margins_ties_both_bad_and_incomplete(team, tmp_path):
 
 def test_annotators_who_fail_their_anchors_are_left_out(team, tmp_path):
     store, ids = team
-    policy = Policy(**{**POLICY.__dict__, "anchor_rate": 1.0})  # anchors first, all of them
+    # anchors first, all of them; four anchor answers are enough evidence here
+    policy = Policy(**{**POLICY.__dict__, "anchor_rate": 1.0, "min_anchor_labels": 4})
     anchors = [dict(p, prompt=f"Gold {i}?", label="A") for i, p in enumerate(pairs(4, "g"))]
     import_items(
         store,
@@ -143,6 +144,11 @@ def test_annotators_who_fail_their_anchors_are_left_out(team, tmp_path):
     assert gold == [{"item": f"g{i}", "label": "A"} for i in range(4)]
     manifest = json.loads((tmp_path / "prefs.jsonl.manifest.json").read_text())
     assert manifest["annotation"]["counts"]["excluded_annotators"] == ["ann3"]
+    # the default asks for five: four wrong anchors flag ann3 in status, nobody is left out
+    default = Policy(**{**policy.__dict__, "min_anchor_labels": 5})
+    assert export(store, default, tmp_path / "all.jsonl").excluded_annotators == []
+    ann3 = {a["annotator"]: a for a in status(store, default)["annotators"]}["ann3"]
+    assert ann3["anchor_accuracy"] == 0.0 and not ann3["excluded_from_export"]
 
 
 def test_export_refuses_a_non_jsonl_target_and_an_empty_result(team, tmp_path):

@@ -3,8 +3,9 @@ per-annotator labels and the anchors' answers in the files `rlhfkit agreement` r
 
 Aggregation, per item (main and calibration items; anchors are tests, not training data):
 
-1. Annotators whose anchor accuracy is below `anchor_accuracy_threshold` are left out (those
-   with no anchor labels yet are kept: there is no evidence against them).
+1. Annotators whose anchor accuracy is below `anchor_accuracy_threshold`, over at least
+   `min_anchor_labels` anchor answers, are left out (those with fewer are kept: there is
+   not yet enough evidence against them).
 2. Without `include_incomplete`, only items with `overlap` labels are exported.
 3. The most frequent answer wins. A or B: a row with `chosen` = the winner. `tie` or
    `both_bad`: the pair is counted and left out (the rubric's policies decide whether those

@@ -16,6 +16,8 @@ class Policy:
     agreement_threshold: float = 0.65
     anchor_rate: float = 0.1
     anchor_accuracy_threshold: float = 0.7
+    min_anchor_labels: int = 5
+    """Anchor answers needed before anchor accuracy can exclude an annotator."""
     recalibrate_every: int = 500
     rubric_version: str = "1"
     choices: tuple[str, ...] = ("first", "second", "both_bad")
@@ -38,6 +40,7 @@ class Policy:
             agreement_threshold=settings.agreement_threshold,
             anchor_rate=settings.anchor_rate,
             anchor_accuracy_threshold=settings.anchor_accuracy_threshold,
+            min_anchor_labels=settings.min_anchor_labels,
             recalibrate_every=settings.recalibrate_every,
             rubric_version=rubric.version,
             choices=tuple(choices),

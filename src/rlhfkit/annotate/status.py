@@ -184,8 +184,12 @@ def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) 
     gold = table.gold_codes(labels)
     per_annotator = {s.annotator: s.as_dict() for s in annotator_stats(labels, gold)}
     for s in per_annotator.values():
-        acc = s["anchor_accuracy"]
-        s["excluded_from_export"] = acc is not None and acc < policy.anchor_accuracy_threshold
+        acc, seen = s["anchor_accuracy"], s["anchor_items"]
+        s["excluded_from_export"] = (
+            acc is not None
+            and seen >= policy.min_anchor_labels
+            and acc < policy.anchor_accuracy_threshold
+        )
     counts = labels.counts()
     agreement = None
     if (counts.sum(axis=1) >= 2).any():

@@ -68,7 +68,7 @@ class Preset:
 PRESETS = {
     "default": Preset(),
     "quick": Preset(
-        sft_steps=8,
+        sft_steps=6,
         candidate_prompts=24,
         calibration_size=12,
         anchors=8,
@@ -76,9 +76,9 @@ PRESETS = {
         ppo_steps=2,
         ppo_batch=4,
         dpo_epochs=0.5,
-        eval_prompts=16,
+        eval_prompts=10,
         eval_samples=1,
-        eval_batch=16,
+        eval_batch=10,
     ),
 }
 
