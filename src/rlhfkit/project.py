@@ -102,7 +102,8 @@ class AnnotationSettings(Strict):
     anchor_rate: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
     """Share of each annotator's queue that is anchor items with known answers."""
     anchor_accuracy_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
-    """Annotators below this anchor accuracy are flagged and left out of the export."""
+    """Annotators below this anchor accuracy are flagged, and left out of the export once
+    they have `min_anchor_labels` anchor answers."""
     min_anchor_labels: Annotated[int, Field(ge=1)] = 5
     """Anchor answers an annotator needs before their anchor accuracy can leave them out of
     the export: with fewer (two slips in four anchors), it is shown but not acted on."""

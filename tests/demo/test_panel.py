@@ -471,3 +471,36 @@ def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_
     assert first == again
     assert any(item.startswith("anchor") for _, item, *_ in first)
     assert first != other  # the seed does decide: display order and anchors differ
+
+
+def test_taking_turns_ends_when_the_gate_fails(tmp_path):
+    """Nobody can open a failed gate: after calibration every annotator is told to wait,
+    and the turns stop there instead of polling forever."""
+    from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
+    from rlhfkit.annotate.server import serve_in_background
+    from rlhfkit.demo.panel import run_panel
+    from rlhfkit.project import load_project
+
+    root = _project(
+        tmp_path / "project",
+        overlap=2,
+        calibration_size=8,
+        agreement_threshold=1.0,
+        anchor_rate=0.0,
+        anchor_accuracy_threshold=0.7,
+        recalibrate_every=0,
+    )
+    policy = Policy.from_project(load_project(root))
+    db = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    store = open_store(db, create=True)
+    items = _write(tmp_path / "items.jsonl", _pairs(12, seed=0, prefix="item"))
+    import_items(store, policy, items=items)
+    panel = [SimulatedAnnotator("sim-a", noise=0.5), SimulatedAnnotator("sim-b", noise=0.5)]
+    tokens = {a.name: add_annotator(store, a.name) for a in panel}
+    with serve_in_background(db, root, seed=0) as url:
+        run = run_panel(url, tokens, panel)
+    gate = status(store, policy)["gate"]
+    store.close()
+    assert run.last_reason == {"sim-a": "calibration_gate", "sim-b": "calibration_gate"}
+    assert run.labels == {"sim-a": 8, "sim-b": 8} and run.passes == 9  # 8 turns + the idle one
+    assert not gate["main_queue_open"] and gate["rounds"][0]["passed"] is False

@@ -166,6 +166,8 @@ def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path)
     args = ("demo", "--quick", "--dir", str(tmp_path / "d"), "--model", "tiny-random")
     first = run_cli(*args)
     assert first.code == 2, first.stderr
+    # the tiny random model's replies decide where it stops: another torch build could
+    # sample replies that give a majority somewhere and stop at the reward model instead
     assert "error: no item has a majority answer" in first.stderr
     assert "Traceback" not in first.stderr
     records = json.loads((tmp_path / "d" / "stages.json").read_text())

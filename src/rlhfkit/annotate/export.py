@@ -138,6 +138,7 @@ def export(
             "overlap": policy.overlap,
             "include_incomplete": include_incomplete,
             "anchor_accuracy_threshold": policy.anchor_accuracy_threshold,
+            "min_anchor_labels": policy.min_anchor_labels,
         },
         annotation={
             "store": shown_url(store.url),

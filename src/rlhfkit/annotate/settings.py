@@ -28,8 +28,9 @@ class ServerSettings:
     max_body_bytes: int = 64 * 1024
     """Larger request bodies are refused with 413 before they are read."""
     seed: int | None = None
-    """Seeds the scheduler's draws (anchors, display order); None: fresh each start. A
-    seeded server that answers one request at a time hands out the same tasks every run."""
+    """Seeds the scheduler's draws (anchors, display order, recalibration rounds); None:
+    fresh each start. A seeded server that answers one request at a time hands out the same
+    tasks every run."""
 
     @classmethod
     def from_env(cls) -> ServerSettings:

@@ -412,8 +412,8 @@ class PanelRun:
     last_reason: dict[str, str]
     """Why each annotator's last request found no work: 'done' or 'calibration_gate'."""
     passes: int
-    """Turns taken (one task each per turn); when concurrent, rounds of 'label until 204'
-    until one where nobody labelled anything."""
+    """Turns taken (one task each per turn); when concurrent, passes of 'label until 204'
+    until one in which nobody labelled anything."""
     seconds: float
 
 
@@ -490,14 +490,18 @@ class _Waiting:
             return len(self._idle) == self._n
 
 
-def _label_one(client: _Client, annotator: SimulatedAnnotator) -> tuple[bool, str | None]:
-    """Ask for a task and label it: (a new label was stored, None), or (False, the 204's
-    reason) when the server has no work for this annotator now."""
+def _next_task(client: _Client, annotator: SimulatedAnnotator) -> tuple[dict | None, str]:
+    """(the next task, "") or (None, the 204's reason) when there is no work right now."""
     status, task, headers = client.request("GET", "/api/tasks/next")
     if status == 204:
-        return False, headers.get("x-rlhfkit-reason", "")
+        return None, headers.get("x-rlhfkit-reason", "")
     if status != 200:
         raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
+    return task, ""
+
+
+def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
+    """Decide and submit: 1 when a new label was stored, 0 for a replay."""
     choices = task.get("choices") or task["rubric"].get("choices") or []
     choice = annotator.label(
         task["prompt"],
@@ -510,7 +514,7 @@ def _label_one(client: _Client, annotator: SimulatedAnnotator) -> tuple[bool, st
     status, answer, _ = client.request("POST", "/api/labels", body)
     if status not in (200, 201):
         raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
-    return status == 201, None
+    return int(status == 201)
 
 
 def _label_until_idle(
@@ -519,10 +523,10 @@ def _label_until_idle(
     """Label the annotator's tasks until the server has none: (labels stored, 204 reason)."""
     stored = 0
     while True:
-        new, reason = _label_one(client, annotator)
-        if reason is None:
-            waiting.mark(annotator.name, False)
-            stored += new
+        task, reason = _next_task(client, annotator)
+        if task is not None:
+            waiting.mark(annotator.name, False)  # before labelling: holding a task is busy
+            stored += _label(client, annotator, task)
             continue
         everyone_idle = waiting.mark(annotator.name, True)
         if reason == "calibration_gate" and not everyone_idle:
@@ -559,43 +563,60 @@ def run_panel(
     ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
     """
     panel = list(panel) if panel is not None else default_panel(len(tokens), seed)
-    by_name = {a.name: a for a in panel}
-    if set(by_name) != set(tokens):
+    names = {a.name for a in panel}
+    if names != set(tokens):
         raise ValueError(
-            f"the panel's annotators {sorted(by_name)} and the tokens' names {sorted(tokens)} "
+            f"the panel's annotators {sorted(names)} and the tokens' names {sorted(tokens)} "
             "must be the same"
         )
-    clients = {a.name: _Client(base_url, tokens[a.name], timeout) for a in panel}
-    totals = dict.fromkeys(clients, 0)
-    reasons: dict[str, str] = {}
-    started, passes = time.time(), 0
+    clients = [(a, _Client(base_url, tokens[a.name], timeout)) for a in panel]
+    started = time.time()
     try:
-        while True:
-            passes += 1
-            if concurrent:
-                waiting = _Waiting(list(clients))
-                with ThreadPoolExecutor(len(clients), thread_name_prefix="sim-annotator") as pool:
-                    futures = {
-                        name: pool.submit(_label_until_idle, clients[name], by_name[name], waiting)
-                        for name in clients
-                    }
-                    done = {name: f.result() for name, f in futures.items()}
-                for name, (n, reason) in done.items():
-                    totals[name] += n
-                    reasons[name] = reason
-                if not any(n for n, _ in done.values()):
-                    break
-            else:  # one turn each
-                idle = 0
-                for name, client in clients.items():
-                    new, reason = _label_one(client, by_name[name])
-                    totals[name] += new
-                    if reason is not None:
-                        reasons[name] = reason
-                        idle += 1
-                if idle == len(clients):
-                    break
+        labelled = _label_concurrently if concurrent else _take_turns
+        totals, reasons, passes = labelled(clients)
     finally:
-        for c in clients.values():
-            c.close()
+        for _, client in clients:
+            client.close()
     return PanelRun(totals, reasons, passes, time.time() - started)
+
+
+_Team = list[tuple[SimulatedAnnotator, _Client]]
+
+
+def _take_turns(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
+    """One task each per turn, in order, until a turn in which nobody got one."""
+    totals = {a.name: 0 for a, _ in team}
+    reasons: dict[str, str] = {}
+    turns = 0
+    while True:
+        turns += 1
+        idle = 0
+        for annotator, client in team:
+            task, reason = _next_task(client, annotator)
+            if task is None:
+                reasons[annotator.name] = reason
+                idle += 1
+            else:
+                totals[annotator.name] += _label(client, annotator, task)
+        if idle == len(team):
+            return totals, reasons, turns
+
+
+def _label_concurrently(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
+    """A thread per annotator, each labelling until idle; passes until one labels nothing."""
+    totals = {a.name: 0 for a, _ in team}
+    reasons: dict[str, str] = {}
+    passes = 0
+    while True:
+        passes += 1
+        waiting = _Waiting([a.name for a, _ in team])
+        with ThreadPoolExecutor(len(team), thread_name_prefix="sim-annotator") as pool:
+            futures = {
+                a.name: pool.submit(_label_until_idle, client, a, waiting) for a, client in team
+            }
+            done = {name: f.result() for name, f in futures.items()}
+        for name, (n, reason) in done.items():
+            totals[name] += n
+            reasons[name] = reason
+        if not any(n for n, _ in done.values()):
+            return totals, reasons, passes

@@ -61,15 +61,16 @@ def _gate(status: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _flagged(status: dict[str, Any], agreement: dict[str, Any]) -> list[dict[str, Any]]:
-    """Annotators with a drift alert, or whose anchor accuracy is under the threshold."""
+    """Annotators with a drift alert, or left out of the export (anchor accuracy under the
+    threshold over at least `min_anchor_labels` anchors)."""
     flagged: dict[str, list[str]] = {}
     for alert in status.get("drift_alerts", []) + agreement.get("drift_alerts", []):
         flagged.setdefault(alert["annotator"], []).append(alert["reason"])
     for a in status.get("annotators", []):
         if a.get("excluded_from_export"):
             flagged.setdefault(a["annotator"], []).append(
-                f"anchor accuracy {a['anchor_accuracy']:.2f} under the threshold: left out "
-                "of the export"
+                f"left out of the export (anchor accuracy {a['anchor_accuracy']:.2f} over "
+                f"{a['anchor_items']} anchors)"
             )
     return [{"annotator": k, "reasons": sorted(set(v))} for k, v in sorted(flagged.items())]
 
