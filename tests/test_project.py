@@ -170,6 +170,7 @@ def test_callable_detector(example_text):
         ("overlap = 3", "overlap = true", "annotation.overlap"),
         ("temperature = 0.9", "temperature = inf", "generate.temperature"),
         ("temperature = 0.9", "temperature = 0.0", "generate.temperature"),
+        ("min_anchor_labels = 5", "min_anchor_labels = 0", "annotation.min_anchor_labels"),
     ],
 )
 def test_wrong_types_are_not_coerced(example_text, old, new, path):
