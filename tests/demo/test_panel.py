@@ -216,6 +216,29 @@ def test_same_seed_same_labels():
     assert runs[0] == runs[1]
 
 
+def test_per_criterion_answers_judge_each_criterion_on_its_own():
+    exact = SimulatedAnnotator("sim-exact", noise=0.0)
+    ideal, terse = REPLIES["ideal"], REPLIES["acts, no sign-off"]
+    assert exact.criteria(EMAIL, ideal, REPLIES["apology"])["helpful"] == "first"
+    assert exact.criteria(EMAIL, terse, ideal)["tone"] == "second"  # no sign-off
+    criteria = ("helpful", "tone", "concise")
+    assert exact.criteria(EMAIL, ideal, ideal) == dict.fromkeys(criteria, "tie")
+    mirrored = {"first": "second", "second": "first", "tie": "tie"}
+    for a, b in ((ideal, terse), (REPLIES["echo"], REPLIES["apology"])):
+        there, back = exact.criteria(EMAIL, a, b), exact.criteria(EMAIL, b, a)
+        assert back == {k: mirrored[v] for k, v in there.items()}  # the order shown is moot
+
+
+def test_per_criterion_answers_leave_the_overall_labels_unchanged():
+    plain, asked = (SimulatedAnnotator("sim-x", noise=0.3, seed=7) for _ in range(2))
+    with_criteria = []
+    for i in range(100):
+        first, second = _shown(i)[:2]
+        with_criteria.append(asked.label(EMAIL, first, second))
+        asked.criteria(EMAIL, first, second)
+    assert with_criteria == [plain.label(EMAIL, *_shown(i)[:2]) for i in range(100)]
+
+
 def test_default_panel_is_a_labelled_simulation_with_one_drifter():
     panel = default_panel(5, seed=0)
     names = [a.name for a in panel]
@@ -338,7 +361,7 @@ def test_the_panel_labels_through_the_real_app(tmp_path):
     from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
     from rlhfkit.data import load
-    from rlhfkit.demo.panel import response_text, run_panel
+    from rlhfkit.demo.panel_api import response_text, run_panel
     from rlhfkit.project import load_project
 
     root = _project(
@@ -427,7 +450,7 @@ def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_
     server hands out the same tasks in the same order and the labels come out identical."""
     from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
-    from rlhfkit.demo.panel import response_text, run_panel
+    from rlhfkit.demo.panel_api import response_text, run_panel
     from rlhfkit.project import load_project
 
     root = _project(
@@ -460,7 +483,7 @@ def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_
         assert status(store, policy)["progress"]["complete_items"] == 16
         with store.engine.connect() as conn:
             rows = conn.exec_driver_sql(
-                "SELECT a.name, i.external_id, l.choice, l.label FROM labels l"
+                "SELECT a.name, i.external_id, l.choice, l.label, l.criteria FROM labels l"
                 " JOIN annotators a ON a.id = l.annotator_id JOIN items i ON i.id = l.item_id"
                 " ORDER BY l.id"
             ).all()
@@ -469,6 +492,8 @@ def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_
 
     first, again, other = labelled("a.sqlite", 7), labelled("b.sqlite", 7), labelled("c.sqlite", 8)
     assert first == again
+    # every label carries the panel's per-criterion answers, relative to the stored pair
+    assert all(set(json.loads(c)) == {"helpful", "tone", "concise"} for *_, c in first)
     assert any(item.startswith("anchor") for _, item, *_ in first)
     assert first != other  # the seed does decide: display order and anchors differ
 
@@ -478,7 +503,7 @@ def test_taking_turns_ends_when_the_gate_fails(tmp_path):
     and the turns stop there instead of polling forever."""
     from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
-    from rlhfkit.demo.panel import run_panel
+    from rlhfkit.demo.panel_api import run_panel
     from rlhfkit.project import load_project
 
     root = _project(

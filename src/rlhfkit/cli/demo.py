@@ -173,7 +173,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "annotation": spec.annotation.model_dump(),
                 "anchors": preset.anchors,
                 "heldout": preset.heldout_share,
-                "panel": S.code_hash("panel.py"),  # the simulated annotators' rubric and biases
+                "panel": S.code_hash("panel.py", "panel_api.py"),  # the simulated annotators
             },
             lambda: S.annotation(paths, preset),
             outputs=(paths.prefs_train, paths.prefs_heldout, paths.annotation / "status.json"),

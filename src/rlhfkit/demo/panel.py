@@ -8,7 +8,8 @@ by code, and each annotator adds label-flip noise, position bias and length bias
 
 Everything in this module is a *simulation* and says so: annotator names start with ``sim-``.
 A real team replaces the panel with people in the annotation app; nothing else changes,
-because the panel labels through the same HTTP API the app's pages use (`run_panel`).
+because the panel labels through the same HTTP API the app's pages use
+(`rlhfkit.demo.panel_api.run_panel`).
 
 `rubric_scores` is tuned to the support-replies task (its issues, actions and sign-off); it is
 not a general-purpose judge. Helpfulness dominates the overall score on purpose: a DPO run
@@ -18,19 +19,12 @@ echoed the customer's email. Such echoes must lose to a longer reply that acts.
 
 from __future__ import annotations
 
-import http.client
-import json
 import math
 import random
 import re
-import threading
-import time
-import urllib.parse
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from rlhfkit.demo.support_replies import ITEMS
 
@@ -319,12 +313,15 @@ class SimulatedAnnotator:
     labelled: int = 0
     """Labels given so far (drives the drift)."""
     _rng: random.Random = field(init=False, repr=False)
+    _criteria_rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for what in ("noise", "position_bias", "drift_noise"):
             if not 0.0 <= getattr(self, what) <= 1.0:
                 raise ValueError(f"{self.name}: {what} must be within [0, 1]")
         self._rng = random.Random(f"{self.name}:{self.seed}")
+        # a stream of its own: answering per criterion leaves the overall labels unchanged
+        self._criteria_rng = random.Random(f"{self.name}:{self.seed}:criteria")
 
     def current_noise(self) -> float:
         if self.drift_after is None or self.labelled < self.drift_after:
@@ -365,6 +362,22 @@ class SimulatedAnnotator:
             )
         return choice
 
+    def criteria(
+        self, prompt: str | Sequence[dict[str, str]], first: str, second: str
+    ) -> dict[str, str]:
+        """The optional per-criterion answers (first, second or tie for each of helpful,
+        tone and concise), with the same noise as the overall label: which reply helps more,
+        which has the better tone, which is more concise, each judged on its own."""
+        s1, s2 = rubric_scores(prompt, first), rubric_scores(prompt, second)
+        rng, noise, answers = self._criteria_rng, self.current_noise(), {}
+        for name in WEIGHTS:
+            diff = s1[name] - s2[name]
+            answer = "tie" if abs(diff) < 1e-9 else ("first" if diff > 0 else "second")
+            if answer != "tie" and rng.random() < noise:
+                answer = "second" if answer == "first" else "first"
+            answers[name] = answer
+        return answers
+
 
 # Archetypes of the default panel, in the order `default_panel` hands them out.
 # The steady ones stay above ~0.9 anchor accuracy, so that a window of 20 anchor labels
@@ -394,229 +407,3 @@ def default_panel(k: int = 5, seed: int = 0, drift_after: int = 60) -> list[Simu
         name, kw = DRIFTER
         panel.append(SimulatedAnnotator(name, seed=seed, **{**kw, "drift_after": drift_after}))
     return panel
-
-
-# --- labelling through the annotation app's HTTP API -----------------------------------------
-
-
-class PanelError(RuntimeError):
-    """The annotation server refused a request (other than 'no work': that is a 204)."""
-
-
-@dataclass
-class PanelRun:
-    """What a `run_panel` call did."""
-
-    labels: dict[str, int]
-    """Labels each annotator stored (201; a replayed 200 is not counted twice)."""
-    last_reason: dict[str, str]
-    """Why each annotator's last request found no work: 'done' or 'calibration_gate'."""
-    passes: int
-    """Turns taken (one task each per turn); when concurrent, passes of 'label until 204'
-    until one in which nobody labelled anything."""
-    seconds: float
-
-
-class _Client:
-    """One annotator's keep-alive connection to the app (standard library only: the demo's
-    runtime has no HTTP client dependency)."""
-
-    def __init__(self, base_url: str, token: str, timeout: float):
-        url = urllib.parse.urlsplit(base_url)
-        if url.scheme not in ("http", "https"):
-            raise ValueError(f"{base_url}: expected http://HOST:PORT")
-        self._conn_args = (url.hostname, url.port, timeout)
-        self._https = url.scheme == "https"
-        self._prefix = url.path.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self._conn: http.client.HTTPConnection | None = None
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any, dict]:
-        """(status, parsed JSON or None, headers); reconnects and retries twice when the
-        connection drops (every POST carries a client_id, so a retry never labels twice)."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = self._headers | ({"Content-Type": "application/json"} if data else {})
-        for attempt in range(3):
-            try:
-                if self._conn is None:
-                    host, port, timeout = self._conn_args
-                    cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-                    self._conn = cls(host, port, timeout=timeout)
-                self._conn.request(method, self._prefix + path, data, headers)
-                resp = self._conn.getresponse()
-                raw = resp.read()
-                parsed = json.loads(raw) if raw else None
-                return resp.status, parsed, {k.lower(): v for k, v in resp.getheaders()}
-            except (ConnectionError, http.client.HTTPException, TimeoutError, OSError):
-                self.close()
-                if attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def response_text(value: Any) -> str:
-    """A response as the API sends it: text, or chat messages (their contents joined)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
-    return str(value)
-
-
-class _Waiting:
-    """Which annotators have no task right now. An annotator told to wait for the
-    calibration gate keeps polling, as a person would come back later, while anyone else
-    is still labelling (their last calibration label may open the gate); once everyone
-    waits, nobody can change anything and all stop."""
-
-    def __init__(self, names: Sequence[str]):
-        self._lock = threading.Lock()
-        self._idle: set[str] = set()
-        self._n = len(names)
-
-    def mark(self, name: str, idle: bool) -> bool:
-        """Record `name`'s state; True when every annotator is idle."""
-        with self._lock:
-            if idle:
-                self._idle.add(name)
-            else:
-                self._idle.discard(name)
-            return len(self._idle) == self._n
-
-
-def _next_task(client: _Client, annotator: SimulatedAnnotator) -> tuple[dict | None, str]:
-    """(the next task, "") or (None, the 204's reason) when there is no work right now."""
-    status, task, headers = client.request("GET", "/api/tasks/next")
-    if status == 204:
-        return None, headers.get("x-rlhfkit-reason", "")
-    if status != 200:
-        raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
-    return task, ""
-
-
-def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
-    """Decide and submit: 1 when a new label was stored, 0 for a replay."""
-    choices = task.get("choices") or task["rubric"].get("choices") or []
-    choice = annotator.label(
-        task["prompt"],
-        response_text(task["first"]),
-        response_text(task["second"]),
-        allow_tie="tie" in choices,
-        allow_both_bad="both_bad" in choices,
-    )
-    body = {"task_id": task["task_id"], "choice": choice, "client_id": uuid.uuid4().hex}
-    status, answer, _ = client.request("POST", "/api/labels", body)
-    if status not in (200, 201):
-        raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
-    return int(status == 201)
-
-
-def _label_until_idle(
-    client: _Client, annotator: SimulatedAnnotator, waiting: _Waiting
-) -> tuple[int, str]:
-    """Label the annotator's tasks until the server has none: (labels stored, 204 reason)."""
-    stored = 0
-    while True:
-        task, reason = _next_task(client, annotator)
-        if task is not None:
-            waiting.mark(annotator.name, False)  # before labelling: holding a task is busy
-            stored += _label(client, annotator, task)
-            continue
-        everyone_idle = waiting.mark(annotator.name, True)
-        if reason == "calibration_gate" and not everyone_idle:
-            time.sleep(0.05)  # someone is still labelling: their label may open the gate
-            continue
-        return stored, reason
-
-
-def run_panel(
-    base_url: str,
-    tokens: dict[str, str],
-    panel: Sequence[SimulatedAnnotator] | None = None,
-    *,
-    seed: int = 0,
-    concurrent: bool = False,
-    timeout: float = 30.0,
-) -> PanelRun:
-    """Have the simulated annotators label through the annotation app's JSON API until none
-    of them gets any more work.
-
-    By default the annotators take turns, one task each per turn, in the panel's order
-    (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``), as a team working at the same
-    pace would. One request at a time makes the run reproducible: against a server started
-    with a seed, the same panel labels the same tasks the same way every time. A 204
-    'calibration_gate' means waiting for the others to finish calibrating; the run ends after
-    a turn in which every annotator was told 204 ('done', or 'calibration_gate' when the gate
-    failed and nobody overrode it).
-
-    `concurrent` gives each annotator a thread that labels until the server has no work for
-    it (closer to a real team's load, but which annotator gets which item then depends on
-    timing). Passes repeat until one in which nobody labelled anything.
-
-    `tokens` maps annotator names to their login tokens; `panel` defaults to
-    ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
-    """
-    panel = list(panel) if panel is not None else default_panel(len(tokens), seed)
-    names = {a.name for a in panel}
-    if names != set(tokens):
-        raise ValueError(
-            f"the panel's annotators {sorted(names)} and the tokens' names {sorted(tokens)} "
-            "must be the same"
-        )
-    clients = [(a, _Client(base_url, tokens[a.name], timeout)) for a in panel]
-    started = time.time()
-    try:
-        labelled = _label_concurrently if concurrent else _take_turns
-        totals, reasons, passes = labelled(clients)
-    finally:
-        for _, client in clients:
-            client.close()
-    return PanelRun(totals, reasons, passes, time.time() - started)
-
-
-_Team = list[tuple[SimulatedAnnotator, _Client]]
-
-
-def _take_turns(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
-    """One task each per turn, in order, until a turn in which nobody got one."""
-    totals = {a.name: 0 for a, _ in team}
-    reasons: dict[str, str] = {}
-    turns = 0
-    while True:
-        turns += 1
-        idle = 0
-        for annotator, client in team:
-            task, reason = _next_task(client, annotator)
-            if task is None:
-                reasons[annotator.name] = reason
-                idle += 1
-            else:
-                totals[annotator.name] += _label(client, annotator, task)
-        if idle == len(team):
-            return totals, reasons, turns
-
-
-def _label_concurrently(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
-    """A thread per annotator, each labelling until idle; passes until one labels nothing."""
-    totals = {a.name: 0 for a, _ in team}
-    reasons: dict[str, str] = {}
-    passes = 0
-    while True:
-        passes += 1
-        waiting = _Waiting([a.name for a, _ in team])
-        with ThreadPoolExecutor(len(team), thread_name_prefix="sim-annotator") as pool:
-            futures = {
-                a.name: pool.submit(_label_until_idle, client, a, waiting) for a, client in team
-            }
-            done = {name: f.result() for name, f in futures.items()}
-        for name, (n, reason) in done.items():
-            totals[name] += n
-            reasons[name] = reason
-        if not any(n for n, _ in done.values()):
-            return totals, reasons, passes

@@ -148,7 +148,8 @@ def annotation(paths: Paths, preset: Preset, seed: int = 0) -> dict[str, Any]:
     from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
     from rlhfkit.data import write_jsonl
-    from rlhfkit.demo.panel import default_panel, run_panel
+    from rlhfkit.demo.panel import default_panel
+    from rlhfkit.demo.panel_api import run_panel
     from rlhfkit.demo.support_replies import anchor_items
     from rlhfkit.project import load_project
 

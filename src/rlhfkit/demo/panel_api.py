@@ -1,0 +1,255 @@
+"""The simulated panel at work: each annotator labels through the annotation app's JSON API,
+exactly as the app's pages do (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``).
+
+By default the annotators take turns (reproducible against a seeded server); `concurrent`
+gives each its own thread. Standard library only: the demo's runtime has no HTTP client
+dependency. Everything here is a simulation: see `rlhfkit.demo.panel`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfkit.demo.panel import SimulatedAnnotator, default_panel
+
+
+class PanelError(RuntimeError):
+    """The annotation server refused a request (other than 'no work': that is a 204)."""
+
+
+@dataclass
+class PanelRun:
+    """What a `run_panel` call did."""
+
+    labels: dict[str, int]
+    """Labels each annotator stored (201; a replayed 200 is not counted twice)."""
+    last_reason: dict[str, str]
+    """Why each annotator's last request found no work: 'done' or 'calibration_gate'."""
+    passes: int
+    """Turns taken (one task each per turn); when concurrent, passes of 'label until 204'
+    until one in which nobody labelled anything."""
+    seconds: float
+
+
+class _Client:
+    """One annotator's keep-alive connection to the app (standard library only: the demo's
+    runtime has no HTTP client dependency)."""
+
+    def __init__(self, base_url: str, token: str, timeout: float):
+        url = urllib.parse.urlsplit(base_url)
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"{base_url}: expected http://HOST:PORT")
+        self._conn_args = (url.hostname, url.port, timeout)
+        self._https = url.scheme == "https"
+        self._prefix = url.path.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any, dict]:
+        """(status, parsed JSON or None, headers); reconnects and retries twice when the
+        connection drops (every POST carries a client_id, so a retry never labels twice)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = self._headers | ({"Content-Type": "application/json"} if data else {})
+        for attempt in range(3):
+            try:
+                if self._conn is None:
+                    host, port, timeout = self._conn_args
+                    cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+                    self._conn = cls(host, port, timeout=timeout)
+                self._conn.request(method, self._prefix + path, data, headers)
+                resp = self._conn.getresponse()
+                raw = resp.read()
+                parsed = json.loads(raw) if raw else None
+                return resp.status, parsed, {k.lower(): v for k, v in resp.getheaders()}
+            except (ConnectionError, http.client.HTTPException, TimeoutError, OSError):
+                self.close()
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def response_text(value: Any) -> str:
+    """A response as the API sends it: text, or chat messages (their contents joined)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(str(m.get("content", "")) for m in value if isinstance(m, dict))
+    return str(value)
+
+
+class _Waiting:
+    """Which annotators have no task right now. An annotator told to wait for the
+    calibration gate keeps polling, as a person would come back later, while anyone else
+    is still labelling (their last calibration label may open the gate); once everyone
+    waits, nobody can change anything and all stop."""
+
+    def __init__(self, names: Sequence[str]):
+        self._lock = threading.Lock()
+        self._idle: set[str] = set()
+        self._n = len(names)
+
+    def mark(self, name: str, idle: bool) -> bool:
+        """Record `name`'s state; True when every annotator is idle."""
+        with self._lock:
+            if idle:
+                self._idle.add(name)
+            else:
+                self._idle.discard(name)
+            return len(self._idle) == self._n
+
+
+def _next_task(client: _Client, annotator: SimulatedAnnotator) -> tuple[dict | None, str]:
+    """(the next task, "") or (None, the 204's reason) when there is no work right now."""
+    status, task, headers = client.request("GET", "/api/tasks/next")
+    if status == 204:
+        return None, headers.get("x-rlhfkit-reason", "")
+    if status != 200:
+        raise PanelError(f"{annotator.name}: GET /api/tasks/next answered {status}: {task}")
+    return task, ""
+
+
+def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
+    """Decide and submit, with an answer per rubric criterion the panel can judge: 1 when a
+    new label was stored, 0 for a replay."""
+    rubric = task["rubric"]
+    choices = task.get("choices") or rubric.get("choices") or []
+    first, second = response_text(task["first"]), response_text(task["second"])
+    choice = annotator.label(
+        task["prompt"],
+        first,
+        second,
+        allow_tie="tie" in choices,
+        allow_both_bad="both_bad" in choices,
+    )
+    asked = {c["name"] for c in rubric.get("criteria", [])}
+    answers = annotator.criteria(task["prompt"], first, second)
+    body = {
+        "task_id": task["task_id"],
+        "choice": choice,
+        "criteria": {k: v for k, v in answers.items() if k in asked},
+        "client_id": uuid.uuid4().hex,
+    }
+    status, answer, _ = client.request("POST", "/api/labels", body)
+    if status not in (200, 201):
+        raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
+    return int(status == 201)
+
+
+def _label_until_idle(
+    client: _Client, annotator: SimulatedAnnotator, waiting: _Waiting
+) -> tuple[int, str]:
+    """Label the annotator's tasks until the server has none: (labels stored, 204 reason)."""
+    stored = 0
+    while True:
+        task, reason = _next_task(client, annotator)
+        if task is not None:
+            waiting.mark(annotator.name, False)  # before labelling: holding a task is busy
+            stored += _label(client, annotator, task)
+            continue
+        everyone_idle = waiting.mark(annotator.name, True)
+        if reason == "calibration_gate" and not everyone_idle:
+            time.sleep(0.05)  # someone is still labelling: their label may open the gate
+            continue
+        return stored, reason
+
+
+def run_panel(
+    base_url: str,
+    tokens: dict[str, str],
+    panel: Sequence[SimulatedAnnotator] | None = None,
+    *,
+    seed: int = 0,
+    concurrent: bool = False,
+    timeout: float = 30.0,
+) -> PanelRun:
+    """Have the simulated annotators label through the annotation app's JSON API until none
+    of them gets any more work.
+
+    By default the annotators take turns, one task each per turn, in the panel's order
+    (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``), as a team working at the same
+    pace would. One request at a time makes the run reproducible: against a server started
+    with a seed, the same panel labels the same tasks the same way every time. A 204
+    'calibration_gate' means waiting for the others to finish calibrating; the run ends after
+    a turn in which every annotator was told 204 ('done', or 'calibration_gate' when the gate
+    failed and nobody overrode it).
+
+    `concurrent` gives each annotator a thread that labels until the server has no work for
+    it (closer to a real team's load, but which annotator gets which item then depends on
+    timing). Passes repeat until one in which nobody labelled anything.
+
+    `tokens` maps annotator names to their login tokens; `panel` defaults to
+    ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
+    """
+    panel = list(panel) if panel is not None else default_panel(len(tokens), seed)
+    names = {a.name for a in panel}
+    if names != set(tokens):
+        raise ValueError(
+            f"the panel's annotators {sorted(names)} and the tokens' names {sorted(tokens)} "
+            "must be the same"
+        )
+    clients = [(a, _Client(base_url, tokens[a.name], timeout)) for a in panel]
+    started = time.time()
+    try:
+        labelled = _label_concurrently if concurrent else _take_turns
+        totals, reasons, passes = labelled(clients)
+    finally:
+        for _, client in clients:
+            client.close()
+    return PanelRun(totals, reasons, passes, time.time() - started)
+
+
+_Team = list[tuple[SimulatedAnnotator, _Client]]
+
+
+def _take_turns(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
+    """One task each per turn, in order, until a turn in which nobody got one."""
+    totals = {a.name: 0 for a, _ in team}
+    reasons: dict[str, str] = {}
+    turns = 0
+    while True:
+        turns += 1
+        idle = 0
+        for annotator, client in team:
+            task, reason = _next_task(client, annotator)
+            if task is None:
+                reasons[annotator.name] = reason
+                idle += 1
+            else:
+                totals[annotator.name] += _label(client, annotator, task)
+        if idle == len(team):
+            return totals, reasons, turns
+
+
+def _label_concurrently(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
+    """A thread per annotator, each labelling until idle; passes until one labels nothing."""
+    totals = {a.name: 0 for a, _ in team}
+    reasons: dict[str, str] = {}
+    passes = 0
+    while True:
+        passes += 1
+        waiting = _Waiting([a.name for a, _ in team])
+        with ThreadPoolExecutor(len(team), thread_name_prefix="sim-annotator") as pool:
+            futures = {
+                a.name: pool.submit(_label_until_idle, client, a, waiting) for a, client in team
+            }
+            done = {name: f.result() for name, f in futures.items()}
+        for name, (n, reason) in done.items():
+            totals[name] += n
+            reasons[name] = reason
+        if not any(n for n, _ in done.values()):
+            return totals, reasons, passes
