@@ -337,14 +337,16 @@ class SimulatedAnnotator:
         *,
         allow_tie: bool = False,
         allow_both_bad: bool = True,
+        scores: tuple[dict[str, float], dict[str, float]] | None = None,
     ) -> Choice:
         """Label one pair as shown: 'first', 'second', or ('tie' / 'both_bad' where the
-        rubric's policies allow them)."""
+        rubric's policies allow them). `scores`: the two replies' `rubric_scores`, when the
+        caller has them already."""
         rng, noise = self._rng, self.current_noise()
         self.labelled += 1
         if rng.random() < self.position_bias:
             return "first"
-        s1, s2 = rubric_scores(prompt, first), rubric_scores(prompt, second)
+        s1, s2 = scores or (rubric_scores(prompt, first), rubric_scores(prompt, second))
         if allow_both_bad and max(s1["helpful"], s2["helpful"]) < BOTH_BAD_BELOW:
             choice: Choice = "both_bad"
         else:
@@ -363,12 +365,17 @@ class SimulatedAnnotator:
         return choice
 
     def criteria(
-        self, prompt: str | Sequence[dict[str, str]], first: str, second: str
+        self,
+        prompt: str | Sequence[dict[str, str]],
+        first: str,
+        second: str,
+        *,
+        scores: tuple[dict[str, float], dict[str, float]] | None = None,
     ) -> dict[str, str]:
         """The optional per-criterion answers (first, second or tie for each of helpful,
         tone and concise), with the same noise as the overall label: which reply helps more,
         which has the better tone, which is more concise, each judged on its own."""
-        s1, s2 = rubric_scores(prompt, first), rubric_scores(prompt, second)
+        s1, s2 = scores or (rubric_scores(prompt, first), rubric_scores(prompt, second))
         rng, noise, answers = self._criteria_rng, self.current_noise(), {}
         for name in WEIGHTS:
             diff = s1[name] - s2[name]

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rlhfkit.demo.panel import SimulatedAnnotator, default_panel
+from rlhfkit.demo.panel import SimulatedAnnotator, default_panel, rubric_scores
 
 
 class PanelError(RuntimeError):
@@ -128,16 +128,22 @@ def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
     new label was stored, 0 for a replay."""
     rubric = task["rubric"]
     choices = task.get("choices") or rubric.get("choices") or []
-    first, second = response_text(task["first"]), response_text(task["second"])
-    choice = annotator.label(
+    prompt, first, second = (
         task["prompt"],
+        response_text(task["first"]),
+        response_text(task["second"]),
+    )
+    scores = rubric_scores(prompt, first), rubric_scores(prompt, second)  # once, for both
+    choice = annotator.label(
+        prompt,
         first,
         second,
         allow_tie="tie" in choices,
         allow_both_bad="both_bad" in choices,
+        scores=scores,
     )
     asked = {c["name"] for c in rubric.get("criteria", [])}
-    answers = annotator.criteria(task["prompt"], first, second)
+    answers = annotator.criteria(prompt, first, second, scores=scores)
     body = {
         "task_id": task["task_id"],
         "choice": choice,
