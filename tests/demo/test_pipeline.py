@@ -18,6 +18,7 @@ from tests.conftest import run_cli, write_lines
 TINY = Preset(
     sft_steps=2,
     candidate_prompts=24,
+    candidate_samples=3,
     calibration_size=8,
     anchors=6,
     max_new_tokens=8,

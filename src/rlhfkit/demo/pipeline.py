@@ -38,11 +38,13 @@ class Preset:
 
     sft_steps: int = 24
     sft_learning_rate: float = 1e-3
-    candidate_prompts: int = 96
+    candidate_prompts: int = 72
     """Prompts the SFT model answers for annotation."""
-    candidate_samples: int = 3
+    candidate_samples: int = 4
     """Replies per prompt; every pair of them becomes a comparison (InstructGPT's K-way
-    ranking, asked pairwise): 3 replies give 3 pairs for the price of 3 samples, not 6."""
+    ranking, asked pairwise): 4 replies give 6 pairs. 72 emails x 4 replies cost what
+    96 x 3 did (288 samples) and give 432 comparisons instead of 288 (README: "How long it
+    takes" has what that did to the reward model)."""
     calibration_size: int = 50
     """Pairs every simulated annotator labels first (the spec's calibration round)."""
     anchors: int = 64
@@ -57,11 +59,12 @@ class Preset:
     ppo_steps: int = 6
     ppo_batch: int = 8
     ppo_learning_rate: float = 3e-4
-    dpo_epochs: float = 0.6
+    dpo_epochs: float = 0.45
+    """About 130 pair visits, as many as 0.6 epoch of the 3-reply candidates' pairs gave."""
     dpo_learning_rate: float = 3e-4
-    eval_prompts: int = 40
+    eval_prompts: int = 32
     eval_samples: int = 2
-    eval_batch: int = 20
+    eval_batch: int = 16
     """Prompts per sampling batch in the evaluations (each expands to eval_samples replies)."""
 
 
@@ -70,6 +73,7 @@ PRESETS = {
     "quick": Preset(
         sft_steps=6,
         candidate_prompts=24,
+        candidate_samples=3,
         calibration_size=12,
         anchors=8,
         max_new_tokens=48,

@@ -342,6 +342,9 @@ def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         batch_size=8,
         learning_rate=preset.dpo_learning_rate,
         beta=spec.train.dpo.beta,
+        # The SFT model with the new adapter switched off scores each batch as it comes:
+        # under one epoch, precomputing would first score pairs the run never trains on.
+        reference="adapter-off",
         max_length=384,
         save_every=10,
         resume=True,
