@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 RLHFKIT = str(Path(sys.executable).parent / "rlhfkit")
+# What every command sees, in its own process or in this one: the rich consoles read these
+# when `rlhfkit.cli` is first imported, so they are set before any test imports it.
+CLI_ENV = {"COLUMNS": "200", "NO_COLOR": "1", "TTY_COMPATIBLE": "0"}
+os.environ.update(CLI_ENV)
 
 
 @dataclass
@@ -31,28 +35,33 @@ class CliResult:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 600, own_process: bool = False
+    *args: str, cwd: Path | None = None, timeout: float | None = None, own_process: bool = False
 ) -> CliResult:
     """Run the `rlhfkit` command line as a user would: argv in; exit code, stdout, stderr out.
 
-    By default in this process, through the same entry point the installed script calls
-    (`rlhfkit.cli.main`): a fresh interpreter would spend ~4 s importing torch and
-    transformers before every command, and the suite runs ~80 of them. An exception that
-    escapes `main` becomes exit code 1 with its traceback on stderr, as in a real process.
-    ``own_process=True`` runs the installed executable instead (with ``timeout``), for what
-    only a process shows: signals, `accelerate launch`, the long demo's real wiring.
+    By default in this process, through the entry point the installed script calls
+    (`rlhfkit.cli.main`): a fresh interpreter spends ~4 s importing torch and transformers
+    before each command, and the suite runs ~80 of them. An exception that escapes `main`
+    becomes exit code 1 with its traceback on stderr, as in a real process. What differs from
+    a process: Python warnings go to pytest's record, library logging to pytest's handlers,
+    and nothing can time out. ``own_process=True`` runs the installed executable (with
+    ``timeout``): for what only a process shows, such as the start-up time or the quick
+    demo's real wiring. Tests about signals and `accelerate launch` start processes directly.
     """
-    env = {"COLUMNS": "200", "NO_COLOR": "1"}
     if own_process:
         proc = subprocess.run(
-            [RLHFKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **env},
+            [RLHFKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout or 600,
+            env={**os.environ, **CLI_ENV},
         )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
-    return _run_in_process(list(args), cwd, env)
+    if timeout is not None:
+        raise ValueError("timeout needs own_process=True: an in-process command cannot time out")
+    return _run_in_process(list(args), cwd)
 
 
-def _run_in_process(args: list[str], cwd: Path | None, env: dict[str, str]) -> CliResult:
+def _run_in_process(args: list[str], cwd: Path | None) -> CliResult:
+    from accelerate.state import AcceleratorState, GradientState
+
     from rlhfkit.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -60,7 +69,6 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict[str, str]) -> C
     code = 0
     try:
         sys.argv = ["rlhfkit", *args]
-        os.environ.update(env)
         with contextlib.chdir(cwd or os.getcwd()), redirect_stdout(out), redirect_stderr(err):
             try:
                 main()
@@ -73,8 +81,15 @@ def _run_in_process(args: list[str], cwd: Path | None, env: dict[str, str]) -> C
                 code = 1
     finally:
         sys.argv = saved_argv
-        os.environ.clear()
-        os.environ.update(saved_env)
+        for key in set(os.environ) - set(saved_env):
+            del os.environ[key]
+        for key, value in saved_env.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+        # Accelerate keeps one process-wide state: the next command may choose another
+        # precision, as it could in its own process.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

@@ -73,7 +73,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def invoke(*args: str):
     """`rlhfkit ARGS` in this process (typer's CliRunner), with the entry point's handling
     of user errors (exit code 2, the message on stderr): a fresh interpreter per command
-    costs seconds, and the subprocess path is covered by the tests that need a process."""
+    costs seconds; `tests.conftest.run_cli(own_process=True)` covers the real executable."""
     from typer.testing import CliRunner
 
     from rlhfkit.cli import app

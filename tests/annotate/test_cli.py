@@ -145,7 +145,7 @@ def test_a_bad_import_row_fails_with_file_and_line_and_writes_nothing(tmp_path):
         good[1],
     ]
     items = write_jsonl(tmp_path / "items.jsonl", rows)
-    r = run_cli("annotate", "import", str(items), *project_args(project))  # a real process
+    r = run_cli("annotate", "import", str(items), *project_args(project), own_process=True)
     assert r.code == 2
     assert "items.jsonl:2:" in r.stderr and "items.jsonl:3:" in r.stderr
     assert "Traceback" not in r.stderr

@@ -93,6 +93,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     changed = run_cli(*[a if a != "4" else "8" for a in args[:-2]], "--save-every", "2",
                       "--resume")
     assert changed.code == 2 and "other data or settings" in changed.stderr
+    other_beta = run_cli(*args, "--beta", "0.5", "--resume")  # DPO's own settings count too
+    assert other_beta.code == 2 and "other data or settings" in other_beta.stderr
 
 
 def test_batch_larger_than_the_data_and_eval_of_a_non_reward_model(tmp_path):

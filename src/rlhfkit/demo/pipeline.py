@@ -8,7 +8,8 @@ resumable steps left off):
     project     scaffold the example project (rubric, success criteria, data)
     model       provision SmolLM2-135M-Instruct (converted once, cached)
     sft         stage 1: LoRA SFT on the team's past replies
-    candidates  sample three replies per prompt from the SFT model; every pair is a comparison
+    candidates  sample four replies per prompt (three in --quick) from the SFT model; every
+                pair of them is a comparison
     annotation  the simulated panel labels them through the real annotation app: calibration
                 round, agreement gate, anchors, overlap; export + agreement statistics
     rm          stage 2: reward model on the panel's majority preferences (plus the anchor
@@ -56,15 +57,14 @@ class Preset:
     heldout_share: float = 0.2
     """Share of the prompts whose preference pairs are kept out of RM and DPO training, for
     `eval rm` (split by prompt: pairs that share a prompt stay on one side)."""
-    ppo_steps: int = 6
+    ppo_steps: int = 5
     ppo_batch: int = 8
     ppo_learning_rate: float = 3e-4
-    dpo_epochs: float = 0.45
-    """About 130 pair visits, as many as 0.6 epoch of the 3-reply candidates' pairs gave."""
+    dpo_epochs: float = 0.35
     dpo_learning_rate: float = 3e-4
     eval_prompts: int = 32
     eval_samples: int = 2
-    eval_batch: int = 16
+    eval_batch: int = 32
     """Prompts per sampling batch in the evaluations (each expands to eval_samples replies)."""
 
 

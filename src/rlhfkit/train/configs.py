@@ -122,6 +122,9 @@ class RewardConfig(LoopConfig):
     center_coef: float = 0.0
     """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
 
+    def resume_keys(self) -> tuple[str, ...]:
+        return (*super().resume_keys(), "center_coef")
+
     def check(self) -> None:
         super().check()
         if self.center_coef < 0:
@@ -141,6 +144,10 @@ class DPOConfig(LoopConfig):
     reference: Literal["precomputed", "adapter-off"] = "precomputed"
     """precomputed: reference log-probs computed once and cached on disk; adapter-off: the
     LoRA-disabled base scores each batch live (LoRA only)."""
+
+    def resume_keys(self) -> tuple[str, ...]:
+        # not `reference`: both sources give the same log-probs (tested to 1e-5)
+        return (*super().resume_keys(), "beta", "loss_type", "label_smoothing")
 
     def check(self) -> None:
         super().check()
