@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import traceback
-from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +49,8 @@ def run_cli(
     """
     if own_process:
         proc = subprocess.run(
-            [RLHFKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout or 600,
-            env={**os.environ, **CLI_ENV},
-        )
+            [RLHFKIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout or 600
+        )  # the environment already holds CLI_ENV
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
     if timeout is not None:
         raise ValueError("timeout needs own_process=True: an in-process command cannot time out")
@@ -69,7 +67,11 @@ def _run_in_process(args: list[str], cwd: Path | None) -> CliResult:
     code = 0
     try:
         sys.argv = ["rlhfkit", *args]
-        with contextlib.chdir(cwd or os.getcwd()), redirect_stdout(out), redirect_stderr(err):
+        with (
+            contextlib.chdir(cwd or os.getcwd()),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             try:
                 main()
             except SystemExit as e:

@@ -70,25 +70,6 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def invoke(*args: str):
-    """`rlhfkit ARGS` in this process (typer's CliRunner), with the entry point's handling
-    of user errors (exit code 2, the message on stderr): a fresh interpreter per command
-    costs seconds; `tests.conftest.run_cli(own_process=True)` covers the real executable."""
-    from typer.testing import CliRunner
-
-    from rlhfkit.cli import app
-    from rlhfkit.errors import UserError
-    from tests.conftest import CliResult
-
-    result = CliRunner(env={"NO_COLOR": "1", "COLUMNS": "200"}).invoke(app, list(args))
-    if isinstance(result.exception, UserError):
-        hint = f"\nhint: {result.exception.hint}" if result.exception.hint else ""
-        return CliResult(2, result.stdout, result.stderr + f"error: {result.exception}{hint}")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return CliResult(result.exit_code, result.stdout, result.stderr)
-
-
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import uuid
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.annotate.conftest import free_port, invoke, pairs, write_jsonl, write_project
+from tests.annotate.conftest import free_port, pairs, write_jsonl, write_project
 from tests.conftest import RLHFKIT, run_cli
 
 
@@ -47,16 +47,16 @@ def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     project = write_project(tmp_path / "p", overlap=3, calibration_size=2, anchor_rate=0.2)
     items = write_jsonl(tmp_path / "items.jsonl", pairs(8))
     anchors = write_jsonl(tmp_path / "anchors.jsonl", [dict(p, label="A") for p in pairs(5, "g")])
-    r = invoke("annotate", "import", str(items), "--anchors", str(anchors), *project_args(project))
+    r = run_cli("annotate", "import", str(items), "--anchors", str(anchors), *project_args(project))
     assert r.code == 0, r.stderr
     assert "imported 8 pairs, 5 anchors" in r.stdout and "calibration round 1: 2 pairs" in r.stdout
     assert (project / "artifacts" / "annotations.sqlite").exists()
-    again = invoke("annotate", "import", str(items), *project_args(project))
+    again = run_cli("annotate", "import", str(items), *project_args(project))
     assert "0 pairs, 0 anchors, 8 already imported" in again.stdout
     tokens = {}
     for name in ("ann1", "ann2", "ann3", "lead"):
         extra = ["--admin"] if name == "lead" else []
-        r = invoke("annotate", "add-annotator", name, *extra, *project_args(project))
+        r = run_cli("annotate", "add-annotator", name, *extra, *project_args(project))
         assert r.code == 0, r.stderr
         tokens[name] = r.stdout.strip()
         assert tokens[name].startswith("rlk_") and "\n" not in tokens[name]
@@ -93,17 +93,17 @@ def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     assert server.returncode == 0, err  # Ctrl+C is the normal way to stop
     assert f"http://127.0.0.1:{port}/" in err and "warning" not in err  # loopback by default
 
-    r = invoke("annotate", "status", "--json", *project_args(project))
+    r = run_cli("annotate", "status", "--json", *project_args(project))
     assert r.code == 0, r.stderr
     status = json.loads(r.stdout)
     assert status["progress"]["complete_items"] == 8
     assert status["gate"]["main_queue_open"] is True
     assert status["agreement"]["percent_agreement"] == 1.0
-    human = invoke("annotate", "status", *project_args(project))
+    human = run_cli("annotate", "status", *project_args(project))
     assert human.code == 0 and "8 of 8 pairs have 3 labels" in human.stdout
 
     out, labels, gold = tmp_path / "prefs.jsonl", tmp_path / "labels.jsonl", tmp_path / "gold.jsonl"
-    r = invoke(
+    r = run_cli(
         "annotate", "export", str(out), "--labels", str(labels), "--gold", str(gold),
         *project_args(project),
     )  # fmt: skip
@@ -119,15 +119,15 @@ def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     manifest = json.loads((tmp_path / "prefs.jsonl.manifest.json").read_text())
     assert manifest["annotation"]["gate"]["rounds"][0]["passed"] is True
 
-    assert invoke("data", "validate", str(out)).code == 0
-    agreement = invoke("agreement", str(labels), "--anchors", str(gold), "--json")
+    assert run_cli("data", "validate", str(out)).code == 0
+    agreement = run_cli("agreement", str(labels), "--anchors", str(gold), "--json")
     assert agreement.code == 0, agreement.stderr
     summary = json.loads(agreement.stdout)
     assert summary["percent_agreement"] == 1.0
     assert all(a["anchor_accuracy"] in (1.0, None) for a in summary["annotators"])
     assert {a["annotator"] for a in summary["annotators"]} == {"ann1", "ann2", "ann3"}
 
-    rm = invoke(
+    rm = run_cli(
         "train", "rm", "--model", "tiny-random", "--data", str(out), "--output-dir",
         str(tmp_path / "rm"), "--precision", "fp32", "--max-steps", "2",
     )  # fmt: skip
@@ -152,43 +152,43 @@ def test_a_bad_import_row_fails_with_file_and_line_and_writes_nothing(tmp_path):
     assert not (project / "artifacts" / "annotations.sqlite").exists()
 
     no_gold = write_jsonl(tmp_path / "anchors.jsonl", pairs(1, "g"))
-    r = invoke("annotate", "import", "--anchors", str(no_gold), *project_args(project))
+    r = run_cli("annotate", "import", "--anchors", str(no_gold), *project_args(project))
     assert (
         r.code == 2 and "anchors.jsonl:1: an anchor needs its known answer in 'label'" in r.stderr
     )
     tie_gold = write_jsonl(tmp_path / "tie.jsonl", [dict(pairs(1, "t")[0], label="tie")])
-    r = invoke("annotate", "import", "--anchors", str(tie_gold), *project_args(project))
+    r = run_cli("annotate", "import", "--anchors", str(tie_gold), *project_args(project))
     assert r.code == 2 and "does not let annotators give" in r.stderr  # ties are forbidden
     dupes = write_jsonl(tmp_path / "dupes.jsonl", [good[0], good[0]])
-    r = invoke("annotate", "import", str(dupes), *project_args(project))
+    r = run_cli("annotate", "import", str(dupes), *project_args(project))
     assert r.code == 2 and "dupes.jsonl:2: id 'item0' repeats" in r.stderr
 
-    ok = invoke(
+    ok = run_cli(
         "annotate", "import", str(write_jsonl(tmp_path / "ok.jsonl", good)), *project_args(project)
     )
     assert ok.code == 0
     changed = write_jsonl(tmp_path / "changed.jsonl", [dict(good[0], response_b="other")])
-    r = invoke("annotate", "import", str(changed), *project_args(project))
+    r = run_cli("annotate", "import", str(changed), *project_args(project))
     assert r.code == 2 and "already in the store with different content" in r.stderr
 
 
 def test_refusals_are_clear(tmp_path):
     project = write_project(tmp_path / "p")
-    missing = invoke("annotate", "status", *project_args(project))
+    missing = run_cli("annotate", "status", *project_args(project))
     assert missing.code == 2 and "no annotation database here" in missing.stderr
     write_jsonl(tmp_path / "items.jsonl", pairs(2))
     assert (
-        invoke("annotate", "import", str(tmp_path / "items.jsonl"), *project_args(project)).code
+        run_cli("annotate", "import", str(tmp_path / "items.jsonl"), *project_args(project)).code
         == 0
     )
-    twice = [invoke("annotate", "add-annotator", "ann1", *project_args(project)) for _ in range(2)]
+    twice = [run_cli("annotate", "add-annotator", "ann1", *project_args(project)) for _ in range(2)]
     assert twice[0].code == 0 and twice[1].code == 2 and "already exists" in twice[1].stderr
-    bad_name = invoke("annotate", "add-annotator", "a b", *project_args(project))
+    bad_name = run_cli("annotate", "add-annotator", "a b", *project_args(project))
     assert bad_name.code == 2 and "annotator name" in bad_name.stderr
-    nothing = invoke("annotate", "export", str(tmp_path / "out.jsonl"), *project_args(project))
+    nothing = run_cli("annotate", "export", str(tmp_path / "out.jsonl"), *project_args(project))
     assert nothing.code == 2 and "nothing written" in nothing.stderr
     assert not (tmp_path / "out.jsonl").exists()
-    no_round = invoke("annotate", "override-gate", "--reason", "x", *project_args(project))
+    no_round = run_cli("annotate", "override-gate", "--reason", "x", *project_args(project))
     assert no_round.code == 2 and "no calibration round" in no_round.stderr
 
     # A store written by another schema version is refused, not misread.
@@ -197,9 +197,9 @@ def test_refusals_are_clear(tmp_path):
     with engine.begin() as conn:
         conn.execute(text("UPDATE rlhfkit_meta SET value = '99' WHERE key = 'schema_version'"))
     engine.dispose()
-    r = invoke("annotate", "status", *project_args(project))
+    r = run_cli("annotate", "status", *project_args(project))
     assert r.code == 2 and "schema version 99; this rlhfkit reads version 1" in r.stderr
-    pg = invoke(
+    pg = run_cli(
         "annotate", "status", "--db", "postgresql://nobody@127.0.0.1:1/x", *project_args(project)
     )
     assert pg.code == 2 and "cannot open the annotation database" in pg.stderr
@@ -209,7 +209,7 @@ def test_refusals_are_clear(tmp_path):
 def test_serve_warns_when_bound_beyond_loopback(tmp_path):
     project = write_project(tmp_path / "p")
     write_jsonl(tmp_path / "items.jsonl", pairs(1))
-    invoke("annotate", "import", str(tmp_path / "items.jsonl"), *project_args(project))
+    run_cli("annotate", "import", str(tmp_path / "items.jsonl"), *project_args(project))
     server = start_server(project, free_port(), "--host", "0.0.0.0")
     server.send_signal(signal.SIGINT)
     _, err = server.communicate(timeout=20)

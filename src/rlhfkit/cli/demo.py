@@ -210,7 +210,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "sft": fingerprint("sft"),
                 "epochs": preset.dpo_epochs,
                 "lr": preset.dpo_learning_rate,
-                "reference": "adapter-off",
+                "reference": S.DPO_REFERENCE,
                 "dpo": spec.train.dpo.model_dump(),
             },
             lambda: S.dpo(paths, preset, step_progress),

@@ -78,6 +78,11 @@ CANDIDATE_BATCH = 24
 sequences; on 2 cores, 72 sequences decoded about 1.3x faster per token than 32)."""
 
 
+DPO_REFERENCE = "adapter-off"
+"""The SFT model with DPO's new adapter switched off scores each batch as it comes: under
+one epoch, precomputing would first score pairs the run never trains on."""
+
+
 def code_hash(*files: str) -> str:
     """A hash of files of this package (the example's template, the panel's code), for stage
     fingerprints: a new version of them reruns the stages they feed."""
@@ -342,9 +347,7 @@ def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         batch_size=8,
         learning_rate=preset.dpo_learning_rate,
         beta=spec.train.dpo.beta,
-        # The SFT model with the new adapter switched off scores each batch as it comes:
-        # under one epoch, precomputing would first score pairs the run never trains on.
-        reference="adapter-off",
+        reference=DPO_REFERENCE,
         max_length=384,
         save_every=10,
         resume=True,
