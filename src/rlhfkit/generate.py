@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,9 +45,10 @@ class SamplingConfig:
     """With the same seed and batch size, the same responses come out."""
     batch_size: int = 16
     """Prompts per forward batch (each expands to n sequences)."""
-    precision: Literal["bf16", "fp32"] = "fp32"
-    """fp32 by default: token-by-token decoding is made of small matmuls, where bf16 on a CPU
-    measured 2-3x *slower* (SmolLM2-135M, 2 cores); bf16 pays off in training-sized ones."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """The weights' dtype while sampling. auto: bf16 where this machine runs bf16 matmuls
+    faster than fp32 (as training decides it: GPUs, CPUs with AVX512-BF16 or AMX), else fp32.
+    Measured on 2 AVX512-BF16 cores: 96 replies of 80 tokens in 17 s in bf16, 29 s in fp32."""
 
     @classmethod
     def from_spec(cls, settings: Any, **overrides: Any) -> SamplingConfig:
@@ -62,6 +63,8 @@ class SamplingConfig:
             raise UserError("temperature must be >= 0 and top-p in (0, 1]")
         if self.temperature == 0 and self.n > 1:
             raise UserError("temperature 0 is greedy decoding: every sample would be the same")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"precision is auto, bf16 or fp32, not '{self.precision}'")
 
 
 def render(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
@@ -82,37 +85,27 @@ def sample(
     """Sample `cfg.n` responses for each rendered prompt: ``[(text, finished_with_eos), ...]``.
 
     `chat`: the prompts were rendered with the chat template (replies are stripped)."""
-    import torch
+    from rlhfkit.train.rollout import sample_rollout
 
-    enc = tokenizer(
-        texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rollout = sample_rollout(
+        model,
+        tokenizer,
+        prompts,
+        cfg.n,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_p,
+        seed=(cfg.seed * 1_000_003 + batch_index) % 2**63,
     )
-    torch.manual_seed((cfg.seed * 1_000_003 + batch_index) % 2**63)
-    greedy = cfg.temperature == 0
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    with torch.inference_mode(), autocast:
-        out = model.generate(
-            **enc,
-            do_sample=not greedy,
-            temperature=None if greedy else cfg.temperature,
-            top_p=None if greedy else cfg.top_p,
-            top_k=None,
-            max_new_tokens=cfg.max_new_tokens,
-            num_return_sequences=cfg.n,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    new = out[:, enc["input_ids"].shape[1] :]
     results = []
     for i in range(len(texts)):
         group = []
-        for j in range(cfg.n):
-            tokens = new[i * cfg.n + j]
-            finished = bool((tokens == tokenizer.eos_token_id).any())
-            text = tokenizer.decode(tokens, skip_special_tokens=True)
+        for j in range(i * cfg.n, (i + 1) * cfg.n):
+            text = rollout.texts[j]
             # A chat reply's surrounding whitespace is template noise; a text continuation's
             # leading space is part of it (TRL joins prompt + completion as they are).
-            group.append((text.strip() if chat else text, finished))
+            group.append((text.strip() if chat else text, bool(rollout.finished[j])))
         results.append(group)
     return results
 
@@ -153,10 +146,16 @@ def generate_candidates(
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
 
-    from rlhfkit.models import load_model
+    import torch
 
+    from rlhfkit.models import load_model
+    from rlhfkit.train.loop import resolve_precision
+
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     model, tokenizer = load_model(model_ref)
     model.eval()
+    if cfg.precision == "bf16":
+        model.to(torch.bfloat16)
     settings = {
         "model": model_ref,
         "prompts": str(prompts_path),

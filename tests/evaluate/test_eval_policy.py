@@ -99,7 +99,7 @@ def test_eval_policy_cli_on_a_lora_policy_after_a_criteria_edit(
     r = json.loads((out / "eval.json").read_text())
     assert r["schema"] == "rlhfkit.eval_policy/1" and r["samples_file"] == "samples.jsonl"
     assert r["freeze"]["changed"] and r["freeze"]["changes"] == ["concise: detector edited"]
-    assert r["kl"]["value"] > 0 and r["kl"]["n"] == 6
+    assert r["kl"]["n"] == 6  # six samples: the estimate's sign is still up to chance
     assert [w["judge"] for w in r["win_rates"]] == ["reward_model", "panel (simulated)"]
     for c in r["criteria"]:
         assert set(c) >= {"name", "direction", "before", "after", "diff", "p_value", "test",
@@ -111,6 +111,7 @@ def test_eval_policy_cli_on_a_lora_policy_after_a_criteria_edit(
                      "kl_runaway"}  # fmt: skip
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and any(x["before"] != x["after"] for x in rows)
+    assert r["kl"]["value"] == pytest.approx(sum(x["kl"] for x in rows) / 6)
     assert set(rows[0]["judges"]) == {"reward_model", "panel (simulated)"}
     assert json.loads((out / "eval.json.manifest.json").read_text())["kind"] == "policy_eval"
 

@@ -167,42 +167,36 @@ def test_bad_reward_specs_are_clear_errors(setup, tmp_path):
 
 
 def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
-    """At temperature 0.7 the policy's log-probs of its own samples equal generate's."""
+    """At temperature 0.7 the sampler's log-probs and entropies of its own samples are those
+    of a plain forward pass over the finished sequences, and of the trainer's scoring."""
     from rlhfkit.models import load_model
+    from rlhfkit.train.losses import entropy_from_logits
     from rlhfkit.train.ppo import ActorCritic, _call
     from rlhfkit.train.rollout import rollout_batch, sample_rollout, to_padded
 
     root, _ = setup
     model, tok = load_model(str(root / "model"))
-    ids = [tok(f"Order {i} is late because")["input_ids"] for i in range(3)]
-    rollout = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5)
-    # generate's own record of the sampling distribution, from the same seed
-    from transformers import GenerationConfig
-
-    from rlhfkit.train.rollout import left_pad
-    x, mask = left_pad(ids, tok.pad_token_id)
-    torch.manual_seed(5)
-    out = model.generate(input_ids=x, attention_mask=mask, output_scores=True,
-                         return_dict_in_generate=True, generation_config=GenerationConfig(
-                             do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                             max_new_tokens=6, num_return_sequences=2,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    assert torch.equal(out.sequences, rollout.input_ids)
-    scores = torch.stack(out.scores, dim=1).log_softmax(-1)  # [B, R, V], after temperature
-    sampled = out.sequences[:, x.shape[1]:]
-    expected = scores.gather(-1, sampled[..., None]).squeeze(-1) * rollout.response_mask
+    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
+    rollout = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5, logprobs=True)
+    # the reference: one forward over prompt + response, no cache, logits at temperature
+    x, mask = rollout.input_ids, rollout.attention_mask
     with torch.no_grad():
-        logps, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
-    got = to_padded(logps, rollout.response_mask)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # the sampler's own log-probs and entropies (the on-policy path) are the same numbers
-    with_logps = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5, logprobs=True)
-    assert torch.equal(with_logps.input_ids, rollout.input_ids)
-    torch.testing.assert_close(with_logps.logps, expected, atol=1e-5, rtol=1e-5)
-    from rlhfkit.train.losses import entropy_from_logits
-
-    entropy = entropy_from_logits(torch.stack(out.scores, dim=1)) * rollout.response_mask
-    torch.testing.assert_close(with_logps.entropy, entropy, atol=1e-4, rtol=1e-4)
+        logits = model(input_ids=x, attention_mask=mask,
+                       position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits / 0.7
+    p = rollout.prompt_width
+    step_logits = logits[:, p - 1 : -1]  # position t predicts response token t
+    expected = step_logits.log_softmax(-1).gather(-1, x[:, p:, None]).squeeze(-1)
+    expected = expected * rollout.response_mask
+    torch.testing.assert_close(rollout.logps, expected, atol=1e-5, rtol=1e-5)
+    entropy = entropy_from_logits(step_logits) * rollout.response_mask
+    torch.testing.assert_close(rollout.entropy, entropy, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        scored, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
+    torch.testing.assert_close(to_padded(scored, rollout.response_mask), expected,
+                               atol=1e-5, rtol=1e-5)
+    # asking for log-probs changes nothing about what is sampled
+    plain = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5)
+    assert torch.equal(plain.input_ids, rollout.input_ids)
 
 
 def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):
@@ -267,24 +261,20 @@ def test_merged_copy_samples_what_the_adapter_wrapped_policy_would(setup):
     assert a.texts == b.texts
 
 
-def test_k_samples_share_one_prefill_and_sample_what_plain_generate_would(setup):
+def test_k_samples_share_one_prefill_and_sample_what_k_copies_of_the_prompt_would(setup):
     """sample_rollout runs each prompt once and copies its cache k times; the samples are the
-    ones generate() draws when it computes the prompt k times over."""
-    from transformers import GenerationConfig
-
+    ones drawn when every copy of the prompt is computed on its own."""
     from rlhfkit.models import load_model
-    from rlhfkit.train.rollout import left_pad, sample_rollout
+    from rlhfkit.train.rollout import sample_rollout
 
     root, _ = setup
     model, tok = load_model(str(root / "model"))
     ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
     rollout = sample_rollout(model, tok, ids, 4, 8, 0.8, 1.0, seed=11)
-    x, mask = left_pad(ids, tok.pad_token_id)
-    torch.manual_seed(11)
-    plain = model.generate(input_ids=x, attention_mask=mask, generation_config=GenerationConfig(
-        do_sample=True, temperature=0.8, top_p=1.0, top_k=0, max_new_tokens=8,
-        num_return_sequences=4, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    assert torch.equal(rollout.input_ids, plain)
+    copies = sample_rollout(model, tok, [p for p in ids for _ in range(4)], 1, 8, 0.8, 1.0,
+                            seed=11)
+    assert torch.equal(rollout.input_ids, copies.input_ids)
+    assert rollout.texts == copies.texts
     assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
@@ -296,14 +286,15 @@ def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):
     root, data = setup
     project = init_project(tmp_path / "project").root
     with open(project / "rlhfkit.toml", "a") as spec:
-        spec.write("\n[monitors]\nrepetition = 0.1\nwindow = 2\n")
+        # 'reward up, no criterion moved' fires on this run too, often first: out of the way
+        spec.write("\n[monitors]\nrepetition = 0.1\nwindow = 2\nreward_rise = 1000\n")
     out = tmp_path / "watched"
-    result = run_cli(*ppo(root, data, out, "--max-steps", "16", "--kl-coef", "0.05",
+    result = run_cli(*ppo(root, data, out, "--max-steps", "32", "--kl-coef", "0.05",
                           "--no-lora", "--project", str(project), "--stop-on-flag"))
     assert result.code == 0, result.stderr
     assert "stopped early: reward-hacking monitor: repetition" in result.stdout
     rows = metrics(out)
-    assert len(rows) < 16 and rows[-1]["monitor_flags"] >= 1
+    assert len(rows) < 32 and rows[-1]["monitor_flags"] >= 1
     assert all("criteria/signs_off" in r for r in rows)
     flags = [json.loads(x) for x in (out / "monitors.jsonl").read_text().splitlines()]
     assert flags[-1]["step"] == len(rows)

@@ -30,7 +30,9 @@ def generate(
     seed: int = typer.Option(None, help="Random seed (default: the spec's, else 0)."),
     batch_size: int = typer.Option(16, help="Prompts per batch."),
     precision: str = typer.Option(
-        "fp32", help="fp32, or bf16 autocast (slower for decoding on most CPUs; try it on GPU)."
+        "auto",
+        help="Weights' dtype while sampling: bf16, fp32, or auto (bf16 where this machine runs "
+        "it faster: GPUs, CPUs with AVX512-BF16 or AMX).",
     ),
     limit: int = typer.Option(None, min=1, help="Use only the first N prompts."),
     all_pairs: bool = typer.Option(
@@ -67,8 +69,8 @@ def generate(
         cfg = SamplingConfig(**{k: v for k, v in overrides.items() if v is not None})
     if model is None or prompts is None or out is None:
         raise UserError("give --project, or all of --model, --prompts and --out")
-    if cfg.precision not in ("bf16", "fp32"):
-        raise UserError(f"--precision must be bf16 or fp32, not '{cfg.precision}'")
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--precision must be auto, bf16 or fp32, not '{cfg.precision}'")
 
     with status(f"loading {model}"):
         from rlhfkit.models import resolve

@@ -1,6 +1,6 @@
 """Stage 3's rollouts: sample responses from the policy and lay them out for scoring.
 
-Sampling is plain `model.generate` (KV cache, stop at EOS), seeded per step so a resumed run
+Sampling is `rlhfkit.decode` (KV cache, stop at EOS), seeded per step so a resumed run
 samples exactly what the uninterrupted one did. The result is a `Rollout` — left-padded
 prompts followed by right-padded responses — and `rollout_batch` turns it into the same
 `Batch` the other trainers score, so the policy, reference and critic all read log-probs and
@@ -9,11 +9,11 @@ values at the response positions only.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 
+from rlhfkit.decode import decode
 from rlhfkit.train.batches import Batch
 
 
@@ -73,51 +73,23 @@ def sample_rollout(
     """
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     ids, mask = ids.to(model.device), mask.to(model.device)
-    from transformers import GenerationConfig
-
-    # A fresh config, not the model's generation_config.json: its extras (repetition penalty,
-    # min-p, top-k) would sample from a distribution other than the one training scores.
-    config = GenerationConfig(
-        do_sample=True,
+    was_training = model.training
+    model.eval()  # no dropout
+    decoded = decode(
+        model,
+        ids,
+        mask,
+        k=k,
+        max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        output_logits=logprobs,
-        return_dict_in_generate=logprobs,
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        seed=seed,
+        logprobs=logprobs,
     )
-    was_training = model.training
-    model.eval()  # no dropout, and the KV cache (gradient checkpointing turns it off in train)
-    # k samples of one prompt share its prefix: run the prompt once and copy its key/value
-    # cache k times, instead of letting generate() compute the same prefill k times over.
-    cache = None
-    if k > 1 and ids.shape[1] > 1:
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = model(
-            input_ids=ids[:, :-1],
-            attention_mask=mask[:, :-1],
-            position_ids=positions[:, :-1],
-            use_cache=True,
-        ).past_key_values
-        cache.batch_repeat_interleave(k)
-    ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        # transformers >= 5.2x renames the argument to `cache`; older releases know only
-        # `past_key_values`, which newer ones still accept until 6.0
-        warnings.filterwarnings("ignore", ".*past_key_values.*", FutureWarning)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            past_key_values=cache,
-            generation_config=config,
-        )
     model.train(was_training)
-    step_logits = out.logits if logprobs else None
-    out = out.sequences if logprobs else out
-    response = out[:, ids.shape[1] :]
+    response = decoded.tokens
     is_eos = response == tokenizer.eos_token_id
     # a token belongs to the response if no EOS came before it (the EOS itself counts)
     before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
@@ -129,18 +101,18 @@ def sample_rollout(
         tokenizer.decode(response[i][response_mask[i].bool()], skip_special_tokens=True)
         for i in range(response.shape[0])
     ]
+    ids, mask = ids.repeat_interleave(k, dim=0), mask.repeat_interleave(k, dim=0)
     attention = torch.cat([mask, response_mask.long()], dim=1)
     prompt_index = torch.arange(len(prompts), device=ids.device).repeat_interleave(k)
-    logps = entropy = None
-    if step_logits is not None:
-        logps, entropy = torch.zeros_like(response_mask), torch.zeros_like(response_mask)
-        for t, logits in enumerate(step_logits):  # one [B, V] per step: no [B, R, V] copy
-            lp = torch.log_softmax(logits.float() / temperature, dim=-1)
-            logps[:, t] = lp.gather(1, response[:, t : t + 1]).squeeze(1)
-            entropy[:, t] = -(lp.exp() * lp).sum(dim=-1)
-        logps, entropy = logps * response_mask, entropy * response_mask
     return Rollout(
-        out, attention, response_mask, finished, prompt_index, texts, logps, entropy
+        torch.cat([ids, response], dim=1),
+        attention,
+        response_mask,
+        finished,
+        prompt_index,
+        texts,
+        decoded.logps,
+        decoded.entropy,
     )
 
 
@@ -180,7 +152,8 @@ class MergedCopy:
     are set to W + scale * B A before each rollout. The same distribution as the adapter-
     wrapped policy (to float rounding) without the adapter's two extra matmuls per layer in
     every decoding step; recomputed from the live weights each time, so nothing drifts and a
-    resumed run samples what the uninterrupted one did. Costs one more copy of the model."""
+    resumed run samples what the uninterrupted one did. Costs one more copy of the model. A
+    copy in bf16 (bf16 runs) holds W + scale * B A rounded to bf16."""
 
     def __init__(self, plain: torch.nn.Module):
         self.model = plain.eval().requires_grad_(False)
