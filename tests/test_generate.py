@@ -120,3 +120,56 @@ def test_text_prompts_keep_the_leading_space(tiny):
     assert sum(t.startswith(" ") for t in as_text) >= 2
     as_chat = [t for t, _ in sample(model, tok, ["The sky is"], cfg, chat=True)[0]]
     assert as_chat == [t.strip() for t in as_text]
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory):
+    from rlhfkit.models import tiny_model
+
+    model, tok = tiny_model(seed=5)
+    folder = tmp_path_factory.mktemp("other")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_replies_of_another_model_join_each_prompts(tmp_path, other_model):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS[:3])
+    cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)
+    result = generate_candidates("tiny-random", prompts, tmp_path / "c.jsonl", cfg,
+                                 all_pairs=True, compare_with=other_model)  # fmt: skip
+    assert [len(r) for r in result.responses] == [3, 3, 3]  # 2 + 1 per prompt
+    rows = load(tmp_path / "c.jsonl").rows
+    assert result.pairs + result.identical_skipped == 9
+    by_id = {r["id"]: r for r in rows}
+    first = by_id["p00000-0-1"]
+    assert first["models"] == ["tiny-random", "tiny-random"] and first["pairing"] == "same model"
+    across = by_id["p00000-0-2"]
+    assert across["models"] == ["tiny-random", other_model]
+    assert across["pairing"] == "across models"
+    manifest = json.loads((tmp_path / "c.jsonl.manifest.json").read_text())
+    assert manifest["config"]["compare_with"] == other_model
+
+
+def test_a_run_cut_off_in_the_other_models_turn_resumes_there(tmp_path, other_model):
+    prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
+    cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)
+    run = dict(all_pairs=True, compare_with=other_model, compare_n=2)
+    reference = generate_candidates("tiny-random", prompts, tmp_path / "ref.jsonl", cfg, **run)
+    seen = []
+
+    def stop_in_the_second_models_turn(done, total):
+        seen.append((done, total))
+        if done == 7:  # all 5 prompts of the first model, 2 of the second
+            raise KeyboardInterrupt
+
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_candidates("tiny-random", prompts, out, cfg,
+                            on_progress=stop_in_the_second_models_turn, **run)
+    assert seen[-1] == (7, 10)
+    resumed_from = []
+    resumed = generate_candidates("tiny-random", prompts, out, cfg,
+                                  on_progress=lambda d, t: resumed_from.append(d), **run)
+    assert resumed_from[0] == 7
+    assert resumed.responses == reference.responses

@@ -129,14 +129,24 @@ def generate_candidates(
     all_pairs: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     extra_config: dict[str, Any] | None = None,
+    compare_with: str | None = None,
+    compare_n: int = 1,
 ) -> GenerateResult:
     """Sample responses for each prompt and write comparison pairs for annotation.
 
     Pairs are consecutive responses (1-2, 3-4, ...) or, with `all_pairs`, every pair. A pair
     whose two responses are identical is skipped: there is nothing to compare.
+
+    `compare_with`: another model (the starting checkpoint, last release's model) adds
+    `compare_n` responses to each prompt's, after the main model's, sampled the same way
+    (InstructGPT's labelers ranked outputs of several models). Its pairs then say which
+    models wrote them (``models``, and ``pairing``: "same model" or "across models").
     """
     cfg.check()
-    if cfg.n < 2:
+    sources = [(model_ref, cfg.n)] + ([(compare_with, compare_n)] if compare_with else [])
+    if compare_n < 1:
+        raise UserError("--compare-n must be at least 1")
+    if sum(n for _, n in sources) < 2:
         raise UserError("candidate pairs need at least 2 responses per prompt (--n 2)")
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
@@ -146,16 +156,9 @@ def generate_candidates(
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
 
-    import torch
-
-    from rlhfkit.models import load_model
     from rlhfkit.train.loop import resolve_precision
 
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))
-    model, tokenizer = load_model(model_ref)
-    model.eval()
-    if cfg.precision == "bf16":
-        model.to(torch.bfloat16)
     settings = {
         "model": model_ref,
         "prompts": str(prompts_path),
@@ -163,32 +166,52 @@ def generate_candidates(
         "limit": limit,
         **asdict(cfg),
     }
+    if compare_with:
+        settings |= {"compare_with": compare_with, "compare_n": compare_n}
     partial = out.with_name(f".{out.name}.partial")
     done = _read_partial(partial, config_hash(settings))
     batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    if len(done) > len(batches):
+    # one unit of work: one model's batch; the main model's batches come first
+    units = [(s, b) for s in range(len(sources)) for b in range(len(batches))]
+    if len(done) > len(units):
         done = []
     if not done:
         out.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as f:
             f.write(json.dumps({"config_hash": config_hash(settings)}) + "\n")
 
+    def prompts_done(n_units: int) -> int:
+        whole, part = divmod(n_units, len(batches))
+        return whole * len(rows) + min(part * cfg.batch_size, len(rows))
+
+    total = len(rows) * len(sources)
     if on_progress:
-        on_progress(min(len(done) * cfg.batch_size, len(rows)), len(rows))
-    for b, batch in enumerate(batches):
-        if b < len(done):
+        on_progress(prompts_done(len(done)), total)
+    loaded: tuple[int, Any, Any] | None = None
+    for u, (s, b) in enumerate(units):
+        if u < len(done):
             continue
-        texts = [render(tokenizer, r["prompt"]) for r in batch]
-        groups = sample(model, tokenizer, texts, cfg, batch_index=b, chat=conversational)
+        if loaded is None or loaded[0] != s:
+            loaded = (s, *_sampler(sources[s][0], cfg.precision))
+        _, model, tokenizer = loaded
+        texts = [render(tokenizer, r["prompt"]) for r in batches[b]]
+        # the unit's index seeds it: the main model's batches sample as they always did
+        unit_cfg = replace(cfg, n=sources[s][1])
+        groups = sample(model, tokenizer, texts, unit_cfg, batch_index=u, chat=conversational)
         with partial.open("a") as f:
             f.write(json.dumps(groups) + "\n")
             f.flush()
             os.fsync(f.fileno())
         done.append(groups)
         if on_progress:
-            on_progress(min((b + 1) * cfg.batch_size, len(rows)), len(rows))
+            on_progress(prompts_done(u + 1), total)
 
-    groups = [g for batch_groups in done for g in batch_groups]
+    # each prompt's responses: the main model's, then the other model's
+    groups: list[list] = [[] for _ in rows]
+    for (_, b), batch_groups in zip(units, done, strict=True):
+        for i, group in enumerate(batch_groups):
+            groups[b * cfg.batch_size + i] += group
+    written_by = [ref for ref, n in sources for _ in range(n)]
     pair_rows, skipped = [], 0
     for index, (row, group) in enumerate(zip(rows, groups, strict=True)):
         indices = range(len(group))
@@ -208,6 +231,12 @@ def generate_candidates(
                 for k, v in row.items()
                 if k not in ("prompt", "completion", "chosen", "rejected")
             }
+            if compare_with:
+                same = written_by[a] == written_by[b]
+                extra |= {
+                    "models": [written_by[a], written_by[b]],
+                    "pairing": "same model" if same else "across models",
+                }
             pair_rows.append(
                 extra
                 | {
@@ -231,6 +260,19 @@ def generate_candidates(
     return GenerateResult(
         out, len(rows), len(pair_rows), skipped, truncated, [[t for t, _ in g] for g in groups]
     )
+
+
+def _sampler(model_ref: str, precision: str):
+    """A model ready to sample from, in the weights' dtype `precision` asks for."""
+    import torch
+
+    from rlhfkit.models import load_model
+
+    model, tokenizer = load_model(model_ref)
+    model.eval()
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    return model, tokenizer
 
 
 def _as_completion(text: str, conversational: bool) -> str | list[dict[str, str]]:

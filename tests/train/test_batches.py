@@ -1,12 +1,13 @@
-"""The shared-prompt layout computes exactly what one row per completion computes."""
+"""The shared-prompt layout computes exactly what one row per completion computes, and a
+prompt's group of compared replies what its pairs one by one compute."""
 
 import pytest
 import torch
 
 from rlhfkit.models import tiny_model
-from rlhfkit.train.batches import separate, shared_prompt
+from rlhfkit.train.batches import comparison_index, separate, sequence_numbers, shared_prompt
 from rlhfkit.train.scoring import CompletionScorer, RewardScorer, rewards_of, sequence_logps
-from rlhfkit.train.tokenize import Example
+from rlhfkit.train.tokenize import Example, group_by_prompt
 
 PAD = 2
 
@@ -72,3 +73,81 @@ def test_rewards_match_the_hf_sequence_classifier(kernel, tmp_path):
         for layout in (separate, shared_prompt):
             got = rewards_of(RewardScorer(model), layout(pairs(), PAD))
             torch.testing.assert_close(got, expected.squeeze(-1), atol=1e-5, rtol=1e-5)
+
+
+def k_wise() -> list[Example]:
+    """Three replies to one prompt compared pairwise (one pair with a margin), a reply that
+    ends in the pad id, and a lone pair with another prompt."""
+    a, b, c = [10, 11, 12], [13, 14, PAD], [15]
+    return [
+        Example([5, 6, 7], (a, b), margin=0.5),
+        Example([20, 21], ([22, 23], [24])),
+        Example([5, 6, 7], (c, a)),
+        Example([5, 6, 7], (b, c)),
+    ]
+
+
+def test_group_by_prompt_by_hand():
+    first, second = group_by_prompt(k_wise())
+    assert first.prompt == [5, 6, 7] and second.prompt == [20, 21]
+    assert first.completions == ([10, 11, 12], [13, 14, PAD], [15])  # each reply once
+    assert first.pairs == ((0, 1, 0.5), (2, 0, None), (1, 2, None))
+    assert second.comparisons() == ((0, 1, None),)
+    # completion-major numbering: each group's first reply, then each one's second, then
+    # the third round, which only the three-reply group takes part in
+    assert sequence_numbers([first, second]) == [[0, 2, 4], [1, 3]]
+    chosen, rejected, margin = comparison_index([first, second])
+    assert chosen.tolist() == [0, 4, 2, 1] and rejected.tolist() == [2, 0, 4, 3]
+    assert margin.tolist() == [0.5, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("layout", [separate, shared_prompt])
+def test_grouped_pairs_get_the_rewards_and_loss_of_the_pairs_one_by_one(layout, tmp_path):
+    """Invariance: a prompt's replies scored once in a group give every pair the rewards, the
+    Bradley-Terry loss and the gradient that scoring the pairs one by one gives."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.train.losses import reward_loss
+
+    base, _ = tiny_model(seed=0)
+    base.save_pretrained(tmp_path)
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=1)
+    model.config.pad_token_id = PAD
+    scorer = RewardScorer(model.eval())
+    found = []
+    for examples in (k_wise(), group_by_prompt(k_wise())):
+        model.zero_grad()
+        rewards = rewards_of(scorer, layout(examples, PAD))
+        chosen_at, rejected_at, margin = comparison_index(examples)
+        loss = reward_loss(rewards[chosen_at], rewards[rejected_at], margin)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        found.append((rewards[chosen_at].detach(), rewards[rejected_at].detach(), loss, grad))
+    (c1, r1, l1, g1), (c2, r2, l2, g2) = found
+    # the pairs come out in the same order: example by example, pair by pair
+    order = [0, 2, 3, 1]  # the grouped batch lists the three-reply prompt's pairs first
+    torch.testing.assert_close(c2, c1[order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r2, r1[order], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(l2, l1, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-4)
+
+
+def test_grouped_pairs_get_the_dpo_losses_of_the_pairs_one_by_one():
+    from rlhfkit.train.losses import dpo_loss
+
+    policy, _ = tiny_model(seed=0)
+    reference, _ = tiny_model(seed=1)
+    found = []
+    for examples in (k_wise(), group_by_prompt(k_wise())):
+        inputs = shared_prompt(examples, PAD)
+        chosen_at, rejected_at, _ = comparison_index(examples)
+        with torch.no_grad():
+            pol = sequence_logps(CompletionScorer(policy.eval()), inputs)
+            ref = sequence_logps(CompletionScorer(reference.eval()), inputs)
+        losses, _, _ = dpo_loss(pol[chosen_at], pol[rejected_at], ref[chosen_at],
+                                ref[rejected_at], beta=0.2, loss_type="ipo",
+                                chosen_lengths=inputs.n_scored[chosen_at],
+                                rejected_lengths=inputs.n_scored[rejected_at])  # fmt: skip
+        found.append(losses)
+    torch.testing.assert_close(found[1], found[0][[0, 2, 3, 1]], atol=1e-5, rtol=1e-5)

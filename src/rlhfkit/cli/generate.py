@@ -38,6 +38,12 @@ def generate(
     all_pairs: bool = typer.Option(
         False, help="Pair every two responses of a prompt, not just 1-2, 3-4, ..."
     ),
+    compare_with: str = typer.Option(
+        None,
+        help="Another model (e.g. the starting checkpoint) whose responses join each prompt's, "
+        "so annotators also compare the two models; its pairs record which models wrote them.",
+    ),
+    compare_n: int = typer.Option(1, min=1, help="Responses per prompt from --compare-with."),
 ) -> None:
     """Sample N responses per prompt and write pairs of them for annotators to compare.
 
@@ -76,9 +82,19 @@ def generate(
         from rlhfkit.models import resolve
 
         resolve(model)  # converts a bundled model on first use, under the spinner
+        if compare_with:
+            resolve(compare_with)
     with progress_bar("sampling") as update:
         result = generate_candidates(
-            model, prompts, out, cfg, limit=limit, all_pairs=all_pairs, on_progress=update
+            model,
+            prompts,
+            out,
+            cfg,
+            limit=limit,
+            all_pairs=all_pairs,
+            on_progress=update,
+            compare_with=compare_with,
+            compare_n=compare_n,
         )
     console.print(
         f"{display_path(result.out)}: {result.pairs} pairs from {result.prompts} prompts "

@@ -12,7 +12,9 @@ Two layouts, one `Batch` type:
 Either way a `Batch` names, as flat indices into the ``[rows * width]`` hidden states, the
 position that predicts every scored token (for log-probs) and each sequence's last real token
 (for a reward head). Sequences are numbered completion-major: all first completions
-(chosen), then all second ones (rejected).
+(chosen), then all second ones (rejected); a prompt's group of K replies (`group_by_prompt`)
+takes part in the rounds up to its K (`sequence_numbers`), and `comparison_index` says which
+sequences each of its pairs compares.
 """
 
 from __future__ import annotations
@@ -71,9 +73,44 @@ def _last_real(tokens: list[int], pad_id: int) -> int:
     return 0
 
 
+def sequence_order(examples: list[Example]) -> list[tuple[int, int]]:
+    """(example, completion) of every sequence, completion-major: each example's first
+    completion, then each one's second, ... (an example with fewer sits the later rounds out)."""
+    most = max(len(ex.completions) for ex in examples)
+    return [
+        (r, k) for k in range(most) for r, ex in enumerate(examples) if k < len(ex.completions)
+    ]
+
+
+def sequence_numbers(examples: list[Example]) -> list[list[int]]:
+    """numbers[r][k]: the sequence number of example r's completion k in either layout."""
+    numbers = [[0] * len(ex.completions) for ex in examples]
+    for s, (r, k) in enumerate(sequence_order(examples)):
+        numbers[r][k] = s
+    return numbers
+
+
+def comparison_index(examples: list[Example]):
+    """Every comparison of the batch: (chosen [P], rejected [P]) sequence numbers and the
+    margins [P] (None when no pair has one; a pair without a margin then counts 0)."""
+    numbers = sequence_numbers(examples)
+    chosen, rejected, margins = [], [], []
+    for r, ex in enumerate(examples):
+        for c, j, margin in ex.comparisons():
+            chosen.append(numbers[r][c])
+            rejected.append(numbers[r][j])
+            margins.append(margin)
+    has_margin = any(m is not None for m in margins)
+    return (
+        torch.tensor(chosen, dtype=torch.long),
+        torch.tensor(rejected, dtype=torch.long),
+        torch.tensor([m or 0.0 for m in margins]) if has_margin else None,
+    )
+
+
 def separate(examples: list[Example], pad_id: int) -> Batch:
     """One right-padded row per completion: ``prompt + completion``."""
-    order = [(k, ex) for k in range(len(examples[0].completions)) for ex in examples]
+    order = [(k, examples[r]) for r, k in sequence_order(examples)]
     rows = [ex.prompt + ex.completions[k] for k, ex in order]
     ids, mask = pad_right(rows, pad_id)
     width = ids.shape[1]
@@ -94,23 +131,25 @@ def separate(examples: list[Example], pad_id: int) -> Batch:
 
 
 def shared_prompt(examples: list[Example], pad_id: int) -> Batch:
-    """One row per example: ``prompt + completion_1 + completion_2 + ...`` with a block mask.
+    """One row per example: ``prompt + completion_1 + completion_2 + ...`` with a block mask
+    (an example may have any number of completions: a prompt's group of replies).
 
     A completion token sees the prompt and the earlier tokens of its own completion, at the
     positions it would have alone; padding sees only itself (a row of nothing gives NaN).
     """
-    n_completions = len(examples[0].completions)
+    numbers = sequence_numbers(examples)
+    n_sequences = sum(len(ex.completions) for ex in examples)
     lengths = [len(ex.prompt) + sum(len(c) for c in ex.completions) for ex in examples]
     width = max(lengths)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(examples), width), dtype=torch.long)
     allowed = torch.eye(width, dtype=torch.bool).repeat(len(examples), 1, 1)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    predict_from = [[] for _ in range(n_completions)]
-    targets = [[] for _ in range(n_completions)]
-    seq_index = [[] for _ in range(n_completions)]
-    last_index = [[] for _ in range(n_completions)]
-    n_scored = [[] for _ in range(n_completions)]
+    # per sequence number: its scored positions and targets, its last token, its count
+    predict_from = [[] for _ in range(n_sequences)]
+    targets = [[] for _ in range(n_sequences)]
+    last_index = [0] * n_sequences
+    n_scored = [0] * n_sequences
     for r, ex in enumerate(examples):
         p = len(ex.prompt)
         ids[r, :p] = torch.tensor(ex.prompt)
@@ -124,21 +163,21 @@ def shared_prompt(examples: list[Example], pad_id: int) -> Batch:
             positions[r, start:end] = torch.arange(p, p + n)
             allowed[r, start:end, :p] = True
             allowed[r, start:end, start:end] = causal[:n, :n]
-            base = r * width
+            base, s = r * width, numbers[r][k]
             scored = [j for j, keep in enumerate(_scored(ex, k)) if keep]
             # token j of the completion is predicted from the one before it: the prompt's
             # last token for j = 0, which every completion shares
-            predict_from[k] += [base + (start + j - 1 if j else p - 1) for j in scored]
-            targets[k] += [completion[j] for j in scored]
-            seq_index[k] += [k * len(examples) + r] * len(scored)
-            n_scored[k].append(len(scored))
+            predict_from[s] = [base + (start + j - 1 if j else p - 1) for j in scored]
+            targets[s] = [completion[j] for j in scored]
+            n_scored[s] = len(scored)
             last = _last_real(ex.prompt + completion, pad_id)
-            last_index[k].append(base + (last if last < p else start + last - p))
+            last_index[s] = base + (last if last < p else start + last - p)
             start = end
 
     def flat(parts: list[list[int]]) -> torch.Tensor:
         return torch.tensor([x for part in parts for x in part], dtype=torch.long)
 
+    seq_index = [[s] * n for s, n in enumerate(n_scored)]
     return Batch(
         ids,
         allowed,
@@ -146,8 +185,8 @@ def shared_prompt(examples: list[Example], pad_id: int) -> Batch:
         flat(predict_from),
         flat(targets),
         flat(seq_index),
-        flat(last_index),
-        flat(n_scored),
+        torch.tensor(last_index, dtype=torch.long),
+        torch.tensor(n_scored, dtype=torch.long),
         tokens=sum(lengths),
     )
 

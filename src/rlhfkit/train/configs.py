@@ -116,7 +116,20 @@ class SFTConfig(LoopConfig):
 
 
 @dataclass
-class RewardConfig(LoopConfig):
+class PairConfig(LoopConfig):
+    """Settings of the trainers that learn from preference pairs (reward model, DPO)."""
+
+    group_by_prompt: bool = True
+    """Pairs that share a prompt train as one example: the prompt and each distinct reply go
+    through the model once for all their comparisons (InstructGPT's K-way batching). Then
+    --batch-size counts prompts; the loss is still the mean over pairs."""
+
+    def resume_keys(self) -> tuple[str, ...]:
+        return (*super().resume_keys(), "group_by_prompt")
+
+
+@dataclass
+class RewardConfig(PairConfig):
     output_dir: Path = Path("runs/rm")
     learning_rate: float = 1e-4
     center_coef: float = 0.0
@@ -132,7 +145,7 @@ class RewardConfig(LoopConfig):
 
 
 @dataclass
-class DPOConfig(LoopConfig):
+class DPOConfig(PairConfig):
     output_dir: Path = Path("runs/dpo")
     learning_rate: float = 5e-5
     beta: float = 0.1

@@ -17,7 +17,13 @@ import torch
 
 from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError
-from rlhfkit.train.batches import Batch, separate, shared_prompt, supports_block_mask
+from rlhfkit.train.batches import (
+    Batch,
+    comparison_index,
+    separate,
+    shared_prompt,
+    supports_block_mask,
+)
 from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import RewardConfig
 from rlhfkit.train.dpo import TrainResult
@@ -25,7 +31,7 @@ from rlhfkit.train.loop import begin, data_inputs, prepare_model, rubric_version
 from rlhfkit.train.losses import reward_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import RewardScorer, rewards_of
-from rlhfkit.train.tokenize import Example, tokenize_dataset
+from rlhfkit.train.tokenize import Example, group_by_prompt, tokenize_dataset
 
 
 def load_reward_model(name_or_path: str):
@@ -68,6 +74,9 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_reward_model(cfg.model)
     examples, truncated = tokenize_dataset(tok, data, cfg.max_length, "preference")
+    pairs = len(examples)
+    if cfg.group_by_prompt:
+        examples = group_by_prompt(examples)
     layout = pair_layout(model)
     scorer = RewardScorer(prepare_model(model, cfg, task_type="SEQ_CLS"))  # head trains in full
 
@@ -79,27 +88,29 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
 
     for step in range(run.start, run.total):
         micro_batches = run.micro_batches(step)
+        # the loss and the metrics are means over the step's comparisons, on every process
+        step_pairs = sum(len(examples[j].comparisons()) for j in run.global_batch(step))
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
         for i, idx in enumerate(micro_batches):
             batch = [examples[j] for j in idx]
-            margin = None
-            if any(ex.margin is not None for ex in batch):
-                margin = torch.tensor([ex.margin or 0.0 for ex in batch], device=device)
             inputs = layout(batch, tok.pad_token_id).to(device)
+            chosen_at, rejected_at, margin = comparison_index(batch)
+            chosen_at, rejected_at = chosen_at.to(device), rejected_at.to(device)
+            margin = margin.to(device) if margin is not None else None
             with run.sync(i == len(micro_batches) - 1):
-                # 3. a scalar reward for each full chosen and rejected sequence
+                # 3. a scalar reward for each sequence: every reply of a group once
                 with accelerator.autocast():
-                    rewards = rewards_of(run.module, inputs)
-                chosen, rejected = rewards.float().chunk(2)
+                    rewards = rewards_of(run.module, inputs).float()
+                chosen, rejected = rewards[chosen_at], rewards[rejected_at]
                 # 4. Bradley–Terry loss; a micro-batch's mean weighted by its share of the step
                 loss = reward_loss(chosen, rejected, margin, cfg.center_coef)
-                run.backward(loss * len(batch) * run.world / cfg.batch_size, inputs.tokens)
-            sums["loss"] += loss.detach() * len(batch)
+                run.backward(loss * len(chosen) * run.world / step_pairs, inputs.tokens)
+            sums["loss"] += loss.detach() * len(chosen)
             sums["accuracy"] += (chosen > rejected).float().sum().detach()
             sums["margin"] += (chosen - rejected).sum().detach()
             sums["reward_mean"] += ((chosen + rejected) / 2).sum().detach()
         # 5. clip, step, log, checkpoint
-        last = run.end_step(step + 1, sums, run.optimizer_step())
+        last = run.end_step(step + 1, sums, run.optimizer_step(), per=step_pairs)
 
     final = save_final(
         Path(cfg.output_dir),
@@ -109,9 +120,10 @@ def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> Train
         "reward_model",
         accelerator,
         rubric_version=rubric_version(data.rows),
-        examples=len(examples),
+        examples=pairs,
+        prompts=len(examples) if cfg.group_by_prompt else None,
     )
-    return TrainResult(final, last if run.total > run.start else {}, truncated, len(examples))
+    return TrainResult(final, last if run.total > run.start else {}, truncated, pairs)
 
 
 def require_reward_model(model_ref: str, where: str = "") -> None:

@@ -110,10 +110,12 @@ class Run:
         sums: dict[str, torch.Tensor],
         stepped: tuple[float, float],
         extra: dict[str, float] | None = None,
+        per: int | None = None,
     ):
         """Reduce this step's metric sums over processes, log them, checkpoint when due.
 
-        `sums` holds per-process sums over examples; each is divided by the global batch size.
+        `sums` holds per-process sums over examples; each is divided by the global batch size
+        (or by `per`, the step's global count of what was summed: a reward model's pairs).
         `extra` metrics are logged as they are (the main process's values).
         """
         names = sorted(sums)
@@ -123,7 +125,7 @@ class Run:
         elapsed = time.time() - self._t0
         grad_norm, lr = stepped
         record: dict[str, float] = {"step": step}
-        record |= {n: v / self.cfg.batch_size for n, v in zip(names, total, strict=False)}
+        record |= {n: v / (per or self.cfg.batch_size) for n, v in zip(names, total, strict=False)}
         record |= {
             "lr": lr,
             "grad_norm": grad_norm,

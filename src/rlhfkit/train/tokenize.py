@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenized example. For SFT `completions` has one entry, for preferences two
-    (chosen, rejected). The model sees ``prompt + completion``; only completion tokens are
-    scored."""
+    """One tokenized example. For SFT `completions` has one entry, for a preference pair two
+    (chosen, rejected), for a prompt's group of compared replies (`group_by_prompt`) as many
+    as it has. The model sees ``prompt + completion``; only completion tokens are scored."""
 
     prompt: list[int]
     completions: tuple[list[int], ...]
@@ -31,6 +31,12 @@ class Example:
     masks: tuple[list[bool], ...] | None = None
     """Which completion tokens are scored (None: all). Multi-turn SFT scores the assistant
     turns only, not the user turns between them."""
+    pairs: tuple[tuple[int, int, float | None], ...] | None = None
+    """A group's comparisons: (chosen completion, rejected completion, margin). None: the
+    one pair (0, 1, margin) of a preference row."""
+
+    def comparisons(self) -> tuple[tuple[int, int, float | None], ...]:
+        return self.pairs if self.pairs is not None else ((0, 1, self.margin),)
 
     def lengths(self) -> list[int]:
         return [len(self.prompt) + len(c) for c in self.completions]
@@ -44,7 +50,36 @@ class Example:
     def cut(self, room: int) -> Example:
         """The example with every completion (and mask) cut to `room` tokens."""
         masks = tuple(m[:room] for m in self.masks) if self.masks is not None else None
-        return Example(self.prompt, tuple(c[:room] for c in self.completions), self.margin, masks)
+        cut = tuple(c[:room] for c in self.completions)
+        return Example(self.prompt, cut, self.margin, masks, self.pairs)
+
+
+def group_by_prompt(examples: list[Example]) -> list[Example]:
+    """Preference pairs that share a prompt, as one example per prompt: its distinct replies
+    once each, and every comparison among them. With K replies compared pairwise, the model
+    then reads the prompt once and each reply once instead of K(K-1)/2 pairs' worth of both
+    (InstructGPT's batching of a prompt's comparisons, Ouyang et al. 2022, §3.5). The pairs
+    and their margins are unchanged; groups keep the order in which prompts first appear."""
+    groups: dict[tuple[int, ...], tuple[list[tuple[int, ...]], list]] = {}
+    for ex in examples:
+        if ex.masks is not None or len(ex.completions) != 2:
+            raise ValueError("only preference pairs with every completion token scored group")
+        replies, pairs = groups.setdefault(tuple(ex.prompt), ([], []))
+        index = []
+        for completion in ex.completions:
+            key = tuple(completion)
+            if key not in replies:
+                replies.append(key)
+            index.append(replies.index(key))
+        pairs.append((index[0], index[1], ex.margin))
+    return [
+        Example(
+            list(prompt),
+            tuple(list(r) for r in replies),
+            pairs=tuple(pairs),
+        )
+        for prompt, (replies, pairs) in groups.items()
+    ]
 
 
 def token_ids(
