@@ -91,6 +91,30 @@ def test_eval_rm_figures_match_a_plain_forward_pass(reward_model, tmp_path):
     assert f["order_invariance"]["max_abs_diff"] < 1e-4 and f["order_invariance"]["flipped"] == 0
 
 
+def test_pairs_that_share_a_prompt_get_the_rewards_of_a_plain_forward_pass(reward_model, tmp_path):
+    """Every pair of four replies to each of three emails, in shuffled row order: the replies
+    are scored once per prompt, and each row still gets its own two rewards."""
+    import itertools
+    import random
+
+    folder, model, tok = reward_model
+    replies = ["It ships today.", "Refunded in full.", "Maybe.", "Sorry, I think next week."]
+    data = [
+        {"prompt": messages(("user", f"Where is order #{2000 + i}?")),
+         "chosen": messages(("assistant", replies[a])),
+         "rejected": messages(("assistant", replies[b]))}
+        for i in range(3) for a, b in itertools.permutations(range(4), 2) if (a + b + i) % 2
+    ]  # fmt: skip
+    random.Random(0).shuffle(data)
+    found = evaluate_reward_model(str(folder), write_lines(tmp_path / "k.jsonl", data))
+    ref = reference_rewards(model, tok, data)
+    assert found["pairs"] == len(data)
+    assert found["mean_reward_chosen"] == pytest.approx(ref[:, 0].mean(), abs=1e-4)
+    assert found["mean_reward_rejected"] == pytest.approx(ref[:, 1].mean(), abs=1e-4)
+    assert found["accuracy"] == pytest.approx(np.mean(ref[:, 0] > ref[:, 1]))
+    assert found["order_invariance"]["max_abs_diff"] < 1e-4
+
+
 def test_calibration_by_hand():
     # margins log(3) and -log(3): p = 0.75 and 0.25, confidence 0.75, one right one wrong
     cal = calibration(np.array([np.log(3), -np.log(3), 0.0]), bins=2)

@@ -32,6 +32,12 @@ def demo(
         None, "--dir", help="Run folder (default: runs/demo, or runs/demo-quick with --quick)."
     ),
     quick: bool = typer.Option(False, help="Smaller everything, same stages (about 5 minutes)."),
+    precision: str = typer.Option(
+        "auto",
+        help="Training and candidate sampling in bf16, fp32, or auto: bf16 where this machine "
+        "runs it faster (CPUs with AVX512-BF16 or AMX, GPUs). fp32 gives the same numbers on "
+        "every machine, slower. The evaluations always run in fp32.",
+    ),
     model: str = typer.Option(
         None, hidden=True, help="Base model instead of the project's (tests: tiny-random)."
     ),
@@ -48,9 +54,12 @@ def demo(
     from its last checkpoint, and a stage whose inputs changed runs again.
     """
     from rlhfkit.demo.pipeline import DemoConfig
+    from rlhfkit.errors import UserError
 
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"--precision is auto, bf16 or fp32, not '{precision}'")
     root = directory or Path("runs/demo-quick" if quick else "runs/demo")
-    cfg = DemoConfig(root=root, quick=quick)
+    cfg = DemoConfig(root=root, quick=quick, precision=precision)
     started = time.time()
     ran, summary, report = _run(cfg, model)
     _show(cfg, summary, ran, report, time.time() - started)
@@ -145,6 +154,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "data": sha256_file(paths.project / "data" / "sft.jsonl"),
                 "steps": preset.sft_steps,
                 "lr": preset.sft_learning_rate,
+                "precision": preset.precision,
             },
             lambda: S.sft(paths, preset, base, step_progress),
             outputs=(paths.final("sft"),),
@@ -158,10 +168,12 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "generate": spec.generate.model_dump(),
                 "n": preset.candidate_prompts,
                 "samples": preset.candidate_samples,
+                "start": [base, preset.start_samples],
                 "batch": S.CANDIDATE_BATCH,  # the seeds go by batch
                 "max_new_tokens": preset.max_new_tokens,
+                "precision": preset.precision,
             },
-            lambda: S.candidates(paths, preset, step_progress),
+            lambda: S.candidates(paths, preset, base, step_progress),
             outputs=(paths.candidates,),
             clear=(paths.candidates, paths.candidates.with_name(".candidates.jsonl.partial")),
         )
@@ -184,6 +196,8 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "prefs": fingerprint("annotation"),
                 "epochs": preset.rm_epochs,
                 "lr": preset.rm_learning_rate,
+                "lora_layers": preset.rm_lora_layers,
+                "precision": preset.precision,
             },
             lambda: S.reward_model(paths, preset, step_progress),
             outputs=(paths.rm / "eval_rm.json",),
@@ -196,8 +210,11 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "steps": preset.ppo_steps,
                 "batch": preset.ppo_batch,
                 "lr": preset.ppo_learning_rate,
+                "lora_layers": preset.ppo_lora_layers,
                 "max_new_tokens": preset.max_new_tokens,
                 "ppo": spec.train.ppo.model_dump(),
+                "precision": preset.precision,
+                "centered": True,
             },
             lambda: S.ppo(paths, preset, step_progress),
             outputs=(paths.final("ppo"),),
@@ -210,8 +227,10 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "sft": fingerprint("sft"),
                 "epochs": preset.dpo_epochs,
                 "lr": preset.dpo_learning_rate,
+                "lora_layers": preset.dpo_lora_layers,
                 "reference": S.DPO_REFERENCE,
                 "dpo": spec.train.dpo.model_dump(),
+                "precision": preset.precision,
             },
             lambda: S.dpo(paths, preset, step_progress),
             outputs=(paths.final("dpo"),),
@@ -274,10 +293,18 @@ def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: floa
     for f in s.get("flagged_annotators", []):
         console.print(f"flagged annotator: {f['annotator']}: {'; '.join(f['reasons'])}")
     if s.get("rm_heldout_accuracy") is not None:
+        by = s.get("rm_heldout_by_pairing") or {}
+        parts = [
+            f"{by[k]['accuracy']:.2f} on {by[k]['pairs']} {what}"
+            for k, what in (("same model", "pairs of two SFT replies"),
+                            ("across models", "SFT vs starting model"))
+            if k in by and by[k]["accuracy"] is not None
+        ]  # fmt: skip
         console.print(
             f"reward model: held-out accuracy {s['rm_heldout_accuracy']:.2f} on "
-            f"{s['rm_heldout_pairs']} pairs of held-out emails (against the panel's majority); "
-            f"trained on {panel.get('train_pairs', '?')} panel pairs + "
+            f"{s['rm_heldout_pairs']} pairs of held-out emails (against the panel's majority"
+            + (f"; {', '.join(parts)}" if parts else "")
+            + f"); trained on {panel.get('train_pairs', '?')} panel pairs + "
             f"{panel.get('anchor_pairs', 0)} anchor pairs"
         )
     table = Table(title="success criteria on held-out prompts, against the SFT model")

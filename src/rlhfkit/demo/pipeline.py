@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +39,15 @@ class Preset:
 
     sft_steps: int = 24
     sft_learning_rate: float = 1e-3
-    candidate_prompts: int = 72
+    candidate_prompts: int = 96
     """Prompts the SFT model answers for annotation."""
-    candidate_samples: int = 4
-    """Replies per prompt; every pair of them becomes a comparison (InstructGPT's K-way
-    ranking, asked pairwise): 4 replies give 6 pairs. 72 emails x 4 replies cost what
-    96 x 3 did (288 samples) and give 432 comparisons instead of 288 (README: "How long it
-    takes" has what that did to the reward model)."""
+    candidate_samples: int = 3
+    """Replies per prompt from the SFT model; every pair of a prompt's replies becomes a
+    comparison (InstructGPT's K-way ranking, asked pairwise)."""
+    start_samples: int = 1
+    """Replies per prompt from the starting model (SmolLM2 before SFT), compared with the SFT
+    model's: pairs that differ in whether the reply acts at all, which two SFT replies rarely
+    do (README: "How long it takes")."""
     calibration_size: int = 50
     """Pairs every simulated annotator labels first (the spec's calibration round)."""
     anchors: int = 64
@@ -54,18 +56,28 @@ class Preset:
     max_new_tokens: int = 80
     rm_epochs: float = 1.0
     rm_learning_rate: float = 5e-4
+    rm_lora_layers: int = 15
+    """The reward model adapts its top 15 of SmolLM2's 30 layers: 1.8x faster than all of them,
+    at the same held-out accuracy (0.84 against 0.85 on 97 pairs)."""
     heldout_share: float = 0.2
     """Share of the prompts whose preference pairs are kept out of RM and DPO training, for
     `eval rm` (split by prompt: pairs that share a prompt stay on one side)."""
-    ppo_steps: int = 5
+    ppo_steps: int = 8
     ppo_batch: int = 8
     ppo_learning_rate: float = 3e-4
-    dpo_epochs: float = 0.35
+    ppo_lora_layers: int = 15
+    dpo_epochs: float = 0.5
+    """Of the prompts: DPO's batches are prompts, each with all its comparisons."""
     dpo_learning_rate: float = 3e-4
+    dpo_lora_layers: int = 15
+    """PPO and DPO adapt the top half of the layers too (the backward pass stops there)."""
     eval_prompts: int = 32
     eval_samples: int = 2
     eval_batch: int = 32
     """Prompts per sampling batch in the evaluations (each expands to eval_samples replies)."""
+    precision: str = "auto"
+    """Training and candidate sampling: auto (bf16 where this machine runs it faster), bf16 or
+    fp32. The evaluations always run in fp32."""
 
 
 PRESETS = {
@@ -73,7 +85,7 @@ PRESETS = {
     "quick": Preset(
         sft_steps=6,
         candidate_prompts=24,
-        candidate_samples=3,
+        candidate_samples=2,
         calibration_size=12,
         anchors=8,
         max_new_tokens=48,
@@ -93,10 +105,12 @@ class DemoConfig:
     """Where the demo's run folder goes (the project, every stage's output, the report)."""
     quick: bool = False
     """Smaller everything, same stages."""
+    precision: str = "auto"
+    """auto, bf16 or fp32 for training and candidate sampling (see Preset.precision)."""
 
     @property
     def preset(self) -> Preset:
-        return PRESETS["quick" if self.quick else "default"]
+        return replace(PRESETS["quick" if self.quick else "default"], precision=self.precision)
 
     def settings(self) -> dict[str, Any]:
         return asdict(self.preset) | {"quick": self.quick}

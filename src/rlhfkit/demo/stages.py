@@ -122,11 +122,13 @@ def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> 
         save_every=10,
         resume=True,
         project=paths.project,
+        precision=preset.precision,
     )
     train_sft(cfg, progress)
 
 
-def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
+def candidates(paths: Paths, preset: Preset, start: str, progress: Progress | None) -> None:
+    """The SFT model's replies and the starting model's, every pair of a prompt's compared."""
     from rlhfkit.generate import SamplingConfig, generate_candidates
     from rlhfkit.project import load_project
 
@@ -136,6 +138,7 @@ def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         n=preset.candidate_samples,
         max_new_tokens=preset.max_new_tokens,
         batch_size=CANDIDATE_BATCH,
+        precision=preset.precision,
     )
     generate_candidates(
         str(paths.final("sft")),
@@ -145,6 +148,8 @@ def candidates(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         limit=preset.candidate_prompts,
         all_pairs=True,
         on_progress=progress,
+        compare_with=start if preset.start_samples else None,
+        compare_n=max(preset.start_samples, 1),
     )
 
 
@@ -288,18 +293,19 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
         epochs=preset.rm_epochs,
         batch_size=8,
         learning_rate=preset.rm_learning_rate,
+        lora_layers=preset.rm_lora_layers,
         max_length=384,
         save_every=10,
         resume=True,
         project=paths.project,
+        precision=preset.precision,
     )
     train_reward(cfg, progress)
     from rlhfkit.data import load
 
-    sliced = any("topic" in r for r in load(paths.prefs_heldout).rows)
-    found = evaluate_reward_model(
-        str(paths.final("rm")), paths.prefs_heldout, slices=("topic",) if sliced else ()
-    )
+    rows = load(paths.prefs_heldout).rows
+    slices = tuple(c for c in ("pairing", "topic") if any(c in r for r in rows))
+    found = evaluate_reward_model(str(paths.final("rm")), paths.prefs_heldout, slices=slices)
     _write_json(paths.rm / "eval_rm.json", found)
     return found
 
@@ -319,6 +325,7 @@ def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         max_steps=preset.ppo_steps,
         batch_size=preset.ppo_batch,
         learning_rate=preset.ppo_learning_rate,
+        lora_layers=preset.ppo_lora_layers,
         lr_schedule="constant",
         warmup_ratio=0.0,
         max_new_tokens=preset.max_new_tokens,
@@ -326,9 +333,11 @@ def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         missing_eos_penalty=1.0,
         kl_coef=spec.train.ppo.kl_coef,
         whiten_rewards=True,
+        center_rewards=True,  # the reward model's offset would teach "never stop"
         save_every=4,
         resume=True,
         project=paths.project,
+        precision=preset.precision,
     )
     train_ppo(cfg, progress)
 
@@ -346,12 +355,14 @@ def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         epochs=preset.dpo_epochs,
         batch_size=8,
         learning_rate=preset.dpo_learning_rate,
+        lora_layers=preset.dpo_lora_layers,
         beta=spec.train.dpo.beta,
         reference=DPO_REFERENCE,
         max_length=384,
         save_every=10,
         resume=True,
         project=paths.project,
+        precision=preset.precision,
     )
     train_dpo(cfg, progress)
 

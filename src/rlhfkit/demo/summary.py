@@ -1,14 +1,16 @@
 """summary.json: the demo's outcome in one machine-readable file, beside the report.
 
 Keys: ``simulated_annotators`` (always true here), ``rm_heldout_accuracy`` and
-``rm_heldout_pairs``; ``calibration_gate`` {statistic, value, threshold, passed, overridden,
-main_queue_open, rounds} of the latest calibration round; ``agreement``
-{percent_agreement, krippendorff_alpha, fleiss_kappa};
-``flagged_annotators`` (drift alerts or anchor accuracy under the threshold, with why);
-``panel`` (the simulated annotators and their label counts); for ``ppo`` and ``dpo``:
-``criteria`` {name: {direction, before, after, p_value, test, verdict}}, ``improved``
-and ``regressed`` (the criteria by verdict), ``kl``, ``length`` {before, after}, ``win_rates``,
-``hacking_flags``, ``samples``; and ``stage_seconds``, ``total_seconds``.
+``rm_heldout_pairs``, ``rm_heldout_by_pairing`` {"same model" | "across models": {accuracy,
+pairs}} (two SFT replies, or an SFT reply against the starting model's);
+``calibration_gate`` {statistic, value, threshold, passed, overridden, main_queue_open,
+rounds} of the latest calibration round; ``agreement`` {percent_agreement,
+krippendorff_alpha, fleiss_kappa}; ``flagged_annotators`` (drift alerts or anchor accuracy
+under the threshold, with why); ``panel`` (the simulated annotators and their label counts);
+for ``ppo`` and ``dpo``: ``criteria`` {name: {direction, before, after, p_value, test,
+verdict}}, ``improved`` and ``regressed`` (the criteria by verdict), ``kl``, ``length``
+{before, after}, ``win_rates``, ``hacking_flags``, ``samples``; and ``stage_seconds``,
+``total_seconds``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:
         "simulated_annotators": True,
         "rm_heldout_accuracy": rm.get("accuracy"),
         "rm_heldout_pairs": rm.get("pairs"),
+        "rm_heldout_by_pairing": {
+            k: {"accuracy": v["accuracy"], "pairs": v["pairs"]}
+            for k, v in (rm.get("slices") or {}).get("pairing", {}).items()
+        },
         "calibration_gate": _gate(status),
         "agreement": {
             k: agreement.get(k) for k in ("percent_agreement", "krippendorff_alpha", "fleiss_kappa")

@@ -12,8 +12,11 @@
   model prefers the longer reply against how often people did, and accuracy when the chosen
   reply is the longer vs the shorter one — length is the most common reward-model bias
   (Singhal et al. 2023);
-- order invariance: every pair is scored again with chosen and rejected swapped in the batch
-  (the shared-prompt layout puts both in one row); a scalar reward must not change.
+- order invariance: every prompt's replies are scored again in reverse order within their row
+  (the shared-prompt layout puts a prompt's replies in one row); a scalar reward must not
+  change.
+
+Each prompt's distinct replies are scored once, whatever the number of pairs they are in.
 
 Output (``--json`` / ``--out``), ``"schema": "rlhfkit.eval_rm/1"``: pairs, accuracy,
 accuracy_ci, ties, mean_margin, mean_reward_chosen, mean_reward_rejected, truncated,
@@ -131,8 +134,8 @@ def evaluate_reward_model(
 
     from rlhfkit.data import Format, load
     from rlhfkit.data.convert import to_explicit_prompt
-    from rlhfkit.train.reward import load_reward_model, require_reward_model, score_pairs
-    from rlhfkit.train.tokenize import Example, tokenize_dataset
+    from rlhfkit.train.reward import load_reward_model, require_reward_model, score_replies
+    from rlhfkit.train.tokenize import Example, group_by_prompt, tokenize_dataset
 
     require_reward_model(model_ref)
     if bins < 1:
@@ -149,20 +152,33 @@ def evaluate_reward_model(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     examples, truncated = tokenize_dataset(tok, data, min(tok.model_max_length, 4096), "preference")
-    swapped = [
-        Example(e.prompt, e.completions[::-1], e.margin, e.masks[::-1] if e.masks else None)
-        for e in examples
-    ]
-    scores, scores_swapped = [], []
+    # each prompt's distinct replies scored once for all their pairs (pairs in row order)
+    groups = group_by_prompt(examples)
+    slot = {tuple(g.prompt): i for i, g in enumerate(groups)}
+    taken = [0] * len(groups)
+    where = []  # (group, pair within it) of each row
+    for ex in examples:
+        g = slot[tuple(ex.prompt)]
+        where.append((g, taken[g]))
+        taken[g] += 1
+    # the same replies again in reverse order within their rows: a reward must not move
+    reversed_groups = [Example(g.prompt, g.completions[::-1]) for g in groups]
+    rewards_of_reply, again_of_reply = [], []
     with torch.inference_mode():
-        for start in range(0, len(examples), batch_size):
+        for start in range(0, len(groups), batch_size):
             chunk = slice(start, start + batch_size)
-            scores.append(score_pairs(model, examples[chunk], tok.pad_token_id, device).cpu())
-            scores_swapped.append(
-                score_pairs(model, swapped[chunk], tok.pad_token_id, device).cpu()
-            )
-    rewards = torch.cat(scores).double().numpy()
-    again = torch.cat(scores_swapped).double().numpy()[:, ::-1]  # back to (chosen, rejected)
+            rewards_of_reply += score_replies(model, groups[chunk], tok.pad_token_id, device)
+            again = score_replies(model, reversed_groups[chunk], tok.pad_token_id, device)
+            again_of_reply += [r.flip(0) for r in again]
+
+    def per_pair(of_reply: list[torch.Tensor]) -> np.ndarray:
+        out = []
+        for g, i in where:
+            chosen, rejected, _ = groups[g].comparisons()[i]
+            out.append([float(of_reply[g][chosen]), float(of_reply[g][rejected])])
+        return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+    rewards, again = per_pair(rewards_of_reply), per_pair(again_of_reply)
     chosen_r, rejected_r = rewards[:, 0], rewards[:, 1]
     diff = chosen_r - rejected_r
     correct = (diff > 0).astype(float)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -85,14 +86,35 @@ def _bf16_wins_race(torch) -> bool:
 def add_lora(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
+    # every linear layer but the output head, any architecture; or those of the top layers
+    targets = "all-linear" if not cfg.lora_layers else _top_layer_linears(model, cfg.lora_layers)
     config = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules="all-linear",  # every linear layer but the output head, any architecture
+        target_modules=targets,
         task_type=task_type,  # SEQ_CLS also trains the new score head in full
     )
     return get_peft_model(model, config)
+
+
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+"""Where a transformer layer's index sits in a module name (`model.layers.12.mlp.up_proj`),
+as peft looks for it."""
+
+
+def _top_layer_linears(model, n: int) -> list[str]:
+    """Names of the linear modules inside the top `n` transformer layers."""
+    import torch
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and (m := _LAYER.search(name)):
+            found[name] = int(m.group(1))
+    if not found:
+        raise UserError("--lora-layers: this model's layers are not named layers.N / h.N")
+    top = max(found.values())
+    return [name for name, index in found.items() if index > top - n]
 
 
 def begin(cfg: LoopConfig) -> LoopConfig:

@@ -211,9 +211,12 @@ def train_ppo(
         kl = L.kl_estimate(old_logps, ref_logps, cfg.kl_estimator) * mask
         seq_kl = kl.sum(dim=1)
         last = (mask.sum(dim=1) - 1).long()
-        if cfg.whiten_rewards:
+        if cfg.whiten_rewards or cfg.center_rewards:
             ones = torch.ones_like(scores)
-            scores = _whiten(scores, ones, accelerator, shift_mean=False)
+            if cfg.whiten_rewards:
+                scores = _whiten(scores, ones, accelerator, shift_mean=cfg.center_rewards)
+            else:
+                scores = scores - _global_means(accelerator, {"score": scores})["score"]
 
         # 6. advantages: GAE over the critic's values (PPO), or per-prompt baselines
         if cfg.algorithm == "ppo":

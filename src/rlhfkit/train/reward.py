@@ -21,6 +21,7 @@ from rlhfkit.train.batches import (
     Batch,
     comparison_index,
     separate,
+    sequence_numbers,
     shared_prompt,
     supports_block_mask,
 )
@@ -66,6 +67,14 @@ def score_pairs(model, examples: list[Example], pad_id: int, device) -> torch.Te
     inputs = pair_layout(model)(examples, pad_id).to(device)
     rewards = rewards_of(RewardScorer(model), inputs).float()
     return torch.stack(rewards.chunk(2), dim=1)
+
+
+def score_replies(model, examples: list[Example], pad_id: int, device) -> list[torch.Tensor]:
+    """The reward of each completion of each example (a group's replies: [K] each)."""
+    inputs = pair_layout(model)(examples, pad_id).to(device)
+    rewards = rewards_of(RewardScorer(model), inputs).float().cpu()
+    numbers = sequence_numbers(examples)
+    return [rewards[torch.tensor(n)] for n in numbers]
 
 
 def train_reward(cfg: RewardConfig, progress: ProgressFn | None = None) -> TrainResult:
