@@ -25,6 +25,11 @@ def count(prompts, responses):
 
 def broken(prompts, responses):
     return [1.0]
+
+
+def offset(prompts, responses):
+    """The same rule far below zero, as a reward model's arbitrary offset can put it."""
+    return [r - 5.0 for r in count(prompts, responses)]
 '''
 
 
@@ -88,6 +93,19 @@ def test_ppo_raises_a_rule_reward_with_bounded_kl(setup, tmp_path):
     final = tmp_path / "ppo" / "final"
     assert (final / "model.safetensors").exists()
     assert (final / "critic" / "value_head.safetensors").exists()
+
+
+def test_centred_rewards_learn_whatever_the_rewards_offset(setup, tmp_path):
+    root, data = setup
+    args = ppo(root, data, tmp_path / "centred", "--max-steps", "16", "--kl-coef", "0.05",
+               "--no-lora", "--whiten-rewards", "--center-rewards")
+    args[args.index("--reward") + 1] = f"{root / 'rules.py'}:offset"
+    result = run_cli(*args)
+    assert result.code == 0, result.stderr
+    rows = metrics(tmp_path / "centred")
+    early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
+    assert late > early + 1.0, (early, late)
+    assert abs(mean(rows, "score")) < 1e-4  # every step's scores have mean 0
 
 
 def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, tmp_path):

@@ -32,6 +32,9 @@ def demo(
         None, "--dir", help="Run folder (default: runs/demo, or runs/demo-quick with --quick)."
     ),
     quick: bool = typer.Option(False, help="Smaller everything, same stages (about 5 minutes)."),
+    seed: int = typer.Option(
+        0, help="Added to every seed of the run: another seed is another run of the experiment."
+    ),
     precision: str = typer.Option(
         "auto",
         help="Training and candidate sampling in bf16, fp32, or auto: bf16 where this machine "
@@ -59,7 +62,7 @@ def demo(
     if precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"--precision is auto, bf16 or fp32, not '{precision}'")
     root = directory or Path("runs/demo-quick" if quick else "runs/demo")
-    cfg = DemoConfig(root=root, quick=quick, precision=precision)
+    cfg = DemoConfig(root=root, quick=quick, precision=precision, seed=seed)
     started = time.time()
     ran, summary, report = _run(cfg, model)
     _show(cfg, summary, ran, report, time.time() - started)
@@ -155,6 +158,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "steps": preset.sft_steps,
                 "lr": preset.sft_learning_rate,
                 "precision": preset.precision,
+                "seed": preset.seed,
             },
             lambda: S.sft(paths, preset, base, step_progress),
             outputs=(paths.final("sft"),),
@@ -172,6 +176,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "batch": S.CANDIDATE_BATCH,  # the seeds go by batch
                 "max_new_tokens": preset.max_new_tokens,
                 "precision": preset.precision,
+                "seed": preset.seed,
             },
             lambda: S.candidates(paths, preset, base, step_progress),
             outputs=(paths.candidates,),
@@ -185,10 +190,17 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "annotation": spec.annotation.model_dump(),
                 "anchors": preset.anchors,
                 "heldout": preset.heldout_share,
+                "seed": preset.seed,
+                "dpo_pairs": "same model + anchors",
                 "panel": S.code_hash("panel.py", "panel_api.py"),  # the simulated annotators
             },
             lambda: S.annotation(paths, preset),
-            outputs=(paths.prefs_train, paths.prefs_heldout, paths.annotation / "status.json"),
+            outputs=(
+                paths.prefs_train,
+                paths.prefs_heldout,
+                paths.prefs_dpo,
+                paths.annotation / "status.json",
+            ),
         )
         stage(
             "rm",
@@ -198,6 +210,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "lr": preset.rm_learning_rate,
                 "lora_layers": preset.rm_lora_layers,
                 "precision": preset.precision,
+                "seed": preset.seed,
             },
             lambda: S.reward_model(paths, preset, step_progress),
             outputs=(paths.rm / "eval_rm.json",),
@@ -214,6 +227,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "max_new_tokens": preset.max_new_tokens,
                 "ppo": spec.train.ppo.model_dump(),
                 "precision": preset.precision,
+                "seed": preset.seed,
                 "centered": True,
             },
             lambda: S.ppo(paths, preset, step_progress),
@@ -231,6 +245,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "reference": S.DPO_REFERENCE,
                 "dpo": spec.train.dpo.model_dump(),
                 "precision": preset.precision,
+                "seed": preset.seed,
             },
             lambda: S.dpo(paths, preset, step_progress),
             outputs=(paths.final("dpo"),),
@@ -249,6 +264,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                     "samples": preset.eval_samples,
                     "batch": preset.eval_batch,
                     "max_new_tokens": preset.max_new_tokens,
+                    "seed": preset.seed,
                 },
                 lambda policy=policy: S.evaluate(paths, preset, policy, step_progress),
                 outputs=(paths.eval(policy) / "eval.json",),

@@ -68,7 +68,7 @@ class Preset:
     ppo_lora_layers: int = 15
     dpo_epochs: float = 0.5
     """Of the prompts: DPO's batches are prompts, each with all its comparisons."""
-    dpo_learning_rate: float = 3e-4
+    dpo_learning_rate: float = 6e-4
     dpo_lora_layers: int = 15
     """PPO and DPO adapt the top half of the layers too (the backward pass stops there)."""
     eval_prompts: int = 32
@@ -78,6 +78,9 @@ class Preset:
     precision: str = "auto"
     """Training and candidate sampling: auto (bf16 where this machine runs it faster), bf16 or
     fp32. The evaluations always run in fp32."""
+    seed: int = 0
+    """Added to every seed of the run (sampling, the panel, training, evaluation): another
+    seed is another run of the same experiment."""
 
 
 PRESETS = {
@@ -107,10 +110,13 @@ class DemoConfig:
     """Smaller everything, same stages."""
     precision: str = "auto"
     """auto, bf16 or fp32 for training and candidate sampling (see Preset.precision)."""
+    seed: int = 0
+    """See Preset.seed."""
 
     @property
     def preset(self) -> Preset:
-        return replace(PRESETS["quick" if self.quick else "default"], precision=self.precision)
+        base = PRESETS["quick" if self.quick else "default"]
+        return replace(base, precision=self.precision, seed=self.seed)
 
     def settings(self) -> dict[str, Any]:
         return asdict(self.preset) | {"quick": self.quick}

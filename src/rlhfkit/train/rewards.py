@@ -82,8 +82,7 @@ class RewardModelFn:
 
     @torch.no_grad()
     def __call__(self, prompts: list[Any], responses: list[str]) -> list[float]:
-        from rlhfkit.train.batches import separate
-        from rlhfkit.train.scoring import RewardScorer, rewards_of
+        from rlhfkit.train.reward import score_replies
         from rlhfkit.train.tokenize import Example, split_prompt_completion
 
         tok = self.tokenizer
@@ -95,11 +94,23 @@ class RewardModelFn:
                 completion = response + tok.eos_token
             p, c = split_prompt_completion(tok, prompt, completion)
             examples.append(Example(p, (c,)))
-        scorer = RewardScorer(self.model)
-        out: list[float] = []
-        for start in range(0, len(examples), self.batch_size):
-            chunk = separate(examples[start : start + self.batch_size], tok.pad_token_id)
-            out += rewards_of(scorer, chunk.to(self.model.device)).float().tolist()
+        # replies to one prompt share a row (eval policy's samples): the prompt is read once
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, ex in enumerate(examples):
+            by_prompt.setdefault(tuple(ex.prompt), []).append(i)
+        rows = [
+            (Example(list(p), tuple(examples[i].completions[0] for i in idx)), idx)
+            for p, idx in by_prompt.items()
+        ]
+        out = [0.0] * len(examples)
+        size = max(1, self.batch_size // max(len(idx) for _, idx in rows))
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            found = score_replies(self.model, [g for g, _ in chunk], tok.pad_token_id,
+                                  self.model.device)  # fmt: skip
+            for (_, idx), rewards in zip(chunk, found, strict=True):
+                for i, r in zip(idx, rewards.tolist(), strict=True):
+                    out[i] = r
         return out
 
 
