@@ -182,3 +182,9 @@ def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path)
     rerun = json.loads((tmp_path / "d" / "stages.json").read_text())
     assert {name: rerun[name] for name in finished} == finished  # not one of them ran again
     assert time.time() - started < 60
+
+
+def test_the_demo_refuses_an_unknown_precision_before_it_starts(tmp_path):
+    result = run_cli("demo", "--quick", "--dir", str(tmp_path / "d"), "--precision", "fp16")
+    assert result.code == 2 and "--precision is auto, bf16 or fp32" in result.stderr
+    assert not (tmp_path / "d").exists()

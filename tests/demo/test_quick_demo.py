@@ -62,6 +62,11 @@ def test_its_summary_and_report_say_what_happened(quick):
     assert len(train) == panel["train_pairs"] + panel["anchor_pairs"]
     assert not {json.dumps(r["prompt"]) for r in train} & {json.dumps(r["prompt"]) for r in held}
     assert not any(r["id"].startswith("anchor-") for r in held)
+    # candidates of the SFT model and of the starting one; DPO learns from the former only
+    assert {r["pairing"] for r in held} <= {"same model", "across models"}
+    assert set(summary["rm_heldout_by_pairing"]) == {r["pairing"] for r in held}
+    dpo = [json.loads(line) for line in (root / "annotation/preferences.dpo.jsonl").open()]
+    assert dpo and not any(r.get("pairing") == "across models" for r in dpo)
     assert isinstance(summary["flagged_annotators"], list)
     for policy in ("ppo", "dpo"):
         ev = summary[policy]

@@ -157,6 +157,7 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
                 "data": sha256_file(paths.project / "data" / "sft.jsonl"),
                 "steps": preset.sft_steps,
                 "lr": preset.sft_learning_rate,
+                "lora_layers": preset.sft_lora_layers,
                 "precision": preset.precision,
                 "seed": preset.seed,
             },

@@ -39,6 +39,9 @@ class Preset:
 
     sft_steps: int = 24
     sft_learning_rate: float = 1e-3
+    sft_lora_layers: int = 15
+    """SFT adapts the top half of the layers: 83 s instead of 130 s in fp32, and its replies
+    sign off (46%), act on the email (86%) and run (45 words) as with every layer adapted."""
     candidate_prompts: int = 96
     """Prompts the SFT model answers for annotation."""
     candidate_samples: int = 3

@@ -123,6 +123,7 @@ def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> 
         max_steps=preset.sft_steps,
         batch_size=8,
         learning_rate=preset.sft_learning_rate,
+        lora_layers=preset.sft_lora_layers,
         max_length=256,
         save_every=10,
         resume=True,
