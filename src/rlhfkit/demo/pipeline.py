@@ -57,7 +57,10 @@ class Preset:
     """Anchor pairs with the team's answers: mixed into annotation to catch drift, and
     added to the reward model's and DPO's training pairs."""
     max_new_tokens: int = 80
-    rm_epochs: float = 1.0
+    rm_epochs: float = 2.0
+    """Two passes over the pairs: held-out accuracy 0.82 / 0.86 / 0.82 over training seeds
+    0/1/2 against 0.74 / 0.78 / 0.73 after one (81 pairs; README: "How long it takes"), for
+    about 90 s more."""
     rm_learning_rate: float = 5e-4
     rm_lora_layers: int = 15
     """The reward model adapts its top 15 of SmolLM2's 30 layers: 1.8x faster than all of them,
@@ -95,6 +98,7 @@ PRESETS = {
         calibration_size=12,
         anchors=8,
         max_new_tokens=48,
+        rm_epochs=1.0,
         ppo_steps=2,
         ppo_batch=4,
         dpo_epochs=0.5,
