@@ -8,14 +8,14 @@ resumable steps left off):
     project     scaffold the example project (rubric, success criteria, data)
     model       provision SmolLM2-135M-Instruct (converted once, cached)
     sft         stage 1: LoRA SFT on the team's past replies
-    candidates  sample four replies per prompt (three in --quick) from the SFT model; every
-                pair of them is a comparison
+    candidates  sample three replies per prompt from the SFT model (two in --quick) and one
+                from the starting model; every pair of a prompt's replies is a comparison
     annotation  the simulated panel labels them through the real annotation app: calibration
                 round, agreement gate, anchors, overlap; export + agreement statistics
     rm          stage 2: reward model on the panel's majority preferences (plus the anchor
                 pairs, whose answers the team wrote down); `eval rm` on held-out prompts
     ppo         stage 3: PPO with a KL penalty against the reward model, monitors live
-    dpo         DPO on the same preferences
+    dpo         DPO on the same preferences (the pairs of two SFT replies, and the anchors)
     eval_ppo, eval_dpo   `eval policy` of each against the SFT model (the starting point)
     report      the HTML report, its Markdown summary and summary.json
 """
