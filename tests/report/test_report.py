@@ -256,3 +256,12 @@ def test_report_in_headless_chromium(rendered, tmp_path):
     assert cell.startswith("<script>")  # shown literally, as text
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 20, "the screenshot is blank"
+
+
+def test_small_numbers_keep_their_digits():
+    from rlhfkit.report.format import num
+
+    # a learning rate after warmup's first step, a KL of a policy that has hardly moved
+    assert num(3.3e-4) == "0.00033" and num(2.1e-06) == "2.1e-06" and num(-4e-5) == "-4e-05"
+    assert num(0.0) == "0.000" and num(0.0005) == "0.001" and num(1.2594) == "1.259"
+    assert num(None) == "n/a" and num(float("nan")) == "n/a" and num(7) == "7"

@@ -15,6 +15,8 @@ def num(x: Any, digits: int = 3) -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
+        if x and abs(x) < 0.5 * 10**-digits:  # a learning rate of 3e-4 is not "0.000"
+            return f"{x:.{digits}g}"
         return f"{x:.{digits}f}"
     return str(x)
 
