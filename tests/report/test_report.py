@@ -258,10 +258,11 @@ def test_report_in_headless_chromium(rendered, tmp_path):
     assert pixels.std() > 20, "the screenshot is blank"
 
 
-def test_small_numbers_keep_their_digits():
-    from rlhfkit.report.format import num
+def test_training_metrics_too_small_for_three_decimals_keep_three_digits():
+    from rlhfkit.report.format import metric, num
 
-    # a learning rate after warmup's first step, a KL of a policy that has hardly moved
-    assert num(3.3e-4) == "0.00033" and num(2.1e-06) == "2.1e-06" and num(-4e-5) == "-4e-05"
-    assert num(0.0) == "0.000" and num(0.0005) == "0.001" and num(1.2594) == "1.259"
-    assert num(None) == "n/a" and num(float("nan")) == "n/a" and num(7) == "7"
+    # a learning rate during warmup and at a cosine's end; elsewhere num's fixed decimals
+    assert metric(3.3e-4) == "0.00033" and metric(5.09e-06) == "5.09e-06"
+    assert metric(-4e-5) == "-4e-05" and metric(0.0005) == "0.001" == num(0.0005)
+    assert metric(0.0) == "0.000" and metric(1.2594) == "1.259" and metric(None) == "n/a"
+    assert num(3.3e-4) == "0.000"  # correlations, intervals: near zero reads as zero

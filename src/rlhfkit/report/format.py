@@ -15,10 +15,16 @@ def num(x: Any, digits: int = 3) -> str:
     if isinstance(x, int):
         return str(x)
     if isinstance(x, float):
-        if x and abs(x) < 0.5 * 10**-digits:  # a learning rate of 3e-4 is not "0.000"
-            return f"{x:.{digits}g}"
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def metric(x: Any) -> str:
+    """A training metric: three decimals, or three significant digits where three decimals
+    would read 0.000 (a learning rate of 3.3e-4 during warmup, 5e-6 at a cosine's end)."""
+    if isinstance(x, float) and x and abs(x) < 0.0005:
+        return f"{x:.3g}"
+    return num(x)
 
 
 def pct(x: Any, digits: int = 0) -> str:

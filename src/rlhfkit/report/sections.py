@@ -15,7 +15,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.report import plots
-from rlhfkit.report.format import interval, named, num, pct, pvalue, rate, signed_pct
+from rlhfkit.report.format import interval, metric, named, num, pct, pvalue, rate, signed_pct
 from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun
 
 SIMULATED_PREFIX = "sim-"
@@ -367,8 +367,8 @@ def training_section(runs: list[TrainingRun]) -> dict[str, Any]:
                 "table": [
                     {
                         "metric": plots.TITLES.get(k, k),
-                        "first": num(first.get(k)),
-                        "last": num(last.get(k)),
+                        "first": metric(first.get(k)),
+                        "last": metric(last.get(k)),
                     }
                     for k in keys
                 ],
