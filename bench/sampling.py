@@ -1,7 +1,8 @@
 """rlhfkit's decoder (`rlhfkit.decode`) against plain `model.generate` on the same batch: the
-demo's candidate sampling (24 support emails x 4 replies, up to 80 new tokens, temperature
-0.9, top-p 0.95) on SmolLM2-135M-Instruct, in fp32 and with bf16 weights, same machine, one
-run, interleaved repeats.
+demo's candidate sampling at one batch of 24 support emails x 4 replies (the demo itself
+samples 72 rows from the SFT model, then 24 from the starting model; up to 80 new tokens,
+temperature 0.9, top-p 0.95) on SmolLM2-135M-Instruct, in fp32 and with bf16 weights, same
+machine, one run, interleaved repeats.
 
     .venv/bin/python bench/sampling.py             # about 6 minutes on 2 CPU cores
     .venv/bin/python bench/sampling.py --quick     # 8 emails, 32 tokens, one repeat

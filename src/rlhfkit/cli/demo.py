@@ -31,7 +31,7 @@ def demo(
     directory: Path = typer.Option(
         None, "--dir", help="Run folder (default: runs/demo, or runs/demo-quick with --quick)."
     ),
-    quick: bool = typer.Option(False, help="Smaller everything, same stages (about 5 minutes)."),
+    quick: bool = typer.Option(False, help="Smaller everything, same stages (2 to 5 minutes)."),
     seed: int = typer.Option(
         0, help="Added to every seed of the run: another seed is another run of the experiment."
     ),
