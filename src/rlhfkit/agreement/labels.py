@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhfkit.data.io import iter_raw_rows, iter_text_lines
 from rlhfkit.errors import Problem, UserError, display_path
 
 REQUIRED = ("item", "annotator", "label")
@@ -120,8 +122,9 @@ class Labels:
         shown = np.full(len(codes), -1, dtype=np.int64)
         if shown_first is not None:
             for j, v in enumerate(shown_first):
-                if v is not None and v == v and v != "":
-                    shown[j] = lookup.get(_coerce(v, numeric), -1)
+                if v is None or v != v or v == "" or (numeric and not _is_number(v)):
+                    continue  # unknown, or not a label value (text beside numeric labels)
+                shown[j] = lookup.get(_coerce(v, numeric), -1)
         stamps = np.full(len(codes), np.nan)
         if timestamp is not None:
             stamps = np.array([_seconds(t) for t in timestamp], dtype=float)
@@ -163,10 +166,10 @@ def _dense_codes(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(arr, return_inverse=True), in O(n) when arr holds small non-negative
     integers (item and annotator ids, rating scales) — a sort of a million labels is most of
     the time an agreement statistic takes."""
-    if arr.dtype.kind in "iuf" and len(arr):
+    if arr.dtype.kind in "iuf" and len(arr) and arr.min() >= 0 and arr.max() <= 4 * len(arr) + 1024:
         as_int = arr.astype(np.int64)
-        low, high = as_int.min(), as_int.max()
-        if (as_int == arr).all() and low >= 0 and high <= 4 * len(arr) + 1024:
+        high = as_int.max()
+        if (as_int == arr).all():
             present = np.zeros(high + 1, dtype=bool)
             present[as_int] = True
             code_of = np.cumsum(present) - 1
@@ -216,139 +219,271 @@ def _seconds(t: Any) -> float:
 # --- files ----------------------------------------------------------------------------------
 
 
+def canonical_id(value: Any) -> str:
+    """The identity of an item or annotator id read from a file: its text, NFC-normalised,
+    without surrounding whitespace. A JSON integer is its decimal text (`7` and `"7"` are
+    one item, as a CSV file can only write "7"). Anything else a JSON file can hold — a
+    number with a fraction or exponent (`1.0`, `1e3`), true/false, null, a list, an object —
+    is refused with ValueError(reason): `1.0` and `1` are one number but two texts, and
+    guessing which the user meant would merge or split items silently."""
+    if value is None:
+        raise ValueError("missing")
+    if isinstance(value, bool):
+        raise ValueError(f"must be a string or an integer, not {json.dumps(value)}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"is not a finite number ({_json_float(value)})")
+        raise ValueError(
+            f"{value!r} is a number with a fraction or exponent; write the id as an integer "
+            f'or as a string ("{value!r}")'
+        )
+    if isinstance(value, str):
+        text = unicodedata.normalize("NFC", value).strip()
+        if not text:
+            raise ValueError("missing")
+        return text
+    raise ValueError(f"must be a string or an integer, not {_json_kind(value)}")
+
+
+def canonical_value(value: Any) -> str | int | float:
+    """A label (or shown_first) value read from a file: a finite number stays a number; text
+    is NFC-normalised without surrounding whitespace; true/false become "true"/"false" (as a
+    CSV file would spell them). Raises ValueError(reason) for a missing value, a list or an
+    object, and any value that is a non-finite number: NaN, Infinity, a number too large for
+    a float (1e999), or text that reads as one ("nan", "inf") — a category named "nan" is far
+    less likely than a broken export."""
+    if value is None:
+        raise ValueError("missing")
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        _finite(value)
+        return value
+    if isinstance(value, str):
+        text = unicodedata.normalize("NFC", value).strip()
+        if not text:
+            raise ValueError("missing")
+        try:
+            _finite(float(text))
+        except (ValueError, OverflowError) as e:
+            if "finite" in str(e):
+                raise
+        return text
+    raise ValueError(f"must be a string or a number, not {_json_kind(value)}")
+
+
+def _finite(x: int | float) -> float:
+    try:
+        f = float(x)
+    except OverflowError:
+        raise ValueError("is not a finite number (too large for a float)") from None
+    if not math.isfinite(f):
+        raise ValueError(f"is not a finite number ({_json_float(f)})")
+    return f
+
+
+def _json_float(x: float) -> str:
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
+def _json_kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _timestamp(value: Any) -> float:
+    """Unix seconds from a number, numeric text or ISO 8601 text; nan when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return math.nan
+    if isinstance(value, bool | dict | list):
+        raise ValueError(f"is neither ISO 8601 nor Unix seconds: {json.dumps(value)}")
+    if isinstance(value, int | float):
+        return _finite(value)
+    try:
+        return _finite(float(value))
+    except OverflowError:
+        raise ValueError("is not a finite number (too large for a float)") from None
+    except ValueError as e:
+        if "finite" in str(e):
+            raise
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise ValueError(f"is neither ISO 8601 nor Unix seconds: {value!r}") from None
+
+
 def read_labels(path: Path, order: list | None = None) -> Labels:
-    """Labels from CSV or JSONL; every bad row is reported as FILE:LINE: reason."""
-    rows, lines, problems = _read_rows(path, REQUIRED)
-    for row, line in zip(rows, lines, strict=True):
-        if "timestamp" in row and row["timestamp"] not in (None, ""):
+    """Labels from CSV or JSONL; every bad row is reported as FILE:LINE: reason.
+
+    Ids: an item or annotator id is its text as written, NFC-normalised, without surrounding
+    whitespace; a JSON integer counts as its decimal text, so `7`, `"7"` and `" 7"` are one
+    item in either format. JSON numbers with a fraction or exponent, booleans, null, lists and
+    objects are refused as ids (see `canonical_id`). An annotator who labels one item twice
+    is an error naming both lines. Labels, shown_first and timestamps must be finite: NaN,
+    Infinity and 1e999 are errors, in JSON or as CSV text. A UTF-8 byte-order mark is
+    ignored."""
+    rows, lines, problems = _read_rows(path, REQUIRED, OPTIONAL)
+    shown = display_path(path)
+    if order is not None:
+        for v in order:
             try:
-                _seconds(row["timestamp"])
-            except (ValueError, TypeError):
-                problems.append(
-                    Problem(
-                        display_path(path),
-                        line,
-                        f"timestamp is neither ISO 8601 nor Unix seconds: {row['timestamp']!r}",
-                    )
-                )
+                canonical_value(v)
+            except ValueError as e:
+                problems.append(Problem("--order", None, f"{v!r} {e}"))
     seen: dict[tuple[str, str], int] = {}
+    keep_rows, keep_lines = [], []
     for row, line in zip(rows, lines, strict=True):
-        key = (str(row["item"]), str(row["annotator"]))
+        key = (row["item"], row["annotator"])
         if key in seen:
             problems.append(
                 Problem(
-                    display_path(path),
+                    shown,
                     line,
                     f"annotator {key[1]} labeled item {key[0]} again (first on line {seen[key]})",
                 )
             )
-        else:
-            seen[key] = line
-    if order is not None:
+            continue
+        seen[key] = line
+        keep_rows.append(row)
+        keep_lines.append(line)
+    rows, lines = keep_rows, keep_lines
+    if order is not None and not problems:
         numeric = all(_is_number(r["label"]) for r in rows)
         allowed = {_coerce(v, numeric) for v in order}
         for row, line in zip(rows, lines, strict=True):
             if _coerce(row["label"], numeric) not in allowed:
                 problems.append(
-                    Problem(
-                        display_path(path),
-                        line,
-                        f"label {row['label']!r} is not among the --order values",
-                    )
+                    Problem(shown, line, f"label {row['label']!r} is not among the --order values")
                 )
     _raise(problems)
     if not rows:
-        raise UserError(f"{display_path(path)}: holds no labels")
+        raise UserError(f"{shown}: holds no labels")
     return Labels.from_records(
         [r["item"] for r in rows],
         [r["annotator"] for r in rows],
         [r["label"] for r in rows],
         [r.get("shown_first") for r in rows] if any("shown_first" in r for r in rows) else None,
-        [r.get("timestamp") for r in rows] if any("timestamp" in r for r in rows) else None,
+        [r.get("timestamp", math.nan) for r in rows]
+        if any("timestamp" in r for r in rows)
+        else None,
         order=order,
     )
 
 
 def read_gold(path: Path, labels: Labels) -> dict[int, int]:
-    """Anchor answers: item code -> label code, for the anchors that occur in `labels`."""
-    rows, lines, problems = _read_rows(path, ("item", "label"))
-    gold = {}
+    """Anchor answers: item code -> label code, for the anchors that occur in `labels`. Item
+    ids and labels follow `read_labels`' rules."""
+    rows, lines, problems = _read_rows(path, ("item", "label"), ())
+    shown = display_path(path)
+    gold: dict[int, int] = {}
+    first: dict[str, tuple[int, Any]] = {}
     item_codes = {name: i for i, name in enumerate(labels.item_names())}
     for row, line in zip(rows, lines, strict=True):
         if labels.numeric and not _is_number(row["label"]):
             problems.append(
+                Problem(shown, line, f"label {row['label']!r} is not a number, but the labels are")
+            )
+            continue
+        if row["item"] in first and first[row["item"]][1] != row["label"]:
+            earlier, answer = first[row["item"]]
+            problems.append(
                 Problem(
-                    display_path(path),
+                    shown,
                     line,
-                    f"label {row['label']!r} is not a number, but the labels are numbers",
+                    f"item {row['item']} has the answer {row['label']!r} here but "
+                    f"{answer!r} on line {earlier}",
                 )
             )
             continue
+        first.setdefault(row["item"], (line, row["label"]))
         code = labels.code_of(row["label"])
         if code < 0:
             code = len(labels.values)  # an answer nobody gave: everyone got that anchor wrong
-        if str(row["item"]) in item_codes:
-            gold[item_codes[str(row["item"])]] = code
+        if row["item"] in item_codes:
+            gold[item_codes[row["item"]]] = code
     _raise(problems)
     return gold
 
 
 def _read_rows(
-    path: Path, required: tuple[str, ...]
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...]
 ) -> tuple[list[dict], list[int], list[Problem]]:
-    """The well-formed rows with their line numbers, and a problem for every other row."""
+    """The well-formed rows, their values made canonical (ids as `canonical_id`, labels as
+    `canonical_value`, timestamps as Unix seconds), with their line numbers; and a problem
+    for every other row."""
     shown = display_path(path)
     if not path.is_file():
         raise UserError(f"{shown}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{shown}: is not UTF-8 text") from None
     rows, lines, problems = [], [], []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        text_lines = []
+        for line, text, decode_error in iter_text_lines(path):
+            if decode_error:
+                problems.append(Problem(shown, line, decode_error))
+            text_lines.append(text)
+        reader = csv.reader(text_lines)
+        try:
+            header = next((fields for fields in reader if fields), [])  # past blank lines
+        except csv.Error as e:
+            raise UserError([Problem(shown, reader.line_num, f"not valid CSV: {e}")]) from None
+        header = [unicodedata.normalize("NFC", c).strip() for c in header]
+        missing = [c for c in required if c not in header]
         if missing:
             raise UserError(
                 [
                     Problem(
                         shown,
-                        1,
+                        reader.line_num or 1,
                         f"the header lacks column(s) {', '.join(missing)}"
                         f" (need {', '.join(required)})",
                     )
                 ]
             )
-        for row in reader:
-            line = reader.line_num
-            if None in row or any(v is None for v in row.values()):
-                problems.append(Problem(shown, line, "wrong number of fields"))
-                continue
-            rows.append(row)
-            lines.append(line)
+        end = reader.line_num
+        try:
+            for fields in reader:
+                line, end = end + 1, reader.line_num  # a quoted field may span lines
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    problems.append(Problem(shown, line, "wrong number of fields"))
+                    continue
+                rows.append(dict(zip(header, fields, strict=True)))
+                lines.append(line)
+        except csv.Error as e:  # e.g. a bare carriage return: old Mac line endings
+            problems.append(Problem(shown, reader.line_num, f"not valid CSV: {e}"))
     else:
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(shown, line, f"not valid JSON: {e.msg}"))
-                continue
-            if not isinstance(row, dict):
+        for line, row, parse_error in iter_raw_rows(path):
+            if parse_error:
+                problems.append(Problem(shown, line, parse_error))
+            elif not isinstance(row, dict):
                 problems.append(Problem(shown, line, "not a JSON object"))
-                continue
-            rows.append(row)
-            lines.append(line)
+            else:
+                rows.append(row)
+                lines.append(line)
     good, good_lines = [], []
     for row, line in zip(rows, lines, strict=True):
-        missing = [c for c in required if c not in row or row[c] in (None, "")]
-        if missing:
-            problems.append(Problem(shown, line, f"missing {', '.join(missing)}"))
-        elif any(isinstance(row[c], dict | list) for c in required):
-            problems.append(Problem(shown, line, "item, annotator and label must be plain values"))
+        out, reasons = {}, []
+        for column in (*required, *optional):
+            if column not in row:
+                if column in required:
+                    reasons.append(f"missing {column}")
+                continue
+            value = row[column]
+            try:
+                if column in ("item", "annotator"):
+                    out[column] = canonical_id(value)
+                elif column == "timestamp":
+                    out[column] = _timestamp(value)
+                elif column == "label" or value not in (None, ""):
+                    out[column] = canonical_value(value)
+            except ValueError as e:
+                reasons.append(f"missing {column}" if str(e) == "missing" else f"{column} {e}")
+        if reasons:
+            problems.extend(Problem(shown, line, r) for r in reasons)
         else:
-            good.append(row)
+            good.append(out)
             good_lines.append(line)
     return good, good_lines, problems
 

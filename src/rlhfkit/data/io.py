@@ -55,19 +55,29 @@ def iter_raw_rows(path: Path, split: str = "train") -> Iterator[tuple[int, Any, 
     if path.is_dir():
         yield from _iter_hf_rows(path, split)
         return
+    for number, text, decode_error in iter_text_lines(path):
+        if decode_error:
+            yield number, None, decode_error
+            continue
+        text = text.rstrip("\r\n")
+        if not text.strip():
+            continue
+        try:
+            yield number, json.loads(text), None
+        except json.JSONDecodeError as e:
+            yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+
+
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """Yield ``(line, text, decode_error)`` for every line of a UTF-8 file, `text` with its
+    line ending ("" where the line is not UTF-8). A byte-order mark before the first line is
+    dropped: spreadsheet programs write one ("CSV UTF-8"), and it is not part of the data."""
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8"), None
             except UnicodeDecodeError as e:
-                yield number, None, f"not UTF-8 text ({e.reason} at byte {e.start})"
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text), None
-            except json.JSONDecodeError as e:
-                yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+                yield number, "", f"not UTF-8 text ({e.reason} at byte {e.start})"
 
 
 def _iter_hf_rows(path: Path, split: str) -> Iterator[tuple[int, Any, str | None]]:
