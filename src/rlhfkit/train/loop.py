@@ -6,6 +6,7 @@ written out in full and calls these; there is no trainer base class.
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from pathlib import Path
@@ -46,6 +47,10 @@ def shard(batch: list[int], rank: int, world: int, grad_accum: int) -> list[list
 
 _BF16_FASTER: bool | None = None
 
+FP32_ONLY = "RLHFKIT_FP32_ONLY"
+"""Set to 1, `auto` resolves to fp32 as on a host without native bf16 (an AVX2-only CPU),
+so the tests of such a host can be run anywhere; an explicit bf16 is still honoured."""
+
 
 def resolve_precision(precision: str) -> str:
     """`auto` -> bf16 where it is faster here, else fp32; bf16/fp32 pass through.
@@ -53,11 +58,17 @@ def resolve_precision(precision: str) -> str:
     On a CPU without native bf16 (AVX2 only) a bf16 matmul is emulated and runs 10-100x
     *slower* than fp32. So: no native bf16 instructions (AVX512-BF16 or AMX) means fp32, no
     timing needed; with them, bf16 must win a timed race (best of 3 rounds, interleaved, so
-    a busy machine cannot tip it).
+    a busy machine cannot tip it). Every command that turns `auto` into a dtype asks here.
     """
     global _BF16_FASTER
     if precision != "auto":
         return precision
+    # read on every call, not cached: a test may set it after another resolved `auto`
+    fp32_only = os.environ.get(FP32_ONLY, "")
+    if fp32_only not in ("", "0", "1"):
+        raise UserError(f"{FP32_ONLY} is 1 (auto means fp32) or 0, not '{fp32_only}'")
+    if fp32_only == "1":
+        return "fp32"
     import torch
 
     if torch.cuda.is_available():
