@@ -96,7 +96,7 @@ def test_malformed_rows_are_reported_by_line_and_exit_2(tmp_path):
     )
     result = run_cli("agreement", str(bad))
     assert result.code == 2
-    assert "bad.jsonl:2: not valid JSON" in result.stderr
+    assert "bad.jsonl:2: bad JSON" in result.stderr
     assert "bad.jsonl:3: annotator x labeled item a again (first on line 1)" in result.stderr
     assert "bad.jsonl:4: missing annotator" in result.stderr
     assert "bad.jsonl:5: timestamp" in result.stderr
@@ -107,3 +107,163 @@ def test_malformed_rows_are_reported_by_line_and_exit_2(tmp_path):
     assert result.code == 2 and "bad.csv:1: the header lacks column(s) annotator" in result.stderr
     strings = run_cli("agreement", str(FILES / "labels.jsonl"), "--level", "interval")
     assert strings.code == 2 and "needs numeric labels" in strings.stderr
+
+
+# --- identity, byte-order marks, non-finite input ---------------------------------------------
+
+
+def test_one_id_spelled_two_ways_is_a_duplicate_not_a_crash(tmp_path):
+    bad = write_lines(
+        tmp_path / "dup.jsonl",
+        [
+            {"item": 1, "annotator": "x", "label": "A"},
+            {"item": 2, "annotator": "x", "label": "A"},
+            {"item": "1", "annotator": "x", "label": "B"},
+            {"item": 1.0, "annotator": "y", "label": "B"},
+        ],
+    )
+    result = run_cli("agreement", str(bad), "--json")
+    assert result.code == 2, result.stderr
+    assert "dup.jsonl:3: annotator x labeled item 1 again (first on line 1)" in result.stderr
+    assert "dup.jsonl:4: item 1.0 is a number with a fraction or exponent" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_reads(tmp_path):
+    marked = tmp_path / "labels.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + (FILES / "labels.csv").read_bytes())
+    a = run_cli("agreement", str(marked), "--json", "--bootstrap", "20")
+    b = run_cli("agreement", str(FILES / "labels.csv"), "--json", "--bootstrap", "20")
+    assert a.code == 0, a.stderr
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e999", "1" + "0" * 400])
+def test_a_non_finite_label_is_an_input_error(tmp_path, raw):
+    bad = write_lines(
+        tmp_path / "nan.jsonl",
+        [
+            {"item": 1, "annotator": "x", "label": 1},
+            {"item": 1, "annotator": "y", "label": 2},
+            '{"item": 2, "annotator": "x", "label": ' + raw + "}",
+        ],
+    )
+    result = run_cli("agreement", str(bad), "--json")
+    assert result.code == 2
+    assert "nan.jsonl:3: label is not a finite number" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--threshold", "nan"),
+        ("--threshold", "inf"),
+        ("--threshold", "1.5"),
+        ("--anchor-threshold", "nan"),
+        ("--anchor-threshold", "-inf"),
+        ("--window", "0"),
+        ("--bootstrap", "-1"),
+    ],
+)
+def test_options_out_of_range_are_refused(option, value):
+    result = run_cli("agreement", str(FILES / "labels.csv"), option, value, "--json")
+    assert result.code == 2 and option in result.stderr and "Traceback" not in result.stderr
+
+
+# --- strict JSON, and a reason for every null -------------------------------------------------
+
+
+def strict_json(text: str):
+    """Parse as RFC 8259 JSON: NaN, Infinity and -Infinity are not JSON."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def nulls_without_a_reason(node, path: tuple = ()) -> list[str]:
+    """Paths of nulls with no reason: a reason for a null reached through key k of dict d is
+    d[k + "_note"], or d[k + "_notes"][next key], for any d along the path."""
+    out = []
+    if isinstance(node, dict):
+        entries = list(node.items())
+    elif isinstance(node, list):
+        entries = list(enumerate(node))
+    else:
+        return out
+    for key, value in entries:
+        if isinstance(key, str) and key.endswith(("_note", "_notes")):
+            continue
+        here = (*path, (node, key))
+        if value is None:
+            if not _explained(here):
+                out.append("/".join(str(k) for _, k in here))
+        else:
+            out += nulls_without_a_reason(value, here)
+    return out
+
+
+def _explained(path: tuple) -> bool:
+    for i, (container, key) in enumerate(path):
+        if not isinstance(container, dict):
+            continue
+        if container.get(f"{key}_note"):
+            return True
+        notes = container.get(f"{key}_notes")
+        if isinstance(notes, dict) and i + 1 < len(path) and notes.get(str(path[i + 1][1])):
+            return True
+    return False
+
+
+DEGENERATE = {
+    "every label the same": [(i, a, "A") for i in range(4) for a in "xyz"],
+    "one annotator": [(i, "x", "AB"[i % 2]) for i in range(5)],
+    "no item labeled twice": [(i, "xyz"[i % 3], "AB"[i % 2]) for i in range(6)],
+    "one item": [(0, a, v) for a, v in zip("xyz", "ABA", strict=True)],
+    "numbers all equal": [(i, a, 3) for i in range(3) for a in "xy"],
+    "two labels, one item each": [(0, "x", "A"), (0, "y", "B"), (1, "x", "A")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+@pytest.mark.parametrize("bootstrap", ["0", "30"])
+def test_degenerate_labels_give_strict_json_and_a_reason_for_every_null(tmp_path, case, bootstrap):
+    rows = [
+        {"item": i, "annotator": a, "label": v, "shown_first": "B", "timestamp": 1_700_000_000}
+        for i, a, v in DEGENERATE[case]
+    ]
+    path = write_lines(tmp_path / "labels.jsonl", rows)
+    answer = 3 if case == "numbers all equal" else "A"
+    gold = write_lines(tmp_path / "gold.jsonl", [{"item": 99, "label": answer}])
+    for level in ("nominal", "interval") if case == "numbers all equal" else ("nominal",):
+        result = run_cli(
+            "agreement",
+            str(path),
+            "--json",
+            "--bootstrap",
+            bootstrap,
+            "--level",
+            level,
+            "--anchors",
+            str(gold),
+            "--plots",
+            str(tmp_path / "plots"),
+        )
+        assert result.code == 0, result.stderr
+        summary = strict_json(result.stdout)
+        assert nulls_without_a_reason(summary) == []
+        table = run_cli("agreement", str(path), "--bootstrap", bootstrap, "--level", level)
+        assert table.code == 0, table.stderr
+
+
+def test_every_label_the_same_explains_fleiss_too(tmp_path):
+    path = write_lines(
+        tmp_path / "same.jsonl",
+        [{"item": i, "annotator": a, "label": "A"} for i in range(3) for a in "xy"],
+    )
+    s = strict_json(run_cli("agreement", str(path), "--json", "--bootstrap", "10").stdout)
+    assert s["fleiss_kappa"] is None and "no variation" in s["fleiss_kappa_note"]
+    assert s["krippendorff_alpha"] is None and "no variation" in s["krippendorff_alpha_note"]
+    assert s["cohen_kappa"] == {"x|y": None} and "no variation" in s["cohen_kappa_notes"]["x|y"]

@@ -34,7 +34,20 @@ class AnnotatorStats:
     labels_per_hour: float
 
     def as_dict(self) -> dict:
-        return {k: json_number(v) for k, v in asdict(self).items()}
+        """JSON-able; each undefined (null) rate comes with `<name>_note`: why."""
+        out = {k: json_number(v) for k, v in asdict(self).items()}
+        for name, why in NULL_REASONS.items():
+            if out[name] is None:
+                out[f"{name}_note"] = why
+        return out
+
+
+NULL_REASONS = {
+    "majority_agreement": "no item where the other annotators have a single most common label",
+    "anchor_accuracy": "no anchor item among this annotator's labels (or no --anchors answers)",
+    "chose_first_rate": "no A or B label with a known shown_first: position bias is unknown",
+    "labels_per_hour": "fewer than two distinct timestamps: no time span to divide by",
+}
 
 
 def _rate(hits: np.ndarray) -> float:

@@ -37,15 +37,25 @@ class GateResult:
     """Annotators who have not labeled every calibration item: how many they miss."""
 
     def as_dict(self) -> dict:
+        """JSON-able; an undefined (null) value comes with its reason in a `_note(s)` key."""
+        agreement = {k: json_number(v) for k, v in self.annotator_agreement.items()}
         return {
             "passed": self.passed,
             "statistic": self.statistic,
             "value": json_number(self.value),
+            "value_note": None
+            if json_number(self.value) is not None
+            else "no calibration item has two or more labels: nothing to agree on (not passed)",
             "threshold": self.threshold,
             "items": self.items,
             "annotators": self.annotators,
             "disputed_items": [[i, a] for i, a in self.disputed_items],
-            "annotator_agreement": self.annotator_agreement,
+            "annotator_agreement": agreement,
+            "annotator_agreement_notes": {
+                k: "no calibration item where the others have a single most common label"
+                for k, v in agreement.items()
+                if v is None
+            },
             "incomplete": self.incomplete,
         }
 

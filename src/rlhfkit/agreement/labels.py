@@ -141,10 +141,11 @@ class Labels:
 
 
 def json_number(x: Any) -> Any:
-    """A statistic for JSON: NaN (undefined) becomes null, numpy floats become floats."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return None
-    return float(x) if isinstance(x, float) else x
+    """A statistic for JSON: NaN and infinities (undefined) become null, numpy numbers
+    Python numbers. The caller says why a statistic is null, in a `_note` beside it."""
+    if isinstance(x, float | np.floating):
+        return float(x) if math.isfinite(x) else None
+    return int(x) if isinstance(x, np.integer) else x
 
 
 def _label_values(label: Any) -> tuple[bool, np.ndarray]:

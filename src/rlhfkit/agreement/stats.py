@@ -152,14 +152,23 @@ def fleiss_kappa(labels: Labels) -> tuple[float, str | None]:
     counts = labels.counts()
     m = counts.sum(axis=1)
     m = m[m > 0]
-    if len(m) == 0 or m.min() != m.max():
+    if len(m) == 0:
+        return math.nan, "no labels"
+    if m.min() != m.max():
         return math.nan, (
             f"items have between {m.min()} and {m.max()} labels; Fleiss' kappa needs the same "
             "number on every item (read Krippendorff's alpha instead)"
         )
     if m[0] < 2:
         return math.nan, "every item has a single label"
-    return _fleiss(counts[counts.sum(axis=1) > 0].astype(float)), None
+    table = counts[counts.sum(axis=1) > 0].astype(float)
+    used = np.nonzero(table.sum(axis=0))[0]
+    if len(used) == 1:
+        return math.nan, (
+            f"every label is {labels.values[used[0]]}: no variation to agree on "
+            "(chance agreement is 1, so kappa is 0/0)"
+        )
+    return _fleiss(table), None
 
 
 def _fleiss(table: np.ndarray) -> float:

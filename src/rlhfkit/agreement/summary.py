@@ -36,6 +36,18 @@ def summarise(
     fleiss, fleiss_reason = fleiss_kappa(labels)
     alpha = krippendorff_alpha(labels, level)
     ci = bootstrap_intervals(labels, level, replicates)
+    undefined = _why_undefined(labels)  # None when some item has two different labels
+    if not kappas:
+        kappa_mean_note = "no two annotators share two or more items"
+    elif not finite:
+        kappa_mean_note = "undefined for every pair of annotators (see cohen_kappa_notes)"
+    else:
+        kappa_mean_note = None
+    estimate_notes = {
+        "percent_agreement": undefined if undefined == NO_PAIRS else None,
+        "krippendorff_alpha": undefined or "undefined: no expected disagreement",
+        "cohen_kappa_mean": kappa_mean_note,
+    }
     out: dict[str, Any] = {
         "n_items": int((per_item > 0).sum()),
         "n_annotators": len(labels.annotators),
@@ -48,23 +60,34 @@ def summarise(
         "values": labels.values.tolist(),
         "level": level,
         "percent_agreement": json_number(percent_agreement(labels)),
+        "percent_agreement_note": None,
         "cohen_kappa_mean": json_number(float(np.mean(finite))) if finite else None,
+        "cohen_kappa_mean_note": kappa_mean_note,
         "cohen_kappa": {f"{a}|{b}": json_number(k) for (a, b), k in kappas.items()},
+        "cohen_kappa_notes": {
+            f"{a}|{b}": _why_kappa_undefined(labels, a, b)
+            for (a, b), k in kappas.items()
+            if math.isnan(k)
+        },
         "fleiss_kappa": json_number(fleiss),
         "fleiss_kappa_note": fleiss_reason,
         "krippendorff_alpha": json_number(alpha),
-        "krippendorff_alpha_note": None
-        if not math.isnan(alpha)
-        else (
-            "undefined: every pairable label is the same (no variation to agree on) or "
-            "fewer than two items have two labels"
-        ),
+        "krippendorff_alpha_note": None,
         "ci": {k: [json_number(v.low), json_number(v.high)] for k, v in ci.items()},
+        "ci_notes": {},
         "ci_level": 0.95,
         "ci_replicates": replicates,
         "annotators": [s.as_dict() for s in annotator_stats(labels, gold)],
         "calibration_gate": calibration_gate(labels, None, threshold).as_dict(),
     }
+    for name in ("percent_agreement", "krippendorff_alpha"):
+        if out[name] is None:
+            out[f"{name}_note"] = estimate_notes[name]
+    for name, (low, high) in out["ci"].items():
+        if low is None or high is None:
+            out["ci_notes"][name] = _why_no_interval(
+                out[name], estimate_notes[name], replicates, int((per_item >= 2).sum())
+            )
     if gold:
         series, alerts = anchor_drift(labels, gold, anchor_window, anchor_threshold)
         out["anchor_items"] = len(gold)
@@ -80,3 +103,45 @@ def summarise(
             for a in alerts
         ]
     return out
+
+
+NO_PAIRS = "no item has two or more labels: there is nothing to compare"
+
+
+def _why_undefined(labels: Labels) -> str | None:
+    """Why agreement over the items with two or more labels is undefined (chance-corrected
+    statistics are 0/0), or None when some such item holds two different labels' worth of
+    variation."""
+    counts = labels.counts()
+    pairable = counts[counts.sum(axis=1) >= 2]
+    if len(pairable) == 0:
+        return NO_PAIRS
+    used = np.nonzero(pairable.sum(axis=0))[0]
+    if len(used) == 1:
+        return (
+            f"every label on items with two or more labels is {labels.values[used[0]]}: "
+            "no variation to agree on (expected disagreement is 0, so the statistic is 0/0)"
+        )
+    return None
+
+
+def _why_kappa_undefined(labels: Labels, a: str, b: str) -> str:
+    names = labels.annotators.tolist()
+    m = labels.matrix()
+    both = (m[:, names.index(a)] >= 0) & (m[:, names.index(b)] >= 0)
+    used = np.unique(m[both][:, [names.index(a), names.index(b)]])
+    shown = ", ".join(str(labels.values[u]) for u in used)
+    return (
+        f"{a} and {b} gave only {shown} on the {int(both.sum())} items they share: "
+        "no variation to agree on (chance agreement is 1, so kappa is 0/0)"
+    )
+
+
+def _why_no_interval(estimate: Any, note: str | None, replicates: int, pairable: int) -> str:
+    if replicates < 1:
+        return "no bootstrap replicates were asked for"
+    if pairable < 2:
+        return f"{pairable} item(s) with two or more labels: too few to resample"
+    if estimate is None and note:
+        return note
+    return "undefined in every bootstrap replicate"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rlhfkit import strict_json
 from rlhfkit.cli.common import console
 
 
@@ -54,6 +54,11 @@ def agreement(
 
     if level not in LEVELS:
         raise UserError(f"--level is one of {', '.join(LEVELS)}")
+    for option, value in (("--threshold", threshold), ("--anchor-threshold", anchor_threshold)):
+        if not 0.0 <= value <= 1.0:  # also refuses nan, which compares false
+            raise UserError(f"{option} is a share: a finite number from 0 to 1, not {value}")
+    if window < 1 or bootstrap < 0:
+        raise UserError("--window is at least 1 and --bootstrap at least 0")
     values = [v.strip() for v in order.split(",")] if order else None
     data = read_labels(labels, values)
     if level != "nominal" and not data.numeric and values is None:
@@ -86,7 +91,7 @@ def agreement(
                 str(anchor_accuracy_plot(series, plots / "anchors.png", anchor_threshold))
             )
     if as_json:
-        print(json.dumps(summary))
+        print(strict_json.dumps(strict_json.nulled(summary)))
         return
     _print(summary)
 
@@ -115,7 +120,7 @@ def _print(s: dict) -> None:
         "percent agreement",
         _fmt(s["percent_agreement"]),
         f"{_fmt(ci['percent_agreement'][0])} - {_fmt(ci['percent_agreement'][1])}",
-        "",
+        s["percent_agreement_note"] or "",
     )
     table.add_row(
         f"Krippendorff's alpha ({s['level']})",
@@ -127,7 +132,7 @@ def _print(s: dict) -> None:
         "Cohen's kappa, mean of pairs",
         _fmt(s["cohen_kappa_mean"]),
         f"{_fmt(ci['cohen_kappa_mean'][0])} - {_fmt(ci['cohen_kappa_mean'][1])}",
-        "",
+        s["cohen_kappa_mean_note"] or "",
     )
     table.add_row("Fleiss' kappa", _fmt(s["fleiss_kappa"]), "", s["fleiss_kappa_note"] or "")
     console.print(table)
@@ -137,6 +142,11 @@ def _print(s: dict) -> None:
         f"calibration gate: percent agreement {_fmt(gate['value'])} vs threshold "
         f"{gate['threshold']:.2f}: {verdict}"
     )
+    if gate["value_note"]:
+        console.print(f"  ({gate['value_note']})")
+    for name, why in s["ci_notes"].items():
+        if s[name] is not None:  # else the statistic's own note says it
+            console.print(f"no interval for {name.replace('_', ' ')}: {why}")
     if gate["disputed_items"]:
         worst = ", ".join(f"{i} ({a:.2f})" for i, a in gate["disputed_items"][:5])
         console.print(f"most disputed items: {worst}")
