@@ -5,6 +5,9 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from statsmodels.stats.proportion import proportion_confint, proportions_ztest
 
 from rlhfkit.evaluate import stats as S
@@ -101,3 +104,76 @@ def test_bad_shapes_are_refused():
         S.compare_rates(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="prompts, samples"):
         S.compare_rates(np.zeros(3), np.zeros(3))
+
+
+# --- constant input: undefined, however the float rounding falls --------------------------------
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+
+
+def test_a_constant_whose_float_std_is_not_zero_is_constant():
+    x = np.full(7, 0.1)
+    assert np.std(x) > 0  # the mean of seven 0.1s is not 0.1: std is ~1e-17
+    y = np.arange(7.0)
+    assert S.pearson(x, y) is None and S.pearson(y, x) is None
+    assert S.spearman(x, y) is None and S.spearman(y, x) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-1e30, 1e30, allow_nan=False).filter(lambda c: c != 0),  # float32 holds it
+    st.lists(st.integers(-3, 3), min_size=2, max_size=40),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float64, np.float32]),
+)
+def test_constant_plus_ulp_noise_has_no_correlation(c, steps, seed, dtype):
+    """A constant vector perturbed by a few units in the last place (what sums and means
+    of equal numbers produce) is constant: Pearson and Spearman are None, never 0.0."""
+    base = dtype(c)
+    x = np.array([base] * len(steps), dtype=dtype)
+    for i, k in enumerate(steps):
+        for _ in range(abs(k)):
+            x[i] = np.nextafter(x[i], dtype(np.inf) if k > 0 else dtype(-np.inf))
+    y = np.random.default_rng(seed).random(len(steps))
+    assert S.pearson(x, y) is None and S.pearson(y, x) is None
+    assert S.spearman(x, y) is None and S.spearman(y, x) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    arrays(np.float64, st.integers(3, 30), elements=finite),
+    st.integers(0, 2**32 - 1),
+    st.floats(1e-3, 1e3),
+    st.floats(-1e3, 1e3),
+)
+def test_pearson_is_invariant_to_positive_affine_maps(x, seed, scale, shift):
+    assume(np.ptp(x) > 1e-6 * max(1.0, np.max(np.abs(x))))
+    y = np.random.default_rng(seed).normal(size=len(x))
+    r = S.pearson(x, y)
+    assert r is not None and -1.0 <= r <= 1.0
+    assert S.pearson(scale * x + shift, y) == pytest.approx(r, abs=1e-9)
+    assert S.pearson(-scale * x + shift, y) == pytest.approx(-r, abs=1e-9)
+    mapped = scale * x + shift
+    if len(np.unique(mapped)) == len(np.unique(x)):  # rounding can merge close values
+        assert S.spearman(mapped, y) == pytest.approx(S.spearman(x, y), abs=1e-12)
+
+
+def test_correlations_of_non_finite_input_are_undefined():
+    assert S.pearson([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]) is None
+    assert S.pearson([1.0, float("inf"), 3.0], [1.0, 2.0, 3.0]) is None
+    assert S.spearman([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0]) is None
+
+
+def test_collapsed_rewards_read_as_undefined_in_eval_rm_and_the_monitor():
+    """Every reward 0.1 (a collapsed reward model): the length correlation is n/a, not 0.00."""
+    from rlhfkit.evaluate.monitors import reward_length_flag
+    from rlhfkit.evaluate.rm import length_bias
+    from rlhfkit.project import MonitorSettings
+
+    rows = [{"chosen": "a " * (i + 1), "rejected": "b " * (2 * i + 3)} for i in range(6)]
+    bias = length_bias(rows, np.full(6, 0.1), np.full(6, 0.1))
+    assert bias["pearson"] is None and bias["spearman"] is None
+    flag = reward_length_flag(
+        [0.1] * 12, [f"w{i} " * (i + 1) for i in range(12)], MonitorSettings()
+    )
+    assert flag.value is None and "constant" in flag.explanation

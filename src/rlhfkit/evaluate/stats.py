@@ -257,12 +257,43 @@ def win_rate(
     )
 
 
+CONSTANT_ULPS = 16
+"""Values within this many units in the last place of their largest magnitude are one value
+(rounding noise), wherever a statistic divides by their spread."""
+
+
+def is_constant(x: np.ndarray) -> bool:
+    """Whether `x` is constant up to float rounding: its range is at most CONSTANT_ULPS units
+    in the last place of max |x|, in x's own float precision. `np.std` of seven 0.1s is 1e-17,
+    not 0, and dividing by it turns rounding noise into a correlation."""
+    a = np.asarray(x)
+    kind = a.dtype.type if a.dtype.kind == "f" else np.float64
+    v = a.astype(float)
+    if len(v) == 0:
+        return True
+    return float(np.ptp(v)) <= CONSTANT_ULPS * float(np.spacing(kind(np.max(np.abs(v)))))
+
+
+def _correlatable(x: np.ndarray, y: np.ndarray) -> bool:
+    """Two or more finite pairs, neither side constant: otherwise a correlation is undefined."""
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) < 2 or len(x) != len(y):
+        return False
+    if not (np.isfinite(x.astype(float)).all() and np.isfinite(y.astype(float)).all()):
+        return False
+    return not is_constant(x) and not is_constant(y)
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Pearson correlation; None when either side is constant (it is undefined then)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or np.std(x) == 0 or np.std(y) == 0:
+    """Pearson correlation; None when it is undefined: either side constant (see
+    `is_constant`), a non-finite value, or fewer than two pairs."""
+    if not _correlatable(x, y):
         return None
-    return float(np.corrcoef(x, y)[0, 1])
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    # scale, then centre: corrcoef of values near 1e300 overflows in its sums of products
+    x, y = x / np.abs(x).max(), y / np.abs(y).max()
+    x, y = x - x.mean(), y - y.mean()
+    return float(np.clip(np.corrcoef(x, y)[0, 1], -1.0, 1.0))
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -279,4 +310,8 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation; None where `pearson` of the values would be (ranks of
+    rounding noise are distinct, so constancy is judged on the values, not the ranks)."""
+    if not _correlatable(x, y):
+        return None
     return pearson(ranks(x), ranks(y))
