@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rlhfkit import strict_json
 from rlhfkit.data import Format, load, write_jsonl
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import config_hash, sha256_file, write_manifest
@@ -178,7 +179,7 @@ def generate_candidates(
     if not done:
         out.parent.mkdir(parents=True, exist_ok=True)
         with partial.open("w") as f:
-            f.write(json.dumps({"config_hash": config_hash(settings)}) + "\n")
+            f.write(strict_json.dumps({"config_hash": config_hash(settings)}) + "\n")
 
     def prompts_done(n_units: int) -> int:
         whole, part = divmod(n_units, len(batches))
@@ -199,7 +200,7 @@ def generate_candidates(
         unit_cfg = replace(cfg, n=sources[s][1])
         groups = sample(model, tokenizer, texts, unit_cfg, batch_index=u, chat=conversational)
         with partial.open("a") as f:
-            f.write(json.dumps(groups) + "\n")
+            f.write(strict_json.dumps(groups) + "\n")
             f.flush()
             os.fsync(f.fileno())
         done.append(groups)

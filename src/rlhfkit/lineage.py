@@ -7,12 +7,11 @@ a folder), so a report can trace itself back through model, labels and rubric ve
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from rlhfkit import __version__
+from rlhfkit import __version__, strict_json
 
 
 def sha256_file(path: Path) -> str:
@@ -24,7 +23,9 @@ def sha256_file(path: Path) -> str:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        strict_json.dumps(config, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 def manifest_path(artifact: Path) -> Path:
@@ -52,6 +53,6 @@ def write_manifest(
     }
     target = manifest_path(artifact)
     with atomic_open(target) as f:
-        json.dump(record, f, indent=2, default=str)
+        strict_json.dump(record, f, indent=2, default=str)
         f.write("\n")
     return target

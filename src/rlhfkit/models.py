@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
 import os
 import shutil
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlhfkit import strict_json
 from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import sha256_file
@@ -166,7 +166,7 @@ def _write_manifest(folder: Path, fields: dict) -> None:
         "transformers_version": transformers.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (folder / MANIFEST).write_text(json.dumps(fields, indent=2) + "\n")
+    (folder / MANIFEST).write_text(strict_json.dumps(fields, indent=2) + "\n")
 
 
 def bundled_aliases() -> list[str]:

@@ -9,7 +9,6 @@ and drift over time). A gold file for anchors has `item` and `label`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import unicodedata
 from dataclasses import dataclass
@@ -230,7 +229,7 @@ def canonical_id(value: Any) -> str:
     if value is None:
         raise ValueError("missing")
     if isinstance(value, bool):
-        raise ValueError(f"must be a string or an integer, not {json.dumps(value)}")
+        raise ValueError(f"must be a string or an integer, not {_json_bool(value)}")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
@@ -258,7 +257,7 @@ def canonical_value(value: Any) -> str | int | float:
     if value is None:
         raise ValueError("missing")
     if isinstance(value, bool):
-        return json.dumps(value)
+        return _json_bool(value)
     if isinstance(value, int | float):
         _finite(value)
         return value
@@ -289,6 +288,10 @@ def _json_float(x: float) -> str:
     return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
 def _json_kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
@@ -297,8 +300,10 @@ def _timestamp(value: Any) -> float:
     """Unix seconds from a number, numeric text or ISO 8601 text; nan when empty."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return math.nan
-    if isinstance(value, bool | dict | list):
-        raise ValueError(f"is neither ISO 8601 nor Unix seconds: {json.dumps(value)}")
+    if isinstance(value, bool):
+        raise ValueError(f"is neither ISO 8601 nor Unix seconds: {_json_bool(value)}")
+    if isinstance(value, dict | list):
+        raise ValueError(f"is neither ISO 8601 nor Unix seconds: {_json_kind(value)}")
     if isinstance(value, int | float):
         return _finite(value)
     try:

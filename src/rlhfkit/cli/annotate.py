@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 
 app = typer.Typer(
@@ -177,7 +177,7 @@ def status(
     finally:
         store.close()
     if as_json:
-        print(json.dumps(s))
+        print(strict_json.dumps(strict_json.nulled(s)))
         return
     _print_status(s)
 

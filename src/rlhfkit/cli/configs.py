@@ -9,6 +9,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import math
 import textwrap
 import typing
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from rlhfkit.errors import UserError
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -71,6 +74,12 @@ def command_from_config(
         )
 
     def command(**kwargs: Any) -> None:
+        for name, value in kwargs.items():
+            # click's float type takes "nan" and "inf"; no setting means either, and a NaN
+            # would reach the config hash and the manifest (strict JSON refuses it there)
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} must be a finite number, not {value}")
         run(config_cls(**kwargs))
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

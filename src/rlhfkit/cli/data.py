@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 
 app = typer.Typer(
@@ -51,7 +51,7 @@ def validate(
                     "metadata": dataset.metadata_fields(),
                 }
             record["problems"] = [str(p) for p in problems]
-            console.print_json(json.dumps(record))
+            console.print_json(strict_json.dumps(record))
         elif dataset is not None:
             meta = dataset.metadata_fields()
             console.print(

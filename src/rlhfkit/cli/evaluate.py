@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 
 app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
@@ -37,10 +37,10 @@ def eval_rm(
         from rlhfkit.data.io import atomic_open
 
         with atomic_open(out) as f:
-            json.dump(figures, f, indent=2)
+            strict_json.dump(strict_json.nulled(figures), f, indent=2)
             f.write("\n")
     if as_json:
-        console.print_json(json.dumps(figures))
+        console.print_json(strict_json.dumps(strict_json.nulled(figures)))
         return
     for line in summary_lines(figures):
         console.print(line, markup=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 import typer
 
+from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.configs import command_from_config
 from rlhfkit.train.loop import LoopConfig
@@ -79,7 +79,10 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
             console.print(f"note: {result.truncated} completions were cut at --max-length")
         if result.last:
             console.print(
-                "last step: " + json.dumps({k: round(v, 4) for k, v in result.last.items()})
+                "last step: "
+                + strict_json.dumps(
+                    strict_json.nulled({k: round(v, 4) for k, v in result.last.items()})
+                )
             )
 
     return run

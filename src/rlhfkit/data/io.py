@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from rlhfkit import strict_json
 from rlhfkit.data.formats import DEFAULT_MAX_CHARS, Format, Kind, RowError, check_row
 from rlhfkit.errors import Problem, UserError, display_path
 
@@ -201,7 +202,7 @@ def write_jsonl(path: Path | str, rows: Iterable[dict[str, Any]]) -> int:
     n = 0
     with atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(strict_json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
 
@@ -216,7 +217,7 @@ def write_hf_dataset(path: Path | str, rows: list[dict[str, Any]]) -> int:
 
     path = Path(path)
     encoded = [
-        {**r, "votes": json.dumps(r["votes"])} if isinstance(r.get("votes"), dict) else r
+        {**r, "votes": strict_json.dumps(r["votes"])} if isinstance(r.get("votes"), dict) else r
         for r in rows
     ]
     with atomic_dir(path) as tmp:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from rlhfkit import strict_json
 from rlhfkit.demo.panel import SimulatedAnnotator, default_panel, rubric_scores
 
 
@@ -57,7 +58,7 @@ class _Client:
     def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any, dict]:
         """(status, parsed JSON or None, headers); reconnects and retries twice when the
         connection drops (every POST carries a client_id, so a retry never labels twice)."""
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else strict_json.dumps(body).encode()
         headers = self._headers | ({"Content-Type": "application/json"} if data else {})
         for attempt in range(3):
             try:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from rlhfkit import strict_json
 from rlhfkit.data.io import atomic_open
 from rlhfkit.lineage import config_hash
 
@@ -189,7 +190,7 @@ class StageLog:
 
     def _save(self) -> None:
         with atomic_open(self.path) as f:
-            json.dump(self.records, f, indent=2)
+            strict_json.dump(strict_json.nulled(self.records), f, indent=2)
 
     def seconds(self) -> dict[str, float]:
         return {name: r["seconds"] for name, r in self.records.items() if "seconds" in r}

@@ -9,7 +9,6 @@ what a team would run by hand. Training stages resume from their last checkpoint
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhfkit import strict_json
 from rlhfkit.data.io import atomic_open
 from rlhfkit.demo.pipeline import Preset
 
@@ -106,7 +106,9 @@ def project_spec(paths: Paths, preset: Preset) -> None:
         init_project(paths.project)
     text = spec.read_text()
     sized = re.sub(
-        r"^calibration_size = \d+", f"calibration_size = {preset.calibration_size}", text,
+        r"^calibration_size = \d+",
+        f"calibration_size = {preset.calibration_size}",
+        text,
         flags=re.M,
     )
     if sized != text:
@@ -289,7 +291,7 @@ def _split(prefs: Path, share: float) -> tuple[list[dict], list[dict]]:
 
     train, heldout = [], []
     for row in load(prefs).rows:
-        prompt = json.dumps(row.get("prompt"), sort_keys=True)
+        prompt = strict_json.dumps(row.get("prompt"), sort_keys=True)
         h = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8
         (heldout if h < share else train).append(row)
     return train, heldout
@@ -428,4 +430,4 @@ def clear(path: Path) -> None:
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as f:
-        json.dump(data, f, indent=2, default=str)
+        strict_json.dump(strict_json.nulled(data), f, indent=2, default=str)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import Field, field_validator, model_validator
 
+from rlhfkit import strict_json
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.spec_base import NAME, Strict
 
@@ -341,7 +342,7 @@ def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
 
 def hash_criteria(dumped: list[dict[str, Any]]) -> str:
     """The hash `ProjectSpec.criteria_hash` computes, from the criteria as JSON."""
-    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(strict_json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -403,7 +404,7 @@ def freeze_criteria(project: Project, stage: str) -> CriteriaStatus:
             "criteria": dumped,
         }
         with atomic_open(lock) as f:
-            json.dump(record, f, indent=2)
+            strict_json.dump(record, f, indent=2)
             f.write("\n")
     return criteria_status(project)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rlhfkit import strict_json
 from rlhfkit.errors import UserError
 
 Preference = Literal["a", "b", "tie", "both_bad"]
@@ -291,7 +292,7 @@ class OpenAIJudge(PairwiseJudge):
             "max_tokens": c.max_tokens,
         }
         key = hashlib.sha256(
-            json.dumps([c.base_url.rstrip("/"), body], sort_keys=True).encode()
+            strict_json.dumps([c.base_url.rstrip("/"), body], sort_keys=True).encode()
         ).hexdigest()
         cached = c.cache_dir / f"{key}.json" if c.cache_dir else None
         if cached is not None and cached.exists():
@@ -306,7 +307,7 @@ class OpenAIJudge(PairwiseJudge):
             from rlhfkit.data.io import atomic_open
 
             with atomic_open(cached) as f:
-                json.dump({"content": content, "model": c.model}, f)
+                strict_json.dump({"content": content, "model": c.model}, f)
         return content
 
     def _post(self, body: dict[str, Any]) -> str:
@@ -315,7 +316,7 @@ class OpenAIJudge(PairwiseJudge):
         headers = {"Content-Type": "application/json"}
         if c.api_key:
             headers["Authorization"] = f"Bearer {c.api_key}"
-        data = json.dumps(body).encode()
+        data = strict_json.dumps(body).encode()
         last = ""
         for attempt in range(c.retries + 1):
             if attempt:

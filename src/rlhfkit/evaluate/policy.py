@@ -57,6 +57,7 @@ from typing import Any
 
 import numpy as np
 
+from rlhfkit import strict_json
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.evaluate import stats
 from rlhfkit.evaluate.criteria import DetectContext, JudgeDetector, criteria_status, detect
@@ -239,7 +240,7 @@ def sample_model(
             from rlhfkit.data.io import atomic_open
 
             with atomic_open(cached) as f:
-                json.dump({"model": ref, "samples": asdict(out)}, f)
+                strict_json.dump({"model": ref, "samples": asdict(out)}, f)
 
     same = same_tokens_as is None or same_tokens_as.get_vocab() == tok.get_vocab()
     return ModelRun(
@@ -319,7 +320,7 @@ def _rewards(
         return [float(r) for r in json.loads(cached.read_text())]
     found = judge.scores(prompts, texts)
     with atomic_open(cached) as f:  # creates the folder
-        json.dump(found, f)
+        strict_json.dump(found, f)  # a cache must read back as written
     return found
 
 
@@ -599,7 +600,7 @@ def _write(cfg, result, rows, prompts_path: Path, spec_path: Path) -> None:
     # samples first: an eval.json is only ever beside the samples it describes
     write_jsonl(out / "samples.jsonl", rows)
     with atomic_open(out / "eval.json") as f:
-        json.dump(result, f, indent=2)
+        strict_json.dump(strict_json.nulled(result), f, indent=2)
         f.write("\n")
     write_manifest(
         out / "eval.json",

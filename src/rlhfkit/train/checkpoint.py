@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhfkit import strict_json
 from rlhfkit.errors import UserError
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def save_checkpoint(
             os.fsync(f.fileno())
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "meta.json").write_text(strict_json.dumps(meta))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         for old in sorted(out.glob("checkpoint-*"))[:-2]:  # keep the last two
@@ -181,7 +182,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json.dumps(strict_json.nulled(record)) + "\n")  # a diverged loss
         step = record["step"]
         numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
         if self.report_to == "tensorboard":

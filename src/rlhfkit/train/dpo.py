@@ -9,7 +9,6 @@ forward pass, and only completion tokens reach the LM head.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit import strict_json
 from rlhfkit.data import Format, load
 from rlhfkit.train.batches import (
     Batch,
@@ -185,5 +185,5 @@ def _reference_key(model_dir: Path, examples: list[Example], precision: str) -> 
         h.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     h.update(precision.encode())
     for ex in examples:
-        h.update(json.dumps([ex.prompt, *ex.completions]).encode())
+        h.update(strict_json.dumps([ex.prompt, *ex.completions]).encode())
     return h.hexdigest()[:24]
