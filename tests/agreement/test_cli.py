@@ -6,6 +6,8 @@ from pathlib import Path
 import krippendorff
 import numpy as np
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import run_cli, write_lines
 
@@ -267,3 +269,80 @@ def test_every_label_the_same_explains_fleiss_too(tmp_path):
     assert s["fleiss_kappa"] is None and "no variation" in s["fleiss_kappa_note"]
     assert s["krippendorff_alpha"] is None and "no variation" in s["krippendorff_alpha_note"]
     assert s["cohen_kappa"] == {"x|y": None} and "no variation" in s["cohen_kappa_notes"]["x|y"]
+
+
+# --- any label file: a summary or FILE:LINE problems, never a traceback ---------------------
+
+json_values = st.one_of(
+    st.integers(-3, 3),
+    st.sampled_from([1.0, 2.5, 1e3, -0.0, 10**400, True, False, None, [], {}, [1], {"a": 1}]),
+    st.sampled_from(["A", "B", "tie", "both_bad", " A", "a\u0301", "\u00e1", "", " ", "nan"]),
+    st.sampled_from(["inf", "1", "1.0", "01", "2"]),
+)
+good_labels = st.one_of(st.sampled_from(["A", "B", "tie", "both_bad"]), st.integers(1, 3))
+raw_tokens = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999"])
+
+
+@st.composite
+def label_files(draw):
+    """Mostly valid rows (every annotator at most once per item), each row with a small
+    chance of one hostile value: a wrong type, a non-finite token, an id spelled anew."""
+    spellings = {0: [0, "0", " 0"], 1: [1, "1"], 2: ["b", " b"], 3: ["\u00e1", "a\u0301"]}
+    lines = []
+    for item in range(draw(st.integers(1, 4))):
+        for who in draw(st.lists(st.sampled_from(["x", "y", "z"]), max_size=3, unique=True)):
+            row = {
+                "item": draw(st.sampled_from(spellings[item])),
+                "annotator": who,
+                "label": draw(good_labels),
+            }
+            if draw(st.booleans()):
+                row["shown_first"] = draw(st.sampled_from(["A", "B"]))
+            if draw(st.booleans()):
+                row["timestamp"] = draw(st.sampled_from([1_700_000_000, "2024-01-01T00:00:00Z"]))
+            text = json.dumps(row)
+            hostile = draw(st.integers(0, 12))
+            column = draw(st.sampled_from(sorted(row)))
+            if hostile == 0:
+                text = json.dumps({**row, column: draw(json_values)})
+            elif hostile == 1:
+                text = json.dumps({**row, column: "@@"}).replace('"@@"', draw(raw_tokens))
+            lines.append(text)
+            if hostile == 2:  # the same label again, the item spelled another way
+                lines.append(json.dumps({**row, "item": draw(st.sampled_from(spellings[item]))}))
+    return lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    label_files(),
+    st.sampled_from([[], ["--level", "interval"], ["--level", "ordinal", "--order", "A,B,tie"]]),
+    st.sampled_from([[], ["--order", "1,2,3"], ["--order", "B,A"]]),
+)
+def test_any_label_file_gives_a_summary_or_problems_never_a_traceback(
+    tmp_path_factory, lines, level, order
+):
+    path = tmp_path_factory.mktemp("fuzz") / "labels.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    args = [*level, *(order if "--order" not in level else [])]
+    result = run_cli("agreement", str(path), "--json", "--bootstrap", "20", *args)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.code in (0, 2), result.stderr
+    if result.code == 0:
+        assert nulls_without_a_reason(strict_json(result.stdout)) == []
+        event("summary")
+    else:
+        assert result.stdout == ""
+
+
+def test_an_order_of_words_for_numeric_labels_is_reported_not_a_crash(tmp_path):
+    path = write_lines(
+        tmp_path / "n.jsonl",
+        [{"item": 1, "annotator": "x", "label": 1}, {"item": 1, "annotator": "y", "label": 2}],
+    )
+    result = run_cli("agreement", str(path), "--order", "B,A", "--json")
+    assert result.code == 2 and "Traceback" not in result.stderr
+    assert "n.jsonl:1: label 1 is not among the --order values" in result.stderr
+    mixed = run_cli("agreement", str(path), "--order", "1,2,B", "--level", "ordinal", "--json")
+    assert mixed.code == 0, mixed.stderr
+    assert strict_json(mixed.stdout)["values"] == [1.0, 2.0, 3.0]  # ranks of 1, 2, B

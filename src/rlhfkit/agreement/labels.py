@@ -100,6 +100,9 @@ class Labels:
 
         Raises ValueError when an annotator labels the same item twice."""
         numeric, values_in = _label_values(label)
+        if order is not None and numeric and not all(_is_number(v) for v in order):
+            # an order of words: numbers among the labels are words too ("1", not 1.0)
+            numeric, values_in = False, np.array([_coerce(v, False) for v in label])
         if order is not None:
             domain = np.array([_coerce(v, numeric) for v in order])
             unknown = np.setdiff1d(values_in, domain)
@@ -355,7 +358,7 @@ def read_labels(path: Path, order: list | None = None) -> Labels:
         keep_lines.append(line)
     rows, lines = keep_rows, keep_lines
     if order is not None and not problems:
-        numeric = all(_is_number(r["label"]) for r in rows)
+        numeric = all(_is_number(v) for v in order) and all(_is_number(r["label"]) for r in rows)
         allowed = {_coerce(v, numeric) for v in order}
         for row, line in zip(rows, lines, strict=True):
             if _coerce(row["label"], numeric) not in allowed:
