@@ -89,6 +89,7 @@ def test_unicode_forms_of_one_name_are_one_annotator(tmp_path):
         ("NaN", "item is not a finite number (NaN)"),
         ("Infinity", "item is not a finite number (Infinity)"),
         ("1e999", "item is not a finite number (Infinity)"),
+        ('"a\\ud800"', "item is not valid Unicode text: a lone surrogate '\\ud800'"),
     ],
 )
 def test_ids_that_are_not_strings_or_integers_are_refused(tmp_path, raw, reason):

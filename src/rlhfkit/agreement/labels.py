@@ -243,10 +243,7 @@ def canonical_id(value: Any) -> str:
             f'or as a string ("{value!r}")'
         )
     if isinstance(value, str):
-        text = unicodedata.normalize("NFC", value).strip()
-        if not text:
-            raise ValueError("missing")
-        return text
+        return _text(value)
     raise ValueError(f"must be a string or an integer, not {_json_kind(value)}")
 
 
@@ -265,9 +262,7 @@ def canonical_value(value: Any) -> str | int | float:
         _finite(value)
         return value
     if isinstance(value, str):
-        text = unicodedata.normalize("NFC", value).strip()
-        if not text:
-            raise ValueError("missing")
+        text = _text(value)
         try:
             _finite(float(text))
         except (ValueError, OverflowError) as e:
@@ -275,6 +270,21 @@ def canonical_value(value: Any) -> str | int | float:
                 raise
         return text
     raise ValueError(f"must be a string or a number, not {_json_kind(value)}")
+
+
+def _text(value: str) -> str:
+    """NFC-normalised, without surrounding whitespace; refuses text no file or terminal can
+    hold (a JSON escape of half a surrogate pair, "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"is not valid Unicode text: a lone surrogate {value[e.start]!r}"
+        ) from None
+    text = unicodedata.normalize("NFC", value).strip()
+    if not text:
+        raise ValueError("missing")
+    return text
 
 
 def _finite(x: int | float) -> float:
