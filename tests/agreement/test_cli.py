@@ -331,6 +331,8 @@ def test_any_label_file_gives_a_summary_or_problems_never_a_traceback(
     if result.code == 0:
         assert nulls_without_a_reason(strict_json(result.stdout)) == []
         event("summary")
+        table = run_cli("agreement", str(path), "--bootstrap", "20", *args)
+        assert table.code == 0, table.stderr
     else:
         assert result.stdout == ""
 
