@@ -104,11 +104,18 @@ def evaluate_gate(conn: Connection, policy: Policy, round_id: int) -> None:
 
 
 def open_round(
-    conn: Connection, policy: Policy, reason: str, rng: random.Random, actor: str = "scheduler"
+    conn: Connection,
+    policy: Policy,
+    reason: str,
+    rng: random.Random,
+    actor: str = "scheduler",
+    now: float | None = None,
 ) -> int | None:
     """Open a calibration round of up to `calibration_size` untouched main items; returns the
     round waiting for the team (an existing one that nobody has finished), or None when no
-    item is left to calibrate on."""
+    item is left to calibrate on. `now`: the caller's clock, so that tasks it hands out in
+    the same transaction are not older than the round (the scheduler tells a round's tasks
+    by their time)."""
     # One opener at a time, on every database: lock the store's schema-version row.
     conn.execute(select(m.Meta.value).where(m.Meta.key == "schema_version").with_for_update())
     latest = conn.execute(
@@ -144,7 +151,9 @@ def open_round(
     if size == 0:
         return None
     conn.execute(
-        insert(rounds).values(id=round_id, size=size, reason=reason, created_at=time.time())
+        insert(rounds).values(
+            id=round_id, size=size, reason=reason, created_at=time.time() if now is None else now
+        )
     )
     record_event(conn, "round_opened", actor, round=round_id, size=size, reason=reason)
     return round_id

@@ -5,16 +5,25 @@ The rules, in the order `next_task` applies them to one annotator:
 1. An open task of theirs that has not timed out is handed out again (a reload shows the same
    pair). Tasks past `task_timeout_s` expire; a main item's slot returns to the pool.
 2. Calibration: while they have not finished the latest calibration round, they get its
-   items (every annotator labels every item of a round; see `rounds`).
+   items (every annotator labels every item of a round; see `rounds`). A calibration task
+   they abandoned, anchor or not, comes back first.
 3. The gate: the main queue is open only while the latest evaluated round passed the
    agreement threshold, or an admin overrode it.
 4. Recalibration: after `recalibrate_every` labels since their last round, a new round is
    opened (fresh, unlabeled items) for the whole team, unless one is already waiting.
-5. Anchors, items with a known answer, replace a task at `anchor_rate` in both phases;
-   nothing in the task tells them apart.
+5. Anchors, items with a known answer, replace a task at `anchor_rate` in both phases, but
+   only while a real item is left for them: when the round's items or the main queue are
+   used up, so are the anchors. Done is done.
 6. Main items: those with fewer than `overlap` slots taken, nearly finished ones first. A
    slot is taken with a conditional update (``taken < overlap``), which PostgreSQL re-checks
    after a concurrent writer commits: an item never gets more than `overlap` labels.
+
+Anchors stay secret: nothing an annotator sees may depend on which items are anchors. An
+anchor task looks like any other, is abandoned and handed back like any other of its phase,
+and the draw takes as many random numbers whatever it finds, so that two stores differing
+only in whether one item is an anchor show a seeded annotator the same tasks in the same
+order (tests/annotate/test_anchor_secrecy.py). `status.annotator_progress` counts tasks
+alike for the same reason.
 
 Nobody sees an item twice (a unique constraint), and the display order is drawn per task and
 stored (position-bias statistics need it). Labels are stored by `labeling`.
@@ -24,6 +33,7 @@ Statements are built once, at import: on the hot path SQLAlchemy then only binds
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter
@@ -41,7 +51,9 @@ from rlhfkit.annotate.rounds import finish_round, gate_state, open_round
 from rlhfkit.annotate.store import Store
 
 SWEEP_EVERY_S = 5.0
-tasks, items, labels, people = (t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator))
+tasks, items, labels, people, rounds = (
+    t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator, m.Round)
+)
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,21 @@ TEXT = select(items.c.prompt, items.c.response_a, items.c.response_b).where(
     items.c.id == bindparam("i")
 )
 NOT_SEEN = ~exists().where(tasks.c.item_id == items.c.id, tasks.c.annotator_id == bindparam("a"))
-UNSEEN_ANCHORS = select(items.c.id).where(items.c.kind == m.ANCHOR, NOT_SEEN).order_by(items.c.id)
+UNSEEN_ANCHORS = select(items.c.id, items.c.external_id).where(items.c.kind == m.ANCHOR, NOT_SEEN)
+ROUND_CREATED = select(rounds.c.created_at).where(rounds.c.id == bindparam("r"))
+# A calibration task of theirs in this round that timed out before they labeled it (a label
+# closes a task, so an expired one has none).
+ABANDONED = (
+    select(tasks.c.id, tasks.c.item_id, tasks.c.swap, tasks.c.phase)
+    .where(
+        tasks.c.annotator_id == bindparam("a"),
+        tasks.c.status == m.EXPIRED,
+        tasks.c.phase == "calibration",
+        tasks.c.created_at >= bindparam("since"),
+    )
+    .order_by(tasks.c.created_at, tasks.c.id)
+    .limit(1)
+)
 NEXT_IN_ROUND = (
     select(items.c.id)
     .where(
@@ -136,6 +162,7 @@ CANDIDATES = (
 # time and renders no lock clause.
 CANDIDATE_UNLOCKED = CANDIDATES.limit(1).with_for_update(skip_locked=True, of=items)
 SOME_CANDIDATES = CANDIDATES.limit(8)
+MAIN_LEFT = CANDIDATES.limit(1)
 TAKE = (
     update(items)
     .where(items.c.id == bindparam("i"), items.c.taken < bindparam("k"))
@@ -157,6 +184,7 @@ RELEASE = (
 ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN = map(
     Prepared, (ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN)
 )
+ROUND_CREATED, ABANDONED, MAIN_LEFT = map(Prepared, (ROUND_CREATED, ABANDONED, MAIN_LEFT))
 CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE = map(
     Prepared, (CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE)
 )
@@ -187,13 +215,18 @@ def _next_task(
     since = me.label_count - me.labels_at_calibration
     if policy.recalibrate_every and policy.calibration_size and since >= policy.recalibrate_every:
         reason = f"recalibration: {me.name} reached {since} labels"
-        new_round = open_round(conn, policy, reason, rng)
+        new_round = open_round(conn, policy, reason, rng, now=now)
         if new_round and me.calibrated_round < new_round:
             task = _calibration_task(conn, policy, me, new_round, now, rng)
             if task is not None:
                 return task
-    if policy.anchor_rate and rng.random() < policy.anchor_rate:
-        anchor = _unseen_anchor(conn, annotator_id, rng)
+    params = {"a": annotator_id, "k": policy.overlap}
+    if _anchor_slot(policy, rng):
+        # Only while a main item is left: an anchor after the queue's end would be the one
+        # task that could only be an anchor.
+        if MAIN_LEFT(conn, params).first() is None:
+            return NoTask("done")
+        anchor = _unseen_anchor(conn, annotator_id)
         if anchor is not None:
             return _assign(conn, policy, anchor, annotator_id, "main", now, rng)
     item = _take_main_item(conn, policy, annotator_id)
@@ -205,29 +238,54 @@ def _next_task(
 def _calibration_task(
     conn: Connection, policy: Policy, me: Any, round_id: int, now: float, rng: random.Random
 ) -> Task | None:
-    """Their next item of the round (or an anchor); None when they have labeled them all."""
-    if policy.anchor_rate and rng.random() < policy.anchor_rate:
-        anchor = _unseen_anchor(conn, me.id, rng)
-        if anchor is not None:
-            return _assign(conn, policy, anchor, me.id, "calibration", now, rng)
+    """Their next task of the round (an item or an anchor); None when they have labeled all
+    its items."""
+    # An abandoned task of this round comes back first, anchor or not: everyone must label
+    # every item, and an anchor that never came back would be told apart by that.
+    since = ROUND_CREATED(conn, {"r": round_id}).scalar_one()
+    mine = ABANDONED(conn, {"a": me.id, "since": since}).first()
+    if mine is not None:
+        return _reopen(conn, policy, mine, now)
     item_id = NEXT_IN_ROUND(conn, {"r": round_id, "a": me.id}).scalar()
     if item_id is None:  # finished (normally recorded when the last label came in)
         finish_round(conn, policy, me.id, round_id)
         return None
-    # An abandoned calibration task of theirs is reopened: everyone must label every item.
+    if _anchor_slot(policy, rng):
+        anchor = _unseen_anchor(conn, me.id)
+        if anchor is not None:
+            return _assign(conn, policy, anchor, me.id, "calibration", now, rng)
+    # A task of theirs for this item from before the round (a main task that expired, then
+    # the item was drawn for the round) is reopened: one task per item and annotator.
     mine = MY_TASK_FOR(conn, {"i": item_id, "a": me.id}).first()
     if mine is not None:
-        expires = now + policy.task_timeout_s
-        REOPEN(conn, {"t": mine.id, "e": expires})
-        return _task(conn, mine.id, mine.item_id, mine.swap, mine.phase, expires)
+        return _reopen(conn, policy, mine, now)
     return _assign(conn, policy, item_id, me.id, "calibration", now, rng)
 
 
-def _unseen_anchor(conn: Connection, annotator_id: int, rng: random.Random) -> int | None:
-    """An anchor this annotator has not seen, drawn with the scheduler's generator (not SQL's
-    random(): a seeded server then draws the same anchors every run)."""
-    ids = UNSEEN_ANCHORS(conn, {"a": annotator_id}).scalars().all()
-    return rng.choice(ids) if ids else None
+def _reopen(conn: Connection, policy: Policy, task: Any, now: float) -> Task:
+    expires = now + policy.task_timeout_s
+    REOPEN(conn, {"t": task.id, "e": expires})
+    return _task(conn, task.id, task.item_id, task.swap, task.phase, expires)
+
+
+def _anchor_slot(policy: Policy, rng: random.Random) -> bool:
+    """Whether this task is an anchor's, if one is left: drawn before looking at what is
+    left, so every task takes the same random numbers whatever it turns out to be."""
+    return bool(policy.anchor_rate) and rng.random() < policy.anchor_rate
+
+
+def _unseen_anchor(conn: Connection, annotator_id: int) -> int | None:
+    """The next anchor this annotator has not seen, in an order of their own: by a hash of
+    their id and the anchor's id. The order does not depend on which other items are
+    anchors or on how many there are (a draw from the list would), nor on SQL's random()."""
+    rows = UNSEEN_ANCHORS(conn, {"a": annotator_id}).all()
+    if not rows:
+        return None
+    return min(rows, key=lambda r: _anchor_key(annotator_id, r.external_id)).id
+
+
+def _anchor_key(annotator_id: int, external_id: str) -> bytes:
+    return hashlib.sha256(f"{annotator_id}\0{external_id}".encode()).digest()
 
 
 def _take_main_item(conn: Connection, policy: Policy, annotator_id: int) -> int | None:
@@ -284,6 +342,15 @@ def expire_abandoned(store: Store, now: float | None = None) -> int:
     now = time.time() if now is None else now
     store.last_sweep = now
     return store.run(lambda conn: _sweep(conn, now), durable=False)
+
+
+def release_open_tasks(conn: Connection, annotator_id: int) -> int:
+    """Expire every open task of this annotator now (their token was revoked): main items'
+    slots return to the pool. Returns how many were released."""
+    open_ids = conn.execute(
+        select(tasks.c.id).where(tasks.c.annotator_id == annotator_id, tasks.c.status == m.OPEN)
+    )
+    return _expire(conn, open_ids.scalars().all())
 
 
 def _sweep(conn: Connection, now: float) -> int:

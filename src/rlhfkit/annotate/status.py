@@ -251,7 +251,16 @@ def _number(x: float | None) -> float | None:
 
 
 def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[str, Any]:
-    """One annotator's view of their own progress (`GET /api/me`, the progress bar)."""
+    """One annotator's view of their own progress (`GET /api/me`, the labeling page's line).
+
+    Anchors must stay secret, so this counts tasks, whatever they were: `labels` is every
+    label they gave, anchors included, and `calibration.done` every task they finished in
+    the latest round, anchors included; each moves by one per label. There is no count of
+    what is left: the main queue's would move when they or anyone else took a main item and
+    not for an anchor, and a round's size or the number of anchors would say how many of
+    their tasks were anchors. `state` turns to done when no main item is left for them,
+    which is also when the anchors end (see `scheduling`); an open task of theirs, of any
+    kind, is still theirs to finish."""
     with store.read() as conn:
         me = conn.execute(select(m.Annotator).where(m.Annotator.id == annotator_id)).one()
         latest = conn.execute(select(m.Round).order_by(m.Round.id.desc()).limit(1)).first()
@@ -261,35 +270,32 @@ def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[
             done = conn.execute(
                 select(func.count())
                 .select_from(m.Label)
-                .join(m.Item, m.Item.id == m.Label.item_id)
-                .where(m.Label.annotator_id == annotator_id, m.Item.round == latest.id)
+                .where(
+                    m.Label.annotator_id == annotator_id,
+                    m.Label.phase == "calibration",
+                    m.Label.created_at >= latest.created_at,
+                )
             ).scalar_one()
-            calibration = {"round": latest.id, "done": done, "size": latest.size}
+            calibration = {"round": latest.id, "done": done}
+        holding = conn.execute(
+            select(m.Assignment.id).where(
+                m.Assignment.annotator_id == annotator_id, m.Assignment.status == m.OPEN
+            )
+        ).first()
         mine = select(m.Assignment.item_id).where(m.Assignment.annotator_id == annotator_id)
-        remaining = conn.execute(
-            select(func.count())
-            .select_from(m.Item)
+        main_left = conn.execute(
+            select(m.Item.id)
             .where(m.Item.kind == m.MAIN, m.Item.taken < policy.overlap)
             .where(m.Item.id.not_in(mine))
-        ).scalar_one()
-        # ... plus the main item they hold open right now: it is theirs to finish.
-        remaining += conn.execute(
-            select(func.count())
-            .select_from(m.Assignment)
-            .join(m.Item, m.Item.id == m.Assignment.item_id)
-            .where(
-                m.Assignment.annotator_id == annotator_id,
-                m.Assignment.status == m.OPEN,
-                m.Item.kind == m.MAIN,
-            )
-        ).scalar_one()
+            .limit(1)
+        ).first()
     in_calibration = latest is not None and me.calibrated_round < latest.id
     if in_calibration:
         state = "calibration"
     elif not is_open:
         state = "waiting_for_gate"
     else:
-        state = "main" if remaining else "done"
+        state = "main" if holding or main_left else "done"
     return {
         "annotator": me.name,
         "admin": bool(me.is_admin),
@@ -297,5 +303,23 @@ def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[
         "state": state,
         "calibration": calibration,
         "main_queue_open": is_open,
-        "remaining": remaining,
+        "progress": {"text": _progress_text(state, me.label_count, calibration)},
     }
+
+
+def _progress_text(state: str, labels: int, calibration: dict[str, int] | None) -> str:
+    """The labeling page's progress line (the page shows it as it is)."""
+
+    def pairs(n: int) -> str:
+        return f"{n} pair{'' if n == 1 else 's'} labeled"
+
+    if state == "calibration" and calibration:
+        return f"Calibration round {calibration['round']}: {pairs(calibration['done'])}"
+    if state == "waiting_for_gate" and calibration:
+        return (
+            f"Calibration round {calibration['round']} finished ({pairs(calibration['done'])});"
+            " waiting for the team's agreement"
+        )
+    if state == "done":
+        return f"{pairs(labels)}; nothing left for you right now"
+    return pairs(labels)

@@ -49,17 +49,9 @@ async function api(method, path, body) {
 function say(text) { $("message").textContent = text; }
 
 async function loadProgress() {
+  // The server words the line: it counts tasks alike, so nothing here tells an anchor apart.
   const me = await (await api("GET", "/api/me")).json();
-  let done = me.labels;
-  let total = me.labels + me.remaining;
-  let text = `${me.labels} labeled, ${me.remaining} main items left`;
-  if (me.state === "calibration" && me.calibration) {
-    done = me.calibration.done;
-    total = me.calibration.size;
-    text = `Calibration: ${done} of ${total} pairs`;
-  }
-  $("bar").style.width = total ? `${Math.round((100 * done) / total)}%` : "0%";
-  $("progress-text").textContent = text;
+  $("progress-text").textContent = me.progress.text;
 }
 
 const REASONS = {
