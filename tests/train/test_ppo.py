@@ -77,12 +77,20 @@ def mean(rows, key):
     return sum(r[key] for r in rows) / len(rows)
 
 
-def test_ppo_raises_a_rule_reward_with_bounded_kl(setup, tmp_path):
+@pytest.fixture(scope="module")
+def free_run(setup, tmp_path_factory):
+    """16 PPO steps with a small KL coefficient: the run the other settings are measured
+    against."""
     root, data = setup
-    result = run_cli(*ppo(root, data, tmp_path / "ppo", "--max-steps", "16", "--kl-coef", "0.05",
+    out = tmp_path_factory.mktemp("ppo") / "free"
+    result = run_cli(*ppo(root, data, out, "--max-steps", "16", "--kl-coef", "0.05",
                           "--no-lora"))
     assert result.code == 0, result.stderr
-    rows = metrics(tmp_path / "ppo")
+    return out
+
+
+def test_ppo_raises_a_rule_reward_with_bounded_kl(free_run):
+    rows = metrics(free_run)
     early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
     assert late > early + 1.0, (early, late)
     assert max(r["kl"] for r in rows) < 20.0
@@ -90,7 +98,7 @@ def test_ppo_raises_a_rule_reward_with_bounded_kl(setup, tmp_path):
                 "explained_variance", "response_length", "seconds_generate", "seconds_score",
                 "seconds_train", "reward_penalised", "reward/count"):
         assert key in rows[-1], key
-    final = tmp_path / "ppo" / "final"
+    final = free_run / "final"
     assert (final / "model.safetensors").exists()
     assert (final / "critic" / "value_head.safetensors").exists()
 
@@ -108,15 +116,21 @@ def test_centred_rewards_learn_whatever_the_rewards_offset(setup, tmp_path):
     assert abs(mean(rows, "score")) < 1e-4  # every step's scores have mean 0
 
 
-def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, tmp_path):
+def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, free_run, tmp_path):
+    """Measured against the same run with kl-coef 0.05, not against fixed numbers: the pinned
+    run's KL wanders between 1.2 and 2.6 nats with the seed and the CPU's kernels (2.03 on an
+    AVX2 host, 1.70 with AVX-512, seed 0). Over seeds 0-7 on both, its KL in the last 8 steps
+    was 0.09-0.21 of the free run's, and its reward gain at most 0.1 of the free run's."""
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / "pinned", "--max-steps", "16", "--kl-coef",
                           "1000", "--no-lora"))
     assert result.code == 0, result.stderr
-    rows = metrics(tmp_path / "pinned")
-    early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
-    assert late < early + 1.0, (early, late)  # while kl-coef 0.05 gains ~10 in 16 steps
-    assert max(r["kl"] for r in rows) < 2.0
+    pinned, free = metrics(tmp_path / "pinned"), metrics(free_run)
+    gain = {name: mean(rows[-3:], "reward") - mean(rows[:3], "reward")
+            for name, rows in (("pinned", pinned), ("free", free))}
+    assert gain["pinned"] < 0.25 * gain["free"], gain
+    kl = {"pinned": mean(pinned[8:], "kl"), "free": mean(free[8:], "kl")}
+    assert kl["pinned"] < 0.4 * kl["free"], kl
 
 
 # RLOO with one update per step takes the on-policy path (the sampler's log-probs, no
