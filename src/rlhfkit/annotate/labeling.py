@@ -163,20 +163,19 @@ def _unit(
 def _submit(conn: Connection, policy: Policy, annotator_id: int, req: LabelRequest) -> StoredLabel:
     now = time.time()
     digest = req.digest()
-    previous = PREVIOUS(conn, {"a": annotator_id, "c": req.client_id}).first()
-    if previous is not None:
-        if not security.same(previous.request_hash, digest):
-            raise LabelConflict(f"client_id {req.client_id!r} was already used for another label")
-        return StoredLabel(previous.id, previous.assignment_id, previous.choice, created=False)
+    replay = _replay(conn, annotator_id, req, digest)
+    if replay is not None:
+        return replay
     task = TASK(conn, {"t": req.task_id, "a": annotator_id}).first()
     if task is None:
         raise TaskNotFound(req.task_id)
     if task.status == m.DONE:
-        raise LabelConflict("this task already has a label")
+        return _replay_or_conflict(conn, annotator_id, req, digest, "this task already has a label")
     # A late label is welcome if nobody has taken the slot its task freed in the meantime.
     late = task.status == m.EXPIRED and task.kind == m.MAIN
     if late and RETAKE(conn, {"i": task.item_id, "k": policy.overlap}).rowcount != 1:
-        raise LabelConflict("this task timed out and its item went to other annotators")
+        why = "this task timed out and its item went to other annotators"
+        return _replay_or_conflict(conn, annotator_id, req, digest, why)
     if CLOSE(conn, {"t": task.id, "was": task.status}).rowcount != 1:
         raise _Raced  # a sweep expired it between our read and this write
     criteria = None
@@ -206,6 +205,32 @@ def _submit(conn: Connection, policy: Policy, annotator_id: int, req: LabelReque
     if task.kind == m.CALIBRATION:
         finish_round(conn, policy, annotator_id, task.round)
     return StoredLabel(label_id, task.id, req.choice, created=True)
+
+
+def _replay(
+    conn: Connection, annotator_id: int, req: LabelRequest, digest: str
+) -> StoredLabel | None:
+    """The stored label if this request was stored before (a replay), else None; a
+    conflict if its client id was used for other content."""
+    previous = PREVIOUS(conn, {"a": annotator_id, "c": req.client_id}).first()
+    if previous is None:
+        return None
+    if not security.same(previous.request_hash, digest):
+        raise LabelConflict(f"client_id {req.client_id!r} was already used for another label")
+    return StoredLabel(previous.id, previous.assignment_id, previous.choice, created=False)
+
+
+def _replay_or_conflict(
+    conn: Connection, annotator_id: int, req: LabelRequest, digest: str, why: str
+) -> StoredLabel:
+    """The task cannot take this label: a conflict, unless a copy of this very request
+    took it. On PostgreSQL (READ COMMITTED: each statement sees what was committed before
+    it began) that copy may have committed after our first look for it and before we read
+    the task, so look again; nothing has been written in this transaction yet."""
+    replay = _replay(conn, annotator_id, req, digest)
+    if replay is None:
+        raise LabelConflict(why)
+    return replay
 
 
 def _relative(choice: str, swap: bool) -> str:
