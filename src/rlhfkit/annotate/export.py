@@ -120,11 +120,7 @@ def export(
             check_row(row)  # our own output must be what `data validate` accepts
             rows.append(row)
     if not rows:
-        raise UserError(
-            f"no item has a majority answer to export yet ({_counts(result)}); nothing written",
-            hint="see `rlhfkit annotate status`; --include-incomplete exports items with "
-            "fewer than the overlap's labels",
-        )
+        raise _nothing_to_export(result, table, quality, gate, policy, len(items))
     result.rows = write_jsonl(out, rows)
     if labels_out is not None:
         result.labels = _write_labels(Path(labels_out), table)
@@ -213,8 +209,79 @@ def _write_gold(path: Path, items: dict) -> int:
     return write_jsonl(path, rows)
 
 
-def _counts(r: ExportResult) -> str:
-    return (
-        f"{r.incomplete} incomplete, {r.ties} ties, {r.both_bad} both bad, "
-        f"{r.no_majority} without a majority"
+def _nothing_to_export(
+    r: ExportResult, table: Any, quality: Any, gate: dict, policy: Policy, n_items: int
+) -> UserError:
+    """The refusal of an empty export, naming its cause: no labels, only anchors labeled,
+    every annotator left out, pairs short of the overlap, only ties, the gate closed."""
+    reasons, hints = [], []
+    labeled = {i for i, kind in zip(table.item_id, table.kind, strict=True) if kind != m.ANCHOR}
+    anchors = len(table.gold)
+    if not labeled:
+        what = f"{n_items - anchors} pairs and {anchors} anchors in the store"
+        if table.label:
+            what += f", {len(table.label)} labels on anchors"
+        reasons.append(f"no pair has a label yet ({what}; anchors are tests, never exported)")
+        hints.append("annotators label at `rlhfkit annotate serve`")
+    else:
+        parts = [
+            (r.incomplete, f"with fewer than {policy.overlap} labels"),
+            (r.no_trusted_votes, "labeled only by left-out annotators"),
+            (r.ties, "ties"),
+            (r.both_bad, "both bad"),
+            (r.no_majority, "without a single most frequent answer"),
+        ]
+        counts = ", ".join(f"{n} {what}" for n, what in parts if n)
+        labelers = {
+            a for a, kind in zip(table.annotator, table.kind, strict=True) if kind != m.ANCHOR
+        }
+        if labelers <= set(r.excluded_annotators):
+            reasons.append("every annotator who labeled pairs is left out for low anchor accuracy")
+        reasons.append(f"{len(labeled)} labeled pairs: {counts}")
+        if r.incomplete:
+            hints.append("--include-incomplete exports pairs with fewer labels than the overlap")
+        if r.ties or r.both_bad:
+            hints.append(
+                "ties and both-bad answers say nothing about which reply is better: they are "
+                "counted, never exported"
+            )
+    if r.excluded_annotators:
+        per = quality["per_annotator"]
+        who = ", ".join(
+            f"{a} {per[a]['anchor_accuracy']:.2f} "
+            f"({round(per[a]['anchor_accuracy'] * per[a]['anchor_items'])} of "
+            f"{per[a]['anchor_items']} anchors right)"
+            for a in r.excluded_annotators
+        )
+        reasons.append(
+            f"left out for anchor accuracy below the threshold "
+            f"{policy.anchor_accuracy_threshold:.2f} (judged once they have "
+            f"{policy.min_anchor_labels} anchor answers): {who}"
+        )
+        hints.append(
+            "check the anchors' known answers (the file imported with --anchors) and these "
+            "annotators' work (`rlhfkit annotate status` shows each one's anchor accuracy); if "
+            "the anchors are right, retrain or replace the annotators; if they are ambiguous, "
+            "fix them, or lower anchor_accuracy_threshold in the spec's [annotation] table"
+        )
+    if not gate["main_queue_open"] and gate["rounds"]:
+        latest = gate["rounds"][-1]
+        if latest["passed"] is None:
+            why = f"round {latest['round']} waits for a second annotator to finish it"
+        else:
+            why = (
+                f"round {latest['round']}: percent agreement {latest['percent_agreement']:.2f}, "
+                f"below {gate['threshold']:.2f}"
+            )
+        reasons.append(
+            f"the calibration gate is closed ({why}), so only calibration pairs have labels"
+        )
+        hints.append(
+            "the main queue opens when a round passes, or with `rlhfkit annotate override-gate "
+            "--reason ...`"
+        )
+    if len(hints) < 2:
+        hints.append("`rlhfkit annotate status` shows where annotation stands")
+    return UserError(
+        f"nothing to export: {'; '.join(reasons)}; nothing written", hint="; ".join(hints)
     )
