@@ -1,10 +1,12 @@
 """The FastAPI application: one routes module per resource, state built once at start-up.
 
 `create_app(settings)` opens the store, loads the project (rubric and annotation settings)
-and mounts the JSON API (`/api/...`, bearer token or the page cookie) and the pages. Two
-small ASGI middlewares guard every request: a body-size limit (413 before the body is read)
-and security headers (a Content-Security-Policy that allows no inline script, so even a
-rendering bug could not run a `<script>` from a model's response).
+and mounts the JSON API (`/api/...`, bearer token or the page cookie) and the pages. Small
+ASGI middlewares guard every request: a body-size limit (413 before the body is read), the
+input rule of `inputs` (strict JSON, no NUL: 422 before any route), and security headers (a
+Content-Security-Policy that allows no inline script, so even a rendering bug could not run
+a `<script>` from a model's response). The headers wrap everything else, Starlette's own
+500 handler included, so every response the app sends carries them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 import anyio
 import jinja2
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlhfkit.annotate import inputs
 from rlhfkit.annotate.annotators import Authenticator
 from rlhfkit.annotate.labeling import InvalidLabel, LabelConflict, TaskNotFound
 from rlhfkit.annotate.policy import Policy
@@ -83,7 +87,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         # process that starts and stops servers (tests, the demo) must not collect them.
         await anyio.to_thread.run_sync(store.close)
 
-    app = FastAPI(
+    app = _App(
         lifespan=lifespan,
         title="rlhfkit annotate",
         docs_url=None,  # the docs pages load scripts from a CDN, which the CSP forbids
@@ -98,9 +102,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(LabelConflict, _conflict)
     app.add_exception_handler(InvalidLabel, _invalid)
     app.add_exception_handler(UserError, _conflict)  # e.g. an override with nothing to override
-    app.add_middleware(SecurityHeaders)
+    app.add_exception_handler(RequestValidationError, inputs.validation_error)
+    app.add_exception_handler(Exception, inputs.server_error)
+    # The last added runs first: the size limit, then the input rule, then the routes.
+    app.add_middleware(inputs.StrictInput)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's outermost layer (ServerErrorMiddleware, which answers a bug's
+        # 500 straight to the server): added with add_middleware, the headers would miss it.
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _not_found(_request: Request, _exc: Exception) -> JSONResponse:
@@ -135,9 +149,7 @@ class BodyLimit:
                 return
             await self.app(scope, receive, send)
             return
-        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
+        # Whatever the method: the input check (inputs.StrictInput) reads every body whole.
         chunks, size = [], 0
         while True:
             message = await receive()

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from rlhfkit.annotate import models as m
+from rlhfkit.annotate import storable
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import open_round
 from rlhfkit.annotate.store import Store, record_event
@@ -138,7 +139,7 @@ def import_rows(
                 conn,
                 "import",
                 actor,
-                file=str(path),
+                file=storable.shown(str(path)),
                 sha256=sha256_file(path) if path.is_file() else None,
                 item_kind=kind,
                 rows=sum(r["kind"] == kind for r in rows),
@@ -149,18 +150,26 @@ def import_rows(
 
 def _read(path: Path, kind: str, policy: Policy, problems: list[Problem]) -> list[dict[str, Any]]:
     dataset = load(path, expect=PAIR_FORMATS)
-    shown = display_path(path)
+    # A file name that is not UTF-8 reaches Python with lone surrogates: keep their escapes.
+    shown = storable.shown(display_path(path))
     fmt = dataset.kind.format
     out = []
     for row, line in zip(dataset.rows, dataset.lines, strict=True):
         source = f"{shown}:{line}"
+        # The API's text rule (see storable): PostgreSQL cannot store a NUL in the id's column,
+        # and a lone surrogate cannot even be written out as UTF-8 when the task is served.
+        found = storable.first_unstorable(row)
+        if found:
+            where, why = found
+            problems.append(_problem(source, f"{'.'.join(map(str, where))}: text {why}"))
+            continue
         if fmt is Format.PREFERENCE_IMPLICIT:
             row = split_implicit_prompt(row, dataset.kind.conversational)
         if fmt is Format.COMPARISON:
             a, b = row["response_a"], row["response_b"]
         else:
             a, b = row["chosen"], row["rejected"]
-        ident = row.get("id", f"{path.name}:{line}")
+        ident = row.get("id", f"{storable.shown(path.name)}:{line}")
         if len(str(ident)) > 200:
             problems.append(_problem(source, "id is longer than 200 characters"))
             continue

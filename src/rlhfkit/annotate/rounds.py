@@ -22,6 +22,7 @@ from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.storable import unstorable
 from rlhfkit.annotate.store import Store, record_event
 
 rounds, items, labels, people = (t.__table__ for t in (m.Round, m.Item, m.Label, m.Annotator))
@@ -166,6 +167,9 @@ def override_gate(store: Store, reason: str, actor: str = "cli") -> int:
 
     if not reason.strip():
         raise UserError("an override needs a reason (it is recorded and shown in exports)")
+    why = unstorable(reason)  # from the command line: argv bytes that are not UTF-8
+    if why:
+        raise UserError(f"the override's reason {why}")
     with store.write() as conn:
         round_id = gate_state(conn).latest_round
         if not round_id:

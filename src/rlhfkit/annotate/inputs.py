@@ -1,0 +1,215 @@
+"""What the app accepts from a client, and how it answers what it refuses.
+
+One rule for every request, checked by one middleware before any route sees it, so an
+endpoint added later is covered without a change here:
+
+- A JSON body (``application/json`` or ``application/*+json``) must be I-JSON (RFC 7493):
+  UTF-8, no duplicate names, no lone UTF-16 surrogates (``"\\ud800"``), no number a double
+  cannot hold (``NaN``, ``Infinity``, ``1e999``, a 400-digit integer), and, here, nested at
+  most `MAX_DEPTH` deep. Python's `json` accepts all of these; a lone surrogate cannot even
+  be written back out as UTF-8, and a NaN cannot be written as JSON.
+- Any other body (the pages read their posts as forms) must be UTF-8, and so must its
+  percent-decoded form fields; the URL's query too.
+- No string anywhere (names, values, form fields, the URL's path and query) may hold NUL
+  (U+0000): PostgreSQL's text cannot store it, and SQLite can, so without this rule the
+  same request is a 500 on one database and a 201 or a 404 on the other.
+
+A refusal is a 422 in FastAPI's error format, ``{"detail": [{"type", "loc", "msg"}]}``:
+type ``json_invalid``, ``form_invalid`` or ``string_nul``. Imports follow the same text
+rule (`storable`). Two handlers complete the guard: validation errors never echo the
+input (FastAPI's default does, and fails on the NaN or surrogate it would echo), and a bug
+answers a JSON 500 that says ``Connection: close`` (the server drops the connection after
+one, so a client must not reuse it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rlhfkit.annotate.storable import NUL, first_unstorable, shown
+
+MAX_DEPTH = 64
+"""Deepest nesting a JSON body may have; the app's own bodies are two deep."""
+
+
+class Refused(ValueError):
+    """A request the app will not read, as one FastAPI-style error."""
+
+    def __init__(self, kind: str, loc: list, msg: str):
+        super().__init__(msg)
+        self.error = {"type": kind, "loc": loc, "msg": msg}
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse an I-JSON body (see the module docstring); raise `Refused` if it is not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Refused("json_invalid", ["body", e.start], "the body is not UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_double_int,
+            object_pairs_hook=_unique_names,
+        )
+    except json.JSONDecodeError as e:
+        raise Refused("json_invalid", ["body", e.pos], f"JSON decode error: {e.msg}") from None
+    except RecursionError:
+        raise Refused("json_invalid", ["body"], f"nested over {MAX_DEPTH} deep") from None
+    except _BadToken as e:
+        raise Refused("json_invalid", ["body"], str(e)) from None
+    if _depth_over(value, MAX_DEPTH):
+        raise Refused("json_invalid", ["body"], f"nested over {MAX_DEPTH} deep")
+    found = first_unstorable(value, ["body"])
+    if found:
+        where, why = found
+        kind = "string_nul" if why == NUL else "json_invalid"
+        raise Refused(kind, where, f"text {why}")
+    return value
+
+
+class _BadToken(ValueError):
+    pass
+
+
+def _no_constant(token: str) -> Any:
+    raise _BadToken(f"{token} is not a JSON number")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _BadToken(f"the number {token[:20]} does not fit a double")
+    return value
+
+
+def _double_int(token: str) -> int:
+    try:
+        value = int(token)
+        float(value)
+    except (ValueError, OverflowError):  # past Python's 4300 digits, or a double's range
+        raise _BadToken(f"the number {token[:20]}... does not fit a double") from None
+    return value
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = dict(pairs)
+    if len(names) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _BadToken(f"the name {shown(name)!r} appears twice in one object")
+            seen.add(name)
+    return names
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack += [(item, depth + 1) for item in items]
+    return False
+
+
+def check_form(raw: bytes, where: str) -> None:
+    """A form body (or query string): UTF-8 once percent-decoded, and no NUL."""
+    try:
+        fields = parse_qsl(
+            raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"
+        )
+    except UnicodeDecodeError:
+        raise Refused("form_invalid", [where], f"the {where} is not UTF-8") from None
+    for name, value in fields:
+        for text in (name, value):
+            if "\x00" in text:
+                raise Refused("string_nul", [where, shown(name)], f"text {NUL}")
+
+
+def check_request(scope: Scope, body: bytes) -> None:
+    """Raise `Refused` unless the request follows the module's rule."""
+    if "\x00" in scope["path"]:
+        raise Refused("string_nul", ["path"], f"the path {NUL}")
+    if scope.get("query_string"):
+        check_form(scope["query_string"], "query")
+    if not body:
+        return
+    content_type = dict(scope["headers"]).get(b"content-type", b"")
+    mime = content_type.split(b";")[0].strip().lower()
+    kind, _, subtype = mime.partition(b"/")
+    if kind == b"application" and (subtype == b"json" or subtype.endswith(b"+json")):
+        parse_json(body)  # as FastAPI decides what it parses as JSON
+    else:
+        check_form(body, "body")
+
+
+class StrictInput:
+    """Read the whole body (the body limit has bounded it), check it with `check_request`,
+    then hand it to the app as it came; refuse with a 422 instead."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            check_request(scope, body)
+        except Refused as e:
+            await JSONResponse({"detail": [e.error]}, status_code=422)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, without the `input` and `ctx` it echoes: those may hold what JSON
+    cannot carry (bytes that are not UTF-8, a lone surrogate in a name)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "type": str(e.get("type", "value_error")),
+            "loc": [p if isinstance(p, int) else shown(str(p)) for p in e.get("loc", ())],
+            "msg": shown(str(e.get("msg", ""))),
+        }
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def server_error(_request: Request, _exc: Exception) -> JSONResponse:
+    """A bug: say so in JSON, and that the connection closes (the server drops it next)."""
+    return JSONResponse(
+        {"detail": "internal server error"}, status_code=500, headers={"Connection": "close"}
+    )
