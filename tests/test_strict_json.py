@@ -112,3 +112,27 @@ def test_a_non_finite_float_option_is_a_user_error(tmp_path, value):
     assert result.code == 2, result.stderr
     assert "--learning-rate must be a finite number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_reward_model_scoring_nan_is_a_user_error_not_a_cache_entry(tmp_path):
+    from rlhfkit.errors import UserError
+    from rlhfkit.evaluate.policy import PolicyEvalConfig, _rewards
+
+    class BrokenJudge:
+        def scores(self, prompts, texts):
+            return [0.5, float("nan")]
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "model.safetensors").write_bytes(b"0")
+    cfg = PolicyEvalConfig(
+        project=tmp_path,
+        before="a",
+        after="b",
+        out=tmp_path / "out",
+        reward_model=str(rm),
+        sample_cache=tmp_path / "cache",
+    )
+    with pytest.raises(UserError, match="scored response 1 nan"):
+        _rewards(BrokenJudge(), cfg, ["p", "q"], ["x", "y"])
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -319,6 +320,9 @@ def _rewards(
     if cached.exists():
         return [float(r) for r in json.loads(cached.read_text())]
     found = judge.scores(prompts, texts)
+    bad = next((i for i, r in enumerate(found) if not math.isfinite(r)), None)
+    if bad is not None:  # as train's reward sources: a broken model, not a score to cache
+        raise UserError(f"reward model {display_path(folder)}: scored response {bad} {found[bad]}")
     with atomic_open(cached) as f:  # creates the folder
         strict_json.dump(found, f)  # a cache must read back as written
     return found
