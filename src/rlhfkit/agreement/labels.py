@@ -264,10 +264,10 @@ def canonical_value(value: Any) -> str | int | float:
     if isinstance(value, str):
         text = _text(value)
         try:
-            _finite(float(text))
-        except (ValueError, OverflowError) as e:
-            if "finite" in str(e):
-                raise
+            number = float(text)  # "1e999" reads as inf, never raises OverflowError
+        except ValueError:
+            return text  # a word
+        _finite(number)
         return text
     raise ValueError(f"must be a string or a number, not {_json_kind(value)}")
 
@@ -320,12 +320,11 @@ def _timestamp(value: Any) -> float:
     if isinstance(value, int | float):
         return _finite(value)
     try:
-        return _finite(float(value))
-    except OverflowError:
-        raise ValueError("is not a finite number (too large for a float)") from None
-    except ValueError as e:
-        if "finite" in str(e):
-            raise
+        number = float(value)
+    except ValueError:
+        pass  # not Unix seconds: ISO 8601, below
+    else:
+        return _finite(number)
     try:
         return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
     except ValueError:
