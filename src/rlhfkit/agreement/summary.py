@@ -45,7 +45,8 @@ def summarise(
         kappa_mean_note = None
     estimate_notes = {
         "percent_agreement": undefined if undefined == NO_PAIRS else None,
-        "krippendorff_alpha": undefined or "undefined: no expected disagreement",
+        "krippendorff_alpha": undefined
+        or f"undefined: the {level} distances between the labels given are all 0",
         "cohen_kappa_mean": kappa_mean_note,
     }
     out: dict[str, Any] = {
@@ -109,9 +110,8 @@ NO_PAIRS = "no item has two or more labels: there is nothing to compare"
 
 
 def _why_undefined(labels: Labels) -> str | None:
-    """Why agreement over the items with two or more labels is undefined (chance-corrected
-    statistics are 0/0), or None when some such item holds two different labels' worth of
-    variation."""
+    """Why chance-corrected agreement over the items with two or more labels is undefined
+    (0/0): there are no such items, or they hold one label value only. None otherwise."""
     counts = labels.counts()
     pairable = counts[counts.sum(axis=1) >= 2]
     if len(pairable) == 0:
