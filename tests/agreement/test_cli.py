@@ -269,6 +269,9 @@ def test_every_label_the_same_explains_fleiss_too(tmp_path):
     assert s["fleiss_kappa"] is None and "no variation" in s["fleiss_kappa_note"]
     assert s["krippendorff_alpha"] is None and "no variation" in s["krippendorff_alpha_note"]
     assert s["cohen_kappa"] == {"x|y": None} and "no variation" in s["cohen_kappa_notes"]["x|y"]
+    table = run_cli("agreement", str(path), "--bootstrap", "10").stdout
+    assert "every label is A" in table  # the Fleiss row's note
+    assert "n/a in anchor acc. (x, y): no anchor item" in table
 
 
 # --- any label file: a summary or FILE:LINE problems, never a traceback ---------------------

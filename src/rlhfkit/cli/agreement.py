@@ -172,6 +172,19 @@ def _print(s: dict) -> None:
             "n/a" if a["labels_per_hour"] is None else f"{a['labels_per_hour']:.0f}",
         )
     console.print(people)
+    columns = {
+        "majority_agreement": "agrees w/ majority",
+        "anchor_accuracy": "anchor acc.",
+        "chose_first_rate": "chose first",
+        "labels_per_hour": "labels/h",
+    }
+    for key, column in columns.items():
+        who = [a["annotator"] for a in s["annotators"] if a.get(f"{key}_note")]
+        if who:
+            why = next(a[f"{key}_note"] for a in s["annotators"] if a.get(f"{key}_note"))
+            console.print(f"n/a in {column} ({', '.join(who)}): {why}")
+    for name, why in gate["annotator_agreement_notes"].items():
+        console.print(f"calibration: {name}: {why}")
     for alert in s.get("drift_alerts", []):
         console.print(
             f"[yellow]drift:[/yellow] {alert['annotator']}, window "
