@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 from fastapi import Depends, HTTPException, Request
 
 from rlhfkit.annotate import security
@@ -34,9 +33,7 @@ async def _caller(request: Request) -> Caller:
         from_cookie = True
     if not token:
         raise HTTPException(401, "log in: send Authorization: Bearer TOKEN", _challenge())
-    caller = state.authenticate.cached(token)
-    if caller is None:
-        caller = await anyio.to_thread.run_sync(state.authenticate, token)
+    caller = await state.authenticate.check(token)  # every request: revocation is immediate
     if caller is None:
         raise HTTPException(401, "unknown token", _challenge())
     if from_cookie and request.method not in SAFE_METHODS:

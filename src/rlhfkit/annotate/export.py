@@ -15,7 +15,7 @@ Aggregation, per item (main and calibration items; anchors are tests, not traini
    of 3; the reward model's Llama-2-style margin term reads it.
 
 The manifest beside the export records the gate's history, including any override and its
-reason, the excluded annotators and every count above.
+reason, the excluded annotators, every count above, and every token revoked or rotated.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import select
 
 from rlhfkit.annotate import models as m
+from rlhfkit.annotate.annotators import token_events
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open
 from rlhfkit.annotate.status import annotator_quality, gate_summary, label_table
@@ -89,6 +90,7 @@ def export(
         gate = gate_summary(
             conn.execute(select(m.Round).order_by(m.Round.id)).all(), gate_open(conn), policy
         )
+        tokens = token_events(conn)
     quality = annotator_quality(table, policy, replicates=0) if table.label else None
     excluded = sorted(
         a
@@ -140,6 +142,7 @@ def export(
             "store": shown_url(store.url),
             "rubric_version": policy.rubric_version,
             "gate": gate,
+            "token_events": tokens,
             "counts": {k: v for k, v in asdict(result).items() if k not in ("out",)},
         },
     )

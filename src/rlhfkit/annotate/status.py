@@ -1,4 +1,5 @@
-"""Where annotation stands: progress, the gate, agreement, each annotator, drift, disputes.
+"""Where annotation stands: progress, the gate, agreement, each annotator, drift, disputes,
+and every token revoked or rotated.
 
 The statistics are the agreement module's (`rlhfkit.agreement`); this module only gathers
 the labels from the store in the shape it reads (long format, labels A / B / tie / both_bad
@@ -14,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from rlhfkit.annotate import models as m
+from rlhfkit.annotate.annotators import token_events
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open
 from rlhfkit.annotate.store import Store
@@ -101,6 +103,7 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         people = conn.execute(select(m.Annotator).order_by(m.Annotator.name)).all()
         rounds = conn.execute(select(m.Round).order_by(m.Round.id)).all()
         is_open = gate_open(conn)
+        tokens = token_events(conn)
     main_items = kinds.get(m.MAIN, 0) + kinds.get(m.CALIBRATION, 0)
     out: dict[str, Any] = {
         "progress": {
@@ -115,7 +118,9 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         },
         "gate": gate_summary(rounds, is_open, policy),
         "rubric_version": policy.rubric_version,
+        "token_events": tokens,
     }
+    revoked = {e["annotator"]: e["at"] for e in tokens if e["event"] == "revoked"}
     stats = annotator_quality(table, policy, replicates)
     out["agreement"] = stats["agreement"]
     out["drift_alerts"] = stats["drift_alerts"]
@@ -134,6 +139,8 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
             "recalibration_due": bool(
                 policy.recalibrate_every and since >= policy.recalibrate_every
             ),
+            "revoked": p.name in revoked,
+            "revoked_at": revoked.get(p.name),
         }
         row.update(stats["per_annotator"].get(p.name, _no_labels()))
         out["annotators"].append(row)

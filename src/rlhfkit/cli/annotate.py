@@ -13,7 +13,8 @@ app = typer.Typer(
     help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
     "first, anchors with known answers mixed in, k annotators per pair, and an export that "
     "`rlhfkit train rm` / `train dpo` read directly.\n\n"
-    "The usual order: import, add-annotator (one per person), serve, status, export. The "
+    "The usual order: import, add-annotator (one per person), serve, status, export; "
+    "revoke or rotate a token when someone leaves or a token leaks. The "
     "store is PROJECT/artifacts/annotations.sqlite unless --db or RLHFKIT_DB_URL names "
     "another (a SQLite file, or postgresql://user@host/db for a team server).",
     no_args_is_help=True,
@@ -116,6 +117,52 @@ def add_annotator(
         store.close()
     role = "admin" if admin else "annotator"
     err_console.print(f"{role} {name} added; their token (shown once, only a hash is stored):")
+    print(token)
+
+
+@app.command()
+def revoke(
+    name: str = typer.Argument(..., help="The annotator whose token to revoke."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Revoke an annotator's token (someone left the team, a token leaked).
+
+    The token is refused from its next request on, an open page session too; their open
+    tasks return to the pool; their labels stay. Recorded with the time: shown by status and
+    in the export's manifest."""
+    from rlhfkit.annotate.annotators import revoke_annotator, utc
+
+    store, _, _ = _open(project, db)
+    try:
+        r = revoke_annotator(store, name)
+    finally:
+        store.close()
+    tasks = f"{r.released} open task{'' if r.released == 1 else 's'} released to the pool"
+    console.print(f"{name}'s token revoked at {utc(r.at)}; {tasks}; their {r.labels} labels stay")
+
+
+@app.command()
+def rotate(
+    name: str = typer.Argument(..., help="The annotator who gets a new token."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Give an annotator a new token and print it, once; the old one is refused at once.
+
+    Their open task and labels stay. The token goes to standard output alone
+    (TOKEN=$(rlhfkit annotate rotate ana)). Recorded, like revoke."""
+    from rlhfkit.annotate.annotators import rotate_token
+
+    store, _, _ = _open(project, db)
+    try:
+        token = rotate_token(store, name)
+    finally:
+        store.close()
+    err_console.print(
+        f"{name}'s token rotated: the old one is refused from now on. The new one (shown "
+        "once, only a hash is stored):"
+    )
     print(token)
 
 
@@ -284,6 +331,8 @@ def _print_status(s: dict) -> None:
             f"  round {r['round']} ({r['size']} pairs, {r['reason']}): finished by "
             f"{r['annotators_finished']}, agreement {_fmt(r['percent_agreement'])}: {verdict}"
         )
+    for e in s["token_events"]:
+        console.print(f"{e['annotator']}'s token {e['event']} {e['at_utc']} by {e['by']}")
     a = s["agreement"]
     if a:
         console.print(
@@ -301,6 +350,8 @@ def _print_status(s: dict) -> None:
             notes.append("calibrating")
         if row["recalibration_due"]:
             notes.append("recalibration due")
+        if row["revoked"]:
+            notes.append("revoked")
         table.add_row(
             row["annotator"] + (" (admin)" if row["admin"] else ""),
             str(row["labels"]),

@@ -1,12 +1,14 @@
-"""Admin-only: `GET /api/admin/status` and `POST /api/admin/override`."""
+"""Admin-only: `GET /api/admin/status`, `POST /api/admin/override`, and revoking or rotating
+an annotator's token (`POST /api/admin/annotators/{name}/revoke`, `.../rotate`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from rlhfkit.annotate.annotators import UnknownAnnotator, revoke_annotator, rotate_token
 from rlhfkit.annotate.deps import AdminCaller, app_state
 from rlhfkit.annotate.rounds import override_gate
 from rlhfkit.annotate.status import status
@@ -33,3 +35,27 @@ def post_override(body: OverrideIn, request: Request, caller: AdminCaller) -> di
     state = app_state(request)
     round_id = override_gate(state.store, body.reason, actor=caller.name)
     return {"round": round_id, "reason": body.reason, "by": caller.name}
+
+
+@router.post("/annotators/{name}/revoke")
+def post_revoke(name: str, request: Request, caller: AdminCaller) -> dict:
+    """Refuse this annotator's token from the next request on; their open tasks return to
+    the pool, their labels stay. 404 for an unknown name, 409 when already revoked."""
+    state = app_state(request)
+    try:
+        r = revoke_annotator(state.store, name, actor=caller.name)
+    except UnknownAnnotator as e:
+        raise HTTPException(404, str(e)) from None
+    return {"annotator": name, "revoked_at": r.at, "released_tasks": r.released, "by": caller.name}
+
+
+@router.post("/annotators/{name}/rotate")
+def post_rotate(name: str, request: Request, caller: AdminCaller) -> dict:
+    """A new token for this annotator, in the answer and nowhere else; the old one is
+    refused from the next request on. 404 for an unknown name, 409 when revoked."""
+    state = app_state(request)
+    try:
+        token = rotate_token(state.store, name, actor=caller.name)
+    except UnknownAnnotator as e:
+        raise HTTPException(404, str(e)) from None
+    return {"annotator": name, "token": token, "by": caller.name}

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from rlhfkit.annotate import security
-from rlhfkit.annotate.annotators import Caller
+from rlhfkit.annotate.annotators import Caller, revoke_annotator, rotate_token
 from rlhfkit.annotate.deps import COOKIE, app_state
 from rlhfkit.annotate.rounds import override_gate
 from rlhfkit.annotate.status import status
@@ -55,7 +55,11 @@ def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[": not a URL, so not this site
+        return False
+    return netloc == request.headers.get("host", "")
 
 
 @router.get("/")
@@ -125,8 +129,15 @@ def admin_page(request: Request) -> Response:
         return RedirectResponse("/login", status_code=303)
     if not caller.is_admin:
         return _page(request, "forbidden.html", caller, 403)
+    return _dashboard(request, caller)
+
+
+def _dashboard(
+    request: Request, caller: Caller, code: int = 200, error: str | None = None, notice=None
+) -> Response:
     state = app_state(request)
-    return _page(request, "admin.html", caller, s=status(state.store, state.policy), error=None)
+    s = status(state.store, state.policy)
+    return _page(request, "admin.html", caller, code, s=s, error=error, notice=notice)
 
 
 @router.post("/admin/override")
@@ -145,6 +156,39 @@ def _override(request: Request, form: dict[str, str]) -> Response:
     try:
         override_gate(state.store, form.get("reason", ""), actor=caller.name)
     except UserError as e:
-        s = status(state.store, state.policy)
-        return _page(request, "admin.html", caller, 422, s=s, error=str(e))
+        return _dashboard(request, caller, 422, error=str(e))
     return RedirectResponse("/admin", status_code=303)
+
+
+@router.post("/admin/annotators/{action}")
+async def admin_token(request: Request, action: str) -> Response:
+    """The dashboard's revoke and rotate buttons (form: name, csrf). A rotated token is shown
+    on the page that answers, once."""
+    form = await _form(request)
+    return await anyio.to_thread.run_sync(_token_action, request, action, form)
+
+
+def _token_action(request: Request, action: str, form: dict[str, str]) -> Response:
+    caller = _cookie_caller(request)
+    state = app_state(request)
+    if caller is None or not caller.is_admin:
+        return HTMLResponse("this needs an admin login", status_code=403)
+    if not security.csrf_ok(state.store.secret, caller.token_hash, form.get("csrf")):
+        return HTMLResponse("missing or wrong CSRF token", status_code=403)
+    if action not in ("revoke", "rotate"):
+        return HTMLResponse("no such action", status_code=404)
+    name = form.get("name", "")
+    try:
+        if action == "revoke":
+            r = revoke_annotator(state.store, name, actor=caller.name)
+            tasks = f"{r.released} open task{'' if r.released == 1 else 's'} released"
+            notice = {"text": f"{name}'s token revoked; {tasks}; their labels stay.", "token": None}
+        else:
+            token = rotate_token(state.store, name, actor=caller.name)
+            notice = {
+                "text": f"{name}'s new token (shown once; the old one is refused from now on):",
+                "token": token,
+            }
+    except UserError as e:
+        return _dashboard(request, caller, 422, error=str(e))
+    return _dashboard(request, caller, notice=notice)
