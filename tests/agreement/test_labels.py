@@ -284,3 +284,30 @@ def test_a_file_with_bare_carriage_returns_is_an_input_error(tmp_path):
     path = tmp_path / "l.csv"
     path.write_bytes(b"item,annotator,label\na,x,A\rb,x,B\n")
     assert problems(path).startswith("l.csv:2: not valid CSV: new-line character")
+
+
+def test_gold_answers_are_checked_like_labels(tmp_path):
+    labels = read_labels(
+        jsonl(
+            tmp_path / "l.jsonl",
+            [
+                {"item": 7, "annotator": "x", "label": "A"},
+                {"item": 8, "annotator": "x", "label": "B"},
+            ],
+        )
+    )
+    gold = jsonl(
+        tmp_path / "g.jsonl",
+        [
+            {"item": 7, "label": "A"},
+            {"item": " 7", "label": "A"},  # the same answer again: harmless
+            {"item": "7", "label": "B"},
+            '{"item": 8, "label": NaN}',
+        ],
+    )
+    with pytest.raises(UserError) as e:
+        read_gold(gold, labels)
+    assert str(e.value).splitlines() == [
+        "g.jsonl:3: item 7 has the answer 'B' here but 'A' on line 1",
+        "g.jsonl:4: label is not a finite number (NaN)",
+    ]
