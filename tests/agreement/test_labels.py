@@ -128,11 +128,20 @@ ids = st.one_of(
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(ids, ids), min_size=1, max_size=12), st.data())
 def test_csv_and_jsonl_agree_on_identity(tmp_path_factory, pairs, data):
-    """The same (item, annotator) pairs, written as JSON integers or strings in JSONL and as
-    text in CSV, read as the same ids; and a repeated pair is a duplicate in both."""
+    """The same (item, annotator) pairs, written in JSONL as JSON integers or as strings
+    (decomposed, padded with whitespace), and as text in CSV, read as the same ids; and a
+    repeated pair is a duplicate in both."""
     folder = tmp_path_factory.mktemp("ids")
     rows = [{"item": i, "annotator": a, "label": "A"} for i, a in pairs]
-    as_text = [{k: (str(v) if data.draw(st.booleans()) else v) for k, v in r.items()} for r in rows]
+    respell = st.sampled_from(
+        [
+            lambda v: v,
+            str,
+            lambda v: unicodedata.normalize("NFD", str(v)),
+            lambda v: f" {v}\t",
+        ]
+    )
+    as_text = [{k: data.draw(respell)(v) for k, v in r.items()} for r in rows]
     j = jsonl(folder / "l.jsonl", as_text)
     buffer = io.StringIO()
     w = csv.writer(buffer)
