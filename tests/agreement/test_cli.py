@@ -351,3 +351,20 @@ def test_an_order_of_words_for_numeric_labels_is_reported_not_a_crash(tmp_path):
     mixed = run_cli("agreement", str(path), "--order", "1,2,B", "--level", "ordinal", "--json")
     assert mixed.code == 0, mixed.stderr
     assert strict_json(mixed.stdout)["values"] == [1.0, 2.0, 3.0]  # ranks of 1, 2, B
+
+
+@pytest.mark.parametrize("order", ["A,B,A", "A,,B", " ", "A, a ,A"])
+def test_an_order_that_repeats_or_skips_a_value_is_refused(order):
+    result = run_cli("agreement", str(FILES / "labels.jsonl"), "--order", order, "--json")
+    assert result.code == 2 and "--order lists each label value once" in result.stderr
+
+
+def test_many_problems_end_with_how_many_more(tmp_path):
+    path = write_lines(
+        tmp_path / "bad.jsonl", [{"item": i, "annotator": "x", "label": "NaN"} for i in range(25)]
+    )
+    result = run_cli("agreement", str(path))
+    assert result.code == 2
+    assert "bad.jsonl:20: label is not a finite number (NaN)" in result.stderr
+    assert "bad.jsonl:21:" not in result.stderr
+    assert "bad.jsonl: ... and 5 more problems" in result.stderr

@@ -509,4 +509,7 @@ def _read_rows(
 def _raise(problems: list[Problem]) -> None:
     if problems:
         problems.sort(key=lambda p: p.line or 0)
-        raise UserError(problems[:MAX_PROBLEMS])
+        shown, extra = problems[:MAX_PROBLEMS], len(problems) - MAX_PROBLEMS
+        if extra > 0:
+            shown.append(Problem(problems[0].source, None, f"... and {extra} more problems"))
+        raise UserError(shown)

@@ -60,6 +60,8 @@ def agreement(
     if window < 1 or bootstrap < 0:
         raise UserError("--window is at least 1 and --bootstrap at least 0")
     values = [v.strip() for v in order.split(",")] if order else None
+    if values is not None and ("" in values or len(set(values)) < len(values)):
+        raise UserError(f"--order lists each label value once, comma-separated: not {order!r}")
     data = read_labels(labels, values)
     if level != "nominal" and not data.numeric and values is None:
         raise UserError(
