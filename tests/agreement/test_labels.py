@@ -320,3 +320,13 @@ def test_gold_answers_are_checked_like_labels(tmp_path):
         "g.jsonl:3: item 7 has the answer 'B' here but 'A' on line 1",
         "g.jsonl:4: label is not a finite number (NaN)",
     ]
+
+
+def test_order_values_are_spelled_as_labels_are(tmp_path):
+    nfc, nfd = unicodedata.normalize("NFC", "á"), unicodedata.normalize("NFD", "á")
+    path = jsonl(
+        tmp_path / "l.jsonl",
+        [{"item": 1, "annotator": "x", "label": nfc}, {"item": 1, "annotator": "y", "label": "b"}],
+    )
+    labels = read_labels(path, order=[f" {nfd}", "b"])
+    assert labels.values.tolist() == [nfc, "b"]

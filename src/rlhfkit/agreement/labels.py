@@ -343,12 +343,14 @@ def read_labels(path: Path, order: list | None = None) -> Labels:
     ignored."""
     rows, lines, problems = _read_rows(path, REQUIRED, OPTIONAL)
     shown = display_path(path)
-    if order is not None:
+    if order is not None:  # the order's values are spelled as the labels are
+        canonical = []
         for v in order:
             try:
-                canonical_value(v)
+                canonical.append(canonical_value(v))
             except ValueError as e:
                 problems.append(Problem("--order", None, f"{v!r} {e}"))
+        order = canonical
     seen: dict[tuple[str, str], int] = {}
     keep_rows, keep_lines = [], []
     for row, line in zip(rows, lines, strict=True):
