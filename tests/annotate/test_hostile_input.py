@@ -34,6 +34,7 @@ from tests.annotate.conftest import (
     write_project,
 )
 from tests.annotate.test_api import count_labels
+from tests.conftest import run_cli
 
 SECURITY_HEADERS = (
     "content-security-policy",
@@ -419,6 +420,18 @@ def test_an_import_row_the_store_cannot_keep_is_a_file_line_error(db_url, tmp_pa
         store.close()
 
 
+def test_annotate_import_refuses_a_nul_with_file_and_line(db_url, tmp_path):
+    project = write_project(tmp_path / "p")
+    rows = pairs(3)
+    rows[1]["response_b"] = "B\x00"
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = run_cli("annotate", "import", str(items), "--project", str(project), "--db", db_url)
+    assert r.code == 2, r
+    assert "items.jsonl:2: response_b: text holds a NUL character" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_cli_text_from_argv_that_is_not_utf8_is_refused_or_kept_escaped(db_url, tmp_path):
     """Python turns argv and file-name bytes that are not UTF-8 into lone surrogates
     (\udcff): an override's reason is refused, a file name is kept with its escape."""
@@ -606,8 +619,8 @@ def form_bodies(fields: tuple[str, ...]):
     return st.one_of(shaped, shaped, typed, binary, known)
 
 
-def api_endpoints(base_url: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(method, path, body fields) of every API operation that takes a JSON body."""
+def api_endpoints(base_url: str) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    """(method, path, body fields or None) of every API operation, from the OpenAPI document."""
     wire = Wire(base_url)
     spec = wire.send("GET", "/api/openapi.json").json()
     wire.close()
@@ -615,11 +628,12 @@ def api_endpoints(base_url: str) -> list[tuple[str, str, tuple[str, ...]]]:
     for path, operations in spec["paths"].items():
         for method, op in operations.items():
             body = op.get("requestBody", {}).get("content", {}).get("application/json")
-            if body is None:
-                continue
-            ref = body["schema"].get("$ref", "")
-            schema = spec["components"]["schemas"].get(ref.rpartition("/")[2], {})
-            found.append((method.upper(), path, tuple(schema.get("properties", {}))))
+            fields = None
+            if body is not None:
+                ref = body["schema"].get("$ref", "")
+                schema = spec["components"]["schemas"].get(ref.rpartition("/")[2], {})
+                fields = tuple(schema.get("properties", {}))
+            found.append((method.upper(), path, fields))
     return found
 
 
@@ -728,7 +742,7 @@ def test_fuzz_every_body_endpoint_on_both_databases(pg_server, tmp_path):
         for s in servers:  # open the main queue, so that labels keep finding tasks
             r = s.admin.send("POST", "/api/admin/override", b'{"reason": "fuzz"}', JSON)
             assert r.status == 200, r
-        endpoints = api_endpoints(sqlite_team.base_url)
+        endpoints = [e for e in api_endpoints(sqlite_team.base_url) if e[2] is not None]
         assert {path for _, path, _ in endpoints} >= {"/api/labels", "/api/admin/override"}
         for method, path, fields in endpoints:
             # A path parameter gets its own name as its value: the body is what is fuzzed.
@@ -742,14 +756,19 @@ def test_fuzz_every_body_endpoint_on_both_databases(pg_server, tmp_path):
 
 
 def test_path_parameters_with_hostile_text_are_refused_or_not_found(db_url, tmp_path):
-    """Any route with a path parameter (none today but the static files) gets NUL, a lone
-    surrogate's UTF-8-ish bytes and overlong text: never a 500."""
+    """Every route with a path parameter (the static files, the API's, the pages') gets NUL,
+    bytes that are not UTF-8, overlong and odd text: never a 500."""
     with running_team(tmp_path, db_url, pairs(2)) as team:
         wire = Wire(team.base_url, {"Authorization": f"Bearer {team.tokens['admin']}"})
-        endpoints = [("GET", p) for p in ("/static/{path}",)]
-        endpoints += [(m, p) for m, p, _ in api_endpoints(team.base_url) if "{" in p]
+        endpoints = [("GET", "/static/{path}")] + [("POST", p) for p in form_posts()]
+        endpoints += [(m, p) for m, p, _ in api_endpoints(team.base_url)]
+        endpoints = [(m, p) for m, p in endpoints if "{" in p]
+        assert len(endpoints) >= 2
+        values = ("%00", "a%00b", "%ed%a0%80", "%ff", "x" * 3000, quote("é\u2028"), "%2e%2e", "%20")
         for method, template in endpoints:
-            for value in ("%00", "%ed%a0%80", "%ff", "x" * 3000, quote("é\u2028"), "%2e%2e"):
-                path = template.split("{")[0] + value
-                r = wire.send(method, path, b"{}" if method != "GET" else None)
-                check(wire, r)
+            for value in values:
+                path = re.sub(r"{\w+}", value, template)
+                r = wire.send(method, path, b"{}" if method != "GET" else None, JSON)
+                check(wire, r, json_error=path.startswith("/api"))
+                if "%00" in value:
+                    assert r.status == 422, (path, r)
