@@ -290,10 +290,17 @@ raw_tokens = st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e999"]
 def label_files(draw):
     """Mostly valid rows (every annotator at most once per item), each row with a small
     chance of one hostile value: a wrong type, a non-finite token, an id spelled anew."""
-    spellings = {0: [0, "0", " 0"], 1: [1, "1"], 2: ["b", " b"], 3: ["\u00e1", "a\u0301"]}
+    spellings = {
+        0: [0, "0", " 0"],
+        1: [1, "1"],
+        2: ["b", " b"],
+        3: ["\u00e1", "a\u0301"],
+        4: ["[/x]", "[/x] "],  # rich markup, printed in the table as it is
+    }
     lines = []
-    for item in range(draw(st.integers(1, 4))):
-        for who in draw(st.lists(st.sampled_from(["x", "y", "z"]), max_size=3, unique=True)):
+    for item in draw(st.lists(st.sampled_from(sorted(spellings)), min_size=1, unique=True)):
+        annotators = st.sampled_from(["x", "y", "[bold]z"])
+        for who in draw(st.lists(annotators, max_size=3, unique=True)):
             row = {
                 "item": draw(st.sampled_from(spellings[item])),
                 "annotator": who,
@@ -368,3 +375,16 @@ def test_many_problems_end_with_how_many_more(tmp_path):
     assert "bad.jsonl:20: label is not a finite number (NaN)" in result.stderr
     assert "bad.jsonl:21:" not in result.stderr
     assert "bad.jsonl: ... and 5 more problems" in result.stderr
+
+
+def test_ids_that_look_like_markup_print_as_they_are(tmp_path):
+    path = write_lines(
+        tmp_path / "m.jsonl",
+        [
+            {"item": "[/x]", "annotator": "[bold]y", "label": "A"},
+            {"item": "[/x]", "annotator": "b", "label": "B"},
+        ],
+    )
+    result = run_cli("agreement", str(path), "--bootstrap", "10")
+    assert result.code == 0, result.stderr
+    assert "[bold]y" in result.stdout and "most disputed items: [/x]" in result.stdout

@@ -109,6 +109,7 @@ def _fmt(x) -> str:
 
 
 def _print(s: dict) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     ci = s["ci"]
@@ -122,21 +123,23 @@ def _print(s: dict) -> None:
         "percent agreement",
         _fmt(s["percent_agreement"]),
         f"{_fmt(ci['percent_agreement'][0])} - {_fmt(ci['percent_agreement'][1])}",
-        s["percent_agreement_note"] or "",
+        escape(s["percent_agreement_note"] or ""),
     )
     table.add_row(
         f"Krippendorff's alpha ({s['level']})",
         _fmt(s["krippendorff_alpha"]),
         f"{_fmt(ci['krippendorff_alpha'][0])} - {_fmt(ci['krippendorff_alpha'][1])}",
-        s["krippendorff_alpha_note"] or "read this one",
+        escape(s["krippendorff_alpha_note"] or "read this one"),
     )
     table.add_row(
         "Cohen's kappa, mean of pairs",
         _fmt(s["cohen_kappa_mean"]),
         f"{_fmt(ci['cohen_kappa_mean'][0])} - {_fmt(ci['cohen_kappa_mean'][1])}",
-        s["cohen_kappa_mean_note"] or "",
+        escape(s["cohen_kappa_mean_note"] or ""),
     )
-    table.add_row("Fleiss' kappa", _fmt(s["fleiss_kappa"]), "", s["fleiss_kappa_note"] or "")
+    table.add_row(
+        "Fleiss' kappa", _fmt(s["fleiss_kappa"]), "", escape(s["fleiss_kappa_note"] or "")
+    )
     console.print(table)
     gate = s["calibration_gate"]
     verdict = "[green]passes[/green]" if gate["passed"] else "[red]fails[/red]"
@@ -145,13 +148,13 @@ def _print(s: dict) -> None:
         f"{gate['threshold']:.2f}: {verdict}"
     )
     if gate["value_note"]:
-        console.print(f"  ({gate['value_note']})")
+        console.print(f"  ({escape(gate['value_note'])})")
     for name, why in s["ci_notes"].items():
         if s[name] is not None:  # else the statistic's own note says it
-            console.print(f"no interval for {name.replace('_', ' ')}: {why}")
+            console.print(f"no interval for {name.replace('_', ' ')}: {escape(why)}")
     if gate["disputed_items"]:
         worst = ", ".join(f"{i} ({a:.2f})" for i, a in gate["disputed_items"][:5])
-        console.print(f"most disputed items: {worst}")
+        console.print(f"most disputed items: {escape(worst)}")
     people = Table(
         "annotator",
         "labels",
@@ -164,7 +167,7 @@ def _print(s: dict) -> None:
     )
     for a in s["annotators"]:
         people.add_row(
-            a["annotator"],
+            escape(a["annotator"]),
             str(a["labels"]),
             _fmt(a["majority_agreement"]),
             _fmt(a["anchor_accuracy"]),
@@ -184,13 +187,13 @@ def _print(s: dict) -> None:
         who = [a["annotator"] for a in s["annotators"] if a.get(f"{key}_note")]
         if who:
             why = next(a[f"{key}_note"] for a in s["annotators"] if a.get(f"{key}_note"))
-            console.print(f"n/a in {column} ({', '.join(who)}): {why}")
+            console.print(escape(f"n/a in {column} ({', '.join(who)}): {why}"))
     for name, why in gate["annotator_agreement_notes"].items():
-        console.print(f"calibration: {name}: {why}")
+        console.print(escape(f"calibration: {name}: {why}"))
     for alert in s.get("drift_alerts", []):
         console.print(
-            f"[yellow]drift:[/yellow] {alert['annotator']}, window "
+            f"[yellow]drift:[/yellow] {escape(alert['annotator'])}, window "
             f"{alert['window'] + 1}: {alert['reason']}"
         )
     for path in s.get("plots", []):
-        console.print(f"plot: {path}")
+        console.print(f"plot: {escape(path)}")
