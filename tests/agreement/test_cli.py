@@ -388,3 +388,20 @@ def test_ids_that_look_like_markup_print_as_they_are(tmp_path):
     result = run_cli("agreement", str(path), "--bootstrap", "10")
     assert result.code == 0, result.stderr
     assert "[bold]y" in result.stdout and "most disputed items: [/x]" in result.stdout
+
+
+def test_names_that_look_like_mathtext_plot_as_they_are(tmp_path):
+    rows = [
+        {"item": i, "annotator": who, "label": label}
+        for i in range(6)
+        for who, label in (("$\\frac{$", "AB"[i % 2]), ("$b$", "A"))
+    ]
+    path = write_lines(tmp_path / "m.jsonl", rows)
+    gold = write_lines(tmp_path / "g.jsonl", [{"item": i, "label": "A"} for i in range(6)])
+    result = run_cli(
+        "agreement", str(path), "--anchors", str(gold), "--window", "2",
+        "--plots", str(tmp_path / "plots"), "--bootstrap", "10",
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "plots" / "agreement.png").exists()
+    assert (tmp_path / "plots" / "anchors.png").exists()

@@ -22,6 +22,12 @@ def _pyplot():
     return plt
 
 
+def _plain(text: str) -> str:
+    """A label matplotlib prints as written: a pair of `$` would start mathtext, and a name
+    such as "$\\frac{$" would fail to parse."""
+    return text.replace("$", r"\$")
+
+
 def kappa_heatmap(labels: Labels, out: Path) -> Path:
     """Cohen's kappa for every annotator pair; blank where two annotators share too few items."""
     plt = _pyplot()
@@ -34,8 +40,9 @@ def kappa_heatmap(labels: Labels, out: Path) -> Path:
     size = max(3.0, 0.5 * len(names) + 1.5)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdYlGn")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    shown = [_plain(n) for n in names]
+    ax.set_xticks(range(len(names)), shown, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), shown)
     for i in range(len(names)):
         for j in range(len(names)):
             if not math.isnan(grid[i, j]):
@@ -56,7 +63,7 @@ def anchor_accuracy_plot(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for s in series:
-        ax.plot(range(1, len(s.accuracy) + 1), s.accuracy, marker="o", label=s.annotator)
+        ax.plot(range(1, len(s.accuracy) + 1), s.accuracy, marker="o", label=_plain(s.annotator))
     if threshold is not None:
         ax.axhline(threshold, color="red", linestyle="--", linewidth=1, label="alert threshold")
     ax.set_ylim(-0.05, 1.05)
