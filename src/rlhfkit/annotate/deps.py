@@ -24,6 +24,14 @@ def app_state(request: Request):
 
 
 async def _caller(request: Request) -> Caller:
+    return await _who(request, verified_by_route=False)
+
+
+async def _claimed_caller(request: Request) -> Caller:
+    return await _who(request, verified_by_route=True)
+
+
+async def _who(request: Request, verified_by_route: bool) -> Caller:
     state = app_state(request)
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -33,7 +41,12 @@ async def _caller(request: Request) -> Caller:
         from_cookie = True
     if not token:
         raise HTTPException(401, "log in: send Authorization: Bearer TOKEN", _challenge())
-    caller = await state.authenticate.check(token)  # every request: revocation is immediate
+    # A revoked or rotated token is refused on its next request: looked up every time, or,
+    # where the route verifies it in its own transaction, taken from memory (`Authenticator`).
+    if verified_by_route:
+        caller = await state.authenticate.claimed(token)
+    else:
+        caller = await state.authenticate.check(token)
     if caller is None:
         raise HTTPException(401, "unknown token", _challenge())
     if from_cookie and request.method not in SAFE_METHODS:
@@ -47,6 +60,12 @@ def _challenge() -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
 
+def refused(request: Request, caller: Caller) -> HTTPException:
+    """The 401 for a token found revoked or rotated by the route's own check."""
+    app_state(request).authenticate.forget(caller)
+    return HTTPException(401, "unknown token", _challenge())
+
+
 async def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
     if not caller.is_admin:
         raise HTTPException(403, "this needs an admin token")
@@ -54,4 +73,7 @@ async def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
 
 
 CurrentCaller = Annotated[Caller, Depends(_caller)]
+ClaimedCaller = Annotated[Caller, Depends(_claimed_caller)]
+"""For a route that calls `annotators.verify` in its own transaction (and answers 401 with
+`refused` when it fails): a safe method only, reading the annotator's row anyway."""
 AdminCaller = Annotated[Caller, Depends(_admin)]

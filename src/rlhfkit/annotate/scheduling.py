@@ -45,6 +45,7 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
+from rlhfkit.annotate.annotators import verify
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.rounds import finish_round, gate_state, open_round
@@ -74,21 +75,35 @@ class NoTask:
 
 
 def next_task(
-    store: Store, policy: Policy, annotator_id: int, rng: random.Random | None = None
+    store: Store,
+    policy: Policy,
+    annotator_id: int,
+    rng: random.Random | None = None,
+    token_hash: str | None = None,
 ) -> Task | NoTask:
-    """The annotator's next task (see the module docstring for the rules)."""
-    return store.run(_unit(store, policy, annotator_id, rng), durable=False)
+    """The annotator's next task (see the module docstring for the rules). With
+    `token_hash`, `security.TokenRefused` if the annotator's token is no longer that one."""
+    return store.run(_unit(store, policy, annotator_id, rng, token_hash), durable=False)
 
 
 async def next_task_async(
-    store: Store, policy: Policy, annotator_id: int, rng: random.Random | None = None
+    store: Store,
+    policy: Policy,
+    annotator_id: int,
+    rng: random.Random | None = None,
+    token_hash: str | None = None,
 ) -> Task | NoTask:
     """`next_task` for the event loop."""
-    return await store.arun(_unit(store, policy, annotator_id, rng), durable=False)
+    unit = _unit(store, policy, annotator_id, rng, token_hash)
+    return await store.arun(unit, durable=False)
 
 
 def _unit(
-    store: Store, policy: Policy, annotator_id: int, rng: random.Random | None
+    store: Store,
+    policy: Policy,
+    annotator_id: int,
+    rng: random.Random | None,
+    token_hash: str | None,
 ) -> Callable[[Connection], Task | NoTask]:
     rng = rng or random.Random()
 
@@ -97,7 +112,7 @@ def _unit(
         if now - store.last_sweep > min(SWEEP_EVERY_S, policy.task_timeout_s / 4):
             store.last_sweep = now
             _sweep(conn, now)
-        return _next_task(conn, policy, annotator_id, rng, now)
+        return _next_task(conn, policy, annotator_id, rng, now, token_hash)
 
     return unit
 
@@ -109,6 +124,7 @@ ME = (
         people.c.label_count,
         people.c.labels_at_calibration,
         people.c.calibrated_round,
+        people.c.token_hash,
     )
     .where(people.c.id == bindparam("a"))
     .with_for_update()  # PostgreSQL: one next-task at a time per annotator (two open tabs)
@@ -195,9 +211,15 @@ ASSIGN = Prepared(
 
 
 def _next_task(
-    conn: Connection, policy: Policy, annotator_id: int, rng: random.Random, now: float
+    conn: Connection,
+    policy: Policy,
+    annotator_id: int,
+    rng: random.Random,
+    now: float,
+    token_hash: str | None,
 ) -> Task | NoTask:
     me = ME(conn, {"a": annotator_id}).one()
+    verify(me.token_hash, token_hash)  # revoked or rotated since this process last looked
     current = OPEN_TASK(conn, {"a": annotator_id}).first()
     if current is not None:
         if current.expires_at > now:

@@ -19,6 +19,10 @@ import secrets
 TOKEN_PREFIX = "rlk_"
 
 
+class TokenRefused(Exception):
+    """The token no longer belongs to its annotator (revoked or rotated): 401."""
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 

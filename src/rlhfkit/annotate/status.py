@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from rlhfkit.annotate import models as m
-from rlhfkit.annotate.annotators import token_events
+from rlhfkit.annotate.annotators import token_events, verify
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open
 from rlhfkit.annotate.store import Store
@@ -257,7 +257,9 @@ def _number(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[str, Any]:
+def annotator_progress(
+    store: Store, policy: Policy, annotator_id: int, token_hash: str | None = None
+) -> dict[str, Any]:
     """One annotator's view of their own progress (`GET /api/me`, the labeling page's line).
 
     Anchors must stay secret, so this counts tasks, whatever they were: `labels` is every
@@ -267,9 +269,11 @@ def annotator_progress(store: Store, policy: Policy, annotator_id: int) -> dict[
     not for an anchor, and a round's size or the number of anchors would say how many of
     their tasks were anchors. `state` turns to done when no main item is left for them,
     which is also when the anchors end (see `scheduling`); an open task of theirs, of any
-    kind, is still theirs to finish."""
+    kind, is still theirs to finish. With `token_hash`, `security.TokenRefused` if the
+    annotator's token is no longer that one."""
     with store.read() as conn:
         me = conn.execute(select(m.Annotator).where(m.Annotator.id == annotator_id)).one()
+        verify(me.token_hash, token_hash)
         latest = conn.execute(select(m.Round).order_by(m.Round.id.desc()).limit(1)).first()
         is_open = gate_open(conn)
         calibration = None

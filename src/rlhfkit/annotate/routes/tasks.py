@@ -6,14 +6,15 @@ import json
 
 from fastapi import APIRouter, Request, Response
 
-from rlhfkit.annotate.deps import CurrentCaller, app_state
+from rlhfkit.annotate.deps import ClaimedCaller, app_state, refused
 from rlhfkit.annotate.scheduling import NoTask, next_task_async
+from rlhfkit.annotate.security import TokenRefused
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 
 @router.get("/next", responses={204: {"description": "no work now; see X-Rlhfkit-Reason"}})
-async def get_next_task(request: Request, caller: CurrentCaller) -> Response:
+async def get_next_task(request: Request, caller: ClaimedCaller) -> Response:
     """The caller's next task: the prompt, the two responses in the order drawn for this
     annotator, and the rubric. Calling again before labeling returns the same task. Nothing
     here tells an anchor from any other item, or shows anyone else's answers.
@@ -22,7 +23,12 @@ async def get_next_task(request: Request, caller: CurrentCaller) -> Response:
     ``calibration_gate`` (the main queue waits for the calibration round's agreement) or
     ``done``."""
     state = app_state(request)
-    task = await next_task_async(state.store, state.policy, caller.id, state.rng)
+    try:
+        task = await next_task_async(
+            state.store, state.policy, caller.id, state.rng, token_hash=caller.token_hash
+        )
+    except TokenRefused:
+        raise refused(request, caller) from None
     if isinstance(task, NoTask):
         return Response(status_code=204, headers={"X-Rlhfkit-Reason": task.reason})
     body = {
