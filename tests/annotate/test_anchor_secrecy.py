@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
@@ -155,6 +155,7 @@ def test_whether_a_pair_is_an_anchor_changes_nothing_the_annotator_sees(
     )
     rest = [a for a in anchors if a["prompt"] != x_prompt]
     round_b, main_b = round_items, main_items
+    event(f"X shown in {'calibration' if at < last_round_pair else 'the main phase'}")
     if at < last_round_pair:
         j = sum(kind_of(p) == "calibration" for p in shown[:at])
         round_b = [*round_items[:j], x, *round_items[j:]]
