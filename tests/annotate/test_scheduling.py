@@ -9,10 +9,12 @@ import time
 import uuid
 from collections import Counter
 
+import pytest
 from sqlalchemy import func, select
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import open_store
+from rlhfkit.annotate.scheduling import expire_abandoned
 from tests.annotate.conftest import label_all, pairs, running_team
 
 
@@ -173,16 +175,45 @@ def test_an_abandoned_task_returns_to_the_pool(db_url, tmp_path):
         assert ann1.get("/api/tasks/next").status_code == 204  # never the same item twice
 
 
-def test_a_late_label_is_accepted_while_its_slot_is_free(sqlite_url, tmp_path):
-    with running_team(tmp_path, sqlite_url, pairs(2), overlap=1, task_timeout_s=0.3) as team:
+@pytest.mark.parametrize("kind", ["pair", "anchor"])
+def test_a_timed_out_main_task_takes_no_label_whatever_its_pair(db_url, tmp_path, kind):
+    # A late label accepted only while the pair's slot is free would tell a real pair (409
+    # once its slot is gone) from an anchor (no slot: always accepted). So a timed-out
+    # main-phase task refuses every late label alike, and the answer is the same text.
+    anchors = [dict(p, label="A") for p in pairs(1, "gold")] if kind == "anchor" else None
+    with running_team(
+        tmp_path, db_url, pairs(20), anchors=anchors, overlap=1, anchor_rate=0.5,
+        task_timeout_s=0.4,
+    ) as team:
         ann1 = team.client("ann1")
-        task = ann1.get("/api/tasks/next").json()
+        for _ in range(20):  # the first real pair, or the anchor once it comes
+            task = ann1.get("/api/tasks/next").json()
+            if kind == "pair" or _is_anchor(team.db, task["task_id"]):
+                break
+            label(ann1, task)
+        assert _is_anchor(team.db, task["task_id"]) == (kind == "anchor")
         time.sleep(0.5)
-        team.client("ann2").get("/api/me")  # any traffic; the sweep may or may not have run
-        label(ann1, task)
-        taken = db_rows(team.db, select(m.Item.external_id, m.Item.taken, m.Item.labels))
-        assert sorted(taken)[0][1:] in ((1, 1), (0, 0)) and sum(t[2] for t in taken) == 1
-        assert sum(t[1] for t in taken) == 1
+        store = open_store(team.db)
+        try:
+            assert expire_abandoned(store) == 1
+        finally:
+            store.close()
+        assert team.client("ann2").get("/api/tasks/next").status_code == 200  # the freed slot
+        late = ann1.post(
+            "/api/labels", json={"task_id": task["task_id"], "choice": "first", "client_id": "x"}
+        )
+        assert late.status_code == 409, late.text
+        assert "timed out" in late.json()["detail"]
+        assert ann1.post(  # the same request again: the same answer
+            "/api/labels", json={"task_id": task["task_id"], "choice": "first", "client_id": "x"}
+        ).json() == late.json()
+        labeled = db_rows(team.db, select(m.Label.assignment_id))
+        assert (task["task_id"],) not in labeled
+
+
+def _is_anchor(db: str, task_id: str) -> bool:
+    kind = select(m.Item.kind).join(m.Assignment, m.Assignment.item_id == m.Item.id)
+    return db_rows(db, kind.where(m.Assignment.id == task_id)) == [(m.ANCHOR,)]
 
 
 def test_recalibration_opens_a_new_round_when_due(db_url, tmp_path):

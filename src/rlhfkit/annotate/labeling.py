@@ -5,7 +5,11 @@
   content is a conflict (409). A unique constraint on (annotator, client_id) makes this
   hold across concurrent requests and crashes, not only in this code.
 - Another annotator's task, or an unknown one, is `TaskNotFound` (404): the two look the same.
-- A task that timed out may still be labeled while its item has a free slot.
+- A main-phase task that timed out takes no label (409), whatever its pair: its slot went
+  back to the pool, and accepting a late label only where the slot is still free would
+  answer an anchor (which has no slot) differently from a real pair, telling the annotator
+  which it was. A calibration-phase task is reopened on the next request, so a late label
+  on one is welcome, anchor or not.
 - The label is stored relative to the stored pair (A, B, tie, both_bad) with the display
   order (`shown_first`), so position bias can be measured.
 
@@ -129,11 +133,6 @@ TASK = (
     .select_from(tasks.join(items, items.c.id == tasks.c.item_id))
     .where(tasks.c.id == bindparam("t"), tasks.c.annotator_id == bindparam("a"))
 )
-RETAKE = (
-    update(items)
-    .where(items.c.id == bindparam("i"), items.c.taken < bindparam("k"))
-    .values(taken=items.c.taken + 1)
-)
 CLOSE = (
     update(tasks)
     .where(tasks.c.id == bindparam("t"), tasks.c.status == bindparam("was"))
@@ -148,8 +147,8 @@ COUNT_ITEM = update(items).where(items.c.id == bindparam("i")).values(labels=ite
 COUNT_ANNOTATOR = (
     update(people).where(people.c.id == bindparam("a")).values(label_count=people.c.label_count + 1)
 )
-PREVIOUS, TASK, RETAKE, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR = map(
-    Prepared, (PREVIOUS, TASK, RETAKE, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR)
+PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR = map(
+    Prepared, (PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR)
 )
 INSERT = Prepared(INSERT, LABEL_COLUMNS)
 
@@ -171,10 +170,9 @@ def _submit(conn: Connection, policy: Policy, annotator_id: int, req: LabelReque
         raise TaskNotFound(req.task_id)
     if task.status == m.DONE:
         return _replay_or_conflict(conn, annotator_id, req, digest, "this task already has a label")
-    # A late label is welcome if nobody has taken the slot its task freed in the meantime.
-    late = task.status == m.EXPIRED and task.kind == m.MAIN
-    if late and RETAKE(conn, {"i": task.item_id, "k": policy.overlap}).rowcount != 1:
-        why = "this task timed out and its item went to other annotators"
+    # A timed-out main-phase task takes no label, anchor or not (see the module docstring).
+    if task.status == m.EXPIRED and task.phase == "main":
+        why = "this task timed out and went back to the pool; label the next one"
         return _replay_or_conflict(conn, annotator_id, req, digest, why)
     if CLOSE(conn, {"t": task.id, "was": task.status}).rowcount != 1:
         raise _Raced  # a sweep expired it between our read and this write
