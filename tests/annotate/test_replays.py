@@ -14,8 +14,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from sqlalchemy import select, update
 
-from tests.annotate.conftest import pairs, running_team
+from rlhfkit.annotate import add_annotator, open_store
+from rlhfkit.annotate import models as m
+from tests.annotate.conftest import new_pg_database, pairs, running_team
 from tests.annotate.test_api import count_labels
 
 COPIES, TRIALS = 8, 24
@@ -57,3 +60,39 @@ def test_concurrent_replays_are_one_201_and_the_rest_200(db_url, tmp_path):
             assert len({r.json()["label_id"] for r in answers}) == 1
             assert count_labels(team.db) == trial + 1
         assert clients[0].get("/api/tasks/next").status_code == 204
+
+
+def test_a_deadlock_victim_runs_again_on_postgresql(pg_server):
+    # Two units lock two annotator rows in opposite orders, both holding their first lock
+    # when they ask for the second: PostgreSQL aborts one as a deadlock victim (after its
+    # deadlock_timeout, 1 s). The store runs the victim again, so both complete; before, the
+    # victim's error reached the client as a 500 (a label and the same annotator's
+    # next-task request on a timed-out task lock their rows in opposite orders).
+    store = open_store(new_pg_database(pg_server), create=True)
+    people = m.Annotator.__table__
+    for name in ("a", "b"):
+        add_annotator(store, name)
+    barrier, attempts = threading.Barrier(2), {"a": 0, "b": 0}
+
+    def unit(first: str, second: str):
+        def run(conn):
+            attempts[first] += 1
+            bump = update(people).values(label_count=people.c.label_count + 1)
+            conn.execute(bump.where(people.c.name == first))
+            if attempts[first] == 1:
+                barrier.wait()  # both hold their first row now
+            conn.execute(bump.where(people.c.name == second))
+            return first
+
+        return run
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = list(pool.map(lambda pair: store.run(unit(*pair)), [("a", "b"), ("b", "a")]))
+        assert done == ["a", "b"]
+        assert sorted(attempts.values()) == [1, 2]  # one victim, run once more
+        with store.read() as conn:
+            counts = conn.execute(select(people.c.label_count)).scalars().all()
+        assert counts == [2, 2]
+    finally:
+        store.close()

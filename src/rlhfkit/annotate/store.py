@@ -11,7 +11,11 @@ by a different schema version. Writes come in two kinds:
   each taking a lock, committing and fsyncing in turn queue up behind each other, while one
   commit for all of them costs one fsync. No result is handed back before its commit.
   On PostgreSQL each unit is an ordinary transaction on a pooled connection: the server
-  does its own group commit, and the scheduler serialises with row locks.
+  does its own group commit, and the scheduler serialises with row locks. Two units that
+  take the same rows' locks in opposite orders (a label locks its task, then its
+  annotator; the same annotator's next-task request locks them the other way round when
+  the task timed out) can deadlock; PostgreSQL aborts one, and `run` runs that unit again
+  (`RETRIED`), so the client sees an answer, not a 500.
 - `Store.write()`: a transaction for the CLI and admin actions (imports, new annotators,
   overrides). On SQLite it begins with ``BEGIN IMMEDIATE`` (a deferred transaction that
   reads, then writes can fail with "database is locked" whatever the busy timeout).
@@ -34,9 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from psycopg import errors as pg_errors
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
@@ -45,6 +50,9 @@ from rlhfkit.errors import UserError, display_path
 T = TypeVar("T")
 DB_ENV = "RLHFKIT_DB_URL"
 DEFAULT_DB = "annotations.sqlite"
+RETRIED = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+"""PostgreSQL rolled the whole transaction back: running the unit again is safe."""
+RETRIES = 5
 
 
 def normalise_url(url: str) -> str:
@@ -83,8 +91,13 @@ class Store:
     def run(self, fn: Callable[[Connection], T], durable: bool = True) -> T:
         """Run `fn(conn)` in a write transaction; return its result once committed."""
         if not self.is_sqlite:
-            with self.engine.begin() as conn:
-                return fn(conn)
+            for attempt in range(RETRIES):
+                try:
+                    with self.engine.begin() as conn:
+                        return fn(conn)
+                except DBAPIError as e:
+                    if not isinstance(e.orig, RETRIED) or attempt == RETRIES - 1:
+                        raise
         return self._sqlite_writer().submit(fn, durable).result()
 
     async def arun(self, fn: Callable[[Connection], T], durable: bool = True) -> T:
