@@ -1,4 +1,4 @@
-"""Strict JSON out: every JSON file and `--json` output rlhfkit writes parses with any
+"""Strict JSON in and out. Out: every JSON file and `--json` output rlhfkit writes parses with any
 RFC 8259 parser. Python's `json` writes NaN and Infinity by default, which JSON has no words
 for: JavaScript, jq and most other parsers reject the whole document.
 
@@ -11,6 +11,12 @@ Two cases, chosen per writer:
   and the dict that held it gains ``non_finite``: {key: "NaN" | "Infinity" | "-Infinity"},
   so the reason is not lost. Writers that know a better reason (the agreement summary's
   ``*_note`` keys) give it themselves; `nulled` is then only the backstop.
+
+In: JSON has no NaN or Infinity, and a double cannot hold 1e999 or a 400-digit integer, but
+Python's `json` reads all of them. `loads` refuses them outright (the annotation app's
+request bodies); `non_finite_at` finds the first one in a parsed value and names where it
+is, so every data file (`rlhfkit.data.io`) reports it as FILE:LINE: FIELD is not a finite
+number, and none reaches a statistic.
 """
 
 from __future__ import annotations
@@ -51,6 +57,64 @@ def nulled(obj: Any) -> Any:
     if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral):
         return float(obj)  # numpy floats, which json cannot write
     return obj
+
+
+class NotFinite(ValueError):
+    """A number JSON text may spell but a double cannot hold (see `loads`)."""
+
+
+def loads(text: str, **kwargs: Any) -> Any:
+    """json.loads that raises `NotFinite` for NaN, Infinity, -Infinity, a float that
+    overflows (1e999) and an integer a double cannot hold; `json.JSONDecodeError` as usual
+    for text that is not JSON. Keyword arguments (e.g. object_pairs_hook) pass through."""
+    return json.loads(
+        text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_double_int,
+        **kwargs,
+    )
+
+
+def non_finite_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(where, what) of the first number in `value` that is not a finite double — where as
+    `label` or `meta.scores[2]` ("the value" at the top), what as "NaN", "Infinity",
+    "-Infinity" or "too large for a float" — or None when every number is finite."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_at(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = non_finite_at(item, f"{path}[{i}]")
+            if found:
+                return found
+    elif isinstance(value, float) and not math.isfinite(value):
+        return path or "the value", _spelling(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            return path or "the value", "too large for a float"
+    return None
+
+
+def _no_constant(token: str) -> Any:
+    raise NotFinite(f"{token} is not a JSON number (JSON has no NaN or Infinity)")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise NotFinite(f"the number {token[:20]} does not fit a double")
+    return value
+
+
+def _double_int(token: str) -> int:
+    try:
+        value = int(token)
+        float(value)
+    except (ValueError, OverflowError):  # past Python's 4300 digits, or a double's range
+        raise NotFinite(f"the number {token[:20]}... does not fit a double") from None
+    return value
 
 
 def _non_finite(x: Any) -> bool:

@@ -193,3 +193,23 @@ def test_unsupported_trl_formats_are_named():
         check_row({"prompt": "Q", "completion": "A", "label": True})
     with pytest.raises(RowError, match="stepwise"):
         check_row({"prompt": "Q", "completions": ["a"], "labels": [True]})
+
+
+@pytest.mark.parametrize(
+    "number", ["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "1" + "0" * 400]
+)
+@pytest.mark.parametrize("where", ["margin", "metadata"])
+def test_a_number_a_double_cannot_hold_is_a_bad_line(tmp_path, number, where):
+    # Python's json reads NaN, Infinity and 1e999 (as inf); JSON has no such numbers, and
+    # one that reached a margin, a vote count or a statistic would poison it silently.
+    value = f'"margin": {number}' if where == "margin" else f'"meta": {{"score": [{number}]}}'
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(
+        '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
+        f'{{"prompt": "Q", "chosen": "A", "rejected": "B", {value}}}\n'
+    )
+    dataset, problems = validate(path)
+    assert dataset is None
+    assert [p.line for p in problems] == [2]
+    field = "margin" if where == "margin" else "meta.score[0]"
+    assert problems[0].reason.startswith(f"{field} is not a finite number (")

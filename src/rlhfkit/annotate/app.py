@@ -12,7 +12,6 @@ a `<script>` from a model's response). The headers wrap everything else, Starlet
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlhfkit import strict_json
 from rlhfkit.annotate import inputs
 from rlhfkit.annotate.annotators import Authenticator
 from rlhfkit.annotate.labeling import InvalidLabel, LabelConflict, TaskNotFound
@@ -67,7 +67,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         policy=policy,
         authenticate=Authenticator(store),
         rubric=rubric,
-        rubric_json=json.dumps(rubric, ensure_ascii=False).encode(),
+        rubric_json=strict_json.dumps(rubric, ensure_ascii=False).encode(),
         project_name=project.spec.name,
         templates=jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -76,7 +76,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         ),
         rng=random.Random(settings.seed),
     )
-    state.templates.filters["tojson_text"] = lambda v: json.dumps(v, ensure_ascii=False, indent=1)
+    state.templates.filters["tojson_text"] = lambda v: strict_json.dumps(
+        v, ensure_ascii=False, indent=1
+    )
 
     from rlhfkit.annotate.routes import admin, labels, me, pages, tasks
 
@@ -176,7 +178,7 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
+    body = strict_json.dumps({"detail": f"request body over {limit} bytes"}).encode()
     await send(
         {
             "type": "http.response.start",

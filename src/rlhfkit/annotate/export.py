@@ -20,7 +20,6 @@ reason, the excluded annotators, every count above, and every token revoked or r
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from rlhfkit import strict_json
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
 from rlhfkit.annotate.policy import Policy
@@ -203,7 +203,7 @@ def _write_labels(path: Path, table: Any) -> int:
                 "rationale": table.rationale[i],
                 "seconds": table.seconds[i],
             }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(strict_json.dumps(row, ensure_ascii=False) + "\n")
     return len(table.label)
 
 

@@ -25,7 +25,6 @@ one, so a client must not reuse it).
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -34,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rlhfkit import strict_json
 from rlhfkit.annotate.storable import NUL, first_unstorable, shown
 
 MAX_DEPTH = 64
@@ -55,18 +55,12 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise Refused("json_invalid", ["body", e.start], "the body is not UTF-8") from None
     try:
-        value = json.loads(
-            text,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-            parse_int=_double_int,
-            object_pairs_hook=_unique_names,
-        )
+        value = strict_json.loads(text, object_pairs_hook=_unique_names)
     except json.JSONDecodeError as e:
         raise Refused("json_invalid", ["body", e.pos], f"JSON decode error: {e.msg}") from None
     except RecursionError:
         raise Refused("json_invalid", ["body"], f"nested over {MAX_DEPTH} deep") from None
-    except _BadToken as e:
+    except (strict_json.NotFinite, _BadToken) as e:
         raise Refused("json_invalid", ["body"], str(e)) from None
     if _depth_over(value, MAX_DEPTH):
         raise Refused("json_invalid", ["body"], f"nested over {MAX_DEPTH} deep")
@@ -80,26 +74,6 @@ def parse_json(raw: bytes) -> Any:
 
 class _BadToken(ValueError):
     pass
-
-
-def _no_constant(token: str) -> Any:
-    raise _BadToken(f"{token} is not a JSON number")
-
-
-def _finite_float(token: str) -> float:
-    value = float(token)
-    if not math.isfinite(value):
-        raise _BadToken(f"the number {token[:20]} does not fit a double")
-    return value
-
-
-def _double_int(token: str) -> int:
-    try:
-        value = int(token)
-        float(value)
-    except (ValueError, OverflowError):  # past Python's 4300 digits, or a double's range
-        raise _BadToken(f"the number {token[:20]}... does not fit a double") from None
-    return value
 
 
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ Statements are built once, at import: on the hot path SQLAlchemy then only binds
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from rlhfkit import strict_json
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
 from rlhfkit.annotate.policy import Policy
@@ -48,7 +48,7 @@ class LabelRequest:
 
     def digest(self) -> str:
         body = [self.task_id, self.choice, self.criteria or {}, self.rationale or ""]
-        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(strict_json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

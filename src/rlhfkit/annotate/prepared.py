@@ -22,6 +22,8 @@ from sqlalchemy import Connection, Executable
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.sql import sqltypes
 
+from rlhfkit import strict_json
+
 
 class Prepared:
     def __init__(self, statement: Executable, insert_keys: list[str] | None = None):
@@ -40,7 +42,7 @@ class Prepared:
         values = []
         for name in names:
             value = params[name] if name in params else defaults[name]
-            values.append(json.dumps(value) if name in json_binds else value)
+            values.append(strict_json.dumps(value) if name in json_binds else value)
         cursor = conn.connection.driver_connection.execute(sql, values)
         return _Result(cursor, row_type, json_columns)
 

@@ -64,9 +64,19 @@ def iter_raw_rows(path: Path, split: str = "train") -> Iterator[tuple[int, Any, 
         if not text.strip():
             continue
         try:
-            yield number, json.loads(text), None
+            row = json.loads(text)
         except json.JSONDecodeError as e:
             yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
+            continue
+        except ValueError as e:  # an integer past Python's 4,300 digits
+            yield number, None, f"bad JSON: {e}"
+            continue
+        # Python reads NaN, Infinity and 1e999 (as inf), which JSON has no words for.
+        found = strict_json.non_finite_at(row)
+        if found:
+            yield number, None, f"{found[0]} is not a finite number ({found[1]})"
+        else:
+            yield number, row, None
 
 
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request, Response
 
+from rlhfkit import strict_json
 from rlhfkit.annotate.deps import ClaimedCaller, app_state, refused
 from rlhfkit.annotate.scheduling import NoTask, next_task_async
 from rlhfkit.annotate.security import TokenRefused
@@ -41,5 +40,5 @@ async def get_next_task(request: Request, caller: ClaimedCaller) -> Response:
         "choices": state.rubric["choices"],
     }
     # The rubric is the same for every task: encoded once at start-up, spliced in here.
-    encoded = json.dumps(body, ensure_ascii=False).encode()[:-1] + b',"rubric":'
+    encoded = strict_json.dumps(body, ensure_ascii=False).encode()[:-1] + b',"rubric":'
     return Response(encoded + state.rubric_json + b"}", media_type="application/json")
