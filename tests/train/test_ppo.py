@@ -118,9 +118,9 @@ def test_centred_rewards_learn_whatever_the_rewards_offset(setup, tmp_path):
 
 def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, free_run, tmp_path):
     """Measured against the same run with kl-coef 0.05, not against fixed numbers: the pinned
-    run's KL wanders between 1.2 and 2.6 nats with the seed and the CPU's kernels (2.03 on an
-    AVX2 host, 1.70 with AVX-512, seed 0). Over seeds 0-7 on both, its KL in the last 8 steps
-    was 0.09-0.21 of the free run's, and its reward gain at most 0.1 of the free run's."""
+    run's largest KL moves with the seed and the CPU's kernels (seed 0: 2.03 nats with AVX2,
+    1.70 with AVX-512; seeds 0-7: 1.2 to 2.6). Over seeds 0-7 on both, its mean KL in the last
+    8 steps was 0.09-0.21 of the free run's, and its reward gain at most 0.1 of the free run's."""
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / "pinned", "--max-steps", "16", "--kl-coef",
                           "1000", "--no-lora"))
