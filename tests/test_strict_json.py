@@ -135,3 +135,23 @@ def test_a_reward_model_scoring_nan_is_a_user_error_not_a_cache_entry(tmp_path):
     with pytest.raises(UserError, match="scored response 1 nan"):
         _rewards(BrokenJudge(), cfg, ["p", "q"], ["x", "y"])
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def nested(depth: int, leaf):
+    """[[...[leaf]...]], `depth` lists deep, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_non_finite_at_walks_values_of_any_depth():
+    """Values nested deeper than Python's recursion limit (json reads a few hundred levels
+    from any stack depth; a caller may build deeper): found, and in document order."""
+    deep = nested(100_000, math.nan)
+    assert strict_json.non_finite_at(deep) == ("[0]" * 100_000, "NaN")
+    assert strict_json.non_finite_at({"a": nested(100_000, 1.0)}) is None
+    value = {"a": [1, {"b": math.inf}], "c": -math.inf, "d": [10**400]}
+    assert strict_json.non_finite_at(value) == ("a[1].b", "Infinity")
+    assert strict_json.non_finite_at({"d": [1, 10**400]}) == ("d[1]", "too large for a float")
+    assert strict_json.non_finite_at(math.nan) == ("the value", "NaN")

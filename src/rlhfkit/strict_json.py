@@ -73,28 +73,44 @@ def loads(text: str, **kwargs: Any) -> Any:
     )
 
 
-def non_finite_at(value: Any, path: str = "") -> tuple[str, str] | None:
+def non_finite_at(value: Any) -> tuple[str, str] | None:
     """(where, what) of the first number in `value` that is not a finite double — where as
     `label` or `meta.scores[2]` ("the value" at the top), what as "NaN", "Infinity",
     "-Infinity" or "too large for a float" — or None when every number is finite."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = non_finite_at(item, f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = non_finite_at(item, f"{path}[{i}]")
-            if found:
-                return found
-    elif isinstance(value, float) and not math.isfinite(value):
-        return path or "the value", _spelling(value)
-    elif isinstance(value, int) and not isinstance(value, bool):
+    # Iterative, and a path is spelled only for the number found: a value may be nested
+    # deeper than the recursion limit (json.loads reads up to it; a caller may build deeper).
+    # A trail is (parent's trail, step), so a deep walk costs no string per level.
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]
+    while stack:
+        value, trail = stack.pop()
+        if isinstance(value, dict):
+            stack += [(item, (trail, f".{key}")) for key, item in reversed(value.items())]
+        elif isinstance(value, list):
+            stack += [(value[i], (trail, f"[{i}]")) for i in range(len(value) - 1, -1, -1)]
+        else:
+            what = _not_a_double(value)
+            if what:
+                return _spelled(trail), what
+    return None
+
+
+def _not_a_double(value: Any) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _spelling(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         try:
             float(value)
         except OverflowError:
-            return path or "the value", "too large for a float"
+            return "too large for a float"
     return None
+
+
+def _spelled(trail: tuple | None) -> str:
+    steps = []
+    while trail is not None:
+        trail, step = trail
+        steps.append(step)
+    return "".join(reversed(steps)).removeprefix(".") or "the value"
 
 
 def _no_constant(token: str) -> Any:
