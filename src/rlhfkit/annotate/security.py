@@ -23,6 +23,14 @@ class TokenRefused(Exception):
     """The token no longer belongs to its annotator (revoked or rotated): 401."""
 
 
+def verify(stored_hash: str, token_hash: str | None) -> None:
+    """In a unit's own transaction: the annotator's row, read there (locked on PostgreSQL),
+    still holds the hash of the token the request came with. None: nothing to check (a
+    command-line action, or a caller already checked in this transaction)."""
+    if token_hash is not None and not same(stored_hash, token_hash):
+        raise TokenRefused
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
