@@ -156,6 +156,27 @@ def test_a_non_finite_label_is_an_input_error(tmp_path, raw):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+def test_a_deeply_nested_line_is_an_input_error_not_a_traceback(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    bad = write_lines(
+        tmp_path / "deep.jsonl",
+        [
+            {"item": 1, "annotator": "x", "label": 1},
+            '{"item": 1, "annotator": "y", "label": ' + deep + "}",
+        ],
+    )
+    result = run_cli("agreement", str(bad), "--json")
+    assert result.code == 2, result
+    assert "deep.jsonl:2: bad JSON: nested too deeply" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    gold = write_lines(tmp_path / "gold.jsonl", ['{"item": 1, "label": ' + deep + "}"])
+    labels = write_lines(tmp_path / "ok.jsonl", [{"item": 1, "annotator": "x", "label": 1}])
+    result = run_cli("agreement", str(labels), "--anchors", str(gold), "--json")
+    assert result.code == 2, result
+    assert "gold.jsonl:1: bad JSON: nested too deeply" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [

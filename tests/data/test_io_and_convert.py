@@ -1,13 +1,14 @@
 """Whole files: every bad line reported, atomic writes, datasets folders, conversions."""
 
 import json
+import math
 
 import pytest
 
 from rlhfkit.data import Format, convert_rows, load, validate, write, write_jsonl
 from rlhfkit.data.convert import to_explicit_prompt, to_implicit_prompt
 from rlhfkit.errors import UserError
-from tests.conftest import messages, write_lines
+from tests.conftest import messages, run_cli, write_lines
 
 
 def test_every_bad_line_is_reported_with_its_number(tmp_path):
@@ -213,3 +214,58 @@ def test_a_number_a_double_cannot_hold_is_a_bad_line(tmp_path, number, where):
     assert [p.line for p in problems] == [2]
     field = "margin" if where == "margin" else "meta.score[0]"
     assert problems[0].reason.startswith(f"{field} is not a finite number (")
+
+
+# --- deep nesting and saved datasets: the same rules as every JSONL line ----------------------
+
+
+def test_a_deeply_nested_line_is_a_bad_line_not_a_traceback(tmp_path):
+    depth = 100_000
+    # Python's json parser gives up past about a thousand levels with a RecursionError.
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(
+        '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
+        '{"prompt": "Q", "chosen": "A", "rejected": "B", "meta": '
+        + "[" * depth
+        + "]" * depth
+        + "}\n"
+    )
+    result = run_cli("data", "validate", str(path))
+    assert result.code == 2, result
+    assert "prefs.jsonl:2: bad JSON: nested too deeply" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def saved_dataset(path, rows):
+    """Rows saved as `datasets` does, bypassing `write` (which refuses NaN in votes)."""
+    import datasets
+
+    datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+PAIR = {"prompt": "Q", "chosen": "A", "rejected": "B"}
+
+
+VOTES = '{"a": "chosen"}'
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "reason"),
+    [
+        ({"meta": {"x": 0.5}}, {"meta": {"x": math.nan}}, "meta.x is not a finite number (NaN)"),
+        ({"margin": 0.5}, {"margin": -math.inf}, "margin is not a finite number (-Infinity)"),
+        ({"votes": VOTES}, {"votes": '{"a": NaN}'}, "votes.a is not a finite number (NaN)"),
+        ({"votes": VOTES}, {"votes": '{"a": 1e999}'}, "votes.a is not a finite number (Infinity)"),
+        ({"votes": VOTES}, {"votes": '{"a": '}, "votes: bad JSON: Expecting value (column 7)"),
+        ({"votes": VOTES}, {"votes": "[" * 100_000}, "votes: bad JSON: nested too deeply"),
+    ],
+)
+def test_a_saved_dataset_is_held_to_the_jsonl_rules(tmp_path, good, bad, reason):
+    folder = saved_dataset(tmp_path / "ds", [{**PAIR, **good}, {**PAIR, **bad}, {**PAIR, **good}])
+    _, problems = validate(folder)
+    assert [(p.line, p.reason) for p in problems] == [(2, reason)]
+    result = run_cli("data", "validate", str(folder))
+    assert result.code == 2, result
+    assert f"ds:2: {reason}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -63,20 +63,29 @@ def iter_raw_rows(path: Path, split: str = "train") -> Iterator[tuple[int, Any, 
         text = text.rstrip("\r\n")
         if not text.strip():
             continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield number, None, f"bad JSON: {e.msg} (column {e.colno})"
-            continue
-        except ValueError as e:  # an integer past Python's 4,300 digits
-            yield number, None, f"bad JSON: {e}"
-            continue
-        # Python reads NaN, Infinity and 1e999 (as inf), which JSON has no words for.
-        found = strict_json.non_finite_at(row)
-        if found:
-            yield number, None, f"{found[0]} is not a finite number ({found[1]})"
-        else:
-            yield number, row, None
+        row, problem = _loaded(text)
+        problem = problem or _non_finite(row)
+        yield number, (None if problem else row), problem
+
+
+def _loaded(text: str) -> tuple[Any, str | None]:
+    """(value, None) for JSON text, else (None, why not): a JSONL line, a saved `votes`."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"bad JSON: {e.msg} (column {e.colno})"
+    except RecursionError:  # past about a thousand levels, from the parser's C code
+        return None, "bad JSON: nested too deeply"
+    except ValueError as e:  # an integer past Python's 4,300 digits
+        return None, f"bad JSON: {e}"
+    return value, None
+
+
+def _non_finite(row: Any) -> str | None:
+    # Python reads NaN, Infinity and 1e999 (as inf), which JSON has no words for, and Arrow
+    # stores NaN and inf as it stores any float: every data file is checked, either way.
+    found = strict_json.non_finite_at(row)
+    return f"{found[0]} is not a finite number ({found[1]})" if found else None
 
 
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
@@ -110,9 +119,13 @@ def _iter_hf_rows(path: Path, split: str) -> Iterator[tuple[int, Any, str | None
     for number, row in enumerate(loaded, start=1):
         # Arrow fills absent columns with None; drop them so the row looks as it was written.
         row = {k: v for k, v in row.items() if v is not None}
-        if isinstance(row.get("votes"), str):
-            row["votes"] = json.loads(row["votes"])
-        yield number, row, None
+        if isinstance(row.get("votes"), str):  # see `write_hf_dataset`
+            row["votes"], problem = _loaded(row["votes"])
+            if problem:
+                yield number, None, f"votes: {problem}"
+                continue
+        problem = _non_finite(row)
+        yield number, (None if problem else row), problem
 
 
 def validate(
