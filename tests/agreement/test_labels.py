@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.agreement import read_gold, read_labels
+from rlhfkit.agreement.labels import Labels
 from rlhfkit.errors import UserError
 
 
@@ -330,3 +331,44 @@ def test_order_values_are_spelled_as_labels_are(tmp_path):
     )
     labels = read_labels(path, order=[f" {nfd}", "b"])
     assert labels.values.tolist() == [nfc, "b"]
+
+
+NFC_A, NFD_A = unicodedata.normalize("NFC", "á"), unicodedata.normalize("NFD", "á")
+
+
+def two_items(tmp_path: Path, labels: list) -> Labels:
+    """Items 7 and 8, labeled labels[0] and labels[1] by one annotator."""
+    rows = [{"item": 7 + i, "annotator": "x", "label": v} for i, v in enumerate(labels)]
+    return read_labels(jsonl(tmp_path / "l.jsonl", rows))
+
+
+@pytest.mark.parametrize(
+    ("labels", "first", "again"),
+    [
+        ([1, 2], 1, 1.0),  # JSON numbers
+        ([1, 2], "1", "1.0"),  # as a CSV file spells them
+        ([1, 2], 1, " 1.0"),
+        ([1, 2], "2", "2e0"),
+        (["A", "B"], " A", "A"),
+        (["A", "B"], 1, "1"),  # numbers among words are words: 1 is "1"
+        ([NFC_A, "b"], NFC_A, NFD_A),
+        ([NFC_A, "b"], "zzz", " zzz"),  # an answer nobody gave, spelled twice
+    ],
+)
+def test_one_gold_answer_spelled_two_ways_is_not_a_conflict(tmp_path, labels, first, again):
+    """Gold answers are compared as the labels are: two spellings of one label value agree."""
+    read = two_items(tmp_path, labels)
+    once = jsonl(tmp_path / "once.jsonl", [{"item": 7, "label": first}])
+    gold = jsonl(tmp_path / "g.jsonl", [{"item": 7, "label": first}, {"item": 7, "label": again}])
+    assert read_gold(gold, read) == read_gold(once, read)
+
+
+@pytest.mark.parametrize(
+    ("labels", "first", "again"),
+    [([1, 2], 1, 2), ([1, 2], "1", 1.5), (["A", "B"], "A", "a"), (["A", "1"], "1", "1.0")],
+)
+def test_two_gold_answers_for_one_item_are_a_conflict(tmp_path, labels, first, again):
+    read = two_items(tmp_path, labels)
+    gold = jsonl(tmp_path / "g.jsonl", [{"item": 7, "label": first}, {"item": 7, "label": again}])
+    with pytest.raises(UserError, match=r"g.jsonl:2: item 7 has the answer .* on line 1"):
+        read_gold(gold, read)

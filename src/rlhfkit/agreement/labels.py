@@ -393,7 +393,8 @@ def read_labels(path: Path, order: list | None = None) -> Labels:
 
 def read_gold(path: Path, labels: Labels) -> dict[int, int]:
     """Anchor answers: item code -> label code, for the anchors that occur in `labels`. Item
-    ids and labels follow `read_labels`' rules."""
+    ids and labels follow `read_labels`' rules; an item answered twice must be given one
+    label value both times, compared as labels are (1 and "1.0" agree on a numeric scale)."""
     rows, lines, problems = _read_rows(path, ("item", "label"), ())
     shown = display_path(path)
     gold: dict[int, int] = {}
@@ -405,7 +406,9 @@ def read_gold(path: Path, labels: Labels) -> dict[int, int]:
                 Problem(shown, line, f"label {row['label']!r} is not a number, but the labels are")
             )
             continue
-        if row["item"] in first and first[row["item"]][1] != row["label"]:
+        # As `code_of` compares: on a numeric scale 1, 1.0 and "1e0" are one answer.
+        value = _coerce(row["label"], labels.numeric)
+        if row["item"] in first and _coerce(first[row["item"]][1], labels.numeric) != value:
             earlier, answer = first[row["item"]]
             problems.append(
                 Problem(
