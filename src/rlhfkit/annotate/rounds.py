@@ -114,9 +114,9 @@ def open_round(
 ) -> int | None:
     """Open a calibration round of up to `calibration_size` untouched main items; returns the
     round waiting for the team (an existing one that nobody has finished), or None when no
-    item is left to calibrate on. `now`: the caller's clock, so that tasks it hands out in
-    the same transaction are not older than the round (the scheduler tells a round's tasks
-    by their time)."""
+    item is left to calibrate on. `now`: the caller's clock, for the round's `created_at`
+    (shown, never compared with the time of a task or label: those come from other
+    processes' clocks)."""
     # One opener at a time, on every database: lock the store's schema-version row.
     conn.execute(select(m.Meta.value).where(m.Meta.key == "schema_version").with_for_update())
     latest = conn.execute(
@@ -156,8 +156,28 @@ def open_round(
             id=round_id, size=size, reason=reason, created_at=time.time() if now is None else now
         )
     )
-    record_event(conn, "round_opened", actor, round=round_id, size=size, reason=reason)
+    # Labels with a higher id came in during the round (`labels_in_round_after`). Ids come
+    # from the database, so unlike times from each server's clock they order labels across
+    # processes.
+    after = conn.execute(select(func.max(labels.c.id))).scalar() or 0
+    record_event(
+        conn, "round_opened", actor, round=round_id, size=size, reason=reason, after_label=after
+    )
     return round_id
+
+
+ROUND_OPENED = (
+    select(m.Event.detail).where(m.Event.kind == "round_opened").order_by(m.Event.id.desc())
+)
+
+
+def labels_in_round_after(conn: Connection, round_id: int) -> int | None:
+    """The largest label id when the round opened: the round's labels have higher ones. None
+    for a round opened before this was recorded (stores from before it)."""
+    for (detail,) in conn.execute(ROUND_OPENED):
+        if detail.get("round") == round_id:
+            return detail.get("after_label")
+    return None
 
 
 def override_gate(store: Store, reason: str, actor: str = "cli") -> int:

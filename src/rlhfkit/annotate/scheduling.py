@@ -6,7 +6,8 @@ The rules, in the order `next_task` applies them to one annotator:
    pair). Tasks past `task_timeout_s` expire; a main item's slot returns to the pool.
 2. Calibration: while they have not finished the latest calibration round, they get its
    items (every annotator labels every item of a round; see `rounds`). A calibration task
-   they abandoned, anchor or not, comes back first.
+   they abandoned, anchor or not, comes back first. Nothing here compares times written by
+   different server processes (their clocks may differ).
 3. The gate: the main queue is open only while the latest evaluated round passed the
    agreement threshold, or an admin overrode it.
 4. Recalibration: after `recalibrate_every` labels since their last round, a new round is
@@ -45,16 +46,14 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
-from rlhfkit.annotate.annotators import verify
+from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.rounds import finish_round, gate_state, open_round
 from rlhfkit.annotate.store import Store
 
 SWEEP_EVERY_S = 5.0
-tasks, items, labels, people, rounds = (
-    t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator, m.Round)
-)
+tasks, items, labels, people = (t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator))
 
 
 @dataclass(frozen=True)
@@ -137,16 +136,16 @@ TEXT = select(items.c.prompt, items.c.response_a, items.c.response_b).where(
 )
 NOT_SEEN = ~exists().where(tasks.c.item_id == items.c.id, tasks.c.annotator_id == bindparam("a"))
 UNSEEN_ANCHORS = select(items.c.id, items.c.external_id).where(items.c.kind == m.ANCHOR, NOT_SEEN)
-ROUND_CREATED = select(rounds.c.created_at).where(rounds.c.id == bindparam("r"))
-# A calibration task of theirs in this round that timed out before they labeled it (a label
-# closes a task, so an expired one has none).
+# A calibration task of theirs that timed out before they labeled it (a label closes a task,
+# so an expired one has none), from this round or one they did not finish: a task carries no
+# round, and its time, from whichever process handed it out, cannot be compared with the
+# round's (see `_calibration_task`).
 ABANDONED = (
-    select(tasks.c.id, tasks.c.item_id, tasks.c.swap, tasks.c.phase)
+    select(tasks.c.id, tasks.c.item_id, tasks.c.swap)
     .where(
         tasks.c.annotator_id == bindparam("a"),
         tasks.c.status == m.EXPIRED,
         tasks.c.phase == "calibration",
-        tasks.c.created_at >= bindparam("since"),
     )
     .order_by(tasks.c.created_at, tasks.c.id)
     .limit(1)
@@ -160,13 +159,13 @@ NEXT_IN_ROUND = (
     .order_by(items.c.id)
     .limit(1)
 )
-MY_TASK_FOR = select(tasks.c.id, tasks.c.item_id, tasks.c.swap, tasks.c.phase).where(
+MY_TASK_FOR = select(tasks.c.id, tasks.c.item_id, tasks.c.swap).where(
     tasks.c.item_id == bindparam("i"), tasks.c.annotator_id == bindparam("a")
 )
-REOPEN = (
+REOPEN = (  # always as a calibration task (see `_calibration_task`)
     update(tasks)
     .where(tasks.c.id == bindparam("t"))
-    .values(status=m.OPEN, expires_at=bindparam("e"))
+    .values(status=m.OPEN, expires_at=bindparam("e"), phase="calibration")
 )
 CANDIDATES = (
     select(items.c.id)
@@ -200,7 +199,7 @@ RELEASE = (
 ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN = map(
     Prepared, (ME, OPEN_TASK, TEXT, UNSEEN_ANCHORS, NEXT_IN_ROUND, MY_TASK_FOR, REOPEN)
 )
-ROUND_CREATED, ABANDONED, MAIN_LEFT = map(Prepared, (ROUND_CREATED, ABANDONED, MAIN_LEFT))
+ABANDONED, MAIN_LEFT = map(Prepared, (ABANDONED, MAIN_LEFT))
 CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE = map(
     Prepared, (CANDIDATE_UNLOCKED, SOME_CANDIDATES, TAKE, EXPIRED, RELEASE)
 )
@@ -262,10 +261,13 @@ def _calibration_task(
 ) -> Task | None:
     """Their next task of the round (an item or an anchor); None when they have labeled all
     its items."""
-    # An abandoned task of this round comes back first, anchor or not: everyone must label
-    # every item, and an anchor that never came back would be told apart by that.
-    since = ROUND_CREATED(conn, {"r": round_id}).scalar_one()
-    mine = ABANDONED(conn, {"a": me.id, "since": since}).first()
+    # An abandoned calibration task comes back first, anchor or not: everyone must label
+    # every item, and an anchor that never came back would be told apart by that. Any such
+    # task, whatever its time: comparing it with the round's would compare two processes'
+    # clocks, and a skewed one would leave out the anchor while the real pair came back
+    # below. (One from a round they did not finish, a newer round having opened, comes back
+    # as well, anchor or not: its label is welcome.)
+    mine = ABANDONED(conn, {"a": me.id}).first()
     if mine is not None:
         return _reopen(conn, policy, mine, now)
     item_id = NEXT_IN_ROUND(conn, {"r": round_id, "a": me.id}).scalar()
@@ -277,7 +279,9 @@ def _calibration_task(
         if anchor is not None:
             return _assign(conn, policy, anchor, me.id, "calibration", now, rng)
     # A task of theirs for this item from before the round (a main task that expired, then
-    # the item was drawn for the round) is reopened: one task per item and annotator.
+    # the item was drawn for the round) is reopened: one task per item and annotator. It is
+    # reopened as a calibration task, which it now is: shown as such, its label counts for
+    # the round, and a late label is welcome as on any other calibration task.
     mine = MY_TASK_FOR(conn, {"i": item_id, "a": me.id}).first()
     if mine is not None:
         return _reopen(conn, policy, mine, now)
@@ -285,9 +289,11 @@ def _calibration_task(
 
 
 def _reopen(conn: Connection, policy: Policy, task: Any, now: float) -> Task:
+    """Hand out a calibration task of theirs again (abandoned, or a main task from before its
+    item was drawn for the round)."""
     expires = now + policy.task_timeout_s
     REOPEN(conn, {"t": task.id, "e": expires})
-    return _task(conn, task.id, task.item_id, task.swap, task.phase, expires)
+    return _task(conn, task.id, task.item_id, task.swap, "calibration", expires)
 
 
 def _anchor_slot(policy: Policy, rng: random.Random) -> bool:

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, func, select
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events, verify
 from rlhfkit.annotate.policy import Policy
-from rlhfkit.annotate.rounds import gate_open
+from rlhfkit.annotate.rounds import gate_open, labels_in_round_after
 from rlhfkit.annotate.store import Store
 
 
@@ -269,8 +269,10 @@ def annotator_progress(
     not for an anchor, and a round's size or the number of anchors would say how many of
     their tasks were anchors. `state` turns to done when no main item is left for them,
     which is also when the anchors end (see `scheduling`); an open task of theirs, of any
-    kind, is still theirs to finish. With `token_hash`, `security.TokenRefused` if the
-    annotator's token is no longer that one."""
+    kind, is still theirs to finish. `calibration.done` counts every calibration-phase label
+    given since the round opened, whatever round its task was first handed out in (an
+    abandoned one comes back in the next round, anchor or not). With `token_hash`,
+    `security.TokenRefused` if the annotator's token is no longer that one."""
     with store.read() as conn:
         me = conn.execute(select(m.Annotator).where(m.Annotator.id == annotator_id)).one()
         verify(me.token_hash, token_hash)
@@ -278,13 +280,21 @@ def annotator_progress(
         is_open = gate_open(conn)
         calibration = None
         if latest is not None:
+            # The round's labels by label id, not by time: the round was opened, and each
+            # label stored, by whichever server process took the request, each with its clock.
+            after = labels_in_round_after(conn, latest.id)
+            in_round = (
+                m.Label.id > after
+                if after is not None
+                else m.Label.created_at >= latest.created_at  # a round from an older store
+            )
             done = conn.execute(
                 select(func.count())
                 .select_from(m.Label)
                 .where(
                     m.Label.annotator_id == annotator_id,
                     m.Label.phase == "calibration",
-                    m.Label.created_at >= latest.created_at,
+                    in_round,
                 )
             ).scalar_one()
             calibration = {"round": latest.id, "done": done}
