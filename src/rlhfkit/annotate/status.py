@@ -123,6 +123,8 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
     revoked = {e["annotator"]: e["at"] for e in tokens if e["event"] == "revoked"}
     stats = annotator_quality(table, policy, replicates)
     out["agreement"] = stats["agreement"]
+    if stats["agreement"] is None:
+        out["agreement_note"] = stats["agreement_note"]
     out["drift_alerts"] = stats["drift_alerts"]
     out["disputed_items"] = stats["disputed_items"]
     out["annotators"] = []
@@ -142,25 +144,38 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
             "revoked": p.name in revoked,
             "revoked_at": revoked.get(p.name),
         }
+        if row["revoked_at"] is None:
+            row["revoked_at_note"] = "the token has not been revoked"
         row.update(stats["per_annotator"].get(p.name, _no_labels()))
         out["annotators"].append(row)
     return out
 
 
 def _no_labels() -> dict[str, Any]:
-    """The per-annotator statistics of someone without labels: all undefined."""
+    """The per-annotator statistics of someone without labels: counts 0, rates undefined,
+    each with its `<name>_note` as `AnnotatorStats.as_dict` gives them."""
     from rlhfkit.agreement import AnnotatorStats
 
-    row = {f.name: None for f in fields(AnnotatorStats) if f.name != "annotator"}
-    return row | {"labels": 0, "excluded_from_export": False}
+    row: dict[str, Any] = {"excluded_from_export": False}
+    for f in fields(AnnotatorStats):
+        if f.name == "annotator":
+            continue
+        if f.type in (int, "int"):
+            row[f.name] = 0
+        else:
+            row[f.name] = None
+            row[f"{f.name}_note"] = "no labels yet"
+    return row
 
 
 def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, Any]:
+    """The gate and each round; a null comes with its `<name>_note`."""
+
     def one(r: Any) -> dict[str, Any]:
         override = None
         if r.override_reason is not None:
             override = {"reason": r.override_reason, "by": r.override_by, "at": r.override_at}
-        return {
+        out = {
             "round": r.id,
             "size": r.size,
             "reason": r.reason,
@@ -169,6 +184,20 @@ def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, 
             "passed": r.gate_passed,
             "override": override,
         }
+        if r.gate_annotators < 2:
+            why = (
+                f"{r.gate_annotators} annotator(s) have finished the round: the gate is "
+                "evaluated once two have"
+            )
+        else:
+            why = "no item of the round has two or more labels: there is nothing to compare"
+        if out["percent_agreement"] is None:
+            out["percent_agreement_note"] = why
+        if out["passed"] is None:
+            out["passed_note"] = why
+        if override is None:
+            out["override_note"] = "not overridden"
+        return out
 
     return {
         "main_queue_open": is_open,
@@ -184,7 +213,13 @@ def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) 
     annotator's calibration-time anchor accuracy, and the most disputed items."""
     from rlhfkit.agreement import anchor_drift, annotator_stats, calibration_gate, summarise
 
-    empty = {"agreement": None, "per_annotator": {}, "drift_alerts": [], "disputed_items": []}
+    empty = {
+        "agreement": None,
+        "agreement_note": "no labels yet",
+        "per_annotator": {},
+        "drift_alerts": [],
+        "disputed_items": [],
+    }
     if not table.label:
         return empty
     labels = table.labels()
@@ -198,14 +233,19 @@ def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) 
             and acc < policy.anchor_accuracy_threshold
         )
     counts = labels.counts()
-    agreement = None
+    agreement, agreement_note = None, "no item has two or more labels: there is nothing to compare"
     if (counts.sum(axis=1) >= 2).any():
         full = summarise(labels, "nominal", gold, policy.agreement_threshold, replicates)
-        keys = ("n_items", "n_labels", "percent_agreement", "krippendorff_alpha", "ci")
-        agreement = {k: full[k] for k in keys} | {
-            "krippendorff_alpha_note": full["krippendorff_alpha_note"],
-            "cohen_kappa_mean": full["cohen_kappa_mean"],
-        }
+        # Each statistic with its note (the reason when it is null), as `summarise` has them.
+        keys = ("n_items", "n_labels", "percent_agreement", "krippendorff_alpha")
+        keys += ("cohen_kappa_mean", "ci")
+        agreement = {}
+        for k in keys:
+            agreement[k] = full[k]
+            note = "ci_notes" if k == "ci" else f"{k}_note"
+            if note in full:
+                agreement[note] = full[note]
+        agreement_note = None
     alerts = []
     if gold:
         calibration = [p == "calibration" for p in table.phase]
@@ -237,6 +277,7 @@ def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) 
     ]
     return {
         "agreement": agreement,
+        "agreement_note": agreement_note,
         "per_annotator": per_annotator,
         "drift_alerts": alerts,
         "disputed_items": disputed,
