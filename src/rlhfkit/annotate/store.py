@@ -11,14 +11,16 @@ by a different schema version. Writes come in two kinds:
   each taking a lock, committing and fsyncing in turn queue up behind each other, while one
   commit for all of them costs one fsync. No result is handed back before its commit.
   On PostgreSQL each unit is an ordinary transaction on a pooled connection: the server
-  does its own group commit, and the scheduler serialises with row locks. Two units that
-  take the same rows' locks in opposite orders (a label locks its task, then its
-  annotator; the same annotator's next-task request locks them the other way round when
-  the task timed out) can deadlock; PostgreSQL aborts one, and `run` runs that unit again
-  (`RETRIED`), so the client sees an answer, not a 500.
-- `Store.write()`: a transaction for the CLI and admin actions (imports, new annotators,
-  overrides). On SQLite it begins with ``BEGIN IMMEDIATE`` (a deferred transaction that
-  reads, then writes can fail with "database is locked" whatever the busy timeout).
+  does its own group commit, and the scheduler serialises with row locks. Units lock rows
+  in one order, the annotator's first, then tasks, then items (a label, a next-task, a
+  revoke), so that they cannot deadlock each other. As a backstop, a unit that PostgreSQL
+  aborted anyway (a deadlock victim, a serialization failure) runs again, so the client
+  sees an answer, not a 500.
+- `Store.write()`: a transaction for the CLI and admin actions that lock nothing a unit
+  locks (imports, new annotators, overrides). On SQLite it begins with ``BEGIN IMMEDIATE``
+  (a deferred transaction that reads, then writes can fail with "database is locked"
+  whatever the busy timeout). It is not retried (a with-block cannot run twice): an action
+  that locks annotators, tasks or items (revoke, rotate) is a unit, through `run`.
 
 Durability: a unit marked `durable` (a label) commits with ``synchronous=FULL``, so the WAL
 is on disk before its 201 goes out; handing out a task uses ``NORMAL``, which survives a
@@ -38,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from psycopg import errors as pg_errors
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -50,9 +51,8 @@ from rlhfkit.errors import UserError, display_path
 T = TypeVar("T")
 DB_ENV = "RLHFKIT_DB_URL"
 DEFAULT_DB = "annotations.sqlite"
-RETRIED = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
-"""PostgreSQL rolled the whole transaction back: running the unit again is safe."""
 RETRIES = 5
+"""Attempts at a PostgreSQL unit that was rolled back whole (see `Store.run`)."""
 
 
 def normalise_url(url: str) -> str:
@@ -88,24 +88,42 @@ class Store:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
-    def run(self, fn: Callable[[Connection], T], durable: bool = True) -> T:
-        """Run `fn(conn)` in a write transaction; return its result once committed."""
-        if not self.is_sqlite:
-            for attempt in range(RETRIES):
-                try:
-                    with self.engine.begin() as conn:
-                        return fn(conn)
-                except DBAPIError as e:
-                    if not isinstance(e.orig, RETRIED) or attempt == RETRIES - 1:
-                        raise
-        return self._sqlite_writer().submit(fn, durable).result()
+    def run(
+        self,
+        fn: Callable[[Connection], T],
+        durable: bool = True,
+        retry: tuple[type[Exception], ...] = (),
+    ) -> T:
+        """Run `fn(conn)` in a write transaction; return its result once committed.
 
-    async def arun(self, fn: Callable[[Connection], T], durable: bool = True) -> T:
+        On PostgreSQL a unit rolled back whole runs again, up to `RETRIES` times in all: a
+        deadlock victim or a serialization failure (a backstop: units take their locks in
+        one order, see the module docstring), or one that raised one of `retry` (a race
+        the unit detected itself). On SQLite a unit runs alone, so nothing changes between
+        its reads and its writes, and it runs once."""
+        if self.is_sqlite:
+            return self._sqlite_writer().submit(fn, durable).result()
+        for _ in range(RETRIES - 1):
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn)
+            except Exception as e:
+                if not (isinstance(e, retry) or _rolled_back(e)):
+                    raise
+        with self.engine.begin() as conn:
+            return fn(conn)
+
+    async def arun(
+        self,
+        fn: Callable[[Connection], T],
+        durable: bool = True,
+        retry: tuple[type[Exception], ...] = (),
+    ) -> T:
         """`run` for the event loop: awaits the writer thread instead of blocking."""
         if not self.is_sqlite:
             import anyio
 
-            return await anyio.to_thread.run_sync(self.run, fn, durable)
+            return await anyio.to_thread.run_sync(lambda: self.run(fn, durable, retry))
         return await asyncio.wrap_future(self._sqlite_writer().submit(fn, durable))
 
     def _sqlite_writer(self) -> _Writer:
@@ -116,7 +134,8 @@ class Store:
 
     @contextlib.contextmanager
     def write(self, durable: bool = True) -> Iterator[Connection]:
-        """One write transaction; committed (fsynced when `durable`) when the block ends."""
+        """One write transaction; committed (fsynced when `durable`) when the block ends.
+        Not retried (see the module docstring): for what locks no row a unit locks."""
         if not self.is_sqlite:
             with self.engine.begin() as conn:
                 yield conn
@@ -309,6 +328,14 @@ def _engine(url: str, create: bool, pool_size: int) -> Engine:
         return create_engine(url, pool_size=pool_size, max_overflow=16)
     except ModuleNotFoundError as e:
         raise UserError(f"PostgreSQL needs the psycopg package: {e}") from None
+
+
+def _rolled_back(e: Exception) -> bool:
+    """PostgreSQL rolled the whole transaction back: running the unit again is safe."""
+    from psycopg import errors  # here only for a PostgreSQL store, whose driver it is
+
+    retried = (errors.DeadlockDetected, errors.SerializationFailure)
+    return isinstance(e, DBAPIError) and isinstance(e.orig, retried)
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
