@@ -20,11 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+import anyio
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
 from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.scheduling import release_open_tasks
+from rlhfkit.annotate.security import verify as verify  # status.py still imports it here
 from rlhfkit.annotate.store import Store, record_event
 from rlhfkit.errors import UserError
 
@@ -85,32 +89,40 @@ class Revocation:
     """Their labels, which stay."""
 
 
-def revoke_annotator(store: Store, name: str, actor: str = "cli") -> Revocation:
+def revoke_annotator(
+    store: Store, name: str, actor: str = "cli", by: Caller | None = None
+) -> Revocation:
     """Refuse this annotator's token from the next request on (page sessions too); their
-    open tasks return to the pool, their labels stay. Revoking twice is an error."""
-    from rlhfkit.annotate.scheduling import release_open_tasks
+    open tasks return to the pool, their labels stay. Revoking twice is an error. `by`: the
+    admin asking, whose own token is checked in the same transaction (`TokenRefused`)."""
 
-    with store.write() as conn:
-        me = _annotator(conn, name)
+    def unit(conn: Connection) -> Revocation:
+        me = _lock(conn, name, by)
         _refuse_if_revoked(conn, name, f"{name}'s token was already revoked")
         _replace_hash(conn, me.id, security.new_token())  # a token nobody is ever shown
         released = release_open_tasks(conn, me.id)
         now = time.time()
         record_event(conn, REVOKED, actor, name=name, released_tasks=released)
-    return Revocation(name, now, released, me.label_count)
+        return Revocation(name, now, released, me.label_count)
+
+    return store.run(unit)
 
 
-def rotate_token(store: Store, name: str, actor: str = "cli") -> str:
+def rotate_token(store: Store, name: str, actor: str = "cli", by: Caller | None = None) -> str:
     """Give this annotator a new token and return it (show it once: only its hash is
-    stored); the old one is refused from the next request on. Their tasks and labels stay."""
+    stored); the old one is refused from the next request on. Their tasks and labels stay.
+    `by`: as for `revoke_annotator`."""
     token = security.new_token()
-    with store.write() as conn:
-        me = _annotator(conn, name)
+
+    def unit(conn: Connection) -> None:
+        me = _lock(conn, name, by)
         _refuse_if_revoked(
             conn, name, f"{name}'s token was revoked: a revoked annotator gets no new token"
         )
         _replace_hash(conn, me.id, token)
         record_event(conn, ROTATED, actor, name=name)
+
+    store.run(unit)
     return token
 
 
@@ -137,17 +149,27 @@ def utc(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _annotator(conn: Connection, name: str) -> Any:
-    row = conn.execute(
-        select(m.Annotator.id, m.Annotator.label_count)
-        .where(m.Annotator.name == name)
+def _lock(conn: Connection, name: str, by: Caller | None) -> Any:
+    """Lock the annotator's row (and the asking admin's, with `by`: both in one statement,
+    by id, so that two admins acting on each other cannot deadlock), check the admin's
+    token, return the annotator's row. Annotator rows are locked before tasks and items,
+    the order every unit keeps (see `store`)."""
+    wanted = m.Annotator.name == name
+    rows = conn.execute(
+        select(m.Annotator.id, m.Annotator.name, m.Annotator.label_count, m.Annotator.token_hash)
+        .where(or_(wanted, m.Annotator.id == by.id) if by else wanted)
+        .order_by(m.Annotator.id)
         .with_for_update()
-    ).first()
-    if row is None:
+    ).all()
+    if by is not None:
+        admin = next((r for r in rows if r.id == by.id), None)
+        verify(admin.token_hash if admin else "", by.token_hash)
+    me = next((r for r in rows if r.name == name), None)
+    if me is None:
         raise UnknownAnnotator(
             f"no annotator named {name!r}", hint="`rlhfkit annotate status` lists the team"
         )
-    return row
+    return me
 
 
 def _refuse_if_revoked(conn: Connection, name: str, message: str) -> None:
@@ -173,29 +195,37 @@ LOOKUP = Prepared(
         m.Annotator.token_hash == bindparam("h")
     )
 )
-LOOKUP_SQL = "SELECT id, name, is_admin, token_hash FROM annotators WHERE token_hash = ?"
+# The same query for the SQLite connections of `Authenticator`, which are outside SQLAlchemy.
+LOOKUP_SQL = str(LOOKUP.statement.compile(dialect=sqlite_dialect.dialect()))
+MAX_TOKEN = 200
+"""Longer is no token of ours (ours are 47 characters): refused without hashing."""
 
 
 class Authenticator:
     """Token -> Caller. A token revoked or rotated by the CLI or another server process must
     be refused on its very next request, which no cache in this process can promise alone:
     `check` looks the token up on every request (one indexed read, on a worker thread);
-    `claimed` answers from this process's memory for the two routes that verify the token
-    in their own transaction anyway (next task and /api/me read the annotator's row, see
-    `verify`), which spares the busiest request a read and a thread hop.
+    `claimed` answers from this process's memory for the routes that verify the token in
+    their own transaction anyway (next task, /api/me and a label read or lock the
+    annotator's row, see `security.verify`), which spares the busiest requests a read and a
+    thread hop. A check outside the transaction that acts would not do for a write: a
+    revoke could commit between the two.
 
     On SQLite each thread reads on a connection of its own, outside the pool (~7 µs, where a
-    pooled one cost ~35 µs); PostgreSQL reads on a pooled connection."""
+    pooled one cost ~35 µs); `close` closes them all. PostgreSQL reads on a pooled
+    connection."""
 
     def __init__(self, store: Store):
         self.store = store
         self._local = threading.local()
         self._claims: dict[str, Caller] = {}
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
 
     def __call__(self, token: str | None) -> Caller | None:
-        if not token or len(token) > 200:
+        digest = _digest(token)
+        if digest is None:
             return None
-        digest = security.hash_token(token)
         row = self._lookup(digest)
         # The lookup is by an index on the hash; the comparison that decides is constant-time.
         if row is None or not security.same(row[3], digest):
@@ -206,8 +236,6 @@ class Authenticator:
         """`self(token)` on a worker thread: the event loop must not wait for it (the driver
         gives up the GIL for the read, and taking it back on a busy server takes longer than
         the read: inline, the load benchmark spent 40% of its time in 35 µs reads)."""
-        import anyio
-
         caller = await anyio.to_thread.run_sync(self, token)
         if caller is not None:
             if len(self._claims) > 10_000:
@@ -217,14 +245,22 @@ class Authenticator:
 
     async def claimed(self, token: str | None) -> Caller | None:
         """Who this token says it is, from memory if it was seen before: only for a route
-        that then calls `verify` in its own transaction."""
-        if not token or len(token) > 200:
+        that then calls `security.verify` in its own transaction."""
+        digest = _digest(token)
+        if digest is None:
             return None
-        caller = self._claims.get(security.hash_token(token))
+        caller = self._claims.get(digest)
         return caller if caller is not None else await self.check(token)
 
     def forget(self, caller: Caller) -> None:
         self._claims.pop(caller.token_hash, None)
+
+    def close(self) -> None:
+        """Close the per-thread SQLite connections (at shutdown, after the last request)."""
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
 
     def _lookup(self, digest: str) -> Any:
         if not self.store.is_sqlite:
@@ -233,14 +269,16 @@ class Authenticator:
         conn = self._local.__dict__.get("conn")
         if conn is None:
             path = Path(self.store.engine.url.database).resolve()
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit
+            # autocommit; closed by `close`, from another thread
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
         return conn.execute(LOOKUP_SQL, (digest,)).fetchone()
 
 
-def verify(stored_hash: str, token_hash: str | None) -> None:
-    """In a route's own transaction: the annotator's row still holds the hash of the token
-    the request came with (None: the caller was looked up already)."""
-    if token_hash is not None and not security.same(stored_hash, token_hash):
-        raise security.TokenRefused
+def _digest(token: str | None) -> str | None:
+    if not token or len(token) > MAX_TOKEN:
+        return None
+    return security.hash_token(token)

@@ -85,8 +85,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        # Stop the SQLite writer and checkpoint threads and close the connections: a
-        # process that starts and stops servers (tests, the demo) must not collect them.
+        # Stop the SQLite writer and checkpoint threads and close the connections (the
+        # token lookups' too): a process that starts and stops servers (tests, the demo)
+        # must not collect them.
+        state.authenticate.close()
         await anyio.to_thread.run_sync(store.close)
 
     app = _App(

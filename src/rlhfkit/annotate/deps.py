@@ -74,6 +74,8 @@ async def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
 
 CurrentCaller = Annotated[Caller, Depends(_caller)]
 ClaimedCaller = Annotated[Caller, Depends(_claimed_caller)]
-"""For a route that calls `annotators.verify` in its own transaction (and answers 401 with
-`refused` when it fails): a safe method only, reading the annotator's row anyway."""
+"""For a route whose unit calls `security.verify` on the annotator's row in its own
+transaction (and answers 401 with `refused` when it fails): next task, /api/me, a label.
+A route that changes anything must check there, not here: a revoke could commit between
+a check before the transaction and the transaction."""
 AdminCaller = Annotated[Caller, Depends(_admin)]

@@ -10,6 +10,9 @@
   answer an anchor (which has no slot) differently from a real pair, telling the annotator
   which it was. A calibration-phase task is reopened on the next request, so a late label
   on one is welcome, anchor or not.
+- The caller's token is checked in the label's own transaction, on the annotator's row,
+  locked first (`security.verify`): once a revoke or rotation has committed, no label with
+  the old token is stored, not even a replay's answer (401).
 - The label is stored relative to the stored pair (A, B, tie, both_bad) with the display
   order (`shown_first`), so position bias can be measured.
 
@@ -18,9 +21,10 @@ Statements are built once, at import: on the hot path SQLAlchemy then only binds
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -76,30 +80,46 @@ class _Raced(Exception):
     """A row changed between our read and our write; the transaction is retried."""
 
 
-def submit_label(store: Store, policy: Policy, annotator_id: int, req: LabelRequest) -> StoredLabel:
-    """Store a label; when this returns it is committed (fsynced on SQLite)."""
+RACES = (IntegrityError, _Raced)
+"""On PostgreSQL, a concurrent replay of the same request won the race, or a sweep expired
+the task under us: the unit runs again (`Store.run`), and finds the label and answers as a
+replay, or the task as it now is."""
+
+
+def submit_label(
+    store: Store,
+    policy: Policy,
+    annotator_id: int,
+    req: LabelRequest,
+    token_hash: str | None = None,
+) -> StoredLabel:
+    """Store a label; when this returns it is committed (fsynced on SQLite). With
+    `token_hash`, `security.TokenRefused` if the annotator's token is no longer that one."""
     check_choice(policy, req)
-    for _ in range(3):
-        try:
-            return store.run(_unit(policy, annotator_id, req), durable=True)
-        except (IntegrityError, _Raced):
-            # A concurrent replay of the same request won the race (PostgreSQL): the next
-            # attempt finds its label and answers as a replay.
-            continue
-    raise LabelConflict("the label could not be stored; retry the request")
+    with _gave_up():
+        return store.run(_unit(policy, annotator_id, req, token_hash), retry=RACES)
 
 
 async def submit_label_async(
-    store: Store, policy: Policy, annotator_id: int, req: LabelRequest
+    store: Store,
+    policy: Policy,
+    annotator_id: int,
+    req: LabelRequest,
+    token_hash: str | None = None,
 ) -> StoredLabel:
     """`submit_label` for the event loop."""
     check_choice(policy, req)
-    for _ in range(3):
-        try:
-            return await store.arun(_unit(policy, annotator_id, req), durable=True)
-        except (IntegrityError, _Raced):
-            continue
-    raise LabelConflict("the label could not be stored; retry the request")
+    with _gave_up():
+        return await store.arun(_unit(policy, annotator_id, req, token_hash), retry=RACES)
+
+
+@contextlib.contextmanager
+def _gave_up() -> Iterator[None]:
+    """Races lost on every attempt `Store.run` made: a 409 the client may retry."""
+    try:
+        yield
+    except RACES:
+        raise LabelConflict("the label could not be stored; retry the request") from None
 
 
 def check_choice(policy: Policy, req: LabelRequest) -> None:
@@ -116,6 +136,10 @@ def check_choice(policy: Policy, req: LabelRequest) -> None:
             raise InvalidLabel(f"criterion {name!r}: choose first, second or tie, not {value!r}")
 
 
+# The annotator's row, locked first: a revoke (or rotation) that commits before this unit
+# gets the lock is seen, and one that comes after waits for the label. Locking the
+# annotator before the task and the item is also the order a revoke takes them in.
+ME = select(people.c.token_hash).where(people.c.id == bindparam("a")).with_for_update()
 PREVIOUS = select(
     labels.c.id, labels.c.request_hash, labels.c.assignment_id, labels.c.choice
 ).where(labels.c.annotator_id == bindparam("a"), labels.c.client_id == bindparam("c"))
@@ -147,19 +171,26 @@ COUNT_ITEM = update(items).where(items.c.id == bindparam("i")).values(labels=ite
 COUNT_ANNOTATOR = (
     update(people).where(people.c.id == bindparam("a")).values(label_count=people.c.label_count + 1)
 )
-PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR = map(
-    Prepared, (PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR)
+ME, PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR = map(
+    Prepared, (ME, PREVIOUS, TASK, CLOSE, COUNT_ITEM, COUNT_ANNOTATOR)
 )
 INSERT = Prepared(INSERT, LABEL_COLUMNS)
 
 
 def _unit(
-    policy: Policy, annotator_id: int, req: LabelRequest
+    policy: Policy, annotator_id: int, req: LabelRequest, token_hash: str | None
 ) -> Callable[[Connection], StoredLabel]:
-    return lambda conn: _submit(conn, policy, annotator_id, req)
+    return lambda conn: _submit(conn, policy, annotator_id, req, token_hash)
 
 
-def _submit(conn: Connection, policy: Policy, annotator_id: int, req: LabelRequest) -> StoredLabel:
+def _submit(
+    conn: Connection,
+    policy: Policy,
+    annotator_id: int,
+    req: LabelRequest,
+    token_hash: str | None,
+) -> StoredLabel:
+    security.verify(ME(conn, {"a": annotator_id}).scalar_one(), token_hash)
     now = time.time()
     digest = req.digest()
     replay = _replay(conn, annotator_id, req, digest)

@@ -46,10 +46,10 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
-from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.rounds import finish_round, gate_state, open_round
+from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store
 
 SWEEP_EVERY_S = 5.0

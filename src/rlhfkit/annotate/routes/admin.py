@@ -1,5 +1,8 @@
 """Admin-only: `GET /api/admin/status`, `POST /api/admin/override`, and revoking or rotating
-an annotator's token (`POST /api/admin/annotators/{name}/revoke`, `.../rotate`)."""
+an annotator's token (`POST /api/admin/annotators/{name}/revoke`, `.../rotate`).
+
+Revoke and rotate check the admin's own token again in their transaction: an admin revoked
+while the request waited does nothing (401)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from rlhfkit.annotate.annotators import UnknownAnnotator, revoke_annotator, rotate_token
-from rlhfkit.annotate.deps import AdminCaller, app_state
+from rlhfkit.annotate.deps import AdminCaller, app_state, refused
 from rlhfkit.annotate.rounds import override_gate
+from rlhfkit.annotate.security import TokenRefused
 from rlhfkit.annotate.status import status
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -43,9 +47,11 @@ def post_revoke(name: str, request: Request, caller: AdminCaller) -> dict:
     the pool, their labels stay. 404 for an unknown name, 409 when already revoked."""
     state = app_state(request)
     try:
-        r = revoke_annotator(state.store, name, actor=caller.name)
+        r = revoke_annotator(state.store, name, actor=caller.name, by=caller)
     except UnknownAnnotator as e:
         raise HTTPException(404, str(e)) from None
+    except TokenRefused:  # the admin's own token, revoked or rotated since the check
+        raise refused(request, caller) from None
     return {"annotator": name, "revoked_at": r.at, "released_tasks": r.released, "by": caller.name}
 
 
@@ -55,7 +61,9 @@ def post_rotate(name: str, request: Request, caller: AdminCaller) -> dict:
     refused from the next request on. 404 for an unknown name, 409 when revoked."""
     state = app_state(request)
     try:
-        token = rotate_token(state.store, name, actor=caller.name)
+        token = rotate_token(state.store, name, actor=caller.name, by=caller)
     except UnknownAnnotator as e:
         raise HTTPException(404, str(e)) from None
+    except TokenRefused:
+        raise refused(request, caller) from None
     return {"annotator": name, "token": token, "by": caller.name}

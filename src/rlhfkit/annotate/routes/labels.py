@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rlhfkit.annotate.deps import CurrentCaller, app_state
+from rlhfkit.annotate.deps import ClaimedCaller, app_state, refused
 from rlhfkit.annotate.labeling import LabelRequest, submit_label_async
+from rlhfkit.annotate.security import TokenRefused
 
 router = APIRouter(prefix="/api/labels", tags=["labels"])
 
@@ -28,17 +29,20 @@ class LabelIn(BaseModel):
 
 
 @router.post("", status_code=201, responses={200: {"description": "a replay: already stored"}})
-async def post_label(body: LabelIn, request: Request, caller: CurrentCaller) -> JSONResponse:
+async def post_label(body: LabelIn, request: Request, caller: ClaimedCaller) -> JSONResponse:
     """Store a label for one of the caller's tasks. 201 once it is committed to disk; the
     same request again (same `client_id`, same content) is 200 and stores nothing; the same
-    `client_id` with different content is 409. Another annotator's task is 404."""
+    `client_id` with different content is 409. Another annotator's task is 404. A token
+    revoked or rotated before the label commits is 401, and nothing is stored: it is checked
+    in the label's own transaction."""
     state = app_state(request)
-    stored = await submit_label_async(
-        state.store,
-        state.policy,
-        caller.id,
-        LabelRequest(body.task_id, body.choice, body.client_id, body.criteria, body.rationale),
-    )
+    req = LabelRequest(body.task_id, body.choice, body.client_id, body.criteria, body.rationale)
+    try:
+        stored = await submit_label_async(
+            state.store, state.policy, caller.id, req, token_hash=caller.token_hash
+        )
+    except TokenRefused:
+        raise refused(request, caller) from None
     return JSONResponse(
         {"label_id": stored.label_id, "task_id": stored.task_id, "choice": stored.choice},
         status_code=201 if stored.created else 200,

@@ -19,6 +19,7 @@ from rlhfkit.annotate import security
 from rlhfkit.annotate.annotators import Caller, revoke_annotator, rotate_token
 from rlhfkit.annotate.deps import COOKIE, app_state
 from rlhfkit.annotate.rounds import override_gate
+from rlhfkit.annotate.security import TokenRefused
 from rlhfkit.annotate.status import status
 from rlhfkit.errors import UserError
 
@@ -180,15 +181,17 @@ def _token_action(request: Request, action: str, form: dict[str, str]) -> Respon
     name = form.get("name", "")
     try:
         if action == "revoke":
-            r = revoke_annotator(state.store, name, actor=caller.name)
+            r = revoke_annotator(state.store, name, actor=caller.name, by=caller)
             tasks = f"{r.released} open task{'' if r.released == 1 else 's'} released"
             notice = {"text": f"{name}'s token revoked; {tasks}; their labels stay.", "token": None}
         else:
-            token = rotate_token(state.store, name, actor=caller.name)
+            token = rotate_token(state.store, name, actor=caller.name, by=caller)
             notice = {
                 "text": f"{name}'s new token (shown once; the old one is refused from now on):",
                 "token": token,
             }
     except UserError as e:
         return _dashboard(request, caller, 422, error=str(e))
+    except TokenRefused:  # the admin's own token, revoked or rotated since the check
+        return RedirectResponse("/login", status_code=303)
     return _dashboard(request, caller, notice=notice)
