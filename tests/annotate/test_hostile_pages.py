@@ -11,14 +11,16 @@ import json
 import re
 from urllib.parse import quote, urlencode
 
+import anyio
 import pytest
 from sqlalchemy import select
 
-from rlhfkit.annotate import Policy, import_items, open_store, override_gate, security
+from rlhfkit.annotate import Policy, import_items, inputs, open_store, override_gate, security
 from rlhfkit.annotate import models as m
 from rlhfkit.errors import UserError
 from rlhfkit.project import load_project
 from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
+from tests.annotate.test_api import count_labels
 from tests.annotate.wire import (
     FORM,
     JSON,
@@ -96,8 +98,118 @@ def test_hostile_headers_are_never_a_500(sqlite_url, tmp_path):
                 ("GET", "/api/me"),
                 ("POST", "/api/labels"),
             ]:
-                r = wire.send(method, path, form, FORM, headers=headers)
+                # A hostile Content-Type is sent instead of the form's, not beside it.
+                content_type = None if "Content-Type" in headers else FORM
+                r = wire.send(method, path, form, content_type, headers=headers)
                 check(wire, r, json_error=path.startswith("/api"))
+
+
+# Content-Type said twice, or in a spelling FastAPI reads as JSON: the input check must read
+# the header as the app does (Starlette: the first; FastAPI: as email.message parses it) or
+# refuse it, or a body the app parses as JSON passes the check as a form. Before that rule, a
+# NUL task id after "JSON, then text" was a 500 on PostgreSQL and a 404 on SQLite.
+TWICE = {
+    "JSON, then text": (("Content-Type", JSON), ("Content-Type", "text/plain")),
+    "text, then JSON": (("Content-Type", "text/plain"), ("Content-Type", JSON)),
+    "two spellings": (("content-type", JSON), ("CONTENT-TYPE", "text/plain")),
+    "the same twice": (("Content-Type", JSON), ("Content-Type", JSON)),
+    "JSON, then a form": (("Content-Type", JSON), ("Content-Type", FORM)),
+}
+SPELLED_AS_JSON = [
+    "application/json\xa0",  # str.strip() drops a no-break space; bytes.strip() does not
+    "application/json\x85",
+    "Application/JSON ; charset=utf-8",
+    'application/json;charset="utf\xa0-8"',
+]
+HOSTILE_LABELS = [
+    b'{"task_id": "\\u0000", "choice": "first", "client_id": "c"}',
+    b'{"task_id": "TASK", "choice": "first", "client_id": "c", "rationale": "x\\ud800"}',
+    b'{"task_id": "TASK", "choice": "first", "client_id": "c", "rationale": NaN}',
+]
+
+
+def test_a_content_type_sent_twice_is_refused_on_both_databases(db_url, tmp_path):
+    with running_team(tmp_path, db_url, pairs(3), calibration_size=2) as team:
+        task = team.client("ann1").get("/api/tasks/next").json()["task_id"].encode()
+        api = Wire(team.base_url, {"Authorization": f"Bearer {team.tokens['ann1']}"})
+        valid = b'{"task_id": "TASK", "choice": "first", "client_id": "c"}'
+        for case, lines in TWICE.items():
+            for body in [*HOSTILE_LABELS, valid]:
+                r = api.send("POST", "/api/labels", body.replace(b"TASK", task), lines)
+                check(api, r)
+                assert r.status == 422, (case, body, r)
+                assert r.json()["detail"][0]["type"] == "header_invalid", (case, r)
+        assert count_labels(team.db) == 0
+        token = team.tokens["admin"]
+        csrf = security.csrf_token(store_secret(team.db), security.hash_token(token))
+        page = Wire(team.base_url, {"Cookie": f"rlhfkit_token={token}"})
+        form = urlencode({"csrf": csrf, "reason": "by hand"}).encode()
+        r = page.send("POST", "/admin/override", form, TWICE["JSON, then a form"])
+        check(page, r)
+        assert r.status == 422, r
+        assert page.send("POST", "/admin/override", form, FORM).status == 303
+
+
+def test_a_content_type_fastapi_reads_as_json_is_held_to_the_json_rule(db_url, tmp_path):
+    with running_team(tmp_path, db_url, pairs(3)) as team:
+        task = team.client("ann1").get("/api/tasks/next").json()["task_id"].encode()
+        api = Wire(team.base_url, {"Authorization": f"Bearer {team.tokens['ann1']}"})
+        for content_type in SPELLED_AS_JSON:
+            for body in HOSTILE_LABELS:
+                r = api.send("POST", "/api/labels", body.replace(b"TASK", task), content_type)
+                check(api, r)
+                assert r.status == 422, (content_type, body, r)
+                assert r.json()["detail"][0]["type"] in ("string_nul", "json_invalid"), r
+        assert count_labels(team.db) == 0
+        valid = b'{"task_id": "TASK", "choice": "first", "client_id": "c"}'
+        r = api.send("POST", "/api/labels", valid.replace(b"TASK", task), SPELLED_AS_JSON[0])
+        assert r.status == 201, r  # read as JSON, as FastAPI reads it
+
+
+def test_a_content_length_sent_twice_is_refused_before_the_body_is_read(sqlite_url, tmp_path):
+    """The server refuses it (uvicorn's parser: 400); so does the input check, for a server
+    that passes it on, before it reads a byte: the body limit reads one length, the server
+    may frame the body by the other."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/labels",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    for lengths in ([b"5", b"100000000"], [b"100000000", b"5"], [b"5", b"5"]):
+        headers = scope["headers"] + [(b"content-length", n) for n in lengths]
+        sent = asgi_call(inputs.StrictInput(never_called), {**scope, "headers": headers})
+        assert sent[0]["status"] == 422, (lengths, sent)
+        assert b"header_invalid" in sent[1]["body"], sent
+    with running_team(tmp_path, sqlite_url, pairs(3)) as team:
+        api = Wire(team.base_url, {"Authorization": f"Bearer {team.tokens['ann1']}"})
+        body = b'{"task_id": "\\u0000", "choice": "first", "client_id": "c"}'
+        lines = (
+            ("Content-Type", JSON),
+            ("Content-Length", "5"),
+            ("Content-Length", str(len(body))),
+        )
+        r = api.send("POST", "/api/labels", body, lines)
+        assert r.status in (400, 422) and r.closes, r
+
+
+async def never_called(scope, receive, send):
+    raise AssertionError("the app saw a request the input check should refuse")
+
+
+def asgi_call(app, scope) -> list[dict]:
+    """Run one request through an ASGI app whose body must not be read; the messages sent."""
+    sent = []
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    async def send(message):
+        sent.append(message)
+
+    anyio.run(app, scope, receive, send)
+    return sent
 
 
 # --- headers on every kind of response ---------------------------------------------------------

@@ -44,10 +44,14 @@ def strict_json(raw: bytes):
     return json.loads(raw.decode("utf-8"), parse_constant=refuse)
 
 
+Lines = tuple[tuple[str, str], ...]
+"""Header lines as sent: a name may repeat, in any case."""
+
+
 class Wire:
     """One keep-alive connection that sends exactly the body and headers given (http.client
-    adds only Host and Content-Length) and, unlike httpx's pool, notices a connection that
-    the server dropped: the next request on it fails."""
+    adds only Host, Accept-Encoding and Content-Length, each unless given) and, unlike httpx's
+    pool, notices a connection that the server dropped: the next request on it fails."""
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None):
         url = urlsplit(base_url)
@@ -59,13 +63,30 @@ class Wire:
         method: str,
         path: str,
         body: bytes | None = None,
-        content_type: str | None = None,
+        content_type: str | Lines | None = None,
         headers: dict[str, str] | None = None,
     ) -> Answer:
+        """`content_type`: the Content-Type, or header lines to send as they are (a
+        Content-Type twice, a Content-Length of their own)."""
         sent = self.headers | (headers or {})
-        if content_type is not None:
+        if isinstance(content_type, str):
             sent["Content-Type"] = content_type
-        self.conn.request(method, path, body=body, headers=sent)
+        lines = [*sent.items(), *(content_type if isinstance(content_type, tuple) else ())]
+        # http.client.request, less its one header per name
+        names = {name.lower() for name, _ in lines}
+        self.conn.putrequest(
+            method,
+            path,
+            skip_host="host" in names,
+            skip_accept_encoding="accept-encoding" in names,
+        )
+        for name, value in lines:
+            self.conn.putheader(name, value)
+        if body is None and method in ("POST", "PUT", "PATCH"):
+            body = b""
+        if body is not None and "content-length" not in names:
+            self.conn.putheader("Content-Length", str(len(body)))
+        self.conn.endheaders(body)
         r = self.conn.getresponse()
         body = r.read()
         return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, body, r.will_close)
