@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from rlhfkit.annotate import Policy, import_items, inputs, open_store, override_gate, security
 from rlhfkit.annotate import models as m
+from rlhfkit.annotate.app import BodyLimit
 from rlhfkit.errors import UserError
 from rlhfkit.project import load_project
 from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
@@ -177,11 +178,13 @@ def test_a_content_length_sent_twice_is_refused_before_the_body_is_read(sqlite_u
         "query_string": b"",
         "headers": [(b"content-type", b"application/json")],
     }
+    checks = (inputs.StrictInput(never_called), BodyLimit(never_called, limit=1000))
     for lengths in ([b"5", b"100000000"], [b"100000000", b"5"], [b"5", b"5"]):
         headers = scope["headers"] + [(b"content-length", n) for n in lengths]
-        sent = asgi_call(inputs.StrictInput(never_called), {**scope, "headers": headers})
-        assert sent[0]["status"] == 422, (lengths, sent)
-        assert b"header_invalid" in sent[1]["body"], sent
+        for guard in checks:  # the body limit reads the length as the input check does
+            sent = asgi_call(guard, {**scope, "headers": headers})
+            assert sent[0]["status"] == 422, (guard, lengths, sent)
+            assert b"header_invalid" in sent[1]["body"], sent
     with running_team(tmp_path, sqlite_url, pairs(3)) as team:
         api = Wire(team.base_url, {"Authorization": f"Bearer {team.tokens['ann1']}"})
         body = b'{"task_id": "\\u0000", "choice": "first", "client_id": "c"}'

@@ -146,7 +146,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = dict(scope["headers"]).get(b"content-length")
+        try:  # read as the input check reads it: once, any case
+            length = inputs.single_header(scope, "content-length")
+        except inputs.Refused as e:
+            await JSONResponse({"detail": [e.error]}, status_code=422)(scope, receive, send)
+            return
         if length is not None:
             if not length.isdigit() or int(length) > self.limit:
                 await _too_large(send, self.limit)
