@@ -270,11 +270,6 @@ def test_an_admin_revoked_mid_action_on_the_dashboard_does_nothing(db_url, tmp_p
         assert ann1.get("/api/me").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rounds.override_gate (not in this change) does not yet check the admin's token "
-    "in its own transaction",
-)
 def test_an_admin_revoked_mid_override_does_nothing(db_url, tmp_path):
     with running_team(tmp_path, db_url, pairs(4), calibration_size=2) as team:
         admin = team.client("admin")

@@ -28,7 +28,7 @@ from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.scheduling import release_open_tasks
-from rlhfkit.annotate.security import verify as verify  # status.py still imports it here
+from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store, record_event
 from rlhfkit.errors import UserError
 

@@ -17,15 +17,23 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.storable import unstorable
 from rlhfkit.annotate.store import Store, record_event
 
 rounds, items, labels, people = (t.__table__ for t in (m.Round, m.Item, m.Label, m.Annotator))
+tasks = m.Assignment.__table__
+# Never handed out to anyone. Not only no slot taken: a pair someone let expire has its slot
+# back, and if a round took it, it would come back to them there, which an anchor (seen once,
+# ever) never does: its return would mark it as a real pair.
+UNTOUCHED = and_(
+    items.c.kind == m.MAIN, items.c.taken == 0, ~exists().where(tasks.c.item_id == items.c.id)
+)
 
 ROUNDS_NEWEST_FIRST = Prepared(
     select(rounds.c.id, rounds.c.gate_passed, rounds.c.override_reason).order_by(rounds.c.id.desc())
@@ -126,9 +134,7 @@ def open_round(
         return latest.id
     fresh = (
         conn.execute(
-            select(items.c.id)
-            .where(items.c.kind == m.MAIN, items.c.taken == 0)
-            .order_by(items.c.id)
+            select(items.c.id).where(UNTOUCHED).order_by(items.c.id)
         )
         .scalars()
         .all()
@@ -144,7 +150,7 @@ def open_round(
         size += len(
             conn.execute(
                 update(items)
-                .where(and_(items.c.id.in_(part), items.c.kind == m.MAIN, items.c.taken == 0))
+                .where(items.c.id.in_(part), UNTOUCHED)
                 .values(kind=m.CALIBRATION, round=round_id)
                 .returning(items.c.id)
             ).all()
@@ -180,9 +186,13 @@ def labels_in_round_after(conn: Connection, round_id: int) -> int | None:
     return None
 
 
-def override_gate(store: Store, reason: str, actor: str = "cli") -> int:
+def override_gate(
+    store: Store, reason: str, actor: str = "cli", by: tuple[int, str] | None = None
+) -> int:
     """Open the main queue although the latest round did not pass; the reason is kept with
-    the round and shown in status, exports and reports. Returns the round overridden."""
+    the round and shown in status, exports and reports. Returns the round overridden.
+    `by`: the asking admin's (annotator id, token hash), checked in the same transaction on
+    their row, locked first (`security.TokenRefused` if it was revoked or rotated since)."""
     from rlhfkit.errors import UserError
 
     if not reason.strip():
@@ -190,7 +200,12 @@ def override_gate(store: Store, reason: str, actor: str = "cli") -> int:
     why = unstorable(reason)  # from the command line: argv bytes that are not UTF-8
     if why:
         raise UserError(f"the override's reason {why}")
-    with store.write() as conn:
+
+    def unit(conn: Connection) -> int:
+        if by is not None:  # annotator rows first, the order every unit keeps (see `store`)
+            admin_id, token_hash = by
+            stored = conn.execute(ADMIN_HASH, {"a": admin_id}).scalar()
+            verify(stored or "", token_hash)
         round_id = gate_state(conn).latest_round
         if not round_id:
             raise UserError("there is no calibration round to override (nothing imported yet)")
@@ -201,4 +216,11 @@ def override_gate(store: Store, reason: str, actor: str = "cli") -> int:
             {"r": round_id},
         )
         record_event(conn, "gate_override", actor, round=round_id, reason=reason.strip())
-    return round_id
+        return round_id
+
+    return store.run(unit)
+
+
+ADMIN_HASH = (
+    select(m.Annotator.token_hash).where(m.Annotator.id == bindparam("a")).with_for_update()
+)

@@ -108,10 +108,10 @@ def _unit(
 
     def unit(conn: Connection) -> Task | NoTask:
         now = time.time()
-        if now - store.last_sweep > min(SWEEP_EVERY_S, policy.task_timeout_s / 4):
+        sweep = now - store.last_sweep > min(SWEEP_EVERY_S, policy.task_timeout_s / 4)
+        if sweep:
             store.last_sweep = now
-            _sweep(conn, now)
-        return _next_task(conn, policy, annotator_id, rng, now, token_hash)
+        return _next_task(conn, policy, annotator_id, rng, now, token_hash, sweep)
 
     return unit
 
@@ -216,9 +216,12 @@ def _next_task(
     rng: random.Random,
     now: float,
     token_hash: str | None,
+    sweep: bool = False,
 ) -> Task | NoTask:
     me = ME(conn, {"a": annotator_id}).one()
     verify(me.token_hash, token_hash)  # revoked or rotated since this process last looked
+    if sweep:  # after the annotator's row: rows are locked annotator, task, item (`store`)
+        _sweep(conn, now)
     current = OPEN_TASK(conn, {"a": annotator_id}).first()
     if current is not None:
         if current.expires_at > now:

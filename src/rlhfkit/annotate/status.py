@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from rlhfkit.annotate import models as m
-from rlhfkit.annotate.annotators import token_events, verify
+from rlhfkit.annotate.annotators import token_events
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open, labels_in_round_after
+from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store
 
 

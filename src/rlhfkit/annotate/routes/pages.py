@@ -155,9 +155,12 @@ def _override(request: Request, form: dict[str, str]) -> Response:
     if not security.csrf_ok(state.store.secret, caller.token_hash, form.get("csrf")):
         return HTMLResponse("missing or wrong CSRF token", status_code=403)
     try:
-        override_gate(state.store, form.get("reason", ""), actor=caller.name)
+        by = (caller.id, caller.token_hash)
+        override_gate(state.store, form.get("reason", ""), actor=caller.name, by=by)
     except UserError as e:
         return _dashboard(request, caller, 422, error=str(e))
+    except TokenRefused:  # the admin's own token, revoked or rotated since the check
+        return RedirectResponse("/login", status_code=303)
     return RedirectResponse("/admin", status_code=303)
 
 
