@@ -147,13 +147,22 @@ async def admin_override(request: Request) -> Response:
     return await anyio.to_thread.run_sync(_override, request, form)
 
 
-def _override(request: Request, form: dict[str, str]) -> Response:
+def _admin_form_caller(request: Request, form: dict[str, str]) -> Caller | Response:
+    """The admin posting a dashboard form, or the 403 that refuses the post (not an admin's
+    page session, or a missing or wrong CSRF token)."""
     caller = _cookie_caller(request)
-    state = app_state(request)
     if caller is None or not caller.is_admin:
         return HTMLResponse("this needs an admin login", status_code=403)
-    if not security.csrf_ok(state.store.secret, caller.token_hash, form.get("csrf")):
+    if not security.csrf_ok(app_state(request).store.secret, caller.token_hash, form.get("csrf")):
         return HTMLResponse("missing or wrong CSRF token", status_code=403)
+    return caller
+
+
+def _override(request: Request, form: dict[str, str]) -> Response:
+    state = app_state(request)
+    caller = _admin_form_caller(request, form)
+    if isinstance(caller, Response):
+        return caller
     try:
         by = (caller.id, caller.token_hash)
         override_gate(state.store, form.get("reason", ""), actor=caller.name, by=by)
@@ -173,12 +182,10 @@ async def admin_token(request: Request, action: str) -> Response:
 
 
 def _token_action(request: Request, action: str, form: dict[str, str]) -> Response:
-    caller = _cookie_caller(request)
     state = app_state(request)
-    if caller is None or not caller.is_admin:
-        return HTMLResponse("this needs an admin login", status_code=403)
-    if not security.csrf_ok(state.store.secret, caller.token_hash, form.get("csrf")):
-        return HTMLResponse("missing or wrong CSRF token", status_code=403)
+    caller = _admin_form_caller(request, form)
+    if isinstance(caller, Response):
+        return caller
     if action not in ("revoke", "rotate"):
         return HTMLResponse("no such action", status_code=404)
     name = form.get("name", "")
