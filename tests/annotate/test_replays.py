@@ -90,7 +90,9 @@ def test_a_deadlock_victim_runs_again_on_postgresql(pg_server):
         with ThreadPoolExecutor(2) as pool:
             done = list(pool.map(lambda pair: store.run(unit(*pair)), [("a", "b"), ("b", "a")]))
         assert done == ["a", "b"]
-        assert sorted(attempts.values()) == [1, 2]  # one victim, run once more
+        # At least one victim, run again. Usually one; both when their deadlock checks run
+        # before the first victim's locks are released (seen once under load).
+        assert max(attempts.values()) >= 2
         with store.read() as conn:
             counts = conn.execute(select(people.c.label_count)).scalars().all()
         assert counts == [2, 2]
