@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
+from rlhfkit.annotate.annotators import Authenticator
 
 
 def write_project(root: Path, tie: bool = False, **annotation) -> Path:
@@ -153,6 +154,16 @@ def db_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'annotations.sqlite'}"
     return new_pg_database(request.getfixturevalue("pg_server"))
+
+
+@pytest.fixture
+def team(db_url):
+    """A store on each database with three annotators: (store, {name: annotator id})."""
+    store = open_store(db_url, create=True)
+    auth = Authenticator(store)
+    ids = {n: auth(add_annotator(store, n)).id for n in ("ann1", "ann2", "ann3")}
+    yield store, ids
+    store.close()
 
 
 @pytest.fixture

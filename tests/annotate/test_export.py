@@ -52,15 +52,6 @@ def q(i: int) -> str:
     return f"Question {i}?"
 
 
-@pytest.fixture
-def team(tmp_path, db_url):
-    store = open_store(db_url, create=True)
-    auth = Authenticator(store)
-    ids = {n: auth(add_annotator(store, n)).id for n in ("ann1", "ann2", "ann3")}
-    yield store, ids
-    store.close()
-
-
 def test_majority_margins_ties_both_bad_and_incomplete(team, tmp_path):
     store, ids = team
     import_items(store, POLICY, items=write_jsonl(tmp_path / "items.jsonl", pairs(6)))

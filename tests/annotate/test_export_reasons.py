@@ -42,15 +42,6 @@ def gold(n: int) -> list[dict]:
     return [dict(p, prompt=f"Gold {i}?", label="A") for i, p in enumerate(pairs(n, "g"))]
 
 
-@pytest.fixture
-def team(tmp_path, db_url):
-    store = open_store(db_url, create=True)
-    auth = Authenticator(store)
-    ids = {n: auth(add_annotator(store, n)).id for n in ("ann1", "ann2", "ann3")}
-    yield store, ids
-    store.close()
-
-
 def refusal(store, pol, tmp_path, **kwargs) -> UserError:
     with pytest.raises(UserError) as e:
         export(store, pol, tmp_path / "prefs.jsonl", **kwargs)
