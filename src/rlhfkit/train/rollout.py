@@ -1,10 +1,13 @@
-"""Stage 3's rollouts: sample responses from the policy and lay them out for scoring.
+"""The one sampler: stage 3's rollouts, candidate pairs (`rlhfkit.generate`) and `eval policy`
+all sample here, and lay what they sampled out for scoring.
 
-Sampling is `rlhfkit.decode` (KV cache, stop at EOS), seeded per step so a resumed run
-samples exactly what the uninterrupted one did. The result is a `Rollout` — left-padded
+Sampling is `rlhfkit.decode` (KV cache, stop at EOS) on a fresh generator per batch, seeded
+by one rule (`batch_seed`), so a resumed run samples exactly what the uninterrupted one did.
+Prompts are tokenised by one rule too (`prompt_ids`). The result is a `Rollout` — left-padded
 prompts followed by right-padded responses — and `rollout_batch` turns it into the same
 `Batch` the other trainers score, so the policy, reference and critic all read log-probs and
-values at the response positions only.
+values at the response positions only. `sample_replies` is the same sampling from prompts as
+the data files hold them (texts or conversations), read back as each prompt's reply texts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from rlhfkit.decode import decode
 from rlhfkit.train.batches import Batch
+from rlhfkit.train.tokenize import prompt_ids
 
 
 class Rollout(NamedTuple):
@@ -116,6 +120,69 @@ def sample_rollout(
     )
 
 
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The seed batch `batch_index` of a run seeded `seed` samples with, on a fresh generator:
+    a batch's samples depend on its seed and index alone, whatever ran before it (a resumed
+    run, or the other model of a comparison answering the same prompts)."""
+    return (seed * 1_000_003 + batch_index) % 2**63
+
+
+class Sampling(NamedTuple):
+    """How replies are drawn: k per prompt, each at most max_new_tokens long, at temperature
+    and then top-p (see `rlhfkit.decode`)."""
+
+    k: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+class Replies(NamedTuple):
+    """A batch of P prompts' replies, k each. texts [P][k]: a reply to a conversation without
+    the whitespace its template puts around it, a text prompt's continuation exactly as
+    written (leading space included: TRL joins prompt and completion as they are);
+    finished [P][k]: ended with EOS; tokens [P][k]: response tokens, EOS included;
+    rollout: what was sampled, for scoring (its `logps` when asked for)."""
+
+    texts: list[list[str]]
+    finished: list[list[bool]]
+    tokens: list[list[int]]
+    rollout: Rollout
+
+
+def sample_replies(
+    model, tokenizer, prompts: list, sampling: Sampling, seed: int, logprobs: bool = False
+) -> Replies:
+    """`sampling.k` replies to each prompt (a text, or a conversation's messages), the prompts
+    tokenised by `prompt_ids` as PPO tokenises them, sampled with `seed` (`batch_seed`)."""
+    rollout = sample_rollout(
+        model,
+        tokenizer,
+        [prompt_ids(tokenizer, p) for p in prompts],
+        sampling.k,
+        sampling.max_new_tokens,
+        sampling.temperature,
+        sampling.top_p,
+        seed,
+        logprobs=logprobs,
+    )
+    return group_replies(rollout, sampling.k, [isinstance(p, list) for p in prompts])
+
+
+def group_replies(rollout: Rollout, k: int, conversational: list[bool]) -> Replies:
+    """The rollout's replies per prompt; `conversational[i]`: prompt i was a conversation."""
+    lengths = rollout.response_mask.sum(dim=1).long().tolist()
+    finished = rollout.finished.tolist()
+    texts, done, tokens = [], [], []
+    for i, chat in enumerate(conversational):
+        rows = range(i * k, (i + 1) * k)
+        # a chat reply's surrounding whitespace is template noise
+        texts.append([rollout.texts[r].strip() if chat else rollout.texts[r] for r in rows])
+        done.append([bool(finished[r]) for r in rows])
+        tokens.append([lengths[r] for r in rows])
+    return Replies(texts, done, tokens, rollout)
+
+
 def rollout_batch(rollout: Rollout) -> Batch:
     """The rollout as a `Batch` whose scored tokens are the response tokens, row-major."""
     ids, attention = rollout.input_ids, rollout.attention_mask
@@ -160,6 +227,7 @@ class MergedCopy:
 
     @torch.no_grad()
     def refresh(self, policy: torch.nn.Module) -> torch.nn.Module:
+        # lazy: only LoRA runs need peft
         from peft.tuners.lora.layer import Linear as LoraLinear
 
         for name, module in policy.named_modules():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.data import Dataset, Format
+from rlhfkit.data import Dataset, Format, to_explicit_prompt
 from rlhfkit.errors import Problem, UserError
 
 if TYPE_CHECKING:
@@ -93,6 +93,14 @@ def token_ids(
     return list(tok(value)["input_ids"])
 
 
+def prompt_ids(tok: PreTrainedTokenizerBase, prompt: Any) -> list[int]:
+    """The token ids a sampler continues, one rule for candidates, PPO and evaluation: a
+    conversation through the chat template with the generation prompt (the template writes
+    its own special tokens), a text as the tokenizer encodes it by default, with the BOS token
+    a tokenizer adds, as training's text examples begin (`token_ids`, TRL's tokenisation)."""
+    return token_ids(tok, prompt, generation_prompt=isinstance(prompt, list))
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -167,8 +175,6 @@ def tokenize_dataset(
     A prompt that leaves no room for its completion within `max_length` is the user's to fix
     (``FILE:LINE: reason``); a completion that runs past it is cut at `max_length`.
     """
-    from rlhfkit.data.convert import to_explicit_prompt
-
     problems, examples, truncated = [], [], 0
     for row, line in zip(dataset.rows, dataset.lines, strict=True):
         if kind == "sft":
