@@ -1,4 +1,5 @@
-"""Sampling: seeded, batched, chat-templated, resumable, and written as annotation pairs."""
+"""Candidate pairs: sampled in seeded batches, resumable, and written as annotation pairs (the
+sampler itself: tests/train/test_rollout.py)."""
 
 import json
 
@@ -6,27 +7,10 @@ import pytest
 
 from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError
-from rlhfkit.generate import SamplingConfig, generate_candidates, render, sample
+from rlhfkit.generate import SamplingConfig, generate_candidates
 from tests.conftest import messages, write_lines
 
 PROMPTS = [{"prompt": messages(("user", f"Question number {i}?"))} for i in range(5)]
-
-
-def test_render_uses_the_chat_template_for_messages_only(tiny):
-    _, tok = tiny
-    text = render(tok, messages(("user", "hi")))
-    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-    assert render(tok, "plain text") == "plain text"
-
-
-def test_same_seed_same_samples(tiny):
-    model, tok = tiny
-    texts = [render(tok, p["prompt"]) for p in PROMPTS[:2]]
-    cfg = SamplingConfig(n=3, max_new_tokens=8, seed=7)
-    first = sample(model, tok, texts, cfg)
-    assert [len(g) for g in first] == [3, 3]
-    assert sample(model, tok, texts, cfg) == first
-    assert sample(model, tok, texts, SamplingConfig(n=3, max_new_tokens=8, seed=8)) != first
 
 
 def test_greedy_with_several_samples_is_refused():
@@ -110,16 +94,6 @@ def test_resume_notices_changed_prompts(tmp_path):
     result = generate_candidates("tiny-random", prompts, out, cfg,
                                  on_progress=lambda d, t: seen.append(d))
     assert seen[0] == 0 and result.prompts == 1  # started over: the prompts changed
-
-
-def test_text_prompts_keep_the_leading_space(tiny):
-    # TRL joins a text prompt and its completion as they are: " blue" must stay " blue".
-    model, tok = tiny
-    cfg = SamplingConfig(n=8, max_new_tokens=3, seed=1)
-    as_text = [t for t, _ in sample(model, tok, ["The sky is"], cfg, chat=False)[0]]
-    assert sum(t.startswith(" ") for t in as_text) >= 2
-    as_chat = [t for t, _ in sample(model, tok, ["The sky is"], cfg, chat=True)[0]]
-    assert as_chat == [t.strip() for t in as_text]
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""Batched, seeded sampling: candidate reply pairs for annotation (later, rollouts for RL).
+"""Candidate reply pairs for annotation: batched, seeded sampling of each prompt's replies.
 
-Conversational prompts go through the tokenizer's chat template; standard (text) prompts are
-continued as they are, following TRL's convention so that what is sampled here is exactly
-what the trainers will see later.
+Sampling is the one sampler of `rlhfkit.train.rollout`, which PPO and `eval policy` use too:
+conversational prompts go through the tokenizer's chat template, standard (text) prompts are
+continued as they are, tokenised as the trainers tokenise them (TRL's convention), so that
+what is sampled here is exactly what the trainers will see later.
 
 Long runs resume: finished batches are appended to a hidden ``.OUT.partial`` file, and a rerun
 with the same settings continues after the last finished batch. The output file appears
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rlhfkit import strict_json
-from rlhfkit.data import Format, load, write_jsonl
+from rlhfkit.data import Dataset, Format, load, write_jsonl
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import config_hash, sha256_file, write_manifest
+from rlhfkit.models import load_model
+from rlhfkit.train.loop import resolve_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -33,6 +36,8 @@ PROMPT_FORMATS = (
     Format.PREFERENCE,
     Format.COMPARISON,
 )
+PROMPT_ROW_FIELDS = ("prompt", "completion", "chosen", "rejected")
+"""A prompt row's fields that a candidate pair does not carry over (its other columns do)."""
 
 
 @dataclass(frozen=True)
@@ -68,49 +73,6 @@ class SamplingConfig:
             raise UserError(f"precision is auto, bf16 or fp32, not '{self.precision}'")
 
 
-def render(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict[str, str]]) -> str:
-    """The exact text the model continues: chat template for messages, the text itself else."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-
-
-def sample(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    cfg: SamplingConfig,
-    batch_index: int = 0,
-    chat: bool = True,
-) -> list[list[tuple[str, bool]]]:
-    """Sample `cfg.n` responses for each rendered prompt: ``[(text, finished_with_eos), ...]``.
-
-    `chat`: the prompts were rendered with the chat template (replies are stripped)."""
-    from rlhfkit.train.rollout import sample_rollout
-
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    rollout = sample_rollout(
-        model,
-        tokenizer,
-        prompts,
-        cfg.n,
-        cfg.max_new_tokens,
-        cfg.temperature,
-        cfg.top_p,
-        seed=(cfg.seed * 1_000_003 + batch_index) % 2**63,
-    )
-    results = []
-    for i in range(len(texts)):
-        group = []
-        for j in range(i * cfg.n, (i + 1) * cfg.n):
-            text = rollout.texts[j]
-            # A chat reply's surrounding whitespace is template noise; a text continuation's
-            # leading space is part of it (TRL joins prompt + completion as they are).
-            group.append((text.strip() if chat else text, bool(rollout.finished[j])))
-        results.append(group)
-    return results
-
-
 @dataclass
 class GenerateResult:
     out: Path
@@ -143,6 +105,7 @@ def generate_candidates(
     (InstructGPT's labelers ranked outputs of several models). Its pairs then say which
     models wrote them (``models``, and ``pairing``: "same model" or "across models").
     """
+    # 1. the request checked, the prompts read, the settings a resumed run must share
     cfg.check()
     sources = [(model_ref, cfg.n)] + ([(compare_with, compare_n)] if compare_with else [])
     if compare_n < 1:
@@ -153,12 +116,8 @@ def generate_candidates(
         raise UserError("--limit must be at least 1")
     dataset = load(prompts_path, expect=PROMPT_FORMATS)
     rows = dataset.rows[:limit] if limit is not None else dataset.rows
-    conversational = dataset.kind.conversational
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
-
-    from rlhfkit.train.loop import resolve_precision
-
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     settings = {
         "model": model_ref,
@@ -169,86 +128,14 @@ def generate_candidates(
     }
     if compare_with:
         settings |= {"compare_with": compare_with, "compare_n": compare_n}
+
+    # 2. every model's replies to every prompt, resuming an interrupted run
     partial = out.with_name(f".{out.name}.partial")
-    done = _read_partial(partial, config_hash(settings))
-    batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    # one unit of work: one model's batch; the main model's batches come first
-    units = [(s, b) for s in range(len(sources)) for b in range(len(batches))]
-    if len(done) > len(units):
-        done = []
-    if not done:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("w") as f:
-            f.write(strict_json.dumps({"config_hash": config_hash(settings)}) + "\n")
+    groups = _sample_all(rows, sources, cfg, partial, config_hash(settings), on_progress)
 
-    def prompts_done(n_units: int) -> int:
-        whole, part = divmod(n_units, len(batches))
-        return whole * len(rows) + min(part * cfg.batch_size, len(rows))
-
-    total = len(rows) * len(sources)
-    if on_progress:
-        on_progress(prompts_done(len(done)), total)
-    loaded: tuple[int, Any, Any] | None = None
-    for u, (s, b) in enumerate(units):
-        if u < len(done):
-            continue
-        if loaded is None or loaded[0] != s:
-            loaded = (s, *_sampler(sources[s][0], cfg.precision))
-        _, model, tokenizer = loaded
-        texts = [render(tokenizer, r["prompt"]) for r in batches[b]]
-        # the unit's index seeds it: the main model's batches sample as they always did
-        unit_cfg = replace(cfg, n=sources[s][1])
-        groups = sample(model, tokenizer, texts, unit_cfg, batch_index=u, chat=conversational)
-        with partial.open("a") as f:
-            f.write(strict_json.dumps(groups) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        done.append(groups)
-        if on_progress:
-            on_progress(prompts_done(u + 1), total)
-
-    # each prompt's responses: the main model's, then the other model's
-    groups: list[list] = [[] for _ in rows]
-    for (_, b), batch_groups in zip(units, done, strict=True):
-        for i, group in enumerate(batch_groups):
-            groups[b * cfg.batch_size + i] += group
-    written_by = [ref for ref, n in sources for _ in range(n)]
-    pair_rows, skipped = [], 0
-    for index, (row, group) in enumerate(zip(rows, groups, strict=True)):
-        indices = range(len(group))
-        pairs = (
-            itertools.combinations(indices, 2)
-            if all_pairs
-            else zip(indices[::2], indices[1::2], strict=False)
-        )
-        for a, b in pairs:
-            (text_a, fin_a), (text_b, fin_b) = group[a], group[b]
-            if text_a == text_b or not text_a or not text_b:
-                skipped += 1
-                continue
-            # the prompt row's other columns (e.g. a topic) pass through, as everywhere
-            extra = {
-                k: v
-                for k, v in row.items()
-                if k not in ("prompt", "completion", "chosen", "rejected")
-            }
-            if compare_with:
-                same = written_by[a] == written_by[b]
-                extra |= {
-                    "models": [written_by[a], written_by[b]],
-                    "pairing": "same model" if same else "across models",
-                }
-            pair_rows.append(
-                extra
-                | {
-                    "id": f"p{index:05d}-{a}-{b}",
-                    "prompt": row["prompt"],
-                    "response_a": _as_completion(text_a, conversational),
-                    "response_b": _as_completion(text_b, conversational),
-                    "truncated": [not fin_a, not fin_b],
-                    "source_row": dataset.lines[index],
-                }
-            )
+    # 3. pairs of each prompt's replies, written with their manifest
+    written_by = [ref for ref, n in sources for _ in range(n)] if compare_with else None
+    pair_rows, skipped = _pairs(dataset, rows, groups, all_pairs, written_by)
     write_jsonl(out, pair_rows)
     write_manifest(
         out,
@@ -263,11 +150,107 @@ def generate_candidates(
     )
 
 
-def _sampler(model_ref: str, precision: str):
-    """A model ready to sample from, in the weights' dtype `precision` asks for."""
-    import torch
+def _sample_all(
+    rows: list[dict[str, Any]],
+    sources: list[tuple[str, int]],
+    cfg: SamplingConfig,
+    partial: Path,
+    settings_hash: str,
+    on_progress: Callable[[int, int], None] | None,
+) -> list[list[Any]]:
+    """Each prompt's replies, ``[(text, finished_with_eos), ...]``: the first source's (model,
+    replies per prompt), then the next's.
 
-    from rlhfkit.models import load_model
+    One unit of work is one model's batch, the first model's batches first. Unit u samples
+    with ``batch_seed(cfg.seed, u)``: the main model's batches sample as they always did. Each
+    finished unit is appended to `partial`, and a rerun with the same settings continues
+    after the last one there.
+    """
+    # lazy: torch; `rlhfkit generate --help` imports this module
+    from rlhfkit.train.rollout import Sampling, batch_seed, sample_replies
+
+    batches = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    units = [(s, b) for s in range(len(sources)) for b in range(len(batches))]
+    done = _resume(partial, settings_hash, len(units))
+
+    def report(n_units: int) -> None:
+        if on_progress:
+            whole, part = divmod(n_units, len(batches))
+            prompts_done = whole * len(rows) + min(part * cfg.batch_size, len(rows))
+            on_progress(prompts_done, len(rows) * len(sources))
+
+    report(len(done))
+    loaded: tuple[int, Any, Any] | None = None
+    for u in range(len(done), len(units)):
+        s, b = units[u]
+        if loaded is None or loaded[0] != s:
+            loaded = (s, *_sampler(sources[s][0], cfg.precision))
+        sampling = Sampling(sources[s][1], cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        _, model, tokenizer = loaded
+        prompts = [row["prompt"] for row in batches[b]]
+        replies = sample_replies(model, tokenizer, prompts, sampling, batch_seed(cfg.seed, u))
+        texts_finished = zip(replies.texts, replies.finished, strict=True)
+        done.append([list(zip(t, f, strict=True)) for t, f in texts_finished])
+        _append(partial, done[-1])
+        report(u + 1)
+
+    groups: list[list] = [[] for _ in rows]
+    for (_, b), unit in zip(units, done, strict=True):
+        for i, group in enumerate(unit):
+            groups[b * cfg.batch_size + i] += group
+    return groups
+
+
+def _pairs(
+    dataset: Dataset,
+    rows: list[dict[str, Any]],
+    groups: list[list[Any]],
+    all_pairs: bool,
+    written_by: list[str] | None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The comparison rows of each prompt's replies, and how many pairs were skipped (the two
+    replies identical, or one empty). `written_by`: each reply's model, when two took part."""
+    conversational = dataset.kind.conversational
+    pair_rows, skipped = [], 0
+    for index, (row, group) in enumerate(zip(rows, groups, strict=True)):
+        indices = range(len(group))
+        pairs = (
+            itertools.combinations(indices, 2)
+            if all_pairs
+            else zip(indices[::2], indices[1::2], strict=False)
+        )
+        # the prompt row's other columns (e.g. a topic) pass through, as everywhere
+        extra = {k: v for k, v in row.items() if k not in PROMPT_ROW_FIELDS}
+        for a, b in pairs:
+            (text_a, fin_a), (text_b, fin_b) = group[a], group[b]
+            if text_a == text_b or not text_a or not text_b:
+                skipped += 1
+                continue
+            models = {}
+            if written_by is not None:
+                same = written_by[a] == written_by[b]
+                models = {
+                    "models": [written_by[a], written_by[b]],
+                    "pairing": "same model" if same else "across models",
+                }
+            pair_rows.append(
+                extra
+                | models
+                | {
+                    "id": f"p{index:05d}-{a}-{b}",
+                    "prompt": row["prompt"],
+                    "response_a": _as_completion(text_a, conversational),
+                    "response_b": _as_completion(text_b, conversational),
+                    "truncated": [not fin_a, not fin_b],
+                    "source_row": dataset.lines[index],
+                }
+            )
+    return pair_rows, skipped
+
+
+def _sampler(model_ref: str, precision: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A model ready to sample from, in the weights' dtype `precision` asks for."""
+    import torch  # lazy: `rlhfkit generate --help` imports this module
 
     model, tokenizer = load_model(model_ref)
     model.eval()
@@ -278,6 +261,27 @@ def _sampler(model_ref: str, precision: str):
 
 def _as_completion(text: str, conversational: bool) -> str | list[dict[str, str]]:
     return [{"role": "assistant", "content": text}] if conversational else text
+
+
+def _resume(partial: Path, settings_hash: str, n_units: int) -> list[Any]:
+    """The units an interrupted run with these settings finished (see `_read_partial`); with
+    none, `partial` starts afresh with the settings' hash as its first line."""
+    done = _read_partial(partial, settings_hash)
+    if len(done) > n_units:
+        done = []
+    if not done:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w") as f:
+            f.write(strict_json.dumps({"config_hash": settings_hash}) + "\n")
+    return done
+
+
+def _append(partial: Path, unit: list[Any]) -> None:
+    """One finished unit as a line of `partial`, on disk before the next unit starts."""
+    with partial.open("a") as f:
+        f.write(strict_json.dumps(unit) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_partial(path: Path, expected_hash: str) -> list[Any]:
