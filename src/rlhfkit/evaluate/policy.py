@@ -1,7 +1,7 @@
 """`rlhfkit eval policy`: what changed between a policy before and after training.
 
 Both models answer the same held-out prompts, S samples each, with the same seeds (batch b
-samples with seed ``seed * 1_000_003 + b`` for either model). Sampling runs at the spec's
+samples with seed ``batch_seed(seed, b)`` for either model). Sampling runs at the spec's
 temperature with top-p 1 by default, so the KL estimate below is exact in expectation.
 
 Measured: each success criterion's pass rate before and after (Wilson intervals, a paired
@@ -47,12 +47,11 @@ rationale}}}.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +69,9 @@ from rlhfkit.evaluate.judges import (
     parse_judge,
 )
 from rlhfkit.evaluate.monitors import compare_flags, word_count
+from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model
+from rlhfkit.evaluate.sampling import weights_identity as _weights
+from rlhfkit.train.rollout import Sampling, batch_seed
 
 SCHEMA = "rlhfkit.eval_policy/1"
 Progress = Callable[[str, int, int], None]
@@ -114,37 +116,6 @@ class PolicyEvalConfig:
     confidence: float = 0.95
 
 
-@dataclass
-class Sampled:
-    """One model's samples: texts [P][S], finished [P][S], token counts [P][S]."""
-
-    texts: list[list[str]] = field(default_factory=list)
-    finished: list[list[bool]] = field(default_factory=list)
-    tokens: list[list[int]] = field(default_factory=list)
-
-
-def load_policy(ref: str):
-    """A causal LM from a model folder or alias, or from a LoRA adapter folder (a training
-    run's final/ saved with --no-merge-lora): its base model with the adapter merged in."""
-    from rlhfkit.models import MANIFEST, load_model, load_tokenizer
-
-    folder = Path(ref)
-    adapter = folder / "adapter_config.json"
-    if folder.is_dir() and adapter.exists() and not (folder / "config.json").exists():
-        from peft import PeftModel
-
-        manifest = folder / MANIFEST
-        base = json.loads(manifest.read_text()).get("base_model") if manifest.exists() else None
-        base = base or json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise UserError(f"{display_path(folder)}: a LoRA adapter that names no base model")
-        model, _ = load_model(base)
-        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-        return model.eval(), load_tokenizer(base)  # LoRA leaves the tokenizer as it was
-    model, tok = load_model(ref)
-    return model.eval(), tok
-
-
 def _recorded_hash(ref: str) -> str | None:
     """The criteria hash a trained model's manifest carries, if any."""
     from rlhfkit.models import MANIFEST
@@ -153,152 +124,6 @@ def _recorded_hash(ref: str) -> str | None:
     if not manifest.is_file():
         return None
     return json.loads(manifest.read_text()).get("criteria_hash")
-
-
-@dataclass
-class ModelRun:
-    """What one model contributed: its samples, and log-probs for the KL estimate."""
-
-    samples: Sampled
-    rollouts: list
-    """Its rollouts (token ids; empty when the samples came from the cache)."""
-    own_logps: list[float] | None
-    """Summed log-probs of its own samples, one per sample in order (if asked)."""
-    scored_logps: list[float] | None
-    """Summed log-probs of another model's rollouts (if asked and the tokenizers match)."""
-    tokenizer: Any
-
-
-def sample_model(
-    ref: str,
-    prompts: list[Any],
-    cfg: PolicyEvalConfig,
-    temperature: float,
-    max_new_tokens: int,
-    seed: int,
-    progress: Progress | None = None,
-    label: str = "",
-    score_own: bool = False,
-    score_rollouts: list | None = None,
-    same_tokens_as: Any = None,
-) -> ModelRun:
-    """Sample `cfg.samples` responses per prompt from `ref`, batch by batch, seeded alike for
-    every model (or read them from `cfg.sample_cache`, unless `score_own`: the KL needs the
-    token ids). For the KL estimate: `score_own` keeps the sampler's log-prob of each of the
-    model's own samples (at `temperature`, before top-p: the same numbers a scoring pass would
-    give, to float rounding, for one pass less);
-    `score_rollouts` another model's rollouts — unless this tokenizer differs from
-    `same_tokens_as` (the token ids would mean other text)."""
-    import torch
-
-    from rlhfkit.train.rollout import sample_rollout
-    from rlhfkit.train.tokenize import token_ids
-
-    model, tok = load_policy(ref)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    chat = isinstance(prompts[0], list)
-    cached = None
-    if cfg.sample_cache is not None and not score_own:
-        key = _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed)
-        cached = Path(cfg.sample_cache) / f"samples-{key}.json"
-    out, rollouts, own_logps = Sampled(), [], []
-    if cached is not None and cached.exists():
-        out = Sampled(**json.loads(cached.read_text())["samples"])
-        if progress:
-            progress(f"{label} (cached)", 1, 1)
-    else:
-        batches = [prompts[i : i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
-        for b, batch in enumerate(batches):
-            ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in batch]
-            with _quiet_transformers():
-                rollout = sample_rollout(
-                    model, tok, ids, cfg.samples, max_new_tokens, temperature, cfg.top_p,
-                    (seed * 1_000_003 + b) % 2**63, logprobs=score_own,
-                )  # fmt: skip
-            if score_own:  # the sampler's own log-probs: no second pass over these samples
-                own_logps += (rollout.logps * rollout.response_mask).sum(dim=1).tolist()
-            rollout = rollout._replace(
-                logps=None,
-                entropy=None,
-                input_ids=rollout.input_ids.cpu(),
-                attention_mask=rollout.attention_mask.cpu(),
-                response_mask=rollout.response_mask.cpu(),
-                finished=rollout.finished.cpu(),
-            )
-            rollouts.append(rollout)
-            lengths = rollout.response_mask.sum(dim=1).long().tolist()
-            for i in range(len(batch)):
-                rows = range(i * cfg.samples, (i + 1) * cfg.samples)
-                # a chat reply's surrounding whitespace is template noise (generate.py strips)
-                texts = [rollout.texts[r] for r in rows]
-                out.texts.append([t.strip() for t in texts] if chat else texts)
-                out.finished.append([bool(rollout.finished[r]) for r in rows])
-                out.tokens.append([lengths[r] for r in rows])
-            if progress:
-                progress(label, b + 1, len(batches))
-        if cached is not None:
-            from rlhfkit.data.io import atomic_open
-
-            with atomic_open(cached) as f:
-                strict_json.dump({"model": ref, "samples": asdict(out)}, f)
-
-    same = same_tokens_as is None or same_tokens_as.get_vocab() == tok.get_vocab()
-    return ModelRun(
-        out,
-        rollouts,
-        own_logps if score_own else None,
-        _logps(model, temperature, score_rollouts) if score_rollouts and same else None,
-        tok,
-    )
-
-
-def _logps(model, temperature: float, rollouts: list) -> list[float]:
-    """Summed log-probs of each rollout response under `model`, at `temperature`."""
-    import torch
-
-    from rlhfkit.train.rollout import rollout_batch
-    from rlhfkit.train.scoring import CompletionScorer, sequence_logps
-
-    scorer, found = CompletionScorer(model, temperature), []
-    with torch.inference_mode():
-        for rollout in rollouts:
-            batch = rollout_batch(rollout).to(model.device)
-            found += sequence_logps(scorer, batch).float().cpu().tolist()
-    return found
-
-
-def _cache_key(ref, prompts, cfg, temperature, max_new_tokens, seed) -> str:
-    """What makes two runs sample the same: the model's weights (by file size and time), the
-    prompts and every sampling setting."""
-    from rlhfkit import __version__
-    from rlhfkit.lineage import config_hash
-    from rlhfkit.models import resolve
-
-    folder = Path(ref) if Path(ref).is_dir() else resolve(ref)
-    return config_hash(
-        {
-            **_weights(folder),
-            "prompts": prompts,
-            "samples": cfg.samples,
-            "batch_size": cfg.batch_size,
-            "top_p": cfg.top_p,
-            "temperature": temperature,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
-            "rlhfkit": __version__,
-        }
-    )
-
-
-def _weights(folder: Path) -> dict[str, Any]:
-    """A model folder's identity for a cache key: its path and its weight files' sizes and
-    modification times (hashing 500 MB per evaluation would cost more than it saves)."""
-    weights = [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in sorted(folder.glob("*.safetensors"))
-    ]
-    return {"folder": str(folder.resolve()), "weights": weights}
 
 
 def _rewards(
@@ -326,19 +151,6 @@ def _rewards(
     with atomic_open(cached) as f:  # creates the folder
         strict_json.dump(found, f)  # a cache must read back as written
     return found
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """generate()'s deprecation notices (argument renames) are not the user's business."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def _grid(flat: list[Any], p: int, s: int) -> np.ndarray:
@@ -394,16 +206,13 @@ def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> 
     # 2. sample: the after model first (keeping its rollouts and log-probs for KL), then the
     # before model, which scores the after model's rollouts; one model in memory at a time
     t0 = time.time()
-    after_run = sample_model(
-        cfg.after, prompts, cfg, temperature, max_new, seed, progress, "after", score_own=True
-    )
+    sampling = Sampling(cfg.samples, max_new, temperature, cfg.top_p)
+    plan = SamplePlan(sampling, seed, cfg.batch_size, cfg.sample_cache)
+    after_run = sample_model(cfg.after, prompts, plan, progress, "after", score_own=True)
     after = after_run.samples
     t_after = time.time() - t0
     t0 = time.time()
-    before_run = sample_model(
-        cfg.before, prompts, cfg, temperature, max_new, seed, progress, "before",
-        score_rollouts=after_run.rollouts, same_tokens_as=after_run.tokenizer,
-    )  # fmt: skip
+    before_run = sample_model(cfg.before, prompts, plan, progress, "before", score=after_run)
     before = before_run.samples
     t_before = time.time() - t0
 
@@ -577,7 +386,7 @@ def _sample_rows(prompts, s, seed, batch_size, before, after, hits_before, hits_
                 {
                     "prompt_index": i,
                     "sample": j,
-                    "seed": (seed * 1_000_003 + i // batch_size) % 2**63,
+                    "seed": batch_seed(seed, i // batch_size),
                     "prompt": prompt,
                     "before": before.texts[i][j],
                     "after": after.texts[i][j],
