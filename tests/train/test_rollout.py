@@ -1,7 +1,16 @@
-"""The one sampler: seeded replies to text and chat prompts, and one seed rule."""
+"""The one sampler: seeded replies to text and chat prompts, one seed rule, and one
+tokenisation of prompts for candidates, PPO and evaluation."""
 
+import pytest
+from tokenizers.processors import TemplateProcessing
+
+from rlhfkit.evaluate.sampling import SamplePlan, sample_model
+from rlhfkit.generate import SamplingConfig, generate_candidates
+from rlhfkit.models import tiny_model
+from rlhfkit.train import rollout
 from rlhfkit.train.rollout import Sampling, batch_seed, group_replies, sample_replies
-from tests.conftest import messages
+from rlhfkit.train.tokenize import prompt_ids
+from tests.conftest import messages, run_cli, write_lines
 
 PROMPTS = [messages(("user", f"Question number {i}?")) for i in range(2)]
 
@@ -44,3 +53,59 @@ def test_replies_count_their_tokens_and_say_which_ended(tiny):
     for g, tokens in zip(replies.finished, replies.tokens, strict=True):
         for finished, n in zip(g, tokens, strict=True):
             assert finished or n == 6  # a reply without EOS ran to max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def bos_model(tmp_path_factory):
+    """The tiny model with a tokenizer that starts every encoded text with a BOS token, as
+    Llama's and Gemma's do (SmolLM2's, which the tiny model has, adds none)."""
+    model, tok = tiny_model()
+    bos = "<|endoftext|>"
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{bos} $A", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))]
+    )
+    folder = tmp_path_factory.mktemp("bos") / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tok, tok.convert_tokens_to_ids(bos)
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["text", "chat"])
+def test_candidates_ppo_and_evaluation_tokenise_prompts_alike(bos_model, tmp_path, monkeypatch,
+                                                              chat):  # fmt: skip
+    """With a tokenizer that adds a BOS token, the three samplers continue the same ids: a
+    text prompt after one BOS (as training's text examples begin), a conversation as its
+    template writes it (no BOS added on top)."""
+    folder, tok, bos = bos_model
+    prompts = PROMPTS if chat else ["The sky is", "Order 1 is late because"]
+    expected = [prompt_ids(tok, p) for p in prompts]
+    for ids, p in zip(expected, prompts, strict=True):
+        if chat:
+            text = tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+            assert ids == tok(text, add_special_tokens=False)["input_ids"] and bos not in ids
+        else:
+            assert ids == [bos, *tok(p, add_special_tokens=False)["input_ids"]]
+    seen = []
+    decode = rollout.decode
+
+    def spy(model, input_ids, attention_mask, **kw):
+        rows = zip(input_ids, attention_mask, strict=True)
+        seen.append(sorted(row[mask.bool()].tolist() for row, mask in rows))
+        return decode(model, input_ids, attention_mask, **kw)
+
+    monkeypatch.setattr(rollout, "decode", spy)
+    data = write_lines(tmp_path / "prompts.jsonl", [{"prompt": p} for p in prompts])
+    # candidates
+    generate_candidates(str(folder), data, tmp_path / "c.jsonl",
+                        SamplingConfig(n=2, max_new_tokens=2, precision="fp32"))  # fmt: skip
+    # evaluation
+    sample_model(str(folder), prompts, SamplePlan(Sampling(1, 2, 1.0, 1.0), seed=0, batch_size=8))
+    # PPO: one step over both prompts
+    rules = tmp_path / "rules.py"
+    rules.write_text("def zero(prompts, responses):\n    return [0.0] * len(responses)\n")
+    result = run_cli("train", "ppo", "--model", str(folder), "--data", str(data),
+                     "--output-dir", str(tmp_path / "ppo"), "--reward", f"{rules}:zero",
+                     "--precision", "fp32", "--batch-size", "2", "--max-new-tokens", "2",
+                     "--max-steps", "1", "--save-every", "0", "--no-lora")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert seen == [sorted(expected)] * 3  # candidates, evaluation, PPO
