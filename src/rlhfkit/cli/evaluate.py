@@ -83,7 +83,7 @@ def eval_policy(
     Each success criterion's pass rate with 95% intervals, a paired test and a verdict
     (improved / regressed / no significant change); mean length; reward and judge win rates;
     KL(after || before); reward-hacking flags. Both models answer the same prompts with the
-    same seeds. Writes OUT/eval.json (schema: rlhfkit.evaluate.policy) and OUT/samples.jsonl.
+    same seeds. Writes OUT/eval.json (schema: rlhfkit.evaluate.schema) and OUT/samples.jsonl.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
