@@ -54,6 +54,8 @@ def test_typed_fields_read_as_the_file_says():
     assert ev.win_rates[1].judge == "panel (simulated)" and ev.win_rates[1].both_bad == 12
     assert ev.kl.value == 4.1 and ev.kl.reason is None and ev.reward.rise_sd == 1.4
     assert ev.monitors[3].reference is None and ev.flagged == ["hedging"]
+    written = json.loads((RUN / "eval" / "ppo" / "eval.json").read_text())["reward"]
+    assert list(ev.reward.to_json()) == list(written)  # model first, as eval policy writes it
     dpo = read_json(PolicyEvalResult, RUN / "eval" / "dpo" / "eval.json")
     assert dpo.kl.value is None and dpo.kl.ci is None and "tokenizers" in dpo.kl.reason
     rm = read_json(RMEvalResult, RUN / "rm" / "eval_rm.json")

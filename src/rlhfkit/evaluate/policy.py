@@ -48,6 +48,7 @@ from rlhfkit.evaluate.judges import (
 from rlhfkit.evaluate.monitors import compare_flags, word_count
 from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, write_manifest
+from rlhfkit.models import MANIFEST
 from rlhfkit.project import load_project
 
 SAMPLES_FILE = "samples.jsonl"
@@ -126,8 +127,6 @@ def load_policy(ref: str):
 
 def _recorded_hash(ref: str) -> str | None:
     """The criteria hash a trained model's manifest carries, if any."""
-    from rlhfkit.models import MANIFEST
-
     manifest = Path(ref) / MANIFEST
     if not manifest.is_file():
         return None
@@ -569,30 +568,20 @@ def _assemble(
         project=schema.ProjectInfo(spec.name, str(setup.project.spec_path), spec.rubric.version),
         models=schema.Models(cfg.before, cfg.after),
         settings=schema.Settings(
-            prompts=str(setup.prompts_path),
-            n_prompts=len(setup.prompts),
-            samples_per_prompt=cfg.samples,
-            max_new_tokens=setup.max_new_tokens,
-            temperature=setup.temperature,
-            top_p=cfg.top_p,
-            seed=setup.seed,
-            batch_size=cfg.batch_size,
-            test=stats.TEST_NAMES[cfg.test],
-            alpha=cfg.alpha,
-            confidence=cfg.confidence,
-            judges=list(cfg.judges),
-            reward_model=cfg.reward_model,
+            prompts=str(setup.prompts_path), n_prompts=len(setup.prompts),
+            samples_per_prompt=cfg.samples, max_new_tokens=setup.max_new_tokens,
+            temperature=setup.temperature, top_p=cfg.top_p, seed=setup.seed,
+            batch_size=cfg.batch_size, test=stats.TEST_NAMES[cfg.test], alpha=cfg.alpha,
+            confidence=cfg.confidence, judges=list(cfg.judges), reward_model=cfg.reward_model,
         ),
         freeze=setup.freeze,
-        criteria=scored.criteria,
-        length=scored.length,
-        reward=scored.reward,
+        # criteria, length, reward and KL as measured; the judges' win rates; the monitors
+        criteria=scored.criteria, length=scored.length, reward=scored.reward, kl=scored.kl,
         win_rates=win_rates,
-        kl=scored.kl,
         monitors=[schema.MonitorResult.from_json(f.to_json()) for f in flags],
         flagged=[f.name for f in flags if f.flagged],
         samples_file=SAMPLES_FILE,
-    )
+    )  # fmt: skip
 
 
 def _kl(

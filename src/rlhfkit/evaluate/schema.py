@@ -55,6 +55,8 @@ class SchemaError(ValueError):
 class Record:
     """Base of every record: `from_json` / `to_json` by the fields' types, in field order."""
 
+    FIRST: ClassVar[tuple[str, ...]] = ()
+    """A subclass's own fields that the file holds before the inherited ones."""
     non_finite: dict[str, str] | None = field(default=None, kw_only=True, metadata=OPTIONAL_KEY)
     """What `strict_json.nulled` wrote: {key: "NaN" | "Infinity" | "-Infinity"}; written last."""
 
@@ -84,7 +86,7 @@ class Record:
         """The record as the file holds it (before `strict_json.nulled`)."""
         out = {}
         nulled = self.non_finite or {}
-        for f in fields(self):
+        for f in sorted(fields(self), key=lambda f: f.name not in self.FIRST):  # stable
             value = getattr(self, f.name)
             if f.name == "non_finite" or (
                 value is None and f.metadata.get("optional_key") and f.name not in nulled
@@ -174,9 +176,19 @@ def read_json(cls: type[Result], path: Path) -> Any:
 
 @dataclass
 class Result(Record):
-    """A whole result file: ``schema`` first, checked by `parse`."""
+    """A whole result file: ``schema`` first, checked by `parse`. A subclass names its
+    version: ``class X(Result, schema="rlhfkit.x/1")``."""
 
     SCHEMA: ClassVar[str]
+    schema: str = field(default="", kw_only=True)
+    """The file's schema version; a record made in memory gets its class's."""
+
+    def __init_subclass__(cls, schema: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.SCHEMA = schema
+
+    def __post_init__(self) -> None:
+        self.schema = self.schema or self.SCHEMA
 
     @classmethod
     def parse(cls, data: Any, source: Path | str) -> Any:
@@ -294,15 +306,26 @@ class CriterionResult(Record):
 
 
 @dataclass
-class LengthResult(Record):
-    unit: str
-    """words"""
+class MeanComparison(Record):
+    """Means before and after (length, reward), compared over prompts: the paired sign-flip
+    test and bootstrap intervals of `stats.compare_means`."""
+
     before: Mean
     after: Mean
     diff: float
+    """after - before."""
     diff_ci: CI
     p_value: float
     test: str
+
+
+@dataclass
+class LengthResult(MeanComparison):
+    """Mean response length in words."""
+
+    FIRST = ("unit",)
+    unit: str
+    """words"""
     ratio: float | None
     """after / before; None when before is 0."""
     tokens: BeforeAfter
@@ -312,16 +335,12 @@ class LengthResult(Record):
 
 
 @dataclass
-class RewardResult(Record):
-    """The reward model's mean reward before and after."""
+class RewardResult(MeanComparison):
+    """The reward model's mean reward."""
 
+    FIRST = ("model",)
     model: str
-    before: Mean
-    after: Mean
-    diff: float
-    diff_ci: CI
-    p_value: float
-    test: str
+    """The --reward-model given."""
     rise_sd: float | None
     """diff in standard deviations of the before rewards (None when they are constant)."""
 
@@ -378,11 +397,9 @@ class MonitorResult(Record):
 
 
 @dataclass(kw_only=True)
-class PolicyEvalResult(Result):
+class PolicyEvalResult(Result, schema=POLICY_SCHEMA):
     """eval.json: what changed between a policy before and after training."""
 
-    SCHEMA: ClassVar[str] = POLICY_SCHEMA
-    schema: str = POLICY_SCHEMA
     created: str
     """Local time, ``%Y-%m-%dT%H:%M:%S%z``."""
     seconds: Seconds
@@ -472,11 +489,9 @@ class OrderInvariance(Record):
 
 
 @dataclass(kw_only=True)
-class RMEvalResult(Result):
+class RMEvalResult(Result, schema=RM_SCHEMA):
     """eval_rm.json: is the reward model fit to be trusted (see `rlhfkit.evaluate.rm`)."""
 
-    SCHEMA: ClassVar[str] = RM_SCHEMA
-    schema: str = RM_SCHEMA
     model: str
     data: str
     pairs: int
