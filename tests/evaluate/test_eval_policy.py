@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhfkit import strict_json
 from rlhfkit.errors import UserError
+from rlhfkit.evaluate import schema
 from rlhfkit.evaluate.criteria import freeze_criteria
 from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
 from rlhfkit.project import init_project, load_project
@@ -57,22 +59,26 @@ def test_identical_models_change_nothing(project, reward_model, tmp_path):
     cached = sorted(f.name.split("-")[0] for f in (tmp_path / "cache").iterdir())
     assert cached == ["rewards", "samples"]
     again = evaluate_policy(replace(cfg, out=tmp_path / "again"))  # reads them back
-    assert again["criteria"] == r["criteria"] and again["kl"] == r["kl"]
-    assert again["reward"] == r["reward"]
+    assert again.criteria == r.criteria and again.kl == r.kl
+    assert again.reward == r.reward
     assert len(list((tmp_path / "cache").iterdir())) == 2
     for weights in Path(reward_model[0]).glob("*.safetensors"):  # a retrained reward model
         os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
     evaluate_policy(replace(cfg, out=tmp_path / "third"))
     assert len(list((tmp_path / "cache").glob("rewards-*.json"))) == 2  # scored again
-    assert r["kl"]["value"] == pytest.approx(0.0, abs=1e-5) and r["kl"]["exact"]
-    assert {c["verdict"] for c in r["criteria"]} == {"no significant change"}
-    assert all(c["p_value"] == 1.0 and c["diff"] == 0 for c in r["criteria"])
-    (rm,) = r["win_rates"]
-    assert rm["judge"] == "reward_model" and rm["win_rate"] == 0.5 and rm["ties"] == 6
-    assert r["reward"]["diff"] == pytest.approx(0.0, abs=1e-6) and r["flagged"] == []
+    assert r.kl.value == pytest.approx(0.0, abs=1e-5) and r.kl.exact
+    assert {c.verdict for c in r.criteria} == {"no significant change"}
+    assert all(c.p_value == 1.0 and c.diff == 0 for c in r.criteria)
+    (rm,) = r.win_rates
+    assert rm.judge == "reward_model" and rm.win_rate == 0.5 and rm.ties == 6
+    assert r.reward.diff == pytest.approx(0.0, abs=1e-6) and r.flagged == []
     rows = [json.loads(x) for x in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(x["before"] == x["after"] for x in rows)
-    assert r["settings"]["n_prompts"] == 3 and r["settings"]["samples_per_prompt"] == 2
+    assert r.settings.n_prompts == 3 and r.settings.samples_per_prompt == 2
+    # what was written is what was returned, and reads back as the same record
+    on_disk = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert on_disk == strict_json.nulled(r.to_json())
+    assert schema.PolicyEvalResult.parse(on_disk, "eval.json").to_json() == on_disk
 
 
 def test_eval_policy_cli_on_a_lora_policy_after_a_criteria_edit(

@@ -82,7 +82,7 @@ def test_eval_rm_figures_match_a_plain_forward_pass(reward_model, tmp_path):
     assert hm["rm_agreement"]["accuracy"] == pytest.approx(np.mean(agree))
 
     cal = calibration(diff, bins=5)
-    assert f["calibration"]["ece"] == pytest.approx(cal["ece"], abs=1e-4)
+    assert f["calibration"]["ece"] == pytest.approx(cal.ece, abs=1e-4)
     assert sum(b["count"] for b in f["calibration"]["bins"]) == 12
     words = [len(r[k][0]["content"].split()) for k in ("chosen", "rejected") for r in data]
     rewards = np.concatenate([ref[:, 0], ref[:, 1]])
@@ -108,22 +108,22 @@ def test_pairs_that_share_a_prompt_get_the_rewards_of_a_plain_forward_pass(rewar
     random.Random(0).shuffle(data)
     found = evaluate_reward_model(str(folder), write_lines(tmp_path / "k.jsonl", data))
     ref = reference_rewards(model, tok, data)
-    assert found["pairs"] == len(data)
-    assert found["mean_reward_chosen"] == pytest.approx(ref[:, 0].mean(), abs=1e-4)
-    assert found["mean_reward_rejected"] == pytest.approx(ref[:, 1].mean(), abs=1e-4)
-    assert found["accuracy"] == pytest.approx(np.mean(ref[:, 0] > ref[:, 1]))
-    assert found["order_invariance"]["max_abs_diff"] < 1e-4
+    assert found.pairs == len(data)
+    assert found.mean_reward_chosen == pytest.approx(ref[:, 0].mean(), abs=1e-4)
+    assert found.mean_reward_rejected == pytest.approx(ref[:, 1].mean(), abs=1e-4)
+    assert found.accuracy == pytest.approx(np.mean(ref[:, 0] > ref[:, 1]))
+    assert found.order_invariance.max_abs_diff < 1e-4
 
 
 def test_calibration_by_hand():
     # margins log(3) and -log(3): p = 0.75 and 0.25, confidence 0.75, one right one wrong
     cal = calibration(np.array([np.log(3), -np.log(3), 0.0]), bins=2)
-    first = cal["bins"][0]  # [0.5, 0.75): only the tie (confidence 0.5, counted half right)
-    assert first["count"] == 1 and first["accuracy"] == 0.5 and first["confidence"] == 0.5
-    second = cal["bins"][1]
-    assert second["count"] == 2 and second["accuracy"] == 0.5
-    assert second["confidence"] == pytest.approx(0.75)
-    assert cal["ece"] == pytest.approx(2 / 3 * 0.25)
+    first = cal.bins[0]  # [0.5, 0.75): only the tie (confidence 0.5, counted half right)
+    assert first.count == 1 and first.accuracy == 0.5 and first.confidence == 0.5
+    second = cal.bins[1]
+    assert second.count == 2 and second.accuracy == 0.5
+    assert second.confidence == pytest.approx(0.75)
+    assert cal.ece == pytest.approx(2 / 3 * 0.25)
 
 
 def test_eval_rm_bad_input(reward_model, tmp_path):

@@ -172,7 +172,7 @@ def test_collapsed_rewards_read_as_undefined_in_eval_rm_and_the_monitor():
 
     rows = [{"chosen": "a " * (i + 1), "rejected": "b " * (2 * i + 3)} for i in range(6)]
     bias = length_bias(rows, np.full(6, 0.1), np.full(6, 0.1))
-    assert bias["pearson"] is None and bias["spearman"] is None
+    assert bias.pearson is None and bias.spearman is None
     flag = reward_length_flag(
         [0.1] * 12, [f"w{i} " * (i + 1) for i in range(12)], MonitorSettings()
     )

@@ -8,6 +8,7 @@ import typer
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
+from rlhfkit.evaluate.schema import PolicyEvalResult, write_json
 
 app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
 
@@ -30,17 +31,13 @@ def eval_rm(
     `votes`), calibration of its Bradley–Terry probability (reliability table, ECE),
     correlation of reward with length (the commonest reward-model bias), order invariance.
     """
-    from rlhfkit.evaluate.rm import evaluate_reward_model, summary_lines
+    from rlhfkit.evaluate.rm import evaluate_reward_model, summary_lines  # lazy: torch
 
     figures = evaluate_reward_model(model, data, batch_size, tuple(slice_by), bins)
     if out is not None:
-        from rlhfkit.data.io import atomic_open
-
-        with atomic_open(out) as f:
-            strict_json.dump(strict_json.nulled(figures), f, indent=2)
-            f.write("\n")
+        write_json(figures, out)
     if as_json:
-        console.print_json(strict_json.dumps(strict_json.nulled(figures)))
+        console.print_json(strict_json.dumps(strict_json.nulled(figures.to_json())))
         return
     for line in summary_lines(figures):
         console.print(line, markup=False)
@@ -86,7 +83,7 @@ def eval_policy(
     Each success criterion's pass rate with 95% intervals, a paired test and a verdict
     (improved / regressed / no significant change); mean length; reward and judge win rates;
     KL(after || before); reward-hacking flags. Both models answer the same prompts with the
-    same seeds. Writes OUT/eval.json (schema: rlhfkit.evaluate.policy) and OUT/samples.jsonl.
+    same seeds. Writes OUT/eval.json (schema: rlhfkit.evaluate.schema) and OUT/samples.jsonl.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -128,59 +125,54 @@ def eval_policy(
     )
 
 
-def _show(r: dict) -> None:
+def _show(r: PolicyEvalResult) -> None:
     from rich.table import Table
 
-    freeze = r["freeze"]
-    if freeze["changed"]:
-        err_console.print(f"[bold red]WARNING:[/bold red] {freeze['message']}", markup=True)
-    elif freeze["frozen_hash"] is None:
-        err_console.print(f"[yellow]note:[/yellow] {freeze['message']}")
-    s = r["settings"]
-    console.print(
-        f"{s['n_prompts']} prompts x {s['samples_per_prompt']} samples; test: {s['test']}"
-    )
+    freeze = r.freeze
+    if freeze.changed:
+        err_console.print(f"[bold red]WARNING:[/bold red] {freeze.message}", markup=True)
+    elif freeze.frozen_hash is None:
+        err_console.print(f"[yellow]note:[/yellow] {freeze.message}")
+    s = r.settings
+    console.print(f"{s.n_prompts} prompts x {s.samples_per_prompt} samples; test: {s.test}")
     table = Table()
     for col in ("criterion", "should", "before", "after", "change", "p", "verdict"):
         table.add_column(
             col, justify="right" if col in ("before", "after", "change", "p") else "left"
         )
-    for c in r["criteria"]:
-        b, a = c["before"], c["after"]
+    for c in r.criteria:
+        b, a = c.before, c.after
         table.add_row(
-            c["name"], c["direction"],
-            f"{b['rate']:.0%} [{b['ci'][0]:.0%}-{b['ci'][1]:.0%}]",
-            f"{a['rate']:.0%} [{a['ci'][0]:.0%}-{a['ci'][1]:.0%}]",
-            f"{c['diff']:+.0%}", f"{c['p_value']:.3g}", c["verdict"],
+            c.name, c.direction,
+            f"{b.rate:.0%} [{b.ci[0]:.0%}-{b.ci[1]:.0%}]",
+            f"{a.rate:.0%} [{a.ci[0]:.0%}-{a.ci[1]:.0%}]",
+            f"{c.diff:+.0%}", f"{c.p_value:.3g}", c.verdict,
         )  # fmt: skip
     console.print(table)
-    ln = r["length"]
+    ln = r.length
     console.print(
-        f"length: {ln['before']['mean']:.0f} -> {ln['after']['mean']:.0f} words "
-        f"({ln['diff']:+.1f}, p {ln['p_value']:.3g})"
+        f"length: {ln.before.mean:.0f} -> {ln.after.mean:.0f} words "
+        f"({ln.diff:+.1f}, p {ln.p_value:.3g})"
     )
-    if r["reward"]:
-        rw = r["reward"]
+    if r.reward:
+        rw = r.reward
+        console.print(f"reward: {rw.before.mean:.3f} -> {rw.after.mean:.3f} (p {rw.p_value:.3g})")
+    for w in r.win_rates:
         console.print(
-            f"reward: {rw['before']['mean']:.3f} -> {rw['after']['mean']:.3f} "
-            f"(p {rw['p_value']:.3g})"
-        )
-    for w in r["win_rates"]:
-        console.print(
-            f"win rate of after over before by {w['judge']}: {w['win_rate']:.0%} "
-            f"[{w['ci'][0]:.0%}-{w['ci'][1]:.0%}], p {w['p_value']:.3g}",
+            f"win rate of after over before by {w.judge}: {w.win_rate:.0%} "
+            f"[{w.ci[0]:.0%}-{w.ci[1]:.0%}], p {w.p_value:.3g}",
             markup=False,
         )
-    kl = r["kl"]
-    if kl["value"] is not None:
+    kl = r.kl
+    if kl.value is not None:
         console.print(
-            f"KL(after || before): {kl['value']:.2f} nats per response "
-            f"[{kl['ci'][0]:.2f}, {kl['ci'][1]:.2f}]"
+            f"KL(after || before): {kl.value:.2f} nats per response "
+            f"[{kl.ci[0]:.2f}, {kl.ci[1]:.2f}]"
         )
     else:
-        console.print(f"KL: not estimated ({kl['reason']})")
-    fired = [m for m in r["monitors"] if m["flagged"]]
+        console.print(f"KL: not estimated ({kl.reason})")
+    fired = [m for m in r.monitors if m.flagged]
     if not fired:
         console.print("reward-hacking monitors: no flags")
     for m in fired:
-        console.print(f"[bold yellow]flag {m['name']}:[/bold yellow] {m['explanation']}")
+        console.print(f"[bold yellow]flag {m.name}:[/bold yellow] {m.explanation}")

@@ -323,6 +323,7 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
     rows = load(paths.prefs_heldout).rows
     slices = tuple(c for c in ("pairing", "topic") if any(c in r for r in rows))
     found = evaluate_reward_model(str(paths.final("rm")), paths.prefs_heldout, slices=slices)
+    found = found.to_json()  # the record as eval_rm.json holds it
     _write_json(paths.rm / "eval_rm.json", found)
     return found
 
@@ -406,7 +407,7 @@ def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | Non
         sample_cache=paths.root / "eval" / "cache",
         seed=spec.generate.seed + preset.seed,
     )
-    return evaluate_policy(cfg, progress)
+    return evaluate_policy(cfg, progress).to_json()
 
 
 def report(paths: Paths, seconds: dict[str, float]) -> tuple[Path, dict[str, Any]]:

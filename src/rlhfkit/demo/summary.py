@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rlhfkit.evaluate.schema import PolicyEvalResult, RMEvalResult, read_json
+
 if TYPE_CHECKING:
     from rlhfkit.demo.stages import Paths
 
@@ -27,14 +29,15 @@ def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:
     annotation = paths.annotation
     status = _read(annotation / "status.json")
     agreement = _read(annotation / "agreement.json")
-    rm = _read(paths.rm / "eval_rm.json")
+    rm_path = paths.rm / "eval_rm.json"
+    rm = read_json(RMEvalResult, rm_path) if rm_path.exists() else None
     out: dict[str, Any] = {
         "simulated_annotators": True,
-        "rm_heldout_accuracy": rm.get("accuracy"),
-        "rm_heldout_pairs": rm.get("pairs"),
+        "rm_heldout_accuracy": rm.accuracy if rm else None,
+        "rm_heldout_pairs": rm.pairs if rm else None,
         "rm_heldout_by_pairing": {
-            k: {"accuracy": v["accuracy"], "pairs": v["pairs"]}
-            for k, v in (rm.get("slices") or {}).get("pairing", {}).items()
+            k: {"accuracy": v.accuracy, "pairs": v.pairs}
+            for k, v in (rm.slices if rm else {}).get("pairing", {}).items()
         },
         "calibration_gate": _gate(status),
         "agreement": {
@@ -84,34 +87,31 @@ def _flagged(status: dict[str, Any], agreement: dict[str, Any]) -> list[dict[str
 def _policy(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    ev = json.loads(path.read_text())
+    ev = read_json(PolicyEvalResult, path)
     criteria = {
-        c["name"]: {
-            "direction": c["direction"],
-            "before": c["before"]["rate"],
-            "after": c["after"]["rate"],
-            "p_value": c["p_value"],
-            "test": c["test"],
-            "verdict": c["verdict"],
+        c.name: {
+            "direction": c.direction,
+            "before": c.before.rate,
+            "after": c.after.rate,
+            "p_value": c.p_value,
+            "test": c.test,
+            "verdict": c.verdict,
         }
-        for c in ev["criteria"]
+        for c in ev.criteria
     }
     return {
         "criteria": criteria,
         "improved": [n for n, c in criteria.items() if c["verdict"] == "improved"],
         "regressed": [n for n, c in criteria.items() if c["verdict"] == "regressed"],
-        "kl": ev["kl"].get("value"),
-        "length": {
-            "before": ev["length"]["before"]["mean"],
-            "after": ev["length"]["after"]["mean"],
-        },
-        "win_rates": {w["judge"]: w["win_rate"] for w in ev.get("win_rates", [])},
+        "kl": ev.kl.value,
+        "length": {"before": ev.length.before.mean, "after": ev.length.after.mean},
+        "win_rates": {w.judge: w.win_rate for w in ev.win_rates},
         "hacking_flags": [
-            {"name": m["name"], "value": m["value"], "explanation": m["explanation"]}
-            for m in ev.get("monitors", [])
-            if m.get("flagged")
+            {"name": m.name, "value": m.value, "explanation": m.explanation}
+            for m in ev.monitors
+            if m.flagged
         ],
-        "samples": ev["settings"]["n_prompts"] * ev["settings"]["samples_per_prompt"],
+        "samples": ev.settings.n_prompts * ev.settings.samples_per_prompt,
     }
 
 

@@ -16,33 +16,7 @@ expectation).
 
 Output folder: ``eval.json`` and ``samples.jsonl`` (one row per prompt x sample).
 
-eval.json (``"schema": "rlhfkit.eval_policy/1"``)::
-
-    schema, created, seconds {sample_before, sample_after, score, judges, total}
-    project {name, spec, rubric_version}
-    models {before, after}
-    settings {prompts, n_prompts, samples_per_prompt, max_new_tokens, temperature, top_p,
-              seed, batch_size, test, alpha, confidence, judges [str], reward_model}
-    freeze {criteria_hash, frozen_hash, changed, frozen_at, frozen_by, changes [str], message}
-    criteria [{name, description, direction, detector,
-               before {rate, ci [lo, hi]}, after {rate, ci},
-               diff, diff_ci, p_value, test, verdict}]
-        verdict: "improved" | "regressed" | "no significant change" (at alpha, by direction)
-    length {unit: "words", before {mean, ci}, after {mean, ci}, diff, diff_ci, ratio,
-            p_value, test, tokens {before, after}, truncated {before, after}}
-    reward  null | {model, before {mean, ci}, after {mean, ci}, diff, diff_ci, p_value, test,
-                    rise_sd}
-    win_rates [{judge, win_rate, ci, p_value, wins, losses, ties, both_bad, n, test}]
-        win_rate: share of pairs after beat before, ties and both-bad counting half
-    kl {value, ci, per_token, n, negative_share, estimator, exact} | {value: null, reason}
-    monitors [{name, value, threshold, flagged, explanation, reference}]
-    flagged [names of monitors that fired]
-    samples_file: "samples.jsonl"
-
-samples.jsonl: {prompt_index, sample, seed, prompt, before, after, before_finished,
-after_finished, before_words, after_words, criteria {name: {before, after}}, reward {before,
-after} (with a reward model), kl (nats), judges {judge: {winner: after|before|tie|both_bad,
-rationale}}}.
+Both files are described in `rlhfkit.evaluate.schema` (eval.json: `PolicyEvalResult`).
 """
 
 from __future__ import annotations
@@ -57,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit import strict_json
+from rlhfkit import __version__, strict_json
+from rlhfkit.data import load
+from rlhfkit.data.io import atomic_open, write_jsonl
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.evaluate import stats
+from rlhfkit.evaluate import schema, stats
 from rlhfkit.evaluate.criteria import DetectContext, JudgeDetector, criteria_status, detect
 from rlhfkit.evaluate.judges import (
     OpenAIJudge,
@@ -70,10 +46,14 @@ from rlhfkit.evaluate.judges import (
 )
 from rlhfkit.evaluate.monitors import compare_flags, word_count
 from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model
-from rlhfkit.evaluate.sampling import weights_identity as _weights
+from rlhfkit.evaluate.sampling import weights_identity
+from rlhfkit.generate import PROMPT_FORMATS
+from rlhfkit.lineage import config_hash, write_manifest
+from rlhfkit.models import MANIFEST
+from rlhfkit.project import load_project
 from rlhfkit.train.rollout import Sampling, batch_seed
 
-SCHEMA = "rlhfkit.eval_policy/1"
+SAMPLES_FILE = "samples.jsonl"
 Progress = Callable[[str, int, int], None]
 
 
@@ -118,8 +98,6 @@ class PolicyEvalConfig:
 
 def _recorded_hash(ref: str) -> str | None:
     """The criteria hash a trained model's manifest carries, if any."""
-    from rlhfkit.models import MANIFEST
-
     manifest = Path(ref) / MANIFEST
     if not manifest.is_file():
         return None
@@ -131,15 +109,11 @@ def _rewards(
 ) -> list[float]:
     """The reward model's scores, kept in `cfg.sample_cache` beside the samples when the
     reward model is a folder: the before model's samples are scored once for PPO and DPO."""
-    from rlhfkit import __version__
-    from rlhfkit.data.io import atomic_open
-    from rlhfkit.lineage import config_hash
-
     folder = Path(cfg.reward_model or "")
     if cfg.sample_cache is None or not folder.is_dir() or not any(folder.glob("*.safetensors")):
         return judge.scores(prompts, texts)
     key = config_hash(
-        {"rm": _weights(folder), "prompts": prompts, "responses": texts, "rlhfkit": __version__}
+        {"rm": weights_identity(folder), "prompts": prompts, "responses": texts, "rlhfkit": __version__}
     )
     cached = Path(cfg.sample_cache) / f"rewards-{key}.json"
     if cached.exists():
@@ -157,10 +131,11 @@ def _grid(flat: list[Any], p: int, s: int) -> np.ndarray:
     return np.array(flat, dtype=float).reshape(p, s)
 
 
-def _comparison_json(c: stats.Comparison, key: str = "rate") -> dict[str, Any]:
+def _comparison(c: stats.Comparison, side: type[schema.Rate] | type[schema.Mean]) -> dict[str, Any]:
+    """The fields every before/after comparison shares (criteria, length, reward)."""
     return {
-        "before": {key: c.before, "ci": list(c.before_ci)},
-        "after": {key: c.after, "ci": list(c.after_ci)},
+        "before": side(c.before, list(c.before_ci)),
+        "after": side(c.after, list(c.after_ci)),
         "diff": c.diff,
         "diff_ci": list(c.diff_ci),
         "p_value": c.p_value,
@@ -168,14 +143,27 @@ def _comparison_json(c: stats.Comparison, key: str = "rate") -> dict[str, Any]:
     }
 
 
-def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the evaluation, write eval.json and samples.jsonl into `cfg.out`, return eval.json."""
-    from rlhfkit.data import load
-    from rlhfkit.generate import PROMPT_FORMATS
-    from rlhfkit.project import load_project
+@dataclass
+class _Setup:
+    """Everything fixed before sampling: the project, the prompts, the settings with the
+    spec's defaults filled in, and the judges."""
 
-    started = time.time()
-    # 1. the project, its frozen criteria, the prompts and settings; judges checked early
+    project: Any
+    prompts_path: Path
+    prompts: list[Any]
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    judges: list[PairwiseJudge]
+    rm_judge: RewardModelJudge | None
+    question_judge: PairwiseJudge | None
+    """The judge that answers `JudgeDetector` questions, if a criterion asks any."""
+    freeze: schema.Freeze
+
+
+def _prepare(cfg: PolicyEvalConfig) -> _Setup:
+    """The project, its frozen criteria, the prompts and settings; every setting and judge
+    checked before a model loads."""
     project = load_project(cfg.project)
     spec = project.spec
     freeze = criteria_status(project, _recorded_hash(cfg.after))
@@ -188,237 +176,304 @@ def evaluate_policy(cfg: PolicyEvalConfig, progress: Progress | None = None) -> 
     choices = [parse_judge(j) for j in cfg.judges]
     prompts_path = cfg.prompts or project.data_path("eval_prompts")
     data = load(prompts_path, expect=PROMPT_FORMATS)
-    prompts = [r["prompt"] for r in data.rows[: cfg.limit]]
     temperature = cfg.temperature if cfg.temperature is not None else spec.generate.temperature
-    max_new = cfg.max_new_tokens or spec.generate.max_new_tokens
-    seed = cfg.seed if cfg.seed is not None else spec.generate.seed
     if temperature <= 0:
         raise UserError("--temperature must be positive: several samples per prompt must differ")
     rubric = [(c.name, c.description) for c in spec.rubric.criteria]
     judges: list[PairwiseJudge] = [make_judge(c, spec.task, rubric) for c in choices]
-    rm_judge = RewardModelJudge(cfg.reward_model, name="reward_model") if cfg.reward_model else None
     question_judge = next((j for j in judges if isinstance(j, OpenAIJudge)), None)
     if question_judge is None and any(
         isinstance(c.detector, JudgeDetector) for c in spec.success_criteria
     ):
         question_judge = make_judge(parse_judge("openai"), spec.task, rubric)
+    return _Setup(
+        project=project,
+        prompts_path=prompts_path,
+        prompts=[r["prompt"] for r in data.rows[: cfg.limit]],
+        temperature=temperature,
+        max_new_tokens=cfg.max_new_tokens or spec.generate.max_new_tokens,
+        seed=cfg.seed if cfg.seed is not None else spec.generate.seed,
+        judges=judges,
+        rm_judge=RewardModelJudge(cfg.reward_model, name="reward_model")
+        if cfg.reward_model
+        else None,
+        question_judge=question_judge,
+        freeze=schema.Freeze.from_json(freeze.to_json()),
+    )
 
+
+@dataclass
+class _Scored:
+    """Both models' samples measured: flat lists run over prompts x samples."""
+
+    prompts: list[Any]
+    before: list[str]
+    after: list[str]
+    hits_before: dict[str, list]
+    hits_after: dict[str, list]
+    criteria: list[schema.CriterionResult]
+    length: schema.LengthResult
+    reward: schema.RewardResult | None
+    rewards_before: list[float] | None
+    rewards_after: list[float] | None
+    kl: schema.KLResult
+    kl_per_sample: list[float] | None
+
+
+def evaluate_policy(
+    cfg: PolicyEvalConfig, progress: Progress | None = None
+) -> schema.PolicyEvalResult:
+    """Run the evaluation, write eval.json and samples.jsonl into `cfg.out`, return eval.json
+    (its fields: `rlhfkit.evaluate.schema.PolicyEvalResult`)."""
+    started = time.time()
+    # 1. the project, its frozen criteria, the prompts and settings; judges checked early
+    setup = _prepare(cfg)
     # 2. sample: the after model first (keeping its rollouts and log-probs for KL), then the
     # before model, which scores the after model's rollouts; one model in memory at a time
     t0 = time.time()
-    sampling = Sampling(cfg.samples, max_new, temperature, cfg.top_p)
-    plan = SamplePlan(sampling, seed, cfg.batch_size, cfg.sample_cache)
-    after_run = sample_model(cfg.after, prompts, plan, progress, "after", score_own=True)
-    after = after_run.samples
-    t_after = time.time() - t0
-    t0 = time.time()
-    before_run = sample_model(cfg.before, prompts, plan, progress, "before", score=after_run)
-    before = before_run.samples
-    t_before = time.time() - t0
+    after_run = _sample(cfg, setup, cfg.after, progress, "after", score_own=True)
+    t_after, t0 = time.time() - t0, time.time()
+    before_run = _sample(
+        cfg, setup, cfg.before, progress, "before", score=after_run
+    )  # fmt: skip
+    t_before, t0 = time.time() - t0, time.time()
+    # 3. criteria, length, reward on both sides, and the KL
+    scored = _score(cfg, setup, before_run, after_run)
+    t_score, t0 = time.time() - t0, time.time()
+    # 4. judges: after is `a`, before is `b`
+    verdicts, win_rates = _judge(cfg, setup, scored)
+    t_judges = time.time() - t0
+    # 5. monitors: the after samples against the before samples
+    moves = {c.name: c.diff * (1 if c.direction == "increase" else -1) for c in scored.criteria}
+    flags = compare_flags(
+        scored.prompts, scored.after, scored.before, setup.project.spec.monitors,
+        reward_rise_sd=scored.reward.rise_sd if scored.reward else None,
+        criteria_moves=moves, kl=scored.kl.value,
+    )  # fmt: skip
+    seconds = schema.Seconds(  # in field order: after, before, score, judges, total
+        *(round(t, 2) for t in (t_after, t_before, t_score, t_judges, time.time() - started))
+    )
+    result = _assemble(cfg, setup, scored, win_rates, flags, seconds)
+    rows = _sample_rows(cfg, setup, before_run.samples, after_run.samples, scored, verdicts)
+    _write(cfg, result, rows, setup)
+    return result
 
-    # 3. criteria, length, reward on both sides
-    t0 = time.time()
-    p, s = len(prompts), cfg.samples
-    flat_prompts = [q for q in prompts for _ in range(s)]
+
+def _sample(cfg: PolicyEvalConfig, setup: _Setup, ref: str, progress, label: str, **kw):
+    sampling = Sampling(cfg.samples, setup.max_new_tokens, setup.temperature, cfg.top_p)
+    plan = SamplePlan(sampling, setup.seed, cfg.batch_size, cfg.sample_cache)
+    return sample_model(ref, setup.prompts, plan, progress, label, **kw)
+
+
+def _score(cfg: PolicyEvalConfig, setup: _Setup, before_run, after_run) -> _Scored:
+    """Success criteria, length and reward on both models' samples, and KL(after || before)."""
+    spec = setup.project.spec
+    p, s = len(setup.prompts), cfg.samples
+    before, after = before_run.samples, after_run.samples
+    flat_prompts = [q for q in setup.prompts for _ in range(s)]
     flat_before = [t for row in before.texts for t in row]
     flat_after = [t for row in after.texts for t in row]
-    ctx = DetectContext(root=project.root, question_judge=question_judge)
+    ctx = DetectContext(root=setup.project.root, question_judge=setup.question_judge)
     hits_before = detect(spec.success_criteria, flat_prompts, flat_before, ctx)
     hits_after = detect(spec.success_criteria, flat_prompts, flat_after, ctx)
-    criteria, moves = [], {}
+    criteria = []
     for i, c in enumerate(spec.success_criteria):
         comp = stats.compare_rates(
             _grid(hits_before[c.name], p, s),
             _grid(hits_after[c.name], p, s),
             cfg.test,  # type: ignore[arg-type]
             cfg.confidence,
-            seed=seed + i,
+            seed=setup.seed + i,
         )
-        moves[c.name] = comp.diff * (1 if c.direction == "increase" else -1)
         criteria.append(
-            {
-                "name": c.name,
-                "description": c.description,
-                "direction": c.direction,
-                "detector": c.detector.kind,
-                **_comparison_json(comp),
-                "verdict": stats.verdict(comp.diff, comp.p_value, c.direction, cfg.alpha),
-            }
+            schema.CriterionResult(
+                name=c.name,
+                description=c.description,
+                direction=c.direction,
+                detector=c.detector.kind,
+                **_comparison(comp, schema.Rate),
+                verdict=stats.verdict(comp.diff, comp.p_value, c.direction, cfg.alpha),
+            )
         )
-    words_b = _grid([word_count(t) for t in flat_before], p, s)
-    words_a = _grid([word_count(t) for t in flat_after], p, s)
-    length_comp = stats.compare_means(words_b, words_a, cfg.confidence, seed)
-    length = {
-        "unit": "words",
-        **_comparison_json(length_comp, key="mean"),
-        "ratio": length_comp.after / length_comp.before if length_comp.before else None,
-        "tokens": {"before": float(np.mean(before.tokens)), "after": float(np.mean(after.tokens))},
-        "truncated": {
-            "before": 1 - float(np.mean(before.finished)),
-            "after": 1 - float(np.mean(after.finished)),
-        },
-    }
-    reward, rewards_b, rewards_a, rise_sd = None, None, None, None
-    if rm_judge is not None:
-        rewards_b = _rewards(rm_judge, cfg, flat_prompts, flat_before)
-        rewards_a = rm_judge.scores(flat_prompts, flat_after)
-        comp = stats.compare_means(_grid(rewards_b, p, s), _grid(rewards_a, p, s), cfg.confidence)
-        sd = float(np.std(rewards_b, ddof=1)) if len(rewards_b) > 1 else 0.0
-        rise_sd = comp.diff / sd if sd > 0 else None
-        reward = {"model": cfg.reward_model, **_comparison_json(comp, "mean"), "rise_sd": rise_sd}
+    reward, rewards_b, rewards_a = None, None, None
+    if setup.rm_judge is not None:
+        rewards_b = _rewards(setup.rm_judge, cfg, flat_prompts, flat_before)
+        rewards_a = setup.rm_judge.scores(flat_prompts, flat_after)
+        reward = _reward(cfg, rewards_b, rewards_a, p, s)
     kl, kl_per_sample = _kl(after_run.own_logps, before_run.scored_logps, after, cfg.top_p)
-    t_score = time.time() - t0
+    return _Scored(
+        flat_prompts, flat_before, flat_after, hits_before, hits_after, criteria,
+        _length(cfg, setup, before, after), reward, rewards_b, rewards_a, kl, kl_per_sample,
+    )  # fmt: skip
 
-    # 4. judges: after is `a`, before is `b`
-    t0 = time.time()
-    pairs = list(zip(flat_prompts, flat_after, flat_before, strict=True))
+
+def _length(cfg: PolicyEvalConfig, setup: _Setup, before: Sampled, after: Sampled):
+    """Mean length in words before and after, mean tokens and the share cut short."""
+    p, s = len(setup.prompts), cfg.samples
+    words_b = _grid([word_count(t) for row in before.texts for t in row], p, s)
+    words_a = _grid([word_count(t) for row in after.texts for t in row], p, s)
+    comp = stats.compare_means(words_b, words_a, cfg.confidence, setup.seed)
+    return schema.LengthResult(
+        unit="words",
+        **_comparison(comp, schema.Mean),
+        ratio=comp.after / comp.before if comp.before else None,
+        tokens=schema.BeforeAfter(float(np.mean(before.tokens)), float(np.mean(after.tokens))),
+        truncated=schema.BeforeAfter(
+            1 - float(np.mean(before.finished)), 1 - float(np.mean(after.finished))
+        ),
+    )
+
+
+def _reward(
+    cfg: PolicyEvalConfig, rewards_b: list[float], rewards_a: list[float], p: int, s: int
+) -> schema.RewardResult:
+    comp = stats.compare_means(_grid(rewards_b, p, s), _grid(rewards_a, p, s), cfg.confidence)
+    sd = float(np.std(rewards_b, ddof=1)) if len(rewards_b) > 1 else 0.0
+    rise_sd = comp.diff / sd if sd > 0 else None
+    return schema.RewardResult(
+        model=cfg.reward_model, **_comparison(comp, schema.Mean), rise_sd=rise_sd
+    )
+
+
+def _judge(
+    cfg: PolicyEvalConfig, setup: _Setup, scored: _Scored
+) -> tuple[dict[str, list], list[schema.WinRateResult]]:
+    """Every judge's verdict on each (after, before) pair, and each judge's win rate."""
+    p, s = len(setup.prompts), cfg.samples
+    pairs = list(zip(scored.prompts, scored.after, scored.before, strict=True))
     verdicts: dict[str, list] = {}
-    if rm_judge is not None:
-        verdicts[rm_judge.name] = rm_judge.from_scores(rewards_a, rewards_b)
-    for judge in judges:
+    if setup.rm_judge is not None:
+        verdicts[setup.rm_judge.name] = setup.rm_judge.from_scores(
+            scored.rewards_after, scored.rewards_before
+        )
+    for judge in setup.judges:
         verdicts[judge.name] = judge.judge_many(pairs)
     win_rates = []
+    score = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
     for name, js in verdicts.items():
-        score = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}
         w = stats.win_rate(_grid([score[j.preference] for j in js], p, s), cfg.confidence)
         both_bad = sum(j.preference == "both_bad" for j in js)
         win_rates.append(
-            {"judge": name, **w.to_json(), "ties": w.ties - both_bad, "both_bad": both_bad}
-        )
-        win_rates[-1]["n"] = len(js)
-    t_judges = time.time() - t0
+            schema.WinRateResult(
+                judge=name, win_rate=w.win_rate, ci=list(w.ci), p_value=w.p_value, wins=w.wins,
+                losses=w.losses, ties=w.ties - both_bad, test=w.test, both_bad=both_bad,
+                n=len(js),
+            )
+        )  # fmt: skip
+    return verdicts, win_rates
 
-    # 5. monitors: the after samples against the before samples
-    flags = compare_flags(
-        flat_prompts,
-        flat_after,
-        flat_before,
-        spec.monitors,
-        reward_rise_sd=rise_sd,
-        criteria_moves=moves,
-        kl=kl.get("value"),
-    )
 
-    result = {
-        "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": {
-            "sample_after": round(t_after, 2),
-            "sample_before": round(t_before, 2),
-            "score": round(t_score, 2),
-            "judges": round(t_judges, 2),
-            "total": round(time.time() - started, 2),
-        },
-        "project": {
-            "name": spec.name,
-            "spec": str(project.spec_path),
-            "rubric_version": spec.rubric.version,
-        },
-        "models": {"before": cfg.before, "after": cfg.after},
-        "settings": {
-            "prompts": str(prompts_path),
-            "n_prompts": p,
-            "samples_per_prompt": s,
-            "max_new_tokens": max_new,
-            "temperature": temperature,
-            "top_p": cfg.top_p,
-            "seed": seed,
-            "batch_size": cfg.batch_size,
-            "test": stats.TEST_NAMES[cfg.test],
-            "alpha": cfg.alpha,
-            "confidence": cfg.confidence,
-            "judges": list(cfg.judges),
-            "reward_model": cfg.reward_model,
-        },
-        "freeze": freeze.to_json(),
-        "criteria": criteria,
-        "length": length,
-        "reward": reward,
-        "win_rates": win_rates,
-        "kl": kl,
-        "monitors": [f.to_json() for f in flags],
-        "flagged": [f.name for f in flags if f.flagged],
-        "samples_file": "samples.jsonl",
-    }
-    rows = _sample_rows(prompts, s, seed, cfg.batch_size, before, after, hits_before, hits_after)
-    for i, row in enumerate(rows):
-        if rewards_a is not None:
-            row["reward"] = {"before": rewards_b[i], "after": rewards_a[i]}
-        row["kl"] = kl_per_sample[i] if kl_per_sample else None
-        winner = {"a": "after", "b": "before", "tie": "tie", "both_bad": "both_bad"}
-        row["judges"] = {
-            n: {"winner": winner[js[i].preference], "rationale": js[i].rationale}
-            for n, js in verdicts.items()
-        }
-    _write(cfg, result, rows, prompts_path, project.spec_path)
-    return result
+def _assemble(
+    cfg: PolicyEvalConfig,
+    setup: _Setup,
+    scored: _Scored,
+    win_rates: list[schema.WinRateResult],
+    flags: list,
+    seconds: schema.Seconds,
+) -> schema.PolicyEvalResult:
+    spec = setup.project.spec
+    return schema.PolicyEvalResult(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        seconds=seconds,
+        project=schema.ProjectInfo(spec.name, str(setup.project.spec_path), spec.rubric.version),
+        models=schema.Models(cfg.before, cfg.after),
+        settings=schema.Settings(
+            prompts=str(setup.prompts_path), n_prompts=len(setup.prompts),
+            samples_per_prompt=cfg.samples, max_new_tokens=setup.max_new_tokens,
+            temperature=setup.temperature, top_p=cfg.top_p, seed=setup.seed,
+            batch_size=cfg.batch_size, test=stats.TEST_NAMES[cfg.test], alpha=cfg.alpha,
+            confidence=cfg.confidence, judges=list(cfg.judges), reward_model=cfg.reward_model,
+        ),
+        freeze=setup.freeze,
+        # criteria, length, reward and KL as measured; the judges' win rates; the monitors
+        criteria=scored.criteria, length=scored.length, reward=scored.reward, kl=scored.kl,
+        win_rates=win_rates,
+        monitors=[schema.MonitorResult.from_json(f.to_json()) for f in flags],
+        flagged=[f.name for f in flags if f.flagged],
+        samples_file=SAMPLES_FILE,
+    )  # fmt: skip
 
 
 def _kl(
     after_logps: list[float], before_logps: list[float] | None, after: Sampled, top_p: float
-) -> tuple[dict[str, Any], list[float] | None]:
+) -> tuple[schema.KLResult, list[float] | None]:
     """The KL summary for eval.json, and each after sample's log-ratio."""
     if before_logps is None:
-        return {"value": None, "reason": "the two models have different tokenizers"}, None
+        return schema.KLResult(value=None, reason="the two models have different tokenizers"), None
     per = np.array(after_logps) - np.array(before_logps)
     tokens = np.array([t for row in after.tokens for t in row], dtype=float)
     p, s = len(after.tokens), len(after.tokens[0])
     boot = stats.bootstrap_means(per.reshape(p, s).mean(axis=1))
-    summary = {
-        "value": float(per.mean()),
-        "ci": list(stats.percentile_interval(boot)),
-        "per_token": float(per.sum() / max(tokens.sum(), 1)),
-        "n": len(per),
-        "negative_share": float(np.mean(per < 0)),
-        "estimator": "mean over after-samples of sum over tokens of log p_after - log "
+    summary = schema.KLResult(
+        value=float(per.mean()),
+        ci=list(stats.percentile_interval(boot)),
+        per_token=float(per.sum() / max(tokens.sum(), 1)),
+        n=len(per),
+        negative_share=float(np.mean(per < 0)),
+        estimator="mean over after-samples of sum over tokens of log p_after - log "
         "p_before, at the sampling temperature (k1), nats per response",
-        "exact": top_p >= 1.0,
-    }
+        exact=top_p >= 1.0,
+    )
     return summary, per.tolist()
 
 
-def _sample_rows(prompts, s, seed, batch_size, before, after, hits_before, hits_after):
-    rows = []
-    for i, prompt in enumerate(prompts):
+WINNER = {"a": "after", "b": "before", "tie": "tie", "both_bad": "both_bad"}
+
+
+def _sample_rows(
+    cfg: PolicyEvalConfig,
+    setup: _Setup,
+    before: Sampled,
+    after: Sampled,
+    scored: _Scored,
+    verdicts: dict[str, list],
+) -> list[dict[str, Any]]:
+    """samples.jsonl: one row per prompt x sample (see the module docstring)."""
+    rows, s = [], cfg.samples
+    for i, prompt in enumerate(setup.prompts):
         for j in range(s):
             k = i * s + j
-            rows.append(
-                {
-                    "prompt_index": i,
-                    "sample": j,
-                    "seed": batch_seed(seed, i // batch_size),
-                    "prompt": prompt,
-                    "before": before.texts[i][j],
-                    "after": after.texts[i][j],
-                    "before_finished": before.finished[i][j],
-                    "after_finished": after.finished[i][j],
-                    "before_words": word_count(before.texts[i][j]),
-                    "after_words": word_count(after.texts[i][j]),
-                    "criteria": {
-                        n: {"before": hits_before[n][k], "after": hits_after[n][k]}
-                        for n in hits_before
-                    },
+            row = {
+                "prompt_index": i,
+                "sample": j,
+                "seed": batch_seed(setup.seed, i // cfg.batch_size),
+                "prompt": prompt,
+                "before": before.texts[i][j],
+                "after": after.texts[i][j],
+                "before_finished": before.finished[i][j],
+                "after_finished": after.finished[i][j],
+                "before_words": word_count(before.texts[i][j]),
+                "after_words": word_count(after.texts[i][j]),
+                "criteria": {
+                    n: {"before": scored.hits_before[n][k], "after": scored.hits_after[n][k]}
+                    for n in scored.hits_before
+                },
+            }
+            if scored.rewards_after is not None:
+                row["reward"] = {
+                    "before": scored.rewards_before[k],
+                    "after": scored.rewards_after[k],
                 }
-            )
+            row["kl"] = scored.kl_per_sample[k] if scored.kl_per_sample else None
+            row["judges"] = {
+                n: {"winner": WINNER[js[k].preference], "rationale": js[k].rationale}
+                for n, js in verdicts.items()
+            }
+            rows.append(row)
     return rows
 
 
-def _write(cfg, result, rows, prompts_path: Path, spec_path: Path) -> None:
-    from rlhfkit.data.io import atomic_open, write_jsonl
-    from rlhfkit.lineage import write_manifest
-
+def _write(cfg: PolicyEvalConfig, result: schema.PolicyEvalResult, rows, setup: _Setup) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{display_path(out)}: --out must be a folder")
     # samples first: an eval.json is only ever beside the samples it describes
-    write_jsonl(out / "samples.jsonl", rows)
-    with atomic_open(out / "eval.json") as f:
-        strict_json.dump(strict_json.nulled(result), f, indent=2)
-        f.write("\n")
+    write_jsonl(out / SAMPLES_FILE, rows)
+    schema.write_json(result, out / "eval.json")
     write_manifest(
         out / "eval.json",
         kind="policy_eval",
-        inputs={"prompts": prompts_path, "spec": spec_path},
-        config=result["settings"] | {"before": cfg.before, "after": cfg.after},
-        criteria_hash=result["freeze"]["criteria_hash"],
+        inputs={"prompts": setup.prompts_path, "spec": setup.project.spec_path},
+        config=result.settings.to_json() | {"before": cfg.before, "after": cfg.after},
+        criteria_hash=result.freeze.criteria_hash,
     )

@@ -49,21 +49,3 @@ def signed_pct(x: Any) -> str:
     if not isinstance(x, int | float) or not math.isfinite(x):
         return "n/a"
     return f"{100 * x:+.0f} pts"
-
-
-def rate(v: Any) -> tuple[float | None, list | None]:
-    """A rate given as a number or as ``{"rate"|"value": x, "ci": [lo, hi]}``."""
-    if isinstance(v, dict):
-        return v.get("rate", v.get("value", v.get("mean"))), v.get("ci")
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return float(v), None
-    return None, None
-
-
-def named(container: Any) -> list[dict[str, Any]]:
-    """A list of dicts with 'name', from either a list or a {name: dict} mapping."""
-    if isinstance(container, dict):
-        return [{"name": k, **v} for k, v in container.items() if isinstance(v, dict)]
-    if isinstance(container, list):
-        return [x for x in container if isinstance(x, dict)]
-    return []

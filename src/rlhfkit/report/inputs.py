@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.errors import Problem, UserError, display_path
+from rlhfkit.evaluate.schema import PolicyEvalResult, Result, RMEvalResult, SchemaError
+from rlhfkit.project import SPEC_FILE, load_project
 
 STAGE_ORDER = ("sft", "rm", "ppo", "dpo")
-# The JSON schemas this report reads (see rlhfkit.evaluate.policy and rlhfkit.evaluate.rm).
-EVAL_POLICY_SCHEMA = "rlhfkit.eval_policy/1"
-EVAL_RM_SCHEMA = "rlhfkit.eval_rm/1"
+LAYOUT_HINT = "the run folder's layout and which command writes each file: `rlhfkit report --help`"
 
 
 @dataclass
@@ -66,8 +66,9 @@ class PolicyEval:
 
     name: str
     path: Path
-    data: dict[str, Any]
+    data: PolicyEvalResult
     samples: list[dict[str, Any]] = field(default_factory=list)
+    """samples.jsonl's rows as they are (see `rlhfkit.evaluate.schema`)."""
     samples_path: Path | None = None
 
 
@@ -80,7 +81,7 @@ class RunInputs:
     status: dict[str, Any] | None = None
     panel: dict[str, Any] | None = None
     """The simulated panel's settings when the labels came from `rlhfkit.demo.panel`."""
-    rm_eval: dict[str, Any] | None = None
+    rm_eval: RMEvalResult | None = None
     training: list[TrainingRun] = field(default_factory=list)
     evals: list[PolicyEval] = field(default_factory=list)
     sources: dict[str, Path] = field(default_factory=dict)
@@ -145,16 +146,23 @@ def _object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_schema(path: Path, data: dict[str, Any], expected: str) -> dict[str, Any]:
-    """Files written by another version of a command say so in ``schema``: refuse them
-    rather than misread them. Files without one (hand-written) are read as they are."""
-    found = data.get("schema")
-    if found is not None and found != expected:
-        raise UserError(
-            f"{display_path(path)}: schema {found!r}; this rlhfkit's report reads {expected!r}",
-            hint="rerun the command that wrote it with this rlhfkit version",
-        )
-    return data
+def wrong_shape(paths: list[Path | None], e: Exception) -> UserError:
+    """A file of the wrong shape (another command's output, a hand-edited file) is the user's
+    to fix: name it instead of showing a stack trace."""
+    names = " / ".join(display_path(p) for p in paths if p is not None) or "an input"
+    return UserError(
+        f"{names}: not what `rlhfkit report` expects here ({type(e).__name__}: {e})",
+        hint=LAYOUT_HINT,
+    )
+
+
+def _result(path: Path, cls: type[Result]) -> Any:
+    """An `eval policy` / `eval rm` result: its schema version checked, then read as the
+    typed record."""
+    try:
+        return cls.parse(_object(path), path)
+    except SchemaError as e:
+        raise wrong_shape([path], e) from None
 
 
 def _need(path: Path, what: str) -> Path:
@@ -176,8 +184,7 @@ def load_training(folder: Path, name: str | None = None) -> TrainingRun:
 def load_eval(folder: Path, name: str | None = None) -> PolicyEval:
     """An `eval policy` output folder (or its eval.json); samples.jsonl beside it if there."""
     path = folder if folder.suffix == ".json" else folder / "eval.json"
-    data = _object(_need(path, "evaluation (eval policy writes OUT/eval.json)"))
-    _check_schema(path, data, EVAL_POLICY_SCHEMA)
+    data = _result(_need(path, "evaluation (eval policy writes OUT/eval.json)"), PolicyEvalResult)
     samples_path = path.parent / "samples.jsonl"
     samples = read_jsonl(samples_path) if samples_path.is_file() else []
     return PolicyEval(
@@ -201,8 +208,6 @@ def load_run(
 ) -> RunInputs:
     """Everything found under `run_dir` (laid out as this module's docstring says), with the
     explicitly given paths replacing or adding to what was found."""
-    from rlhfkit.project import SPEC_FILE, load_project
-
     if run_dir is not None and not run_dir.is_dir():
         raise UserError(f"{display_path(run_dir)}: no such run folder")
     base = run_dir or Path("/nonexistent-rlhfkit-run")
@@ -226,10 +231,7 @@ def load_run(
     ):
         path = found(explicit, *default)
         if path is not None:
-            data = _object(path)
-            setattr(
-                out, key, _check_schema(path, data, EVAL_RM_SCHEMA) if key == "rm_eval" else data
-            )
+            setattr(out, key, _result(path, RMEvalResult) if key == "rm_eval" else _object(path))
             out.sources[key.replace("_", " ")] = path
 
     runs: dict[str, TrainingRun] = {}

@@ -66,10 +66,16 @@ def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
         out.append("")
     else:
         out += [f"Not run: {tr['missing']}.", ""]
-    out += ["## Success criteria before and after", ""]
-    if not c["evals"]:
+    out += _evals(c["evals"])
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _evals(evals: list[dict[str, Any]]) -> list[str]:
+    """Each evaluated policy: its criteria table, KL, win rates and hacking flags."""
+    out = ["## Success criteria before and after", ""]
+    if not evals:
         out += ["Not run: no policy evaluation.", ""]
-    for e in c["evals"]:
+    for e in evals:
         out += [
             f"### {_cell(e['name'])}",
             "",
@@ -93,4 +99,4 @@ def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
         else:
             out.append("No hacking flag fired.")
         out.append("")
-    return "\n".join(out).rstrip() + "\n"
+    return out

@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rlhfkit.evaluate.schema import CalibrationBin
+
 # What to plot per training stage, in order; a metric a run did not log is skipped.
 CURVES = {
     "ppo": ("reward", "kl", "kl_coef", "response_length"),
@@ -113,11 +115,11 @@ def _num(x: Any) -> float:
     return float(x) if isinstance(x, int | float) and x is not None else math.nan
 
 
-def reliability_diagram(bins: list[dict[str, float]], ece: float | None) -> str | None:
+def reliability_diagram(bins: list[CalibrationBin], ece: float | None) -> str | None:
     """Confidence of the Bradley–Terry probability, max(p, 1 - p), against how often the
     reward model's pick was the preferred reply, per bin; the diagonal is perfect calibration.
-    `bins`: dicts with ``confidence``, ``accuracy`` and ``count`` (`rlhfkit eval rm`)."""
-    pts = [(b["confidence"], b["accuracy"], b.get("count", 1)) for b in bins]
+    `bins`: `rlhfkit eval rm`'s calibration bins."""
+    pts = [(b.confidence, b.accuracy, b.count) for b in bins]
     pts = [p for p in pts if p[0] is not None and p[1] is not None]
     if not pts:
         return None

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import __version__
-from rlhfkit.errors import UserError, display_path
+from rlhfkit.evaluate.schema import CriterionResult, LengthResult, RewardResult, RMEvalResult
 from rlhfkit.report import plots
-from rlhfkit.report.format import interval, metric, named, num, pct, pvalue, rate, signed_pct
-from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun
+from rlhfkit.report.format import interval, metric, num, pct, pvalue, signed_pct
+from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun, wrong_shape
 
 SIMULATED_PREFIX = "sim-"
 
@@ -150,25 +150,7 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
     out["gate"] = _gate(a.get("calibration_gate"), st.get("gate"))
     # The store's drift alerts measure from calibration time; the CLI's from the first window.
     alerts = st.get("drift_alerts") if "drift_alerts" in st else a.get("drift_alerts") or []
-    flagged = {x.get("annotator") for x in alerts}
-    excluded = {
-        r.get("annotator") for r in st.get("annotators", []) if r.get("excluded_from_export")
-    }
-    out["annotators"] = [
-        {
-            "name": r.get("annotator", "?"),
-            "labels": num(r.get("labels")),
-            "majority": pct(r.get("majority_agreement")),
-            "anchor": pct(r.get("anchor_accuracy")),
-            "first": pct(r.get("chose_first_rate")),
-            "tie": pct(r.get("tie_rate")),
-            "both_bad": pct(r.get("both_bad_rate")),
-            "flagged": r.get("annotator") in flagged | excluded,
-            "excluded": r.get("annotator") in excluded,
-        }
-        for r in a.get("annotators") or st.get("annotators") or []
-        if not r.get("admin") or r.get("labels")
-    ]
+    out["annotators"] = _annotators(a, st, alerts)
     out["alerts"] = [
         {
             "annotator": x.get("annotator", "?"),
@@ -184,18 +166,7 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
         bool(out["annotators"])
         and all(r["name"].startswith(SIMULATED_PREFIX) for r in out["annotators"])
     )
-    out["panel"] = [
-        {
-            "name": p.get("name", "?"),
-            "noise": pct(p.get("noise")),
-            "position_bias": pct(p.get("position_bias")),
-            "length_bias": num(p.get("length_bias"), 2),
-            "drift": f"noise → {pct(p.get('drift_noise'))} after {p['drift_after']} labels"
-            if p.get("drift_after") is not None
-            else "—",
-        }
-        for p in panel.get("annotators") or []
-    ]
+    out["panel"] = [_panel_member(p) for p in panel.get("annotators") or []]
     progress = st.get("progress") or {}
     out["progress"] = [
         {"name": k.replace("_", " "), "value": pct(v) if k.startswith("fraction") else num(v)}
@@ -206,6 +177,43 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
     threshold = inp.project.spec.annotation.anchor_accuracy_threshold if inp.project else None
     out["anchor_plot"] = plots.anchor_accuracy(series, threshold) if series else None
     return out
+
+
+def _annotators(a: dict, st: dict, alerts: list[dict]) -> list[dict[str, Any]]:
+    """One row per annotator (admins only if they labelled): from the agreement summary, or
+    else the store's status; flagged by a drift alert or left out of the export."""
+    flagged = {x.get("annotator") for x in alerts}
+    excluded = {
+        r.get("annotator") for r in st.get("annotators", []) if r.get("excluded_from_export")
+    }
+    return [
+        {
+            "name": r.get("annotator", "?"),
+            "labels": num(r.get("labels")),
+            "majority": pct(r.get("majority_agreement")),
+            "anchor": pct(r.get("anchor_accuracy")),
+            "first": pct(r.get("chose_first_rate")),
+            "tie": pct(r.get("tie_rate")),
+            "both_bad": pct(r.get("both_bad_rate")),
+            "flagged": r.get("annotator") in flagged | excluded,
+            "excluded": r.get("annotator") in excluded,
+        }
+        for r in a.get("annotators") or st.get("annotators") or []
+        if not r.get("admin") or r.get("labels")
+    ]
+
+
+def _panel_member(p: dict[str, Any]) -> dict[str, str]:
+    """A simulated annotator's set noise and biases (the demo's panel.json)."""
+    return {
+        "name": p.get("name", "?"),
+        "noise": pct(p.get("noise")),
+        "position_bias": pct(p.get("position_bias")),
+        "length_bias": num(p.get("length_bias"), 2),
+        "drift": f"noise → {pct(p.get('drift_noise'))} after {p['drift_after']} labels"
+        if p.get("drift_after") is not None
+        else "—",
+    }
 
 
 def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -262,91 +270,89 @@ def _disputed(store: list | None, computed: dict[str, Any]) -> list[dict[str, st
 
 
 def rm_section(inp: RunInputs) -> dict[str, Any]:
-    """From `rlhfkit eval rm --json` (schema ``rlhfkit.eval_rm/1``, see
-    `rlhfkit.evaluate.rm`)."""
+    """From `rlhfkit eval rm --json` (`rlhfkit.evaluate.schema.RMEvalResult`)."""
     r = inp.rm_eval
     if r is None:
         return {
             "ran": False,
             "missing": "no reward-model evaluation (`rlhfkit eval rm --json` → rm/eval_rm.json)",
         }
-    out: dict[str, Any] = {
+    bins = [b for b in r.calibration.bins if b.count]
+    return {
         "ran": True,
-        "pairs": num(r.get("pairs")),
-        "accuracy": pct(r.get("accuracy"), 1),
-        "accuracy_ci": interval(r.get("accuracy_ci")),
+        "pairs": num(r.pairs),
+        "accuracy": pct(r.accuracy, 1),
+        "accuracy_ci": interval(r.accuracy_ci),
+        "slices": [
+            {
+                "name": f"{column} = {value}",
+                "accuracy": pct(v.accuracy, 1),
+                "ci": interval(v.ci),
+                "pairs": num(v.pairs),
+            }
+            for column, values in r.slices.items()
+            for value, v in values.items()
+        ],
+        "facts": _rm_facts(r),
+        "reliability_plot": plots.reliability_diagram(bins, r.calibration.ece) if bins else None,
     }
-    out["slices"] = [
-        {
-            "name": f"{column} = {value}",
-            "accuracy": pct(v.get("accuracy"), 1),
-            "ci": interval(v.get("ci")),
-            "pairs": num(v.get("pairs")),
-        }
-        for column, values in (r.get("slices") or {}).items()
-        for value, v in values.items()
-    ]
+
+
+def _rm_facts(r: RMEvalResult) -> list[dict[str, str]]:
+    """The reward model's checks beyond accuracy, each with what its value means."""
     facts = []
-    human = r.get("human_majority") or {}
-    if human.get("rm_agreement"):
-        agree = human["rm_agreement"]
+    human = r.human_majority
+    if human and human.rm_agreement:
         facts.append(
             {
                 "name": "agreement with the annotators' majority",
-                "value": pct(agree.get("accuracy"), 1),
-                "note": f"on {human.get('rows_with_majority')} pairs with a majority; annotators "
-                f"themselves agree with it {pct(human.get('annotator_agreement_with_majority'))} "
+                "value": pct(human.rm_agreement.accuracy, 1),
+                "note": f"on {human.rows_with_majority} pairs with a majority; annotators "
+                f"themselves agree with it {pct(human.annotator_agreement_with_majority)} "
                 "of the time, the ceiling a reward model can reach",
             }
         )
-    length = r.get("length") or {}
-    if length:
+    length = r.length
+    facts.append(
+        {
+            "name": "correlation of reward with length (Pearson / Spearman)",
+            "value": f"{num(length.pearson, 2)} / {num(length.spearman, 2)}",
+            "note": "near 0 is good; a strong positive value means it may pay for length",
+        }
+    )
+    rm_longer, people_longer = length.rm_prefers_longer, length.chosen_is_longer
+    if rm_longer is not None:
+        biased = people_longer is not None and rm_longer - people_longer > 0.15
         facts.append(
             {
-                "name": "correlation of reward with length (Pearson / Spearman)",
-                "value": f"{num(length.get('pearson'), 2)} / {num(length.get('spearman'), 2)}",
-                "note": "near 0 is good; a strong positive value means it may pay for length",
+                "name": "prefers the longer reply",
+                "value": pct(rm_longer),
+                "note": f"annotators chose the longer reply {pct(people_longer)} of the time; "
+                + (
+                    "the reward model favours length well beyond that: a learned length "
+                    "bias that PPO can exploit"
+                    if biased
+                    else "no sign that the reward model pays for length beyond that"
+                ),
             }
         )
-        rm_longer, people_longer = length.get("rm_prefers_longer"), length.get("chosen_is_longer")
-        if rm_longer is not None:
-            biased = people_longer is not None and rm_longer - people_longer > 0.15
-            facts.append(
-                {
-                    "name": "prefers the longer reply",
-                    "value": pct(rm_longer),
-                    "note": f"annotators chose the longer reply {pct(people_longer)} of the time; "
-                    + (
-                        "the reward model favours length well beyond that: a learned length "
-                        "bias that PPO can exploit"
-                        if biased
-                        else "no sign that the reward model pays for length beyond that"
-                    ),
-                }
-            )
-    order = r.get("order_invariance") or {}
-    if order:
-        facts.append(
-            {
-                "name": "order invariance (largest reward change when the pair is swapped)",
-                "value": num(order.get("max_abs_diff"), 4),
-                "note": f"{order.get('flipped', 0)} pairs changed their verdict; should be 0",
-            }
-        )
-    cal = r.get("calibration") or {}
-    if cal:
-        facts.append(
-            {
-                "name": "expected calibration error (ECE) / Brier score",
-                "value": f"{num(cal.get('ece'))} / {num(cal.get('brier'))}",
-                "note": "ECE 0 is perfectly calibrated: when it is 80% sure, it is right 80% "
-                "of the time",
-            }
-        )
-    out["facts"] = facts
-    bins = [b for b in cal.get("bins") or [] if b.get("count")]
-    out["reliability_plot"] = plots.reliability_diagram(bins, cal.get("ece")) if bins else None
-    return out
+    order, cal = r.order_invariance, r.calibration
+    facts.append(
+        {
+            "name": "order invariance (largest reward change when the pair is swapped)",
+            "value": num(order.max_abs_diff, 4),
+            "note": f"{order.flipped} pairs changed their verdict; should be 0",
+        }
+    )
+    facts.append(
+        {
+            "name": "expected calibration error (ECE) / Brier score",
+            "value": f"{num(cal.ece)} / {num(cal.brier)}",
+            "note": "ECE 0 is perfectly calibrated: when it is 80% sure, it is right 80% "
+            "of the time",
+        }
+    )
+    return facts
 
 
 def training_section(runs: list[TrainingRun]) -> dict[str, Any]:
@@ -387,89 +393,80 @@ VERDICT_TEXT = {
 
 
 def eval_section(ev: PolicyEval) -> dict[str, Any]:
-    """One `eval policy` result (schema ``rlhfkit.eval_policy/1``, see
-    `rlhfkit.evaluate.policy`) as rows and sentences."""
+    """One `eval policy` result (`rlhfkit.evaluate.schema.PolicyEvalResult`) as rows and
+    sentences."""
     d = ev.data
-    criteria = []
-    for c in named(d.get("criteria")):
-        before, bci = rate(c.get("before"))
-        after, aci = rate(c.get("after"))
-        diff = c.get("diff")
-        criteria.append(
-            {
-                "name": c.get("name", "?"),
-                "direction": c.get("direction"),
-                "before": before,
-                "after": after,
-                "before_ci": bci,
-                "after_ci": aci,
-                "before_text": pct(before),
-                "after_text": pct(after),
-                "before_ci_text": interval(bci),
-                "after_ci_text": interval(aci),
-                "diff": signed_pct(diff),
-                "diff_ci": interval(c.get("diff_ci"), signed_pct),
-                "p": pvalue(c.get("p_value")),
-                "verdict": c.get("verdict", "n/a"),
-                "meaning": VERDICT_TEXT.get(c.get("verdict", ""), ""),
-            }
-        )
-    wins = [
-        {
-            "judge": w.get("judge", w.get("name", "?")),
-            "rate": pct(w.get("win_rate"), 1),
-            "ci": interval(w.get("ci")),
-            "p": pvalue(w.get("p_value")),
-            "counts": " / ".join(str(w.get(k, 0)) for k in ("wins", "losses", "ties", "both_bad")),
-        }
-        for w in named(d.get("win_rates"))
-    ]
-    flags = [
-        {
-            "name": f.get("name", "?"),
-            "flagged": bool(f.get("flagged")),
-            "value": num(f.get("value")),
-            "reference": num(f.get("reference")),
-            "threshold": num(f.get("threshold")),
-            "explanation": f.get("explanation", ""),
-        }
-        for f in named(d.get("monitors"))
-    ]
-    kl = d.get("kl") or {}
-    length = d.get("length") or {}
-    reward = d.get("reward") or {}
-    freeze = d.get("freeze") or {}
-    settings = d.get("settings") or {}
-    models = d.get("models") or {}
+    criteria = [_criterion(c) for c in d.criteria]
+    kl = d.kl
     return {
         "name": ev.name,
-        "before_model": models.get("before"),
-        "after_model": models.get("after"),
-        "prompts": num(settings.get("n_prompts")),
-        "samples_per_prompt": num(settings.get("samples_per_prompt")),
-        "test": settings.get("test"),
+        "before_model": d.models.before,
+        "after_model": d.models.after,
+        "prompts": num(d.settings.n_prompts),
+        "samples_per_prompt": num(d.settings.samples_per_prompt),
+        "test": d.settings.test,
         "criteria": criteria,
         "plot": plots.before_after(criteria),
-        "wins": wins,
-        "flags": flags,
-        "kl": num(kl.get("value")),
-        "kl_ci": interval(kl.get("ci"), num),
-        "kl_note": kl.get("reason")
-        or (f"{num(kl['per_token'], 4)} nats per token" if kl.get("per_token") is not None else ""),
-        "length": _means(length, 1) if length else None,
-        "reward": _means(reward, 3) if reward else None,
-        "criteria_changed": freeze.get("message") if freeze.get("changed") else None,
+        "wins": [
+            {
+                "judge": w.judge,
+                "rate": pct(w.win_rate, 1),
+                "ci": interval(w.ci),
+                "p": pvalue(w.p_value),
+                "counts": " / ".join(str(n) for n in (w.wins, w.losses, w.ties, w.both_bad)),
+            }
+            for w in d.win_rates
+        ],
+        "flags": [
+            {
+                "name": f.name,
+                "flagged": f.flagged,
+                "value": num(f.value),
+                "reference": num(f.reference),
+                "threshold": num(f.threshold),
+                "explanation": f.explanation,
+            }
+            for f in d.monitors
+        ],
+        "kl": num(kl.value),
+        "kl_ci": interval(kl.ci, num),
+        "kl_note": kl.reason
+        or (f"{num(kl.per_token, 4)} nats per token" if kl.per_token is not None else ""),
+        "length": _means(d.length, 1),
+        "reward": _means(d.reward, 3) if d.reward else None,
+        "criteria_changed": d.freeze.message if d.freeze.changed else None,
     }
 
 
-def _means(c: dict[str, Any], digits: int) -> dict[str, str]:
+def _criterion(c: CriterionResult) -> dict[str, Any]:
+    before, after = c.before, c.after
+    return {
+        "name": c.name,
+        "direction": c.direction,
+        "before": before.rate,
+        "after": after.rate,
+        "before_ci": before.ci,
+        "after_ci": after.ci,
+        "before_text": pct(before.rate),
+        "after_text": pct(after.rate),
+        "before_ci_text": interval(before.ci),
+        "after_ci_text": interval(after.ci),
+        "diff": signed_pct(c.diff),
+        "diff_ci": interval(c.diff_ci, signed_pct),
+        "p": pvalue(c.p_value),
+        "verdict": c.verdict,
+        "meaning": VERDICT_TEXT.get(c.verdict, ""),
+    }
+
+
+def _means(c: LengthResult | RewardResult, digits: int) -> dict[str, str]:
     """A before/after comparison of means (length, reward) as text."""
     return {
-        "before": num(rate(c.get("before"))[0], digits),
-        "after": num(rate(c.get("after"))[0], digits),
-        "diff": f"{c['diff']:+.{digits}f}" if isinstance(c.get("diff"), int | float) else "n/a",
-        "diff_ci": interval(c.get("diff_ci"), lambda x: num(x, digits)),
-        "p": pvalue(c.get("p_value")),
+        "before": num(c.before.mean, digits),
+        "after": num(c.after.mean, digits),
+        "diff": f"{c.diff:+.{digits}f}" if isinstance(c.diff, int | float) else "n/a",
+        "diff_ci": interval(c.diff_ci, lambda x: num(x, digits)),
+        "p": pvalue(c.p_value),
     }
 
 
@@ -485,7 +482,7 @@ def samples_section(ev: PolicyEval, limit: int) -> dict[str, Any]:
     """Before/after replies to the same held-out prompts, the first sample of each, with
     which success criteria each passed and what the judges said."""
     rows = [r for r in ev.samples if r.get("sample", 0) == 0]
-    direction = {c.get("name"): c.get("direction") for c in named(ev.data.get("criteria"))}
+    direction = {c.name: c.direction for c in ev.data.criteria}
     out = []
     for r in rows[:limit]:
         marks = r.get("criteria") or {}
@@ -559,14 +556,8 @@ def build(inp: RunInputs, samples: int = 12) -> dict[str, Any]:
 
 
 def _guard(fn, paths: list[Path | None], *args: Any) -> Any:
-    """A file of the wrong shape (another command's output, an older schema) is the user's
-    to fix: name it instead of showing a stack trace."""
+    """A section built from a file of the wrong shape names the file (`wrong_shape`)."""
     try:
         return fn(*args)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
-        names = " / ".join(display_path(p) for p in paths if p is not None) or "an input"
-        raise UserError(
-            f"{names}: not what `rlhfkit report` expects here ({type(e).__name__}: {e})",
-            hint="the run folder's layout and which command writes each file: "
-            "`rlhfkit report --help`",
-        ) from None
+        raise wrong_shape(paths, e) from None
