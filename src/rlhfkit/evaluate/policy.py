@@ -45,8 +45,7 @@ from rlhfkit.evaluate.judges import (
     parse_judge,
 )
 from rlhfkit.evaluate.monitors import compare_flags, word_count
-from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model
-from rlhfkit.evaluate.sampling import weights_identity
+from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model, weights_identity
 from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, write_manifest
 from rlhfkit.models import MANIFEST
@@ -112,8 +111,9 @@ def _rewards(
     folder = Path(cfg.reward_model or "")
     if cfg.sample_cache is None or not folder.is_dir() or not any(folder.glob("*.safetensors")):
         return judge.scores(prompts, texts)
+    identity = weights_identity(folder)
     key = config_hash(
-        {"rm": weights_identity(folder), "prompts": prompts, "responses": texts, "rlhfkit": __version__}
+        {"rm": identity, "prompts": prompts, "responses": texts, "rlhfkit": __version__}
     )
     cached = Path(cfg.sample_cache) / f"rewards-{key}.json"
     if cached.exists():
