@@ -49,6 +49,13 @@ def test_every_command_has_help(command):
     assert result.code == 0 and "Usage:" in result.stdout
 
 
+def test_help_from_field_docs_keeps_square_brackets():
+    # rich markup took "[monitors]" in the field doc of --monitor for a style tag and dropped it
+    result = run_cli("train", "ppo", "--help")
+    assert result.code == 0
+    assert "[monitors]" in result.stdout
+
+
 def test_validate_good_file(tmp_path):
     path = write_lines(
         tmp_path / "prefs.jsonl",
