@@ -52,7 +52,12 @@ def _option_param(
         hint = str
     if typing.get_origin(hint) is tuple:  # a repeatable option; the config keeps a tuple
         hint = list[typing.get_args(hint)[0]]
-    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None  # a required option: Typer asks for it
     if from_spec:  # None lets the project spec's value through; the config's comes last
         help_text = f"{help_text} (default: the spec's, else {default})".strip()
         default = None
