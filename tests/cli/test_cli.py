@@ -56,6 +56,19 @@ def test_help_from_field_docs_keeps_square_brackets():
     assert "[monitors]" in result.stdout
 
 
+def test_generate_leaves_to_the_spec_what_its_generate_table_holds():
+    # project.py sits below generate.py and cannot read SamplingConfig: the spec's defaults
+    # are the same numbers, and this keeps them so
+    from rlhfkit.cli.generate import FROM_SPEC
+    from rlhfkit.generate import SamplingConfig
+    from rlhfkit.project import GenerateSettings
+
+    assert set(GenerateSettings.model_fields) == set(FROM_SPEC)
+    sampling = SamplingConfig()
+    for name, spec_default in GenerateSettings().model_dump().items():
+        assert getattr(sampling, name) == spec_default, name
+
+
 def test_validate_good_file(tmp_path):
     path = write_lines(
         tmp_path / "prefs.jsonl",

@@ -103,7 +103,12 @@ def config_options(
     tuples = {f.name for f in fields if typing.get_origin(hints[f.name]) is tuple}
 
     def decorate(fn: Callable[..., None]) -> Callable[..., None]:
-        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "settings"]
+        own_hints = typing.get_type_hints(fn)  # resolved here: Typer would look in this module
+        own = [
+            p.replace(annotation=own_hints[p.name])
+            for p in inspect.signature(fn).parameters.values()
+            if p.name != "settings"
+        ]
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> None:
@@ -118,7 +123,9 @@ def config_options(
                     settings[name] = tuple(value)
             fn(**{k: v for k, v in kwargs.items() if k not in names}, settings=settings)
 
-        command.__signature__ = inspect.Signature(own + params)  # type: ignore[attr-defined]
+        signature = inspect.Signature(own + params)
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
         del command.__wrapped__  # Typer reads the signature above, not fn's
         return command
 
