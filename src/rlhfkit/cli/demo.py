@@ -13,11 +13,8 @@ from rich.table import Table
 
 from rlhfkit.choices import PRECISIONS, one_of
 from rlhfkit.cli.common import console, err_console
-from rlhfkit.demo import stages as S
-from rlhfkit.demo.pipeline import DemoConfig, StageLog
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import sha256_file
-from rlhfkit.models import pull
 
 STAGES = (
     ("project", "scaffold the example project"),
@@ -63,6 +60,9 @@ def demo(
     Interrupted? Run it again: finished stages are skipped, a stage cut off midway resumes
     from its last checkpoint, and a stage whose inputs changed runs again.
     """
+    # lazy: the demo package and rlhfkit.models (importlib.metadata) add ~0.1 s to --help
+    from rlhfkit.demo.pipeline import DemoConfig
+
     if precision not in PRECISIONS:
         raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
     root = directory or Path("runs/demo-quick" if quick else "runs/demo")
@@ -99,6 +99,8 @@ class _Stages:
             bar.update(inner, completed=done, total=total, info="", visible=True)
 
     def run(self, name: str, inputs: dict[str, Any], fn, outputs=(), clear=()) -> None:
+        from rlhfkit.demo import stages as S  # lazy: see demo()
+
         index = [s for s, _ in STAGES].index(name)
         self.bar.update(self.overall, completed=index, description=f"{name}: {dict(STAGES)[name]}")
         self.bar.update(self.inner, completed=0, total=None, info="", visible=False)
@@ -110,6 +112,9 @@ class _Stages:
 
 
 def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, Any], Path]:
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+    from rlhfkit.demo.pipeline import StageLog
+
     paths = S.Paths(cfg.root)
     cfg.root.mkdir(parents=True, exist_ok=True)
     log = StageLog.open(cfg.root / "stages.json")
@@ -140,6 +145,8 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
 
 def _scaffold(stages: _Stages, paths, preset, model_override: str | None) -> tuple[Any, str]:
     """The project and the base model: the spec, and the model the run starts from."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+    from rlhfkit.models import pull
     from rlhfkit.project import load_project  # lazy: pydantic and the criteria slow --help
 
     stages.run(
@@ -166,6 +173,8 @@ def _scaffold(stages: _Stages, paths, preset, model_override: str | None) -> tup
 
 def _collect(stages: _Stages, paths, preset, spec, base: str) -> None:
     """SFT, candidate pairs from the SFT model, and the simulated panel's labels."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
     fingerprint = stages.log.output_key  # what a downstream stage keys on
     stages.run(
         "sft",
@@ -224,6 +233,8 @@ def _collect(stages: _Stages, paths, preset, spec, base: str) -> None:
 
 def _train(stages: _Stages, paths, preset, spec) -> None:
     """The reward model, then PPO against it and DPO on the same preferences."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
     fingerprint = stages.log.output_key
     stages.run(
         "rm",
@@ -278,6 +289,8 @@ def _train(stages: _Stages, paths, preset, spec) -> None:
 
 def _evaluate(stages: _Stages, paths, preset, spec) -> None:
     """Each trained policy against the SFT model on held-out prompts."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
     fingerprint = stages.log.output_key
     for policy in ("ppo", "dpo"):
         stages.run(

@@ -11,6 +11,7 @@ from rich.table import Table
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.configs import command_from_config
+from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import display_path
 from rlhfkit.evaluate.configs import PolicyEvalConfig
 
@@ -35,12 +36,11 @@ def eval_rm(
     `votes`), calibration of its Bradley–Terry probability (reliability table, ECE),
     correlation of reward with length (the commonest reward-model bias), order invariance.
     """
+    # lazy: imports numpy
     from rlhfkit.evaluate.rm import evaluate_reward_model, summary_lines
 
     figures = evaluate_reward_model(model, data, batch_size, tuple(slice_by), bins)
     if out is not None:
-        from rlhfkit.data.io import atomic_open
-
         with atomic_open(out) as f:
             strict_json.dump(strict_json.nulled(figures), f, indent=2)
             f.write("\n")
@@ -65,9 +65,9 @@ def _eval_policy(cfg: PolicyEvalConfig) -> None:
 
         result = evaluate_policy(cfg, progress)
     _show(result)
+    out = cfg.out
     console.print(
-        f"Written: {display_path(cfg.out / 'eval.json')}, "
-        f"{display_path(cfg.out / 'samples.jsonl')}"
+        f"Written: {display_path(out / 'eval.json')}, {display_path(out / 'samples.jsonl')}"
     )
 
 

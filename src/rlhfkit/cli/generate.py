@@ -12,7 +12,6 @@ from rlhfkit.cli.common import console, progress_bar, status
 from rlhfkit.cli.configs import config_options
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.generate import SamplingConfig, generate_candidates
-from rlhfkit.models import resolve
 
 # The settings a project spec's [generate] table may hold: left out, they come from there.
 FROM_SPEC = ("n", "temperature", "top_p", "max_new_tokens", "seed")
@@ -46,6 +45,7 @@ def generate(
     seeded: the same seed and batch size give the same responses. An interrupted run resumes
     from its last finished batch when run again with the same settings.
     """
+    from rlhfkit.models import resolve  # lazy: importlib.metadata, ~40 ms of --help
     from rlhfkit.project import load_project  # lazy: pydantic and the criteria slow --help
 
     if project is not None:

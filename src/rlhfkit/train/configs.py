@@ -145,14 +145,12 @@ class PairConfig(LoopConfig):
     --batch-size counts prompts; the loss is still the mean over pairs."""
 
 
-
 @dataclass
 class RewardConfig(PairConfig):
     output_dir: Path = Path("runs/rm")
     learning_rate: float = 1e-4
     center_coef: float = field(default=0.0, metadata=RESUME)
     """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
-
 
     def check(self) -> None:
         super().check()
@@ -175,7 +173,6 @@ class DPOConfig(PairConfig):
     """precomputed: reference log-probs computed once and cached on disk; adapter-off: the
     LoRA-disabled base scores each batch live (LoRA only)."""
 
-
     def check(self) -> None:
         super().check()
         if self.loss_type not in DPO_LOSS_TYPES:
@@ -188,11 +185,9 @@ class DPOConfig(PairConfig):
             raise UserError("--reference adapter-off needs --lora")
 
 
-
 @dataclass
 class PPOConfig(LoopConfig):
     """Stage 3: reinforcement learning against a reward, with a KL penalty to the start."""
-
 
     output_dir: Path = Path("runs/ppo")
     data: Path = Path("prompts.jsonl")
