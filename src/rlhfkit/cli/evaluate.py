@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -10,25 +11,21 @@ from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
-from rlhfkit.cli.configs import command_from_config
+from rlhfkit.cli.configs import command_from_config, config_options
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import display_path
-from rlhfkit.evaluate.configs import PolicyEvalConfig
+from rlhfkit.evaluate.configs import PolicyEvalConfig, RMEvalConfig
 
 app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
 
 
 @app.command("rm")
+@config_options(RMEvalConfig)
 def eval_rm(
-    model: str = typer.Option(..., help="The reward model folder (final/ of `train rm`)."),
-    data: Path = typer.Option(..., help="Held-out preference pairs."),
-    slice_by: list[str] = typer.Option(
-        [], "--slice", help="A row column to break accuracy down by (e.g. topic); repeatable."
-    ),
-    bins: int = typer.Option(10, help="Confidence bins of the reliability table."),
-    batch_size: int = typer.Option(16, help="Pairs per forward batch."),
     out: Path = typer.Option(None, help="Also write the figures to this JSON file."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    *,
+    settings: dict[str, Any],
 ) -> None:
     """Is the reward model fit to trust? Checks it on held-out preference pairs.
 
@@ -39,7 +36,8 @@ def eval_rm(
     # lazy: imports numpy
     from rlhfkit.evaluate.rm import evaluate_reward_model, summary_lines
 
-    figures = evaluate_reward_model(model, data, batch_size, tuple(slice_by), bins)
+    cfg = RMEvalConfig(**settings)
+    figures = evaluate_reward_model(cfg.model, cfg.data, cfg.batch_size, cfg.slice_by, cfg.bins)
     if out is not None:
         with atomic_open(out) as f:
             strict_json.dump(strict_json.nulled(figures), f, indent=2)

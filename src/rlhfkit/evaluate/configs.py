@@ -1,6 +1,6 @@
-"""The settings of `eval policy`. Standard library only, so the CLI can build its options (and
-`--help`) from this class without importing numpy or torch. A field's docstring is its
-`--help` text.
+"""The settings of `eval policy` and `eval rm`. Standard library only, so the CLI can build
+their options (and `--help`) from these classes without importing numpy or torch. A field's
+docstring is its `--help` text.
 """
 
 from __future__ import annotations
@@ -56,3 +56,17 @@ class PolicyEvalConfig:
     """Significance level of the verdicts."""
     confidence: float = 0.95
     """Level of the intervals."""
+
+
+@dataclass(frozen=True)
+class RMEvalConfig:
+    model: str
+    """The reward model folder (final/ of `train rm`)."""
+    data: Path
+    """Held-out preference pairs."""
+    slice_by: tuple[str, ...] = field(default=(), metadata={"flag": "slice"})
+    """A row column to break accuracy down by (e.g. topic); repeatable."""
+    bins: int = 10
+    """Confidence bins of the reliability table."""
+    batch_size: int = 16
+    """Pairs per forward batch."""
