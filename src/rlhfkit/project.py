@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from rlhfkit.choices import DPOLossType
 from rlhfkit.errors import Problem, UserError, display_path
 
 # The success criteria and their detectors live with the code that evaluates them; they are
@@ -130,7 +131,7 @@ class StageSettings(Strict):
 
 class DPOSettings(StageSettings):
     beta: Annotated[float, Field(gt=0.0)] = 0.1
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    loss_type: DPOLossType = "sigmoid"
 
 
 class PPOSettings(StageSettings):

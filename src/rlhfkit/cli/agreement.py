@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console
+from rlhfkit.errors import UserError
 
 
 def agreement(
@@ -49,8 +52,31 @@ def agreement(
     and corrects for chance. The calibration gate uses percent agreement, as the article's
     65-75% rule does.
     """
-    from rlhfkit.agreement import LEVELS, read_gold, read_labels, summarise
-    from rlhfkit.errors import UserError
+    # lazy: the agreement package imports numpy (and its plots matplotlib): slow for --help
+    from rlhfkit.agreement import read_gold, summarise
+
+    values = _check(level, threshold, anchor_threshold, window, bootstrap, order)
+    data = _read(labels, level, values)
+    gold = read_gold(anchors, data) if anchors else None
+    summary = summarise(data, level, gold, threshold, bootstrap, anchor_threshold, window)
+    if plots:
+        summary["plots"] = _plot(data, gold, plots, window, anchor_threshold)
+    if as_json:
+        print(strict_json.dumps(strict_json.nulled(summary)))
+        return
+    _print(summary)
+
+
+def _check(
+    level: str,
+    threshold: float,
+    anchor_threshold: float,
+    window: int,
+    bootstrap: int,
+    order: str | None,
+) -> list[str] | None:
+    """Refuse impossible settings before reading anything; the --order values, if given."""
+    from rlhfkit.agreement import LEVELS  # lazy: as in agreement()
 
     if level not in LEVELS:
         raise UserError(f"--level is one of {', '.join(LEVELS)}")
@@ -62,14 +88,20 @@ def agreement(
     values = [v.strip() for v in order.split(",")] if order else None
     if values is not None and ("" in values or len(set(values)) < len(values)):
         raise UserError(f"--order lists each label value once, comma-separated: not {order!r}")
+    return values
+
+
+def _read(labels: Path, level: str, values: list[str] | None):
+    """The labels; string labels given an --order become their ranks for ordinal levels."""
+    from rlhfkit.agreement import read_labels  # lazy: as in agreement()
+    from rlhfkit.agreement.labels import Labels
+
     data = read_labels(labels, values)
     if level != "nominal" and not data.numeric and values is None:
         raise UserError(
             f"{labels}: --level {level} needs numeric labels, or --order for string labels"
         )
     if values is not None and not data.numeric and level != "nominal":  # ordered: ranks
-        from rlhfkit.agreement.labels import Labels
-
         data = Labels(
             data.item,
             data.annotator,
@@ -80,26 +112,23 @@ def agreement(
             data.shown_first,
             data.timestamp,
         )
-    gold = read_gold(anchors, data) if anchors else None
-    summary = summarise(data, level, gold, threshold, bootstrap, anchor_threshold, window)
-    if plots:
-        from rlhfkit.agreement.gates import anchor_drift
-        from rlhfkit.agreement.plots import anchor_accuracy_plot, kappa_heatmap
+    return data
 
-        summary["plots"] = [str(kappa_heatmap(data, plots / "agreement.png"))]
-        if gold:
-            series, _ = anchor_drift(data, gold, window, anchor_threshold)
-            summary["plots"].append(
-                str(anchor_accuracy_plot(series, plots / "anchors.png", anchor_threshold))
-            )
-    if as_json:
-        print(strict_json.dumps(strict_json.nulled(summary)))
-        return
-    _print(summary)
+
+def _plot(data, gold, folder: Path, window: int, anchor_threshold: float) -> list[str]:
+    """agreement.png, and anchors.png when there are gold answers: the files written."""
+    from rlhfkit.agreement.gates import anchor_drift  # lazy: as in agreement()
+    from rlhfkit.agreement.plots import anchor_accuracy_plot, kappa_heatmap
+
+    written = [str(kappa_heatmap(data, folder / "agreement.png"))]
+    if gold:
+        series, _ = anchor_drift(data, gold, window, anchor_threshold)
+        written.append(str(anchor_accuracy_plot(series, folder / "anchors.png", anchor_threshold)))
+    return written
 
 
 def _ranks(n: int):
-    import numpy as np
+    import numpy as np  # lazy: slow for --help
 
     return np.arange(1, n + 1, dtype=float)
 
@@ -109,9 +138,20 @@ def _fmt(x) -> str:
 
 
 def _print(s: dict) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    _print_statistics(s)
+    _print_gate(s)
+    _print_annotators(s)
+    for alert in s.get("drift_alerts", []):
+        console.print(
+            f"[yellow]drift:[/yellow] {escape(alert['annotator'])}, window "
+            f"{alert['window'] + 1}: {alert['reason']}"
+        )
+    for path in s.get("plots", []):
+        console.print(f"plot: {escape(path)}")
 
+
+def _print_statistics(s: dict) -> None:
+    """The counts, then each agreement statistic with its interval and note."""
     ci = s["ci"]
     console.print(
         f"[bold]{s['n_labels']}[/bold] labels, {s['n_items']} items, "
@@ -141,6 +181,10 @@ def _print(s: dict) -> None:
         "Fleiss' kappa", _fmt(s["fleiss_kappa"]), "", escape(s["fleiss_kappa_note"] or "")
     )
     console.print(table)
+
+
+def _print_gate(s: dict) -> None:
+    """The calibration gate's verdict, the missing intervals and the most disputed items."""
     gate = s["calibration_gate"]
     verdict = "[green]passes[/green]" if gate["passed"] else "[red]fails[/red]"
     console.print(
@@ -155,6 +199,10 @@ def _print(s: dict) -> None:
     if gate["disputed_items"]:
         worst = ", ".join(f"{i} ({a:.2f})" for i, a in gate["disputed_items"][:5])
         console.print(f"most disputed items: {escape(worst)}")
+
+
+def _print_annotators(s: dict) -> None:
+    """One row per annotator, then why a cell says n/a."""
     people = Table(
         "annotator",
         "labels",
@@ -188,12 +236,5 @@ def _print(s: dict) -> None:
         if who:
             why = next(a[f"{key}_note"] for a in s["annotators"] if a.get(f"{key}_note"))
             console.print(escape(f"n/a in {column} ({', '.join(who)}): {why}"))
-    for name, why in gate["annotator_agreement_notes"].items():
+    for name, why in s["calibration_gate"]["annotator_agreement_notes"].items():
         console.print(escape(f"calibration: {name}: {why}"))
-    for alert in s.get("drift_alerts", []):
-        console.print(
-            f"[yellow]drift:[/yellow] {escape(alert['annotator'])}, window "
-            f"{alert['window'] + 1}: {alert['reason']}"
-        )
-    for path in s.get("plots", []):
-        console.print(f"plot: {escape(path)}")

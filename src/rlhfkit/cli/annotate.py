@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
+from rlhfkit.errors import UserError, display_path
 
 app = typer.Typer(
     help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
@@ -32,6 +34,7 @@ DB = typer.Option(
 
 
 def _open(project: Path, db: str | None, create: bool = False):
+    # lazy: sqlalchemy (the annotate package) and pydantic (project) slow --help
     from rlhfkit.annotate import Policy, open_store
     from rlhfkit.annotate.settings import db_url_for
     from rlhfkit.project import load_project
@@ -64,9 +67,9 @@ def import_(
     nothing is written. Rows already imported (same id, same content) are skipped, so the
     same file can be imported again. The first import of pairs draws the calibration round
     ([annotation] calibration_size items every annotator labels first)."""
+    # lazy: sqlalchemy (the annotate package) and pydantic (project) slow --help
     from rlhfkit.annotate import Policy
     from rlhfkit.annotate.importing import import_rows, read_import
-    from rlhfkit.errors import UserError, display_path
     from rlhfkit.project import load_project
 
     proj = load_project(project)
@@ -108,6 +111,7 @@ def add_annotator(
 
     Only a hash of the token is stored: copy it now and give it to the person privately.
     The token goes to standard output alone (TOKEN=$(rlhfkit annotate add-annotator ana))."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import add_annotator as add
 
     store, _, _ = _open(project, db, create=True)
@@ -131,6 +135,7 @@ def revoke(
     The token is refused from its next request on, an open page session too; their open
     tasks return to the pool; their labels stay. Recorded with the time: shown by status and
     in the export's manifest."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate.annotators import revoke_annotator, utc
 
     store, _, _ = _open(project, db)
@@ -152,6 +157,7 @@ def rotate(
 
     Their open task and labels stay. The token goes to standard output alone
     (TOKEN=$(rlhfkit annotate rotate ana)). Recorded, like revoke."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate.annotators import rotate_token
 
     store, _, _ = _open(project, db)
@@ -185,6 +191,7 @@ def serve(
     Annotators log in at http://HOST:PORT/ with their token; admins also get the dashboard
     at /admin. Scripts use the JSON API with Authorization: Bearer TOKEN:
     GET /api/tasks/next, POST /api/labels, GET /api/me, GET /api/admin/status."""
+    # lazy: sqlalchemy (the annotate package) and pydantic (project) slow --help
     from rlhfkit.annotate.server import serve as run
     from rlhfkit.annotate.settings import ServerSettings, db_url_for
     from rlhfkit.project import load_project
@@ -216,6 +223,7 @@ def status(
     """Show progress, the calibration gate, agreement and each annotator.
 
     Also drift alerts (anchor accuracy falling) and the most disputed pairs."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import status as get_status
 
     store, policy, _ = _open(project, db)
@@ -240,6 +248,7 @@ def override_gate(
 
     The override, who made it and why are kept with the round and shown in status, the
     export's manifest and reports."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import override_gate as override
 
     store, _, _ = _open(project, db)
@@ -272,8 +281,8 @@ def export(
     Rows are prompt, chosen, rejected with annotator_ids, votes, rubric_version and margin,
     ready for `rlhfkit train rm` and `train dpo`. Annotators below the anchor-accuracy
     threshold are left out; ties and both-bad pairs are counted, not written."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import export as run_export
-    from rlhfkit.errors import display_path
 
     store, policy, _ = _open(project, db)
     try:
@@ -295,8 +304,8 @@ def export(
 
 
 def _where(url: str) -> str:
+    # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate.store import shown_url
-    from rlhfkit.errors import display_path
 
     return (
         display_path(url.removeprefix("sqlite:///")) if url.startswith("sqlite") else shown_url(url)
@@ -308,8 +317,6 @@ def _fmt(x) -> str:
 
 
 def _print_status(s: dict) -> None:
-    from rich.table import Table
-
     p, gate = s["progress"], s["gate"]
     console.print(
         f"[bold]{p['complete_items']}[/bold] of {p['items']} pairs have {p['overlap']} labels "

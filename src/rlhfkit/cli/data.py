@@ -8,6 +8,11 @@ import typer
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
+from rlhfkit.data import convert_rows, load, write
+from rlhfkit.data import validate as validate_file
+from rlhfkit.data.convert import CONVERSIONS, ambiguous_rows
+from rlhfkit.data.io import is_hf_dataset_dir
+from rlhfkit.errors import UserError, display_path
 
 app = typer.Typer(
     help="Check and convert datasets in TRL's formats (JSONL or a saved Hugging Face dataset).",
@@ -32,8 +37,6 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
 ) -> None:
     """Report each file's format and row count, or every bad row as FILE:LINE: reason."""
-    from rlhfkit.data import validate as validate_file
-    from rlhfkit.errors import UserError, display_path
 
     failed = False
     for path in files:
@@ -82,10 +85,6 @@ def convert(
     The source is validated first; on any bad row nothing is written. The target is written
     atomically (a crash leaves the old file or nothing, never half a file).
     """
-    from rlhfkit.data import convert_rows, load, write
-    from rlhfkit.data.convert import CONVERSIONS, ambiguous_rows
-    from rlhfkit.data.io import is_hf_dataset_dir
-    from rlhfkit.errors import UserError, display_path
 
     if to is not None and to not in CONVERSIONS:
         raise UserError(f"--to must be one of {', '.join(CONVERSIONS)}, not '{to}'")

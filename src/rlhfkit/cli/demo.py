@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rlhfkit.choices import PRECISIONS, one_of
 from rlhfkit.cli.common import console, err_console
+from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import sha256_file
 
 STAGES = (
     ("project", "scaffold the example project"),
@@ -56,11 +60,11 @@ def demo(
     Interrupted? Run it again: finished stages are skipped, a stage cut off midway resumes
     from its last checkpoint, and a stage whose inputs changed runs again.
     """
+    # lazy: the demo package and rlhfkit.models (importlib.metadata) add ~0.1 s to --help
     from rlhfkit.demo.pipeline import DemoConfig
-    from rlhfkit.errors import UserError
 
-    if precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"--precision is auto, bf16 or fp32, not '{precision}'")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
     root = directory or Path("runs/demo-quick" if quick else "runs/demo")
     cfg = DemoConfig(root=root, quick=quick, precision=precision, seed=seed)
     started = time.time()
@@ -68,28 +72,53 @@ def demo(
     _show(cfg, summary, ran, report, time.time() - started)
 
 
-def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, Any], Path]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+class _Stages:
+    """Runs the demo's stages in order under one progress display: a stage whose inputs are
+    unchanged and whose outputs exist is skipped (see StageLog)."""
 
-    from rlhfkit.demo import stages as S
+    def __init__(self, bar: Progress, log: Any) -> None:
+        self.bar, self.log = bar, log
+        self.ran: dict[str, bool] = {}
+        self.overall = bar.add_task("demo", total=len(STAGES), info="")
+        self.inner = bar.add_task("", total=None, info="", visible=False)
+
+    def progress(self, *args: Any) -> None:
+        """The progress callback every stage's library call takes, whatever its shape."""
+        bar, inner = self.bar, self.inner
+        if len(args) == 3 and isinstance(args[0], str):  # eval: (what, done, total)
+            what, done, total = args
+            bar.update(inner, completed=done, total=total, info=what, visible=True)
+        elif len(args) == 3:  # training: (step, total, metrics)
+            step, total, m = args
+            shown = "  ".join(
+                f"{k}={m[k]:.3g}" for k in ("loss", "reward", "kl", "accuracy") if k in m
+            )
+            bar.update(inner, completed=step, total=total, info=shown, visible=True)
+        else:  # sampling: (done, total)
+            done, total = args
+            bar.update(inner, completed=done, total=total, info="", visible=True)
+
+    def run(self, name: str, inputs: dict[str, Any], fn, outputs=(), clear=()) -> None:
+        from rlhfkit.demo import stages as S  # lazy: see demo()
+
+        index = [s for s, _ in STAGES].index(name)
+        self.bar.update(self.overall, completed=index, description=f"{name}: {dict(STAGES)[name]}")
+        self.bar.update(self.inner, completed=0, total=None, info="", visible=False)
+        if self.log.changed(name, inputs):
+            for path in clear:  # other inputs than the last run's: start that stage over
+                S.clear(path)
+        self.ran[name] = self.log.run(name, inputs, fn, outputs)
+        self.bar.update(self.overall, completed=index + 1)
+
+
+def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, Any], Path]:
+    from rlhfkit.demo import stages as S  # lazy: see demo()
     from rlhfkit.demo.pipeline import StageLog
-    from rlhfkit.lineage import sha256_file
-    from rlhfkit.project import load_project
 
     paths = S.Paths(cfg.root)
-    preset = cfg.preset
     cfg.root.mkdir(parents=True, exist_ok=True)
     log = StageLog.open(cfg.root / "stages.json")
-    ran: dict[str, bool] = {}
     report_path = cfg.root / "report.html"
-    summary: dict[str, Any] = {}
-
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -98,197 +127,211 @@ def _run(cfg, model_override: str | None) -> tuple[dict[str, bool], dict[str, An
         TextColumn("{task.fields[info]}"),
         console=err_console,
     ) as bar:
-        overall = bar.add_task("demo", total=len(STAGES), info="")
-        inner = bar.add_task("", total=None, info="", visible=False)
-
-        def step_progress(*args: Any) -> None:
-            if len(args) == 3 and isinstance(args[0], str):  # eval: (what, done, total)
-                what, done, total = args
-                bar.update(inner, completed=done, total=total, info=what, visible=True)
-            elif len(args) == 3:  # training: (step, total, metrics)
-                step, total, m = args
-                shown = "  ".join(
-                    f"{k}={m[k]:.3g}" for k in ("loss", "reward", "kl", "accuracy") if k in m
-                )
-                bar.update(inner, completed=step, total=total, info=shown, visible=True)
-            else:  # sampling: (done, total)
-                done, total = args
-                bar.update(inner, completed=done, total=total, info="", visible=True)
-
-        def stage(name: str, inputs: dict[str, Any], fn, outputs=(), clear=()) -> None:
-            index = [s for s, _ in STAGES].index(name)
-            bar.update(overall, completed=index, description=f"{name}: {dict(STAGES)[name]}")
-            bar.update(inner, completed=0, total=None, info="", visible=False)
-            if log.changed(name, inputs):
-                for path in clear:  # other inputs than the last run's: start that stage over
-                    S.clear(path)
-            ran[name] = log.run(name, inputs, fn, outputs)
-            bar.update(overall, completed=index + 1)
-
-        settings = cfg.settings()
-        stage(
-            "project",
-            {
-                "example": "support-replies",
-                "template": S.code_hash("support_replies.toml", "support_replies.py"),
-                "calibration": preset.calibration_size,
-            },
-            lambda: S.project_spec(paths, preset),
-            outputs=(paths.project / "rlhfkit.toml",),
-            clear=(paths.project,),  # a new version of the example: scaffold it again
-        )
-        spec = load_project(paths.project).spec
-        base = model_override or spec.base_model
-
-        def provision() -> None:
-            from rlhfkit.models import pull
-
-            if base == spec.base_model:
-                pull(base)
-
-        stage("model", {"model": base}, provision)
-
-        fingerprint = log.output_key  # what a downstream stage keys on
-
-        stage(
-            "sft",
-            {
-                "model": base,
-                "data": sha256_file(paths.project / "data" / "sft.jsonl"),
-                "steps": preset.sft_steps,
-                "lr": preset.sft_learning_rate,
-                "lora_layers": preset.sft_lora_layers,
-                "precision": preset.precision,
-                "seed": preset.seed,
-            },
-            lambda: S.sft(paths, preset, base, step_progress),
-            outputs=(paths.final("sft"),),
-            clear=(paths.sft,),
-        )
-        stage(
-            "candidates",
-            {
-                "sft": fingerprint("sft"),
-                "prompts": sha256_file(paths.project / spec.data.prompts),
-                "generate": spec.generate.model_dump(),
-                "n": preset.candidate_prompts,
-                "samples": preset.candidate_samples,
-                "start": [base, preset.start_samples],
-                "batch": S.CANDIDATE_BATCH,  # the seeds go by batch
-                "max_new_tokens": preset.max_new_tokens,
-                "precision": preset.precision,
-                "seed": preset.seed,
-            },
-            lambda: S.candidates(paths, preset, base, step_progress),
-            outputs=(paths.candidates,),
-            clear=(paths.candidates, paths.candidates.with_name(".candidates.jsonl.partial")),
-        )
-        stage(
-            "annotation",
-            {
-                "candidates": fingerprint("candidates"),
-                "rubric": spec.rubric.model_dump(),
-                "annotation": spec.annotation.model_dump(),
-                "anchors": preset.anchors,
-                "heldout": preset.heldout_share,
-                "seed": preset.seed,
-                "dpo_pairs": "same model + anchors",
-                "panel": S.code_hash("panel.py", "panel_api.py"),  # the simulated annotators
-            },
-            lambda: S.annotation(paths, preset),
-            outputs=(
-                paths.prefs_train,
-                paths.prefs_heldout,
-                paths.prefs_dpo,
-                paths.annotation / "status.json",
-            ),
-        )
-        stage(
-            "rm",
-            {
-                "prefs": fingerprint("annotation"),
-                "epochs": preset.rm_epochs,
-                "lr": preset.rm_learning_rate,
-                "lora_layers": preset.rm_lora_layers,
-                "precision": preset.precision,
-                "seed": preset.seed,
-            },
-            lambda: S.reward_model(paths, preset, step_progress),
-            outputs=(paths.rm / "eval_rm.json",),
-            clear=(paths.rm,),
-        )
-        stage(
-            "ppo",
-            {
-                "rm": fingerprint("rm"),
-                "steps": preset.ppo_steps,
-                "batch": preset.ppo_batch,
-                "lr": preset.ppo_learning_rate,
-                "lora_layers": preset.ppo_lora_layers,
-                "max_new_tokens": preset.max_new_tokens,
-                "ppo": spec.train.ppo.model_dump(),
-                "precision": preset.precision,
-                "seed": preset.seed,
-                "centered": True,
-            },
-            lambda: S.ppo(paths, preset, step_progress),
-            outputs=(paths.final("ppo"),),
-            clear=(paths.policy("ppo"),),
-        )
-        stage(
-            "dpo",
-            {
-                "prefs": fingerprint("annotation"),
-                "sft": fingerprint("sft"),
-                "epochs": preset.dpo_epochs,
-                "lr": preset.dpo_learning_rate,
-                "lora_layers": preset.dpo_lora_layers,
-                "reference": S.DPO_REFERENCE,
-                "dpo": spec.train.dpo.model_dump(),
-                "precision": preset.precision,
-                "seed": preset.seed,
-            },
-            lambda: S.dpo(paths, preset, step_progress),
-            outputs=(paths.final("dpo"),),
-            clear=(paths.policy("dpo"),),
-        )
-        for policy in ("ppo", "dpo"):
-            stage(
-                f"eval_{policy}",
-                {
-                    "policy": fingerprint(policy),
-                    "rm": fingerprint("rm"),
-                    "criteria": spec.criteria_hash(),
-                    "monitors": spec.monitors.model_dump(),
-                    "eval_prompts": sha256_file(paths.project / spec.data.eval_prompts),
-                    "prompts": preset.eval_prompts,
-                    "samples": preset.eval_samples,
-                    "batch": preset.eval_batch,
-                    "max_new_tokens": preset.max_new_tokens,
-                    "seed": preset.seed,
-                },
-                lambda policy=policy: S.evaluate(paths, preset, policy, step_progress),
-                outputs=(paths.eval(policy) / "eval.json",),
-            )
-
-        def write_report() -> None:
-            S.report(paths, log.seconds())
-
-        stage(
+        stages = _Stages(bar, log)
+        spec, base = _scaffold(stages, paths, cfg.preset, model_override)
+        _collect(stages, paths, cfg.preset, spec, base)
+        _train(stages, paths, cfg.preset, spec)
+        _evaluate(stages, paths, cfg.preset, spec)
+        stages.run(
             "report",
-            {"after": [fingerprint(s) for s, _ in STAGES[:-1]], "settings": settings},
-            write_report,
+            {"after": [log.output_key(s) for s, _ in STAGES[:-1]], "settings": cfg.settings()},
+            lambda: S.report(paths, log.seconds()),
             outputs=(report_path, cfg.root / "summary.json"),
         )
     summary = json.loads((cfg.root / "summary.json").read_text())
     summary["stage_seconds"] = log.seconds()
-    return ran, summary, report_path
+    return stages.ran, summary, report_path
+
+
+def _scaffold(stages: _Stages, paths, preset, model_override: str | None) -> tuple[Any, str]:
+    """The project and the base model: the spec, and the model the run starts from."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+    from rlhfkit.models import pull
+    from rlhfkit.project import load_project  # lazy: pydantic and the criteria slow --help
+
+    stages.run(
+        "project",
+        {
+            "example": "support-replies",
+            "template": S.code_hash("support_replies.toml", "support_replies.py"),
+            "calibration": preset.calibration_size,
+        },
+        lambda: S.project_spec(paths, preset),
+        outputs=(paths.project / "rlhfkit.toml",),
+        clear=(paths.project,),  # a new version of the example: scaffold it again
+    )
+    spec = load_project(paths.project).spec
+    base = model_override or spec.base_model
+
+    def provision() -> None:
+        if base == spec.base_model:
+            pull(base)
+
+    stages.run("model", {"model": base}, provision)
+    return spec, base
+
+
+def _collect(stages: _Stages, paths, preset, spec, base: str) -> None:
+    """SFT, candidate pairs from the SFT model, and the simulated panel's labels."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
+    fingerprint = stages.log.output_key  # what a downstream stage keys on
+    stages.run(
+        "sft",
+        {
+            "model": base,
+            "data": sha256_file(paths.project / "data" / "sft.jsonl"),
+            "steps": preset.sft_steps,
+            "lr": preset.sft_learning_rate,
+            "lora_layers": preset.sft_lora_layers,
+            "precision": preset.precision,
+            "seed": preset.seed,
+        },
+        lambda: S.sft(paths, preset, base, stages.progress),
+        outputs=(paths.final("sft"),),
+        clear=(paths.sft,),
+    )
+    stages.run(
+        "candidates",
+        {
+            "sft": fingerprint("sft"),
+            "prompts": sha256_file(paths.project / spec.data.prompts),
+            "generate": spec.generate.model_dump(),
+            "n": preset.candidate_prompts,
+            "samples": preset.candidate_samples,
+            "start": [base, preset.start_samples],
+            "batch": S.CANDIDATE_BATCH,  # the seeds go by batch
+            "max_new_tokens": preset.max_new_tokens,
+            "precision": preset.precision,
+            "seed": preset.seed,
+        },
+        lambda: S.candidates(paths, preset, base, stages.progress),
+        outputs=(paths.candidates,),
+        clear=(paths.candidates, paths.candidates.with_name(".candidates.jsonl.partial")),
+    )
+    stages.run(
+        "annotation",
+        {
+            "candidates": fingerprint("candidates"),
+            "rubric": spec.rubric.model_dump(),
+            "annotation": spec.annotation.model_dump(),
+            "anchors": preset.anchors,
+            "heldout": preset.heldout_share,
+            "seed": preset.seed,
+            "dpo_pairs": "same model + anchors",
+            "panel": S.code_hash("panel.py", "panel_api.py"),  # the simulated annotators
+        },
+        lambda: S.annotation(paths, preset),
+        outputs=(
+            paths.prefs_train,
+            paths.prefs_heldout,
+            paths.prefs_dpo,
+            paths.annotation / "status.json",
+        ),
+    )
+
+
+def _train(stages: _Stages, paths, preset, spec) -> None:
+    """The reward model, then PPO against it and DPO on the same preferences."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
+    fingerprint = stages.log.output_key
+    stages.run(
+        "rm",
+        {
+            "prefs": fingerprint("annotation"),
+            "epochs": preset.rm_epochs,
+            "lr": preset.rm_learning_rate,
+            "lora_layers": preset.rm_lora_layers,
+            "precision": preset.precision,
+            "seed": preset.seed,
+        },
+        lambda: S.reward_model(paths, preset, stages.progress),
+        outputs=(paths.rm / "eval_rm.json",),
+        clear=(paths.rm,),
+    )
+    stages.run(
+        "ppo",
+        {
+            "rm": fingerprint("rm"),
+            "steps": preset.ppo_steps,
+            "batch": preset.ppo_batch,
+            "lr": preset.ppo_learning_rate,
+            "lora_layers": preset.ppo_lora_layers,
+            "max_new_tokens": preset.max_new_tokens,
+            "ppo": spec.train.ppo.model_dump(),
+            "precision": preset.precision,
+            "seed": preset.seed,
+            "centered": True,
+        },
+        lambda: S.ppo(paths, preset, stages.progress),
+        outputs=(paths.final("ppo"),),
+        clear=(paths.policy("ppo"),),
+    )
+    stages.run(
+        "dpo",
+        {
+            "prefs": fingerprint("annotation"),
+            "sft": fingerprint("sft"),
+            "epochs": preset.dpo_epochs,
+            "lr": preset.dpo_learning_rate,
+            "lora_layers": preset.dpo_lora_layers,
+            "reference": S.DPO_REFERENCE,
+            "dpo": spec.train.dpo.model_dump(),
+            "precision": preset.precision,
+            "seed": preset.seed,
+        },
+        lambda: S.dpo(paths, preset, stages.progress),
+        outputs=(paths.final("dpo"),),
+        clear=(paths.policy("dpo"),),
+    )
+
+
+def _evaluate(stages: _Stages, paths, preset, spec) -> None:
+    """Each trained policy against the SFT model on held-out prompts."""
+    from rlhfkit.demo import stages as S  # lazy: see demo()
+
+    fingerprint = stages.log.output_key
+    for policy in ("ppo", "dpo"):
+        stages.run(
+            f"eval_{policy}",
+            {
+                "policy": fingerprint(policy),
+                "rm": fingerprint("rm"),
+                "criteria": spec.criteria_hash(),
+                "monitors": spec.monitors.model_dump(),
+                "eval_prompts": sha256_file(paths.project / spec.data.eval_prompts),
+                "prompts": preset.eval_prompts,
+                "samples": preset.eval_samples,
+                "batch": preset.eval_batch,
+                "max_new_tokens": preset.max_new_tokens,
+                "seed": preset.seed,
+            },
+            lambda policy=policy: S.evaluate(paths, preset, policy, stages.progress),
+            outputs=(paths.eval(policy) / "eval.json",),
+        )
 
 
 def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: float) -> None:
-    from rlhfkit.errors import display_path
-
     console.rule("rlhfkit demo: support replies (annotators are a SIMULATED panel)")
+    _show_annotation(s)
+    _show_reward_model(s)
+    _show_policies(s)
+    stages = Table(title="stages")
+    stages.add_column("stage")
+    stages.add_column("status")
+    stages.add_column("seconds", justify="right")
+    for name, _ in STAGES:
+        secs = s["stage_seconds"].get(name)
+        status = "ran" if ran.get(name) else "skipped (done)"
+        stages.add_row(name, status, "" if secs is None else f"{secs:.1f}")
+    console.print(stages)
+    console.print(f"Done in {wall:.0f} s. Report: {display_path(report)}")
+    console.print(f"Summary: {display_path(cfg.root / 'summary.json')}")
+
+
+def _show_annotation(s: dict[str, Any]) -> None:
+    """The calibration gate, the panel's agreement and the annotators it flagged."""
     gate = s.get("calibration_gate") or {}
     if gate:
         verdict = "passed" if gate["passed"] else "FAILED: the main queue stayed closed"
@@ -309,21 +352,30 @@ def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: floa
         )
     for f in s.get("flagged_annotators", []):
         console.print(f"flagged annotator: {f['annotator']}: {'; '.join(f['reasons'])}")
-    if s.get("rm_heldout_accuracy") is not None:
-        by = s.get("rm_heldout_by_pairing") or {}
-        parts = [
-            f"{by[k]['accuracy']:.2f} on {by[k]['pairs']} {what}"
-            for k, what in (("same model", "pairs of two SFT replies"),
-                            ("across models", "SFT vs starting model"))
-            if k in by and by[k]["accuracy"] is not None
-        ]  # fmt: skip
-        console.print(
-            f"reward model: held-out accuracy {s['rm_heldout_accuracy']:.2f} on "
-            f"{s['rm_heldout_pairs']} pairs of held-out emails (against the panel's majority"
-            + (f"; {', '.join(parts)}" if parts else "")
-            + f"); trained on {panel.get('train_pairs', '?')} panel pairs + "
-            f"{panel.get('anchor_pairs', 0)} anchor pairs"
-        )
+
+
+def _show_reward_model(s: dict[str, Any]) -> None:
+    if s.get("rm_heldout_accuracy") is None:
+        return
+    panel = s.get("panel") or {}
+    by = s.get("rm_heldout_by_pairing") or {}
+    parts = [
+        f"{by[k]['accuracy']:.2f} on {by[k]['pairs']} {what}"
+        for k, what in (("same model", "pairs of two SFT replies"),
+                        ("across models", "SFT vs starting model"))
+        if k in by and by[k]["accuracy"] is not None
+    ]  # fmt: skip
+    console.print(
+        f"reward model: held-out accuracy {s['rm_heldout_accuracy']:.2f} on "
+        f"{s['rm_heldout_pairs']} pairs of held-out emails (against the panel's majority"
+        + (f"; {', '.join(parts)}" if parts else "")
+        + f"); trained on {panel.get('train_pairs', '?')} panel pairs + "
+        f"{panel.get('anchor_pairs', 0)} anchor pairs"
+    )
+
+
+def _show_policies(s: dict[str, Any]) -> None:
+    """The success criteria of PPO and DPO against the SFT model, then their KL and length."""
     table = Table(title="success criteria on held-out prompts, against the SFT model")
     for col in ("policy", "criterion", "should", "before", "after", "p", "verdict"):
         table.add_column(col)
@@ -351,14 +403,3 @@ def _show(cfg, s: dict[str, Any], ran: dict[str, bool], report: Path, wall: floa
                 f"{policy}: KL to the SFT model {kl}; length {ev['length']['before']:.0f} -> "
                 f"{ev['length']['after']:.0f} words; hacking flags: {flags}"
             )
-    stages = Table(title="stages")
-    stages.add_column("stage")
-    stages.add_column("status")
-    stages.add_column("seconds", justify="right")
-    for name, _ in STAGES:
-        secs = s["stage_seconds"].get(name)
-        status = "ran" if ran.get(name) else "skipped (done)"
-        stages.add_row(name, status, "" if secs is None else f"{secs:.1f}")
-    console.print(stages)
-    console.print(f"Done in {wall:.0f} s. Report: {display_path(report)}")
-    console.print(f"Summary: {display_path(cfg.root / 'summary.json')}")

@@ -7,6 +7,7 @@ import time
 import typer
 
 from rlhfkit.cli.common import console, status
+from rlhfkit.errors import UserError, display_path
 
 app = typer.Typer(
     help="Provision models: convert the bundled SmolLM2 once, list what is available.",
@@ -28,7 +29,7 @@ def pull(
     quantized and refuses to train it, so it is de-quantized to fp32 and saved once; later
     loads take seconds. Nothing is downloaded.
     """
-    from rlhfkit.errors import display_path
+    # lazy: rlhfkit.models imports importlib.metadata, ~40 ms of every --help
     from rlhfkit.models import MANIFEST, converted_dir
     from rlhfkit.models import pull as pull_model
 
@@ -43,7 +44,7 @@ def pull(
 @app.command("list")
 def list_models() -> None:
     """Show the bundled models and whether each is converted yet."""
-    from rlhfkit.errors import UserError
+    # lazy: as in pull()
     from rlhfkit.models import BUNDLED, MANIFEST, TINY_ALIAS, cache_dir, converted_dir
 
     console.print(f"cache: {cache_dir()}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from rlhfkit.cli.common import console
+from rlhfkit.errors import display_path
 
 
 def init(
@@ -24,8 +25,7 @@ def init(
     both-bad policy, and success criteria (one behavior that should increase, one that should
     decrease) that are frozen when training starts.
     """
-    from rlhfkit.errors import display_path
-    from rlhfkit.project import init_project
+    from rlhfkit.project import init_project  # lazy: pydantic and the criteria slow --help
 
     project = init_project(directory, example)
     spec = project.spec

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from rlhfkit.cli.common import console
+from rlhfkit.errors import UserError, display_path
 
 LAYOUT = """RUN_DIR layout (every part optional; a missing one shows as "not run"):
 
@@ -58,7 +59,7 @@ def report(
 
     The short Markdown summary beside it carries the headline numbers.
     """
-    from rlhfkit.errors import UserError, display_path
+    # lazy: the report package (its HTML renderer) slows --help
     from rlhfkit.report.html import write_report
     from rlhfkit.report.inputs import load_run
 

@@ -36,6 +36,7 @@ from rlhfkit.data import load
 from rlhfkit.data.io import atomic_open, write_jsonl
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.evaluate import schema, stats
+from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.evaluate.criteria import DetectContext, JudgeDetector, criteria_status, detect
 from rlhfkit.evaluate.judges import (
     OpenAIJudge,
@@ -56,43 +57,6 @@ SAMPLES_FILE = "samples.jsonl"
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass(frozen=True)
-class PolicyEvalConfig:
-    project: Path
-    """Project folder (or its rlhfkit.toml): criteria, monitors and defaults come from it."""
-    before: str
-    """The starting policy: a model folder, alias, or a training run's final/ (LoRA too)."""
-    after: str
-    """The trained policy."""
-    out: Path
-    """Output folder for eval.json and samples.jsonl."""
-    prompts: Path | None = None
-    """Held-out prompts (default: the spec's data.eval_prompts)."""
-    limit: int | None = None
-    """Use only the first N prompts."""
-    samples: int = 2
-    """Samples per prompt and model."""
-    max_new_tokens: int | None = None
-    """Longest response (default: the spec's [generate] max_new_tokens)."""
-    temperature: float | None = None
-    """Sampling temperature (default: the spec's)."""
-    top_p: float = 1.0
-    """Nucleus mass; below 1 the KL estimate is only approximate."""
-    seed: int | None = None
-    """Seed (default: the spec's)."""
-    batch_size: int = 8
-    """Prompts per generation batch."""
-    judges: tuple[str, ...] = ()
-    """rm:DIR, panel, callable:module:function or openai (see judges.py)."""
-    reward_model: str | None = None
-    """A reward model for mean reward, its win rate and 'reward up, no criterion moved'."""
-    test: str = "permutation"
-    """permutation, bootstrap or two_proportion (see stats.py)."""
-    sample_cache: Path | None = None
-    """A folder where the --before model's samples are kept and reused by a later evaluation
-    with the same model, prompts and settings (e.g. PPO and DPO against one start)."""
-    alpha: float = 0.05
-    confidence: float = 0.95
 
 
 def _recorded_hash(ref: str) -> str | None:

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-Test = Literal["permutation", "bootstrap", "two_proportion"]
-TESTS: tuple[str, ...] = ("permutation", "bootstrap", "two_proportion")
+from rlhfkit.evaluate.configs import TESTS, Test
+
 TEST_NAMES = {
     "permutation": "paired sign-flip permutation test over prompts",
     "bootstrap": "paired bootstrap over prompts",

@@ -5,13 +5,42 @@ its `--help` text.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+from rlhfkit.choices import DPO_LOSS_TYPES, PRECISIONS, DPOLossType, Precision, one_of
 from rlhfkit.errors import UserError
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
+LRSchedule = Literal["cosine", "linear", "constant"]
+LR_SCHEDULES = get_args(LRSchedule)
+ReportTo = Literal["none", "tensorboard", "mlflow", "trackio"]
+REPORT_TO = get_args(ReportTo)
+RLAlgorithm = Literal["ppo", "rloo", "grpo"]
+RL_ALGORITHMS = get_args(RLAlgorithm)
+KLEstimator = Literal["k1", "k3"]
+KL_ESTIMATORS = get_args(KLEstimator)
+Critic = Literal["head", "reward-model"]
+CRITICS = get_args(Critic)
+DPOReference = Literal["precomputed", "adapter-off"]
+
+RESUME = {"resume": True}
+"""Field metadata of a setting a resumed run must share with the run it continues: any other
+value would silently train on other batches or another schedule (see `resume_keys`)."""
+
+
+def resume_keys(config_cls: type) -> tuple[str, ...]:
+    """The fields of `config_cls` marked `RESUME`, on it or on a base class (a
+    subclass that only changes a field's default keeps its mark)."""
+    marked = {
+        f.name
+        for klass in config_cls.__mro__
+        if dataclasses.is_dataclass(klass)
+        for f in dataclasses.fields(klass)
+        if f.metadata.get("resume")
+    }
+    return tuple(f.name for f in dataclasses.fields(config_cls) if f.name in marked)
 
 
 @dataclass
@@ -24,35 +53,35 @@ class LoopConfig:
     """Training data (JSONL or a saved dataset folder)."""
     output_dir: Path = Path("runs/train")
     """Where checkpoints, metrics.jsonl and the final model go."""
-    epochs: float = 1.0
+    epochs: float = field(default=1.0, metadata=RESUME)
     """Passes over the data (fractions allowed)."""
-    max_steps: int = 0
+    max_steps: int = field(default=0, metadata=RESUME)
     """Stop after this many optimizer steps (0: use epochs)."""
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=RESUME)
     """Examples per optimizer step, over all processes and accumulation steps."""
-    grad_accum: int = 1
+    grad_accum: int = field(default=1, metadata=RESUME)
     """Split each step's batch into this many sequential micro-batches (saves memory)."""
-    learning_rate: float = 5e-5
+    learning_rate: float = field(default=5e-5, metadata=RESUME)
     """Peak learning rate of AdamW."""
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.1
+    lr_schedule: LRSchedule = field(default="cosine", metadata=RESUME)
+    warmup_ratio: float = field(default=0.1, metadata=RESUME)
     """Share of the steps spent warming the learning rate up from zero."""
     weight_decay: float = 0.0
     """AdamW weight decay (never applied to biases and norms)."""
     max_grad_norm: float = 1.0
     """Clip the gradient's global norm to this (0: no clipping)."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = field(default="auto", metadata=RESUME)
     """auto: bf16 autocast where this machine runs bf16 matmuls faster than fp32 (GPUs, CPUs
     with AVX512-BF16/AMX; measured at start), else fp32. fp32 is exact (tests, resume)."""
-    lora: bool = True
+    lora: bool = field(default=True, metadata=RESUME)
     """Train a LoRA adapter instead of every weight."""
-    lora_r: int = 16
+    lora_r: int = field(default=16, metadata=RESUME)
     """LoRA rank: the adapter's capacity."""
     lora_alpha: int = 32
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA path (0 keeps runs exactly reproducible)."""
-    lora_layers: int = 0
+    lora_layers: int = field(default=0, metadata=RESUME)
     """Adapt only the top N transformer layers (0: all). The layers below get no gradient,
     so the backward pass stops at the first adapted layer: a third of the layers trains in
     about two thirds of the time."""
@@ -60,39 +89,23 @@ class LoopConfig:
     """Save the final model with the adapter merged in (False: save the adapter alone)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% slower."""
-    max_length: int = 512
+    max_length: int = field(default=512, metadata=RESUME)
     """Longest prompt + completion in tokens; longer completions are cut."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=RESUME)
     """Seeds the data order, the new weights and every RNG: same seed, same run."""
     save_every: int = 50
     """Write a resumable checkpoint every N steps (0: only at the end)."""
     resume: bool = False
     """Continue from the latest checkpoint in output_dir."""
-    report_to: str = "none"
-    """Also log to: none, tensorboard, mlflow or trackio (when installed)."""
+    report_to: ReportTo = "none"
+    """Also log to this tracker (when installed)."""
     project: Path | None = None
     """Project folder or its rlhfkit.toml: the first training stage freezes its success
     criteria (artifacts/criteria.lock.json), the final model's manifest records their hash,
     and PPO measures them on every step's samples."""
 
     def resume_keys(self) -> tuple[str, ...]:
-        """What a resumed run must share with the run it continues: anything else would
-        silently train on other batches or another schedule."""
-        return (
-            "batch_size",
-            "grad_accum",
-            "seed",
-            "epochs",
-            "max_steps",
-            "learning_rate",
-            "lr_schedule",
-            "warmup_ratio",
-            "lora",
-            "lora_r",
-            "lora_layers",
-            "max_length",
-            "precision",
-        )
+        return resume_keys(type(self))
 
     def check(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
@@ -103,16 +116,16 @@ class LoopConfig:
             raise UserError("--learning-rate must be positive and --warmup-ratio in [0, 1)")
         if self.max_length < 8:
             raise UserError("--max-length must be at least 8")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError("--precision is auto, bf16 or fp32")
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
-            raise UserError("--lr-schedule is cosine, linear or constant")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision is {one_of(PRECISIONS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule is {one_of(LR_SCHEDULES)}")
         if self.lora and self.lora_r < 1:
             raise UserError("--lora-r must be at least 1")
         if self.lora_layers < 0:
             raise UserError("--lora-layers must be 0 (all) or more")
-        if self.report_to not in ("none", "tensorboard", "mlflow", "trackio"):
-            raise UserError("--report-to is one of none, tensorboard, mlflow, trackio")
+        if self.report_to not in REPORT_TO:
+            raise UserError(f"--report-to is one of {', '.join(REPORT_TO)}")
 
 
 @dataclass
@@ -126,24 +139,18 @@ class SFTConfig(LoopConfig):
 class PairConfig(LoopConfig):
     """Settings of the trainers that learn from preference pairs (reward model, DPO)."""
 
-    group_by_prompt: bool = True
+    group_by_prompt: bool = field(default=True, metadata=RESUME)
     """Pairs that share a prompt train as one example: the prompt and each distinct reply go
     through the model once for all their comparisons (InstructGPT's K-way batching). Then
     --batch-size counts prompts; the loss is still the mean over pairs."""
-
-    def resume_keys(self) -> tuple[str, ...]:
-        return (*super().resume_keys(), "group_by_prompt")
 
 
 @dataclass
 class RewardConfig(PairConfig):
     output_dir: Path = Path("runs/rm")
     learning_rate: float = 1e-4
-    center_coef: float = 0.0
+    center_coef: float = field(default=0.0, metadata=RESUME)
     """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
-
-    def resume_keys(self) -> tuple[str, ...]:
-        return (*super().resume_keys(), "center_coef")
 
     def check(self) -> None:
         super().check()
@@ -155,19 +162,16 @@ class RewardConfig(PairConfig):
 class DPOConfig(PairConfig):
     output_dir: Path = Path("runs/dpo")
     learning_rate: float = 5e-5
-    beta: float = 0.1
+    beta: float = field(default=0.1, metadata=RESUME)
     """Strength of the pull towards the reference: higher stays closer to it."""
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    loss_type: DPOLossType = field(default="sigmoid", metadata=RESUME)
     """sigmoid (DPO), ipo, hinge (SLiC) or robust (noisy labels)."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = field(default=0.0, metadata=RESUME)
     """Assumed rate of flipped labels: conservative DPO with sigmoid, unbiased with robust."""
-    reference: Literal["precomputed", "adapter-off"] = "precomputed"
+    # not marked RESUME: both sources give the same log-probs (tested to 1e-5)
+    reference: DPOReference = "precomputed"
     """precomputed: reference log-probs computed once and cached on disk; adapter-off: the
     LoRA-disabled base scores each batch live (LoRA only)."""
-
-    def resume_keys(self) -> tuple[str, ...]:
-        # not `reference`: both sources give the same log-probs (tested to 1e-5)
-        return (*super().resume_keys(), "beta", "loss_type", "label_smoothing")
 
     def check(self) -> None:
         super().check()
@@ -181,103 +185,72 @@ class DPOConfig(PairConfig):
             raise UserError("--reference adapter-off needs --lora")
 
 
-RL_ALGORITHMS = ("ppo", "rloo", "grpo")
-
-
 @dataclass
 class PPOConfig(LoopConfig):
     """Stage 3: reinforcement learning against a reward, with a KL penalty to the start."""
-
-    def resume_keys(self) -> tuple[str, ...]:
-        return (
-            *super().resume_keys(),
-            "reward",
-            "algorithm",
-            "k",
-            "max_new_tokens",
-            "temperature",
-            "top_p",
-            "missing_eos_penalty",
-            "kl_coef",
-            "kl_estimator",
-            "kl_target",
-            "kl_horizon",
-            "whiten_rewards",
-            "center_rewards",
-            "gamma",
-            "lam",
-            "ppo_epochs",
-            "minibatches",
-            "cliprange",
-            "cliprange_value",
-            "vf_coef",
-            "max_approx_kl",
-            "critic",
-            "merged_rollouts",
-        )
 
     output_dir: Path = Path("runs/ppo")
     data: Path = Path("prompts.jsonl")
     """Prompts to answer (prompt-only JSONL; preference or prompt/completion rows also work,
     their prompts are used)."""
-    reward: list[str] = field(default_factory=list)
+    reward: list[str] = field(default_factory=list, metadata=RESUME)
     """Reward source; repeat the option for several: a reward model folder from `train rm`,
     or FILE.py:FUNCTION / module:FUNCTION taking (prompts, responses) and returning one float
     per response. Weight one with @W: --reward runs/rm/final --reward rules.py:signs_off@0.5."""
-    algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
+    algorithm: RLAlgorithm = field(default="ppo", metadata=RESUME)
     """ppo: critic + GAE; rloo: leave-one-out baseline over k samples per prompt; grpo:
     rewards standardised within each prompt's k samples. The last two need no critic."""
     batch_size: int = 8
     """Prompts per step (each sampled k times)."""
-    k: int = 1
+    k: int = field(default=1, metadata=RESUME)
     """Responses sampled per prompt (at least 2 for rloo and grpo)."""
     learning_rate: float = 1e-5
-    max_new_tokens: int = 64
+    max_new_tokens: int = field(default=64, metadata=RESUME)
     """Longest response sampled."""
-    temperature: float = 0.9
+    temperature: float = field(default=0.9, metadata=RESUME)
     """Sampling temperature; log-probs are taken at the same temperature."""
-    top_p: float = 1.0
+    top_p: float = field(default=1.0, metadata=RESUME)
     """Nucleus sampling mass (1: the whole distribution, which PPO's ratios assume)."""
-    missing_eos_penalty: float = 0.0
+    missing_eos_penalty: float = field(default=0.0, metadata=RESUME)
     """Subtracted from the reward of a response cut off by max_new_tokens."""
-    kl_coef: float = 0.05
+    kl_coef: float = field(default=0.05, metadata=RESUME)
     """Weight of the per-token KL penalty to the reference (the starting policy). Too high and
     the policy barely moves; too low and it drifts into reward hacking."""
-    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_estimator: KLEstimator = field(default="k1", metadata=RESUME)
     """Per-token KL estimate: k1 = log(pi/pi_ref), k3 = (r - 1) - log r (never negative)."""
-    kl_target: float = 0.0
+    kl_target: float = field(default=0.0, metadata=RESUME)
     """Adaptive KL coefficient (Ziegler et al. 2019): steer the coefficient so the KL stays
     near this many nats per response (0: keep kl_coef fixed)."""
-    kl_horizon: int = 10000
+    kl_horizon: int = field(default=10000, metadata=RESUME)
     """Adaptive KL: responses over which the coefficient may roughly double or halve."""
-    whiten_rewards: bool = False
+    whiten_rewards: bool = field(default=False, metadata=RESUME)
     """Normalise each step's rewards to unit variance (keeping their mean)."""
-    center_rewards: bool = False
+    center_rewards: bool = field(default=False, metadata=RESUME)
     """Subtract each step's mean reward. A reward model's offset means nothing (Bradley–Terry
     fixes only differences), but with a fresh critic a negative one makes every last token,
     EOS included, look bad: the policy learns to stop later and later, not what the reward
     model prefers (InstructGPT normalised its reward model to mean 0 for this reason)."""
-    gamma: float = 1.0
+    gamma: float = field(default=1.0, metadata=RESUME)
     """GAE discount."""
-    lam: float = 0.95
+    lam: float = field(default=0.95, metadata=RESUME)
     """GAE lambda: lower trusts the critic more (less variance, more bias)."""
-    ppo_epochs: int = 2
+    ppo_epochs: int = field(default=2, metadata=RESUME)
     """Passes over each step's rollouts."""
-    minibatches: int = 1
+    minibatches: int = field(default=1, metadata=RESUME)
     """Optimizer steps per pass over a step's rollouts."""
-    cliprange: float = 0.2
+    cliprange: float = field(default=0.2, metadata=RESUME)
     """PPO's policy ratio clip."""
-    cliprange_value: float = 0.2
+    cliprange_value: float = field(default=0.2, metadata=RESUME)
     """Clip on how far a value estimate may move per update."""
-    vf_coef: float = 0.1
+    vf_coef: float = field(default=0.1, metadata=RESUME)
     """Weight of the value loss."""
-    max_approx_kl: float = 0.0
+    max_approx_kl: float = field(default=0.0, metadata=RESUME)
     """Stop a step's updates early once the approx-KL to the sampling policy exceeds this
     (0: never)."""
-    critic: Literal["head", "reward-model"] = "head"
+    critic: Critic = field(default="head", metadata=RESUME)
     """head: a value head on the policy's own backbone (one forward pass, least memory);
     reward-model: a separate critic initialised from the (first) reward model."""
-    merged_rollouts: bool = True
+    merged_rollouts: bool = field(default=True, metadata=RESUME)
     """With LoRA, sample from a copy of the model with the adapter merged in (refreshed each
     step): faster decoding for one more copy of the model in memory."""
     monitor: bool = True
@@ -300,12 +273,12 @@ class PPOConfig(LoopConfig):
             raise UserError("--temperature must be positive and --top-p in (0, 1]")
         if self.kl_coef < 0 or self.kl_target < 0 or self.kl_horizon < 1:
             raise UserError("--kl-coef and --kl-target must be >= 0, --kl-horizon >= 1")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise UserError("--kl-estimator is k1 or k3")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise UserError(f"--kl-estimator is {one_of(KL_ESTIMATORS)}")
         if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise UserError("--gamma must be in (0, 1] and --lam in [0, 1]")
-        if self.critic not in ("head", "reward-model"):
-            raise UserError("--critic is head or reward-model")
+        if self.critic not in CRITICS:
+            raise UserError(f"--critic is {one_of(CRITICS)}")
         if self.max_new_tokens > self.max_length - 8:
             raise UserError("--max-new-tokens must leave room for a prompt within --max-length")
         if self.cliprange <= 0 or self.cliprange_value <= 0:
