@@ -1,6 +1,7 @@
 """`rlhfkit train sft|rm|dpo` and `rlhfkit eval rm` end to end on the tiny model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -139,6 +140,13 @@ def test_dpo_variants_run(tmp_path, loss_type):
     result = run_cli("train", "dpo", *common(tmp_path / "o", prefs, "--max-steps", "2",
                                              "--loss-type", loss_type, *extra))
     assert result.code == 0, result.stderr
+    # Step 1's loss is taken before any update, where the policy is its reference: h = 0, so
+    # with beta 0.1 IPO gives (0 - 1/(2 beta))^2, hinge max(0, 1 - 0), and robust (eps 0.1)
+    # ((1 - eps) - eps) log 2 / (1 - 2 eps) = log 2.
+    at_start = {"ipo": 25.0, "hinge": 1.0, "robust": math.log(2)}[loss_type]
+    rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["loss"] == pytest.approx(at_start, abs=1e-4)
 
 
 def test_dpo_with_the_adapter_off_reference_and_no_merge(tmp_path):
@@ -147,6 +155,9 @@ def test_dpo_with_the_adapter_off_reference_and_no_merge(tmp_path):
                                              "--reference", "adapter-off", "--no-merge-lora"))
     assert result.code == 0, result.stderr
     assert (tmp_path / "o" / "final" / "adapter_config.json").exists()
+    # LoRA starts as a no-op, so the adapter-off reference is the policy at step 1: loss log 2
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_bad_training_input_is_exit_2_and_writes_nothing(tmp_path):
