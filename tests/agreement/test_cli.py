@@ -41,7 +41,9 @@ def test_json_summary_of_a_preference_panel(tmp_path):
     ):
         assert key in s, key
     assert (s["n_items"], s["n_annotators"], s["n_labels"]) == (30, 4, 120)
-    assert s["fleiss_kappa"] is not None  # every item has four labels
+    # every item has four labels; the value is statsmodels' fleiss_kappa of the file's
+    # 30 x 4 count table (categories A, B, both_bad, tie)
+    assert s["fleiss_kappa"] == pytest.approx(0.18347025143141668, abs=1e-9)
     people = {a["annotator"]: a for a in s["annotators"]}
     assert people["dev"]["anchor_accuracy"] < people["ana"]["anchor_accuracy"]
     assert any(alert["annotator"] == "dev" for alert in s["drift_alerts"])
