@@ -134,9 +134,13 @@ def test_the_panel_labels_through_the_app_and_the_export_trains(run):
     assert panel["simulated"] and all(a["name"].startswith("sim-") for a in panel["annotators"])
     assert panel["train_pairs"] > 0 and panel["heldout_pairs"] > 0
     status = json.loads((paths.annotation / "status.json").read_text())
-    assert status["gate"]["rounds"][0]["passed"] is not None
+    gate = status["gate"]
+    first = gate["rounds"][0]  # evaluated (True or False, not None), by the threshold
+    assert first["passed"] is (first["percent_agreement"] >= gate["threshold"])
     result = run_cli("data", "validate", str(paths.prefs))
     assert result.code == 0, result.stderr
+    exported = len(paths.prefs.read_text().splitlines())
+    assert f"preference (conversational), {exported} rows" in result.stdout
     assert (paths.final("rm") / "config.json").exists()
     assert (paths.rm / "eval_rm.json").exists()
 
