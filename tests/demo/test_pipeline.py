@@ -159,7 +159,10 @@ def test_summary_json_has_the_promised_keys(run):
         assert set(ev["criteria"]) == {"signs_off", "hedging", "concise"}
         for c in ev["criteria"].values():
             assert {"before", "after", "p_value", "verdict"} <= set(c)
-        assert "kl" in ev and isinstance(ev["hacking_flags"], list)
+        # same tokenizer: the KL estimate exists, the mean of the per-sample log-ratios
+        samples = [json.loads(x) for x in (paths.eval(policy) / "samples.jsonl").open()]
+        assert ev["kl"] == pytest.approx(sum(r["kl"] for r in samples) / len(samples))
+        assert isinstance(ev["hacking_flags"], list)
     assert on_disk["stage_seconds"] == {"sft": 1.0, "rm": 2.0}
 
 
