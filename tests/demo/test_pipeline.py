@@ -129,6 +129,7 @@ def run(tmp_path_factory):
     return paths, panel, html, summary
 
 
+@pytest.mark.slow  # the `run` fixture trains every stage
 def test_the_panel_labels_through_the_app_and_the_export_trains(run):
     paths, panel, _, _ = run
     assert panel["simulated"] and all(a["name"].startswith("sim-") for a in panel["annotators"])
@@ -145,6 +146,7 @@ def test_the_panel_labels_through_the_app_and_the_export_trains(run):
     assert (paths.rm / "eval_rm.json").exists()
 
 
+@pytest.mark.slow  # the `run` fixture trains every stage
 def test_summary_json_has_the_promised_keys(run):
     paths, _, html, summary = run
     assert html.exists() and (paths.root / "report.md").exists()
@@ -166,6 +168,7 @@ def test_summary_json_has_the_promised_keys(run):
     assert on_disk["stage_seconds"] == {"sft": 1.0, "rm": 2.0}
 
 
+@pytest.mark.slow
 def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path):
     """A random model's replies are (nearly) all 'both bad' to the panel, so the tiny demo
     stops at annotation with a plain reason (exit 2: nothing to train on). The panel takes

@@ -47,6 +47,7 @@ def adapter(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_identical_models_change_nothing(project, reward_model, tmp_path):
     cfg = PolicyEvalConfig(project=project, before="tiny-random", after="tiny-random",
                            out=tmp_path / "eval", limit=3, max_new_tokens=6,
@@ -75,6 +76,7 @@ def test_identical_models_change_nothing(project, reward_model, tmp_path):
     assert r["settings"]["n_prompts"] == 3 and r["settings"]["samples_per_prompt"] == 2
 
 
+@pytest.mark.slow
 def test_eval_policy_cli_on_a_lora_policy_after_a_criteria_edit(
     project, adapter, reward_model, tmp_path
 ):
@@ -128,6 +130,7 @@ def test_bad_settings_fail_before_any_model_loads(project, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_the_first_training_stage_freezes_the_criteria(project, tmp_path):
     from rlhfkit.data import load
     from rlhfkit.train.configs import SFTConfig

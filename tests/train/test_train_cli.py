@@ -32,6 +32,7 @@ def common(out, data, *extra):
             "--precision", "fp32", *extra]
 
 
+@pytest.mark.slow
 def test_sft_then_rm_then_eval(tmp_path):
     sft_rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in support_pairs(16)]
     sft_data = write_lines(tmp_path / "sft.jsonl", sft_rows)
@@ -72,6 +73,7 @@ def k_wise_pairs(n_prompts: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_rm_trains_each_prompt_with_all_its_comparisons(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", k_wise_pairs(8))  # 24 pairs, 8 prompts
     grouped = run_cli("train", "rm", *common(tmp_path / "grouped", prefs, "--batch-size", "4",
@@ -103,6 +105,7 @@ def margin(model_dir, rows) -> float:
     return float((chosen - rejected).mean())
 
 
+@pytest.mark.slow
 def test_dpo_moves_the_preferred_behavior_on_held_out_prompts(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(32))
     held_out = support_pairs(8, offset=500)
@@ -133,6 +136,7 @@ def first_word_preference(model_dir, rows) -> float:
     return sum(gaps) / len(gaps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
 def test_dpo_variants_run(tmp_path, loss_type):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
@@ -149,6 +153,7 @@ def test_dpo_variants_run(tmp_path, loss_type):
     assert rows[0]["loss"] == pytest.approx(at_start, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_dpo_with_the_adapter_off_reference_and_no_merge(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
     result = run_cli("train", "dpo", *common(tmp_path / "o", prefs, "--max-steps", "2",
