@@ -98,6 +98,7 @@ def test_prompts_of_the_wrong_format(tmp_path):
     assert not (tmp_path / "c.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_resume_notices_changed_prompts(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
     cfg = SamplingConfig(n=2, max_new_tokens=4, batch_size=1)
@@ -116,6 +117,7 @@ def test_resume_notices_changed_prompts(tmp_path):
     assert seen[0] == 0 and result.prompts == 1  # started over: the prompts changed
 
 
+@pytest.mark.slow
 def test_text_prompts_keep_the_leading_space(tiny):
     # TRL joins a text prompt and its completion as they are: " blue" must stay " blue".
     model, tok = tiny

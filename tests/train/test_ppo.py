@@ -14,6 +14,8 @@ import torch
 from rlhfkit.models import tiny_model
 from tests.conftest import RLHFKIT, run_cli, write_lines
 
+pytestmark = pytest.mark.slow  # PPO runs and rollouts of the tiny policy, seconds each
+
 RULES = '''
 TARGET = {target!r}
 
@@ -89,7 +91,6 @@ def free_run(setup, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
 def test_ppo_raises_a_rule_reward_with_bounded_kl(free_run):
     rows = metrics(free_run)
     early, late = mean(rows[:3], "reward"), mean(rows[-3:], "reward")
@@ -104,7 +105,6 @@ def test_ppo_raises_a_rule_reward_with_bounded_kl(free_run):
     assert (final / "critic" / "value_head.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_centred_rewards_learn_whatever_the_rewards_offset(setup, tmp_path):
     root, data = setup
     args = ppo(root, data, tmp_path / "centred", "--max-steps", "16", "--kl-coef", "0.05",
@@ -118,7 +118,6 @@ def test_centred_rewards_learn_whatever_the_rewards_offset(setup, tmp_path):
     assert abs(mean(rows, "score")) < 1e-4  # every step's scores have mean 0
 
 
-@pytest.mark.slow
 def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, free_run, tmp_path):
     """Measured against the same run with kl-coef 0.05, not against fixed numbers: the pinned
     run's largest KL moves with the seed and the CPU's kernels (seed 0: 2.03 nats with AVX2,
@@ -138,7 +137,6 @@ def test_a_huge_kl_coefficient_keeps_the_policy_in_place(setup, free_run, tmp_pa
 
 # RLOO with one update per step takes the on-policy path (the sampler's log-probs, no
 # separate scoring pass); GRPO with two PPO epochs recomputes them
-@pytest.mark.slow
 @pytest.mark.parametrize(("algorithm", "epochs"), [("rloo", "1"), ("grpo", "2")])
 def test_critic_free_algorithms_raise_the_reward(setup, tmp_path, algorithm, epochs):
     root, data = setup
@@ -152,7 +150,6 @@ def test_critic_free_algorithms_raise_the_reward(setup, tmp_path, algorithm, epo
     assert "value_loss" not in rows[-1]
 
 
-@pytest.mark.slow
 def test_lora_ppo_uses_the_adapter_off_reference(setup, tmp_path):
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / "lora", "--max-steps", "2", "--lora"))
@@ -161,7 +158,6 @@ def test_lora_ppo_uses_the_adapter_off_reference(setup, tmp_path):
     assert abs(first["kl"]) < 1e-5  # before the first update, policy == reference
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_run(setup, tmp_path):
     root, data = setup
     args = ppo(root, data, tmp_path / "ref", "--max-steps", "10", "--kl-target", "1.0",
@@ -237,7 +233,6 @@ def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
     assert torch.equal(plain.input_ids, rollout.input_ids)
 
 
-@pytest.mark.slow
 def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):
     root, data = setup
     from tests.train.test_train_cli import support_pairs
@@ -317,7 +312,6 @@ def test_k_samples_share_one_prefill_and_sample_what_k_copies_of_the_prompt_woul
     assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
-@pytest.mark.slow
 def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):
     """Rewarding the count of one token teaches the policy to repeat it: the repetition
     monitor fires, and with --stop-on-flag the run stops there with the model saved."""
