@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.rlhfkit-installed
 
-.PHONY: test demo install lint clean system-deps
+.PHONY: test test-fast demo install lint clean system-deps
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q --durations=15
+
+# The inner loop while you edit: every test but those marked slow (training runs, processes,
+# PostgreSQL, the browser, the real SmolLM2), in under a minute on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 # Debian packages the annotation app's tests use: PostgreSQL (each session starts a throwaway
 # server) and Chromium (the browser test). Installed with apt-get when missing, if we are

@@ -79,6 +79,7 @@ def _prompts(tok):
     return [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
 
 
+@pytest.mark.slow
 def test_greedy_decoding_is_generate_token_for_token(tiny):
     """The cache, the positions under left padding and the stop at EOS all agree with
     transformers' own generate, with an EOS the tiny model actually emits."""
@@ -96,6 +97,7 @@ def test_greedy_decoding_is_generate_token_for_token(tiny):
     assert (got.tokens == eos).any()  # the stop was exercised
 
 
+@pytest.mark.slow
 def test_a_seed_gives_the_same_samples_whatever_the_global_random_state(tiny):
     model, tok = tiny
     x, mask = left_pad(_prompts(tok), tok.pad_token_id)

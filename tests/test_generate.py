@@ -18,6 +18,7 @@ def test_greedy_with_several_samples_is_refused():
         SamplingConfig(n=2, temperature=0).check()
 
 
+@pytest.mark.slow
 def test_candidates_are_valid_comparison_rows(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
     out = tmp_path / "cand.jsonl"
@@ -34,6 +35,7 @@ def test_candidates_are_valid_comparison_rows(tmp_path):
     assert not (tmp_path / ".cand.jsonl.partial").exists()
 
 
+@pytest.mark.slow
 def test_all_pairs(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS[:1])
     cfg = SamplingConfig(n=4, max_new_tokens=6)
@@ -41,6 +43,7 @@ def test_all_pairs(tmp_path):
     assert result.pairs + result.identical_skipped == 6
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_batch(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
     cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)
@@ -78,6 +81,7 @@ def test_prompts_of_the_wrong_format(tmp_path):
     assert not (tmp_path / "c.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_resume_notices_changed_prompts(tmp_path):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
     cfg = SamplingConfig(n=2, max_new_tokens=4, batch_size=1)
@@ -107,6 +111,7 @@ def other_model(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow
 def test_replies_of_another_model_join_each_prompts(tmp_path, other_model):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS[:3])
     cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)
@@ -125,6 +130,7 @@ def test_replies_of_another_model_join_each_prompts(tmp_path, other_model):
     assert manifest["config"]["compare_with"] == other_model
 
 
+@pytest.mark.slow
 def test_a_run_cut_off_in_the_other_models_turn_resumes_there(tmp_path, other_model):
     prompts = write_lines(tmp_path / "prompts.jsonl", PROMPTS)
     cfg = SamplingConfig(n=2, max_new_tokens=6, batch_size=2)

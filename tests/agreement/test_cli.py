@@ -41,7 +41,9 @@ def test_json_summary_of_a_preference_panel(tmp_path):
     ):
         assert key in s, key
     assert (s["n_items"], s["n_annotators"], s["n_labels"]) == (30, 4, 120)
-    assert s["fleiss_kappa"] is not None  # every item has four labels
+    # every item has four labels; the value is statsmodels' fleiss_kappa of the file's
+    # 30 x 4 count table (categories A, B, both_bad, tie)
+    assert s["fleiss_kappa"] == pytest.approx(0.18347025143141668, abs=1e-9)
     people = {a["annotator"]: a for a in s["annotators"]}
     assert people["dev"]["anchor_accuracy"] < people["ana"]["anchor_accuracy"]
     assert any(alert["annotator"] == "dev" for alert in s["drift_alerts"])
@@ -206,6 +208,12 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
+def table_heading(summary: dict) -> str:
+    """The readable table's first line, in the JSON summary's numbers."""
+    s = summary
+    return f"{s['n_labels']} labels, {s['n_items']} items, {s['n_annotators']} annotators"
+
+
 def nulls_without_a_reason(node, path: tuple = ()) -> list[str]:
     """Paths of nulls with no reason: a reason for a null reached through key k of dict d is
     d[k + "_note"], or d[k + "_notes"][next key], for any d along the path."""
@@ -278,7 +286,7 @@ def test_degenerate_labels_give_strict_json_and_a_reason_for_every_null(tmp_path
         summary = strict_json(result.stdout)
         assert nulls_without_a_reason(summary) == []
         table = run_cli("agreement", str(path), "--bootstrap", bootstrap, "--level", level)
-        assert table.code == 0, table.stderr
+        assert table.code == 0 and table_heading(summary) in table.stdout, table.stderr
 
 
 def test_every_label_the_same_explains_fleiss_too(tmp_path):
@@ -344,6 +352,7 @@ def label_files(draw):
     return lines
 
 
+@pytest.mark.slow  # 150 label files, two CLI runs each
 @settings(max_examples=150, deadline=None)
 @given(
     label_files(),
@@ -360,11 +369,12 @@ def test_any_label_file_gives_a_summary_or_problems_never_a_traceback(
     assert "Traceback" not in result.stderr, result.stderr
     assert result.code in (0, 2), result.stderr
     if result.code == 0:
-        assert nulls_without_a_reason(strict_json(result.stdout)) == []
+        summary = strict_json(result.stdout)
+        assert nulls_without_a_reason(summary) == []
         event("summary")
         plots = ["--plots", str(path.parent / "plots")] if len(lines) % 4 == 0 else []
         table = run_cli("agreement", str(path), "--bootstrap", "20", *args, *plots)
-        assert table.code == 0, table.stderr
+        assert table.code == 0 and table_heading(summary) in table.stdout, table.stderr
     else:
         assert result.stdout == ""
 

@@ -148,7 +148,8 @@ def new_pg_database(server: str) -> str:
     return f"{server}?options=-csearch_path%3D{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# the PostgreSQL variants are slow: the first one starts the server
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db_url(request, tmp_path) -> str:
     """A fresh, empty store location on each database."""
     if request.param == "sqlite":

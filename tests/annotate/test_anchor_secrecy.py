@@ -36,7 +36,7 @@ def kind_of(prompt: str) -> str:
     return "calibration" if n >= ROUND_START else "anchor" if n >= ANCHOR_START else "main"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def new_db(request, tmp_path):
     """A factory of fresh, empty store locations on one database."""
     if request.param == "sqlite":
@@ -117,6 +117,7 @@ def transcript(url: str, tokens: dict[str, str]) -> tuple[list, list[str]]:
     return out, shown
 
 
+@pytest.mark.slow  # starts two servers per example
 @settings(
     max_examples=8,
     deadline=None,

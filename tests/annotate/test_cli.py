@@ -11,6 +11,7 @@ import time
 import uuid
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 
 from tests.annotate.conftest import free_port, pairs, write_jsonl, write_project
@@ -43,6 +44,7 @@ def start_server(project, port, *extra):
     raise AssertionError("the server did not start")
 
 
+@pytest.mark.slow
 def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     project = write_project(tmp_path / "p", overlap=3, calibration_size=2, anchor_rate=0.2)
     items = write_jsonl(tmp_path / "items.jsonl", pairs(8))
@@ -119,7 +121,8 @@ def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     manifest = json.loads((tmp_path / "prefs.jsonl.manifest.json").read_text())
     assert manifest["annotation"]["gate"]["rounds"][0]["passed"] is True
 
-    assert run_cli("data", "validate", str(out)).code == 0
+    validated = run_cli("data", "validate", str(out))
+    assert validated.code == 0 and ", 8 rows" in validated.stdout, validated.stderr
     agreement = run_cli("agreement", str(labels), "--anchors", str(gold), "--json")
     assert agreement.code == 0, agreement.stderr
     summary = json.loads(agreement.stdout)
@@ -135,6 +138,7 @@ def test_import_label_status_export_then_validate_agreement_and_train(tmp_path):
     assert (tmp_path / "rm" / "final" / "rlhfkit-manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_a_bad_import_row_fails_with_file_and_line_and_writes_nothing(tmp_path):
     project = write_project(tmp_path / "p")
     good = pairs(2)
@@ -166,7 +170,7 @@ def test_a_bad_import_row_fails_with_file_and_line_and_writes_nothing(tmp_path):
     ok = run_cli(
         "annotate", "import", str(write_jsonl(tmp_path / "ok.jsonl", good)), *project_args(project)
     )
-    assert ok.code == 0
+    assert ok.code == 0 and "imported 2 pairs, 0 anchors" in ok.stdout, ok.stderr
     changed = write_jsonl(tmp_path / "changed.jsonl", [dict(good[0], response_b="other")])
     r = run_cli("annotate", "import", str(changed), *project_args(project))
     assert r.code == 2 and "already in the store with different content" in r.stderr
@@ -206,6 +210,7 @@ def test_refusals_are_clear(tmp_path):
     assert "Traceback" not in r.stderr + pg.stderr
 
 
+@pytest.mark.slow
 def test_serve_warns_when_bound_beyond_loopback(tmp_path):
     project = write_project(tmp_path / "p")
     write_jsonl(tmp_path / "items.jsonl", pairs(1))

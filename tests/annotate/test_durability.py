@@ -18,6 +18,8 @@ from rlhfkit.project import load_project
 from tests.annotate.conftest import free_port, pairs, write_jsonl, write_project
 from tests.annotate.test_cli import start_server
 
+pytestmark = pytest.mark.slow  # a server process, killed with SIGKILL and restarted
+
 CLIENTS = 32
 
 

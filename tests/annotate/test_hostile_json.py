@@ -434,6 +434,7 @@ def fuzz_form(servers: list[Server], template: str) -> None:
     run()
 
 
+@pytest.mark.slow
 def test_fuzz_every_body_endpoint_on_both_databases(pg_server, tmp_path):
     """Each example goes to a server on SQLite and one on PostgreSQL, in the same state: both
     must answer below 500, with the same status."""

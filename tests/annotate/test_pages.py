@@ -98,6 +98,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_labeling_in_headless_chromium(sqlite_url, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     chromium = _chromium()

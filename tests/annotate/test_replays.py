@@ -14,6 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from sqlalchemy import select, update
 
 from rlhfkit.annotate import add_annotator, open_store
@@ -62,6 +63,7 @@ def test_concurrent_replays_are_one_201_and_the_rest_200(db_url, tmp_path):
         assert clients[0].get("/api/tasks/next").status_code == 204
 
 
+@pytest.mark.slow
 def test_a_deadlock_victim_runs_again_on_postgresql(pg_server):
     # Two units lock two annotator rows in opposite orders, both holding their first lock
     # when they ask for the second: PostgreSQL aborts one as a deadlock victim (after its

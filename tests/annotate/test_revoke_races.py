@@ -181,6 +181,7 @@ def test_labels_racing_revokes_are_stored_before_or_refused(db_url, tmp_path):
         print("label outcomes:", {c: outcomes.count(c) for c in set(outcomes)})
 
 
+@pytest.mark.slow
 def test_a_label_and_a_revoke_take_their_locks_in_one_order(pg_server, tmp_path):
     """A label locked its task, then its item, then its annotator; a revoke locks the
     annotator, then the task: with the label held up at the item, the two deadlocked."""

@@ -39,6 +39,7 @@ def test_a_stopped_server_leaves_no_connection_to_its_store_open(tmp_path):
     assert open_files_under(db_folder) == []
 
 
+@pytest.mark.slow
 def test_postgresql_without_its_driver_is_a_clear_error():
     """In a fresh process that cannot import psycopg: SQLite stores work, and a PostgreSQL
     URL says what is missing (importing the store module must not need the driver)."""

@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import messages, run_cli, write_lines
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_follows_the_pipeline():
     started = time.time()
     result = run_cli("--help", own_process=True)  # start-up time needs a fresh process
@@ -24,6 +25,7 @@ def test_help_is_fast_and_follows_the_pipeline():
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_help_imports_no_heavy_library():
     code = (
         "import sys; from rlhfkit.cli import app\n"
@@ -172,6 +174,7 @@ def test_models_pull_and_list():
     assert "smollm2-135m-instruct" in listing.stdout
 
 
+@pytest.mark.slow
 def test_generate_through_the_cli(tmp_path):
     prompts = write_lines(
         tmp_path / "prompts.jsonl",

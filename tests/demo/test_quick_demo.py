@@ -75,7 +75,9 @@ def test_its_summary_and_report_say_what_happened(quick):
             assert 0.0 <= c["before"] <= 1.0 and 0.0 <= c["after"] <= 1.0
             assert 0.0 < c["p_value"] <= 1.0
             assert c["verdict"] in ("improved", "regressed", "no significant change")
-        assert ev["kl"] is not None  # same tokenizer: the estimate exists
+        # same tokenizer: the KL estimate exists, the mean of the per-sample log-ratios
+        samples = [json.loads(x) for x in (root / "eval" / policy / "samples.jsonl").open()]
+        assert ev["kl"] == pytest.approx(sum(r["kl"] for r in samples) / len(samples))
         assert isinstance(ev["hacking_flags"], list)
     assert set(summary["stage_seconds"]) == set(STAGES) - {"report"}
     html = (root / "report.html").read_text()

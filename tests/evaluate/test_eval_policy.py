@@ -49,6 +49,7 @@ def adapter(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_identical_models_change_nothing(project, reward_model, tmp_path):
     cfg = PolicyEvalConfig(project=project, before="tiny-random", after="tiny-random",
                            out=tmp_path / "eval", limit=3, max_new_tokens=6,
@@ -81,6 +82,7 @@ def test_identical_models_change_nothing(project, reward_model, tmp_path):
     assert schema.PolicyEvalResult.parse(on_disk, "eval.json").to_json() == on_disk
 
 
+@pytest.mark.slow
 def test_eval_policy_cli_on_a_lora_policy_after_a_criteria_edit(
     project, adapter, reward_model, tmp_path
 ):
@@ -134,6 +136,7 @@ def test_bad_settings_fail_before_any_model_loads(project, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_the_first_training_stage_freezes_the_criteria(project, tmp_path):
     from rlhfkit.data import load
     from rlhfkit.train.configs import SFTConfig

@@ -49,6 +49,7 @@ def reference_rewards(model, tok, data):
                      for r in data])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_eval_rm_figures_match_a_plain_forward_pass(reward_model, tmp_path):
     folder, model, tok = reward_model
     data = rows()
@@ -91,6 +92,7 @@ def test_eval_rm_figures_match_a_plain_forward_pass(reward_model, tmp_path):
     assert f["order_invariance"]["max_abs_diff"] < 1e-4 and f["order_invariance"]["flipped"] == 0
 
 
+@pytest.mark.slow
 def test_pairs_that_share_a_prompt_get_the_rewards_of_a_plain_forward_pass(reward_model, tmp_path):
     """Every pair of four replies to each of three emails, in shuffled row order: the replies
     are scored once per prompt, and each row still gets its own two rewards."""

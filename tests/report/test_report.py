@@ -224,6 +224,7 @@ def _chromium() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(rendered, tmp_path):
     pytest.importorskip("playwright")
     import numpy as np

@@ -3,6 +3,8 @@ reference's source; and the scoring rules of multi-turn SFT."""
 
 import json
 
+import pytest
+
 from rlhfkit.data import Dataset, Format, Kind
 from rlhfkit.models import tiny_model
 from rlhfkit.train.batches import separate
@@ -32,6 +34,7 @@ def close(a, b, tol=1e-5):
     return len(a) == len(b) and all(abs(x - y) < tol for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 def test_grad_accum_changes_nothing_for_sft_rm_and_dpo(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(16))
     sft = write_lines(tmp_path / "sft.jsonl", [
@@ -43,6 +46,7 @@ def test_grad_accum_changes_nothing_for_sft_rm_and_dpo(tmp_path):
         assert close(one, two), (command, one, two)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_changes_nothing_but_is_active(tmp_path):
     sft = write_lines(tmp_path / "sft.jsonl", [
         {"prompt": r["prompt"], "completion": r["chosen"]} for r in support_pairs(8)])
@@ -66,6 +70,7 @@ def test_gradient_checkpointing_changes_nothing_but_is_active(tmp_path):
         assert len(calls) == expected  # checkpointing acts in training mode only
 
 
+@pytest.mark.slow
 def test_adapter_off_reference_equals_the_precomputed_one(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
     cached = train(tmp_path, "dpo", "cached", prefs)
@@ -84,6 +89,7 @@ def test_multi_turn_sft_scores_assistant_turns_only(tiny):
     assert "Where is my parcel" not in scored and "Hi there" not in scored
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(16))
     args = ["train", "dpo", "--model", "tiny-random", "--data", str(prefs), "--output-dir",

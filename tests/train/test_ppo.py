@@ -14,6 +14,8 @@ import torch
 from rlhfkit.models import tiny_model
 from tests.conftest import RLHFKIT, run_cli, write_lines
 
+pytestmark = pytest.mark.slow  # PPO runs and rollouts of the tiny policy, seconds each
+
 RULES = '''
 TARGET = {target!r}
 

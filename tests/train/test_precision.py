@@ -34,6 +34,7 @@ def test_fp32_only_makes_auto_fp32_and_passes_explicit_choices_through(bf16_host
         resolve_precision("auto")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("precision", "expected"), [("auto", "fp32"), ("bf16", "bf16")])
 def test_a_training_command_records_the_precision_it_ran_in(
     bf16_host, monkeypatch, tmp_path, precision, expected

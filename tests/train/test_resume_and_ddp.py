@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import RLHFKIT, messages, run_cli, write_lines
 
+pytestmark = pytest.mark.slow  # training runs in processes, killed and resumed; DDP over two
+
 
 def preferences(n=24):
     return [

@@ -1,6 +1,7 @@
 """`rlhfkit train sft|rm|dpo` and `rlhfkit eval rm` end to end on the tiny model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ def common(out, data, *extra):
             "--precision", "fp32", *extra]
 
 
+@pytest.mark.slow
 def test_sft_then_rm_then_eval(tmp_path):
     sft_rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in support_pairs(16)]
     sft_data = write_lines(tmp_path / "sft.jsonl", sft_rows)
@@ -71,6 +73,7 @@ def k_wise_pairs(n_prompts: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_rm_trains_each_prompt_with_all_its_comparisons(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", k_wise_pairs(8))  # 24 pairs, 8 prompts
     grouped = run_cli("train", "rm", *common(tmp_path / "grouped", prefs, "--batch-size", "4",
@@ -102,6 +105,7 @@ def margin(model_dir, rows) -> float:
     return float((chosen - rejected).mean())
 
 
+@pytest.mark.slow
 def test_dpo_moves_the_preferred_behavior_on_held_out_prompts(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(32))
     held_out = support_pairs(8, offset=500)
@@ -132,6 +136,7 @@ def first_word_preference(model_dir, rows) -> float:
     return sum(gaps) / len(gaps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["ipo", "hinge", "robust"])
 def test_dpo_variants_run(tmp_path, loss_type):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
@@ -139,14 +144,25 @@ def test_dpo_variants_run(tmp_path, loss_type):
     result = run_cli("train", "dpo", *common(tmp_path / "o", prefs, "--max-steps", "2",
                                              "--loss-type", loss_type, *extra))
     assert result.code == 0, result.stderr
+    # Step 1's loss is taken before any update, where the policy is its reference: h = 0, so
+    # with beta 0.1 IPO gives (0 - 1/(2 beta))^2, hinge max(0, 1 - 0), and robust (eps 0.1)
+    # ((1 - eps) - eps) log 2 / (1 - 2 eps) = log 2.
+    at_start = {"ipo": 25.0, "hinge": 1.0, "robust": math.log(2)}[loss_type]
+    rows = [json.loads(x) for x in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["loss"] == pytest.approx(at_start, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_dpo_with_the_adapter_off_reference_and_no_merge(tmp_path):
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
     result = run_cli("train", "dpo", *common(tmp_path / "o", prefs, "--max-steps", "2",
                                              "--reference", "adapter-off", "--no-merge-lora"))
     assert result.code == 0, result.stderr
     assert (tmp_path / "o" / "final" / "adapter_config.json").exists()
+    # LoRA starts as a no-op, so the adapter-off reference is the policy at step 1: loss log 2
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_bad_training_input_is_exit_2_and_writes_nothing(tmp_path):

@@ -18,6 +18,8 @@ from rlhfkit.train.reward import score_pairs
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps, token_logps_of
 from rlhfkit.train.tokenize import tokenize_dataset
 
+pytestmark = pytest.mark.slow  # builds real TRL trainers, seconds each
+
 
 def conv(role, text):
     return [{"role": role, "content": text}]

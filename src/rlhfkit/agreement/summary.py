@@ -29,71 +29,90 @@ def summarise(
     anchor_threshold: float = 0.7,
     anchor_window: int = 20,
 ) -> dict[str, Any]:
-    counts = labels.counts()
-    per_item = counts.sum(axis=1)
-    kappas = cohen_kappa_pairs(labels)
-    finite = [k for k in kappas.values() if not math.isnan(k)]
+    """Every figure `rlhfkit agreement` reports. A null figure comes with the reason it is
+    undefined: in `<name>_note`, `cohen_kappa_notes` (per pair) or `ci_notes` (per interval)."""
+    per_item = labels.counts().sum(axis=1)
+    labeled = per_item[per_item > 0]
+    kappa = _cohen_kappa_fields(labels)
     fleiss, fleiss_reason = fleiss_kappa(labels)
-    alpha = krippendorff_alpha(labels, level)
-    ci = bootstrap_intervals(labels, level, replicates)
+    alpha = json_number(krippendorff_alpha(labels, level))
+    ci = {
+        name: [json_number(v.low), json_number(v.high)]
+        for name, v in bootstrap_intervals(labels, level, replicates).items()
+    }
     undefined = _why_undefined(labels)  # None when some item has two different labels
-    if not kappas:
-        kappa_mean_note = "no two annotators share two or more items"
-    elif not finite:
-        kappa_mean_note = "undefined for every pair of annotators (see cohen_kappa_notes)"
-    else:
-        kappa_mean_note = None
-    estimate_notes = {
+    notes = {  # why each estimate would be null
         "percent_agreement": undefined if undefined == NO_PAIRS else None,
         "krippendorff_alpha": undefined
         or f"undefined: the {level} distances between the labels given are all 0",
-        "cohen_kappa_mean": kappa_mean_note,
+        "cohen_kappa_mean": kappa["cohen_kappa_mean_note"],
     }
+    agreement = json_number(percent_agreement(labels))
     out: dict[str, Any] = {
-        "n_items": int((per_item > 0).sum()),
+        "n_items": len(labeled),
         "n_annotators": len(labels.annotators),
         "n_labels": labels.n,
         "labels_per_item": {
-            "min": int(per_item[per_item > 0].min()),
+            "min": int(labeled.min()),
             "max": int(per_item.max()),
-            "mean": float(per_item[per_item > 0].mean()),
+            "mean": float(labeled.mean()),
         },
         "values": labels.values.tolist(),
         "level": level,
-        "percent_agreement": json_number(percent_agreement(labels)),
-        "percent_agreement_note": None,
-        "cohen_kappa_mean": json_number(float(np.mean(finite))) if finite else None,
-        "cohen_kappa_mean_note": kappa_mean_note,
-        "cohen_kappa": {f"{a}|{b}": json_number(k) for (a, b), k in kappas.items()},
-        "cohen_kappa_notes": {
-            f"{a}|{b}": _why_kappa_undefined(labels, a, b)
-            for (a, b), k in kappas.items()
-            if math.isnan(k)
-        },
+        "percent_agreement": agreement,
+        "percent_agreement_note": notes["percent_agreement"] if agreement is None else None,
+        **kappa,
         "fleiss_kappa": json_number(fleiss),
         "fleiss_kappa_note": fleiss_reason,
-        "krippendorff_alpha": json_number(alpha),
-        "krippendorff_alpha_note": None,
-        "ci": {k: [json_number(v.low), json_number(v.high)] for k, v in ci.items()},
+        "krippendorff_alpha": alpha,
+        "krippendorff_alpha_note": notes["krippendorff_alpha"] if alpha is None else None,
+        "ci": ci,
         "ci_notes": {},
         "ci_level": 0.95,
         "ci_replicates": replicates,
         "annotators": [s.as_dict() for s in annotator_stats(labels, gold)],
         "calibration_gate": calibration_gate(labels, None, threshold).as_dict(),
     }
-    for name in ("percent_agreement", "krippendorff_alpha"):
-        if out[name] is None:
-            out[f"{name}_note"] = estimate_notes[name]
-    for name, (low, high) in out["ci"].items():
+    pairable = int((per_item >= 2).sum())
+    for name, (low, high) in ci.items():
         if low is None or high is None:
-            out["ci_notes"][name] = _why_no_interval(
-                out[name], estimate_notes[name], replicates, int((per_item >= 2).sum())
-            )
+            out["ci_notes"][name] = _why_no_interval(out[name], notes[name], replicates, pairable)
     if gold:
-        series, alerts = anchor_drift(labels, gold, anchor_window, anchor_threshold)
-        out["anchor_items"] = len(gold)
-        out["anchor_accuracy_over_time"] = {s.annotator: s.accuracy for s in series}
-        out["drift_alerts"] = [
+        out |= _anchor_fields(labels, gold, anchor_window, anchor_threshold)
+    return out
+
+
+def _cohen_kappa_fields(labels: Labels) -> dict[str, Any]:
+    """Cohen's kappa of every pair of annotators, their mean, and why any is undefined."""
+    kappas = cohen_kappa_pairs(labels)
+    finite = [k for k in kappas.values() if not math.isnan(k)]
+    if not kappas:
+        mean_note = "no two annotators share two or more items"
+    elif not finite:
+        mean_note = "undefined for every pair of annotators (see cohen_kappa_notes)"
+    else:
+        mean_note = None
+    return {
+        "cohen_kappa_mean": json_number(float(np.mean(finite))) if finite else None,
+        "cohen_kappa_mean_note": mean_note,
+        "cohen_kappa": {f"{a}|{b}": json_number(k) for (a, b), k in kappas.items()},
+        "cohen_kappa_notes": {
+            f"{a}|{b}": _why_kappa_undefined(labels, a, b)
+            for (a, b), k in kappas.items()
+            if math.isnan(k)
+        },
+    }
+
+
+def _anchor_fields(
+    labels: Labels, gold: dict[int, int], window: int, threshold: float
+) -> dict[str, Any]:
+    """Each annotator's accuracy on the anchors over time, and the drift alerts."""
+    series, alerts = anchor_drift(labels, gold, window, threshold)
+    return {
+        "anchor_items": len(gold),
+        "anchor_accuracy_over_time": {s.annotator: s.accuracy for s in series},
+        "drift_alerts": [
             {
                 "annotator": a.annotator,
                 "window": a.window,
@@ -102,8 +121,8 @@ def summarise(
                 "reason": a.reason,
             }
             for a in alerts
-        ]
-    return out
+        ],
+    }
 
 
 NO_PAIRS = "no item has two or more labels: there is nothing to compare"

@@ -32,7 +32,7 @@ from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
 from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open
-from rlhfkit.annotate.status import annotator_quality, gate_summary, label_table
+from rlhfkit.annotate.status import LabelTable, annotator_quality, gate_summary, label_table
 from rlhfkit.annotate.store import Store, shown_url
 from rlhfkit.data import atomic_open, check_row, write_jsonl
 from rlhfkit.errors import UserError, display_path
@@ -69,28 +69,8 @@ def export(
     out = Path(out)
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: export to a .jsonl file")
-    with store.read() as conn:
-        table = label_table(conn)
-        items = {
-            r.id: r
-            for r in conn.execute(
-                select(
-                    m.Item.id,
-                    m.Item.external_id,
-                    m.Item.prompt,
-                    m.Item.response_a,
-                    m.Item.response_b,
-                    m.Item.kind,
-                    m.Item.labels,
-                    m.Item.gold,
-                    m.Item.extra,
-                ).order_by(m.Item.id)
-            )
-        }
-        gate = gate_summary(
-            conn.execute(select(m.Round).order_by(m.Round.id)).all(), gate_open(conn), policy
-        )
-        tokens = token_events(conn)
+    table, items, gate, tokens = _read_store(store, policy)
+    # 1. annotators with too low an anchor accuracy are left out
     quality = annotator_quality(table, policy, replicates=0) if table.label else None
     excluded = sorted(
         a
@@ -98,29 +78,8 @@ def export(
         if s["excluded_from_export"]
     )
     result = ExportResult(out, 0, excluded_annotators=excluded, gate_overridden=gate["overridden"])
-
-    votes: dict[int, dict[str, str]] = {}
-    item_versions: dict[int, set[str]] = {}
-    for i, item_id in enumerate(table.item_id):
-        if table.kind[i] == m.ANCHOR or table.annotator[i] in excluded:
-            continue
-        votes.setdefault(item_id, {})[table.annotator[i]] = table.label[i]
-        item_versions.setdefault(item_id, set()).add(table.rubric_version[i])
-    rows = []
-    for item_id, item in sorted(items.items()):
-        if item.kind == m.ANCHOR or item.labels == 0:
-            continue
-        if item.labels < policy.overlap and not include_incomplete:
-            result.incomplete += 1
-            continue
-        given = votes.get(item_id)
-        if not given:
-            result.no_trusted_votes += 1
-            continue
-        row = _aggregate(item, given, ",".join(sorted(item_versions[item_id])), result)
-        if row is not None:
-            check_row(row)  # our own output must be what `data validate` accepts
-            rows.append(row)
+    # 2-4. the items with enough labels, each aggregated into a row (or counted and left out)
+    rows = _aggregate_items(table, items, policy, include_incomplete, result)
     if not rows:
         raise _nothing_to_export(result, table, quality, gate, policy, len(items))
     result.rows = write_jsonl(out, rows)
@@ -147,6 +106,69 @@ def export(
         },
     )
     return result
+
+
+def _read_store(
+    store: Store, policy: Policy
+) -> tuple[LabelTable, dict[int, Any], dict[str, Any], list[dict[str, Any]]]:
+    """In one read: every label, every item by id, the gate's history, the token events."""
+    with store.read() as conn:
+        table = label_table(conn)
+        items = {
+            r.id: r
+            for r in conn.execute(
+                select(
+                    m.Item.id,
+                    m.Item.external_id,
+                    m.Item.prompt,
+                    m.Item.response_a,
+                    m.Item.response_b,
+                    m.Item.kind,
+                    m.Item.labels,
+                    m.Item.gold,
+                    m.Item.extra,
+                ).order_by(m.Item.id)
+            )
+        }
+        gate = gate_summary(
+            conn.execute(select(m.Round).order_by(m.Round.id)).all(), gate_open(conn), policy
+        )
+        tokens = token_events(conn)
+    return table, items, gate, tokens
+
+
+def _aggregate_items(
+    table: LabelTable,
+    items: dict[int, Any],
+    policy: Policy,
+    include_incomplete: bool,
+    result: ExportResult,
+) -> list[dict]:
+    """The preference row of every labeled pair that has enough trusted votes and a winner;
+    the pairs left out are counted in `result`."""
+    votes: dict[int, dict[str, str]] = {}
+    item_versions: dict[int, set[str]] = {}
+    for i, item_id in enumerate(table.item_id):
+        if table.kind[i] == m.ANCHOR or table.annotator[i] in result.excluded_annotators:
+            continue
+        votes.setdefault(item_id, {})[table.annotator[i]] = table.label[i]
+        item_versions.setdefault(item_id, set()).add(table.rubric_version[i])
+    rows = []
+    for item_id, item in sorted(items.items()):
+        if item.kind == m.ANCHOR or item.labels == 0:
+            continue
+        if item.labels < policy.overlap and not include_incomplete:
+            result.incomplete += 1
+            continue
+        given = votes.get(item_id)
+        if not given:
+            result.no_trusted_votes += 1
+            continue
+        row = _aggregate(item, given, ",".join(sorted(item_versions[item_id])), result)
+        if row is not None:
+            check_row(row)  # our own output must be what `data validate` accepts
+            rows.append(row)
+    return rows
 
 
 def _aggregate(item: Any, given: dict[str, str], version: str, result: ExportResult) -> dict | None:
