@@ -21,6 +21,7 @@ def test_batch_seed_is_the_one_formula():
     assert batch_seed(2**62, 1) == (2**62 * 1_000_003 + 1) % 2**63  # stays a valid seed
 
 
+@pytest.mark.slow
 def test_same_seed_same_samples(tiny):
     model, tok = tiny
     sampling = Sampling(k=3, max_new_tokens=8, temperature=0.9, top_p=0.95)
@@ -32,6 +33,7 @@ def test_same_seed_same_samples(tiny):
     assert (other.texts, other.finished) != (first.texts, first.finished)
 
 
+@pytest.mark.slow
 def test_text_prompts_keep_the_leading_space(tiny):
     # TRL joins a text prompt and its completion as they are: " blue" must stay " blue".
     model, tok = tiny
@@ -71,6 +73,7 @@ def bos_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["text", "chat"])
+@pytest.mark.slow
 def test_candidates_ppo_and_evaluation_tokenise_prompts_alike(bos_model, tmp_path, monkeypatch,
                                                               chat):  # fmt: skip
     """With a tokenizer that adds a BOS token, the three samplers continue the same ids: a
