@@ -2,18 +2,18 @@
 
 import pytest
 
-from rlhfkit.evaluate.monitors import (
+from rlhfkit.evaluate.monitors import compare_flags
+from rlhfkit.project import MonitorSettings
+from rlhfkit.train.monitors import (
     History,
     LiveMonitor,
     ReferenceStats,
     TextStats,
     check_step,
-    compare_flags,
     echo_share,
     repeated_share,
     reward_without_criteria,
 )
-from rlhfkit.project import MonitorSettings
 
 T = MonitorSettings()
 EMAIL = "My kettle from order 4821 arrived broken and the lid is cracked. What can you do?"

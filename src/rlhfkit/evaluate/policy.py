@@ -69,7 +69,8 @@ from rlhfkit.evaluate.judges import (
     make_judge,
     parse_judge,
 )
-from rlhfkit.evaluate.monitors import compare_flags, word_count
+from rlhfkit.evaluate.monitors import compare_flags
+from rlhfkit.train.monitors import word_count
 
 SCHEMA = "rlhfkit.eval_policy/1"
 Progress = Callable[[str, int, int], None]

@@ -501,12 +501,12 @@ def _save_critic(actor: ActorCritic, final: Path, accelerator, cfg: PPOConfig) -
 
 
 def _live_monitor(cfg: PPOConfig, criteria: list):
-    """The reward-hacking monitors over this run's steps (evaluate/monitors.py), with the
+    """The reward-hacking monitors over this run's steps (train/monitors.py), with the
     thresholds of the project's [monitors]; the first step's samples are the reference."""
     if cfg.project is None or not cfg.monitor:
         return None
-    from rlhfkit.evaluate.monitors import LiveMonitor
     from rlhfkit.project import load_project
+    from rlhfkit.train.monitors import LiveMonitor
 
     thresholds = load_project(cfg.project).spec.monitors
     return LiveMonitor(thresholds, {c.name: c.direction for c in criteria})
