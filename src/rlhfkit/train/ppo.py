@@ -107,8 +107,7 @@ def _call(module, batch: Batch):
 def train_ppo(
     cfg: PPOConfig, progress: ProgressFn | None = None, on_samples: SampleHook | None = None
 ) -> TrainResult:
-    """Train a policy with PPO, RLOO or GRPO against `cfg.reward`; `on_samples` may stop the
-    run after any step (see `SampleHook`). Returns the saved model's folder and last metrics."""
+    """Train a policy by PPO, RLOO or GRPO against `cfg.reward`; `on_samples` may stop it."""
     cfg = begin(cfg)
     data = load(cfg.data, expect=[Format.PROMPT_ONLY, Format.PROMPT_COMPLETION, Format.PREFERENCE])
     prompts = [row["prompt"] for row in data.rows]
