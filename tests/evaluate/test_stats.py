@@ -166,9 +166,9 @@ def test_correlations_of_non_finite_input_are_undefined():
 
 def test_collapsed_rewards_read_as_undefined_in_eval_rm_and_the_monitor():
     """Every reward 0.1 (a collapsed reward model): the length correlation is n/a, not 0.00."""
-    from rlhfkit.evaluate.monitors import reward_length_flag
     from rlhfkit.evaluate.rm import length_bias
     from rlhfkit.project import MonitorSettings
+    from rlhfkit.train.monitors import reward_length_flag
 
     rows = [{"chosen": "a " * (i + 1), "rejected": "b " * (2 * i + 3)} for i in range(6)]
     bias = length_bias(rows, np.full(6, 0.1), np.full(6, 0.1))

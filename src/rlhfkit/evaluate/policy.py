@@ -45,12 +45,13 @@ from rlhfkit.evaluate.judges import (
     make_judge,
     parse_judge,
 )
-from rlhfkit.evaluate.monitors import compare_flags, word_count
+from rlhfkit.evaluate.monitors import compare_flags
 from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model, weights_identity
 from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, write_manifest
 from rlhfkit.models import MANIFEST
 from rlhfkit.project import load_project
+from rlhfkit.train.monitors import word_count
 from rlhfkit.train.rollout import Sampling, batch_seed
 
 SAMPLES_FILE = "samples.jsonl"

@@ -18,32 +18,30 @@ responses were drawn from.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from rlhfkit.data import Format, load
+from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError
+from rlhfkit.models import load_model
 from rlhfkit.train import losses as L
 from rlhfkit.train.batches import Batch
-from rlhfkit.train.checkpoint import MetricsLog, save_final
+from rlhfkit.train.checkpoint import save_final
 from rlhfkit.train.configs import PPOConfig
+from rlhfkit.train.distributed import mean_over_processes, response_means, token_mean, whiten
 from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
+from rlhfkit.train.monitoring import RunWatch, SampleHook
 from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
 from rlhfkit.train.rollout import MergedCopy, Rollout, rollout_batch, sample_rollout, to_padded
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, ModelScorer, unwrap_peft
-
-# Called on the main process after each step with (step, prompts, responses, metrics);
-# returns None to go on, or a reason to stop the run early (the model so far is saved).
-SampleHook = Callable[[int, list[Any], list[str], dict[str, float]], str | None]
+from rlhfkit.train.tokenize import token_ids
 
 
 @dataclass
@@ -109,14 +107,116 @@ def _call(module, batch: Batch):
 def train_ppo(
     cfg: PPOConfig, progress: ProgressFn | None = None, on_samples: SampleHook | None = None
 ) -> TrainResult:
-    # 1. settings, prompts, policy, reward sources, critic, reference
+    """Train a policy by PPO, RLOO or GRPO against `cfg.reward`; `on_samples` may stop it."""
     cfg = begin(cfg)
-    from rlhfkit.models import load_model
-    from rlhfkit.train.tokenize import token_ids
-
     data = load(cfg.data, expect=[Format.PROMPT_ONLY, Format.PROMPT_COMPLETION, Format.PREFERENCE])
     prompts = [row["prompt"] for row in data.rows]
     model, tok = load_model(cfg.model)
+    prompt_ids = _prompt_ids(data, prompts, tok, cfg)
+    accelerator = make_accelerator(cfg)
+    _check_layout(cfg, accelerator)
+    sources = load_rewards(cfg.reward, accelerator.device)
+    watch = RunWatch(cfg, accelerator, on_samples)
+    policy, reference, sampler = _roles(model, tok, sources, cfg, accelerator)
+    lengths = [len(p) for p in prompt_ids]
+    updates = cfg.ppo_epochs * cfg.minibatches  # optimizer steps per training step
+    run = start_run(cfg, accelerator, policy, lengths, progress, data_inputs(data), updates)
+    watch.resume_at(run.start)
+    kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
+    on_policy = _on_policy(cfg, accelerator)
+    last_record: dict[str, float] = {}
+    stopped_early = None
+
+    for step in range(run.start, run.total):
+        clock = _Stopwatch()
+        idx = [j for micro in run.micro_batches(step) for j in micro]
+        actor = accelerator.unwrap_model(run.module)
+        # 1. sample k responses per prompt from the current policy (seeded by step)
+        seed = (cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index) % 2**63
+        rollout = _sample(sampler, actor, tok, [prompt_ids[j] for j in idx], seed, on_policy, cfg)
+        mask = rollout.response_mask
+        clock.lap("generate")
+        # 2. score the responses: weighted reward sources, minus the missing-EOS penalty
+        asked = [prompts[idx[i]] for i in rollout.prompt_index.tolist()]
+        raw, parts = total_reward(sources, asked, rollout.texts)
+        raw = raw.to(accelerator.device)
+        scores = raw - cfg.missing_eos_penalty * (~rollout.finished).float()
+        clock.lap("score")
+        # 3. log-probs of the sampling policy and of the reference, values, entropy
+        old_logps, ref_logps, old_values, entropy = _score_rollout(
+            actor, reference, rollout, cfg.grad_accum, accelerator
+        )
+        # 4. per-token KL penalty to the reference
+        kl = L.kl_estimate(old_logps, ref_logps, cfg.kl_estimator) * mask
+        scores = _normalise_scores(scores, cfg, accelerator)
+        # 5. advantages: GAE over the critic's values (PPO), or per-prompt baselines
+        advantages, returns = _advantages(
+            scores, kl, old_values, mask, kl_ctl.coef, cfg, accelerator
+        )
+        clock.lap("prepare")
+        # 6. PPO epochs x minibatches of clipped-surrogate updates
+        lr_used = run.scheduler.get_last_lr()[0]
+        old = None if on_policy else old_logps
+        found, n_updates = _optimise(run, rollout, old, old_values, advantages, returns, seed, cfg)
+        clock.lap("train")
+        # 7. metrics over every process, the KL controller, the monitors, checkpoint, stop?
+        hits = watch.criteria_hits(rollout.texts)
+        means = _response_means(rollout, raw, scores, parts, kl, kl_ctl.coef, hits, accelerator)
+        record = means | {
+            "kl_coef": kl_ctl.coef,
+            "entropy": entropy,
+            "updates": float(n_updates),
+            "train_tokens": float(rollout.attention_mask.sum()),
+            **clock.seconds(),
+        }
+        kl_ctl.update(means["kl"], len(rollout.texts) * accelerator.num_processes)
+        run.state["kl_coef"] = kl_ctl.coef
+        if returns is not None:
+            record["explained_variance"] = _explained_variance(old_values, returns, mask)
+        record |= {k: v for k, v in found.items() if k != "grad_norm"}
+        record |= watch.check(step + 1, asked, rollout.texts, raw.tolist(), means, entropy)
+        last_record = run.end_step(step + 1, {}, (found["grad_norm"], lr_used), extra=record)
+        stopped_early = watch.stop_reason(step + 1, asked, rollout.texts, last_record)
+        if stopped_early:
+            break
+
+    final = _save(run, tok, cfg, len(prompts), stopped_early)
+    return TrainResult(final, last_record, 0, len(prompts), stopped_early)
+
+
+def _on_policy(cfg: PPOConfig, accelerator) -> bool:
+    """One update per step and no critic: the update is on-policy, so the sampler's own
+    log-probs serve as the old ones (the ratio is 1 by construction) and the separate
+    no-grad pass over the policy is skipped. PPO needs that pass for its values.
+    Under bf16 autocast the sampler (fp32) and the scored passes would differ by rounding,
+    and the KL would mix the two: there the shortcut is off."""
+    updates = cfg.ppo_epochs * cfg.minibatches
+    return cfg.algorithm != "ppo" and updates == 1 and accelerator.mixed_precision == "no"
+
+
+class _Stopwatch:
+    """A step's phases, timed one after the other."""
+
+    def __init__(self):
+        self.last = time.time()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        """`phase` ran from the last lap (or the stopwatch's start) until now."""
+        now = time.time()
+        self.laps[phase], self.last = now - self.last, now
+
+    def seconds(self) -> dict[str, float]:
+        """The metrics' timings: preparing the update counts as training."""
+        return {
+            "seconds_generate": self.laps["generate"],
+            "seconds_score": self.laps["score"],
+            "seconds_train": self.laps["train"] + self.laps["prepare"],
+        }
+
+
+def _prompt_ids(data, prompts: list, tok, cfg: PPOConfig) -> list[list[int]]:
+    """Each prompt's token ids; a prompt must leave room for `max_new_tokens`."""
     prompt_ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in prompts]
     room = cfg.max_length - cfg.max_new_tokens
     for i, ids in enumerate(prompt_ids):
@@ -126,12 +226,12 @@ def train_ppo(
                 f"--max-new-tokens {cfg.max_new_tokens} it must be at most {room} "
                 f"(--max-length {cfg.max_length})"
             )
-    accelerator = make_accelerator(cfg)
-    _check_layout(cfg, accelerator)
-    sources = load_rewards(cfg.reward, accelerator.device)
-    criteria = _success_criteria(cfg.project)
-    monitor = _live_monitor(cfg, criteria)
-    flagged_before: set[str] = set()
+    return prompt_ids
+
+
+def _roles(model, tok, sources, cfg: PPOConfig, accelerator):
+    """The actor(-critic) to train, the frozen reference (None under LoRA: the actor with its
+    adapter off) and the sampler's merged copy (None: sample from the actor itself)."""
     reference = None
     if not cfg.lora:
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
@@ -139,7 +239,7 @@ def train_ppo(
     sampler = None
     if cfg.lora and cfg.merged_rollouts:
         # Under bf16 the copy keeps bf16 weights: decoding's skinny matmuls gain the most from
-        # them (2.6x per step on AVX512-BF16 cores), and step 4 scores what was sampled anew.
+        # them (2.6x per step on AVX512-BF16 cores), and step 3 scores what was sampled anew.
         plain = copy.deepcopy(model).to(accelerator.device)
         sampler = MergedCopy(plain.to(torch.bfloat16) if cfg.precision == "bf16" else plain)
     critic = None
@@ -148,196 +248,111 @@ def train_ppo(
     policy = ActorCritic(
         prepare_model(model, cfg), cfg.temperature, value_head=cfg.algorithm == "ppo", critic=critic
     )
-    updates = cfg.ppo_epochs * cfg.minibatches
-    run = start_run(
-        cfg,
-        accelerator,
-        policy,
-        [len(p) for p in prompt_ids],
-        progress,
-        data_inputs(data),
-        optimizer_steps_per_step=updates,
-    )
-    device = accelerator.device
-    # the flags' log: step-keyed JSON lines, cut back on resume like metrics.jsonl (the
-    # monitors' history starts afresh: the first resumed step is the new reference)
-    flag_log = MetricsLog(Path(cfg.output_dir) / "monitors.jsonl")
-    if monitor is not None and accelerator.is_main_process:
-        flag_log.truncate_after(run.start)
-    kl_ctl = AdaptiveKL(run.state.get("kl_coef", cfg.kl_coef), cfg.kl_target, cfg.kl_horizon)
-    last_record: dict[str, float] = {}
-    stopped_early = None
-    # One update per step and no critic: the update is on-policy, so the sampler's own
-    # log-probs serve as the old ones (the ratio is 1 by construction) and the separate
-    # no-grad pass over the policy is skipped. PPO needs that pass for its values.
-    # Under bf16 autocast the sampler (fp32) and the scored passes would differ by rounding,
-    # and the KL would mix the two: there the shortcut is off.
-    on_policy = cfg.algorithm != "ppo" and updates == 1 and accelerator.mixed_precision == "no"
+    return policy, reference, sampler
 
-    for step in range(run.start, run.total):
-        t0 = time.time()
-        idx = [j for micro in run.micro_batches(step) for j in micro]
-        actor = accelerator.unwrap_model(run.module)
-        # 2. sample k responses per prompt from the current policy (seeded by step)
-        seed = (cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index) % 2**63
-        rollout = sample_rollout(
-            sampler.refresh(actor.model) if sampler is not None else actor.model,
-            tok,
-            [prompt_ids[j] for j in idx],
-            cfg.k,
-            cfg.max_new_tokens,
-            cfg.temperature,
-            cfg.top_p,
-            seed,
-            logprobs=on_policy,
-        )
-        mask = rollout.response_mask
-        t_generate = time.time() - t0
 
-        # 3. score the responses: weighted reward sources, minus the missing-EOS penalty
-        asked = [prompts[idx[i]] for i in rollout.prompt_index.tolist()]
-        raw, parts = total_reward(sources, asked, rollout.texts)
-        raw = raw.to(device)
-        scores = raw - cfg.missing_eos_penalty * (~rollout.finished).float()
-        t_score = time.time() - t0 - t_generate
-
-        # 4. log-probs of the sampling policy and of the reference, values, entropy; in
-        # grad-accum chunks of rows, so the [tokens, vocab] logits never exceed an update's
-        old_logps, ref_logps, old_values, entropy = _score_rollout(
-            actor, reference, rollout, cfg.grad_accum, accelerator
-        )
-
-        # 5. per-token KL penalty; the score lands on the last response token
-        kl = L.kl_estimate(old_logps, ref_logps, cfg.kl_estimator) * mask
-        seq_kl = kl.sum(dim=1)
-        last = (mask.sum(dim=1) - 1).long()
-        if cfg.whiten_rewards or cfg.center_rewards:
-            ones = torch.ones_like(scores)
-            if cfg.whiten_rewards:
-                scores = _whiten(scores, ones, accelerator, shift_mean=cfg.center_rewards)
-            else:
-                scores = scores - _global_means(accelerator, {"score": scores})["score"]
-
-        # 6. advantages: GAE over the critic's values (PPO), or per-prompt baselines
-        if cfg.algorithm == "ppo":
-            rewards = -kl_ctl.coef * kl
-            rewards[torch.arange(len(last)), last] += scores
-            advantages, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-            advantages = _whiten(advantages, mask, accelerator)
-        else:
-            # the KL penalty joins the sequence's score; its advantage applies to every token
-            penalised = scores - kl_ctl.coef * seq_kl
-            baseline = L.rloo_advantages if cfg.algorithm == "rloo" else L.group_advantages
-            advantages = baseline(penalised, cfg.k)[:, None] * mask
-            returns = None
-        t_prep = time.time() - t0 - t_generate - t_score
-
-        # 7. PPO epochs x minibatches of clipped-surrogate updates
-        lr_used = run.scheduler.get_last_lr()[0]
-        sums: dict[str, float] = defaultdict(float)
-        n_updates, stop = 0, False
-        order_gen = torch.Generator().manual_seed(seed)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(rollout.texts), generator=order_gen)
-            for mb in order.chunk(cfg.minibatches):
-                old = None if on_policy else old_logps
-                found = _update(run, rollout, mb, old, old_values, advantages, returns, cfg)
-                for k, v in found.items():
-                    sums[k] += v
-                n_updates += 1
-                if cfg.max_approx_kl:  # every process must make the same call
-                    approx = torch.tensor(found["approx_kl"], device=device)
-                    stop = float(accelerator.reduce(approx, "mean")) > cfg.max_approx_kl
-                    if stop:
-                        break
-            if stop:
-                break
-        for _ in range(updates - n_updates):  # keep the schedule's pace after an early stop
-            run.scheduler.step()
-        t_train = time.time() - t0 - t_generate - t_score - t_prep
-
-        # 8. the KL controller, metrics (over all processes), the samples hook, checkpoint
-        lengths = mask.sum(dim=1)
-        totals = _global_means(
-            accelerator,
-            {
-                "reward": raw,
-                "score": scores,
-                "reward_penalised": scores - kl_ctl.coef * seq_kl,
-                "kl": seq_kl,
-                "response_length": lengths.float(),
-                "truncated_rate": (~rollout.finished).float(),
-                **{f"reward/{name}": v.to(device) for name, v in parts.items()},
-                **{
-                    f"criteria/{c.name}": torch.tensor(
-                        [float(c.detector.matches(t)) for t in rollout.texts], device=device
-                    )
-                    for c in criteria
-                },
-            },
-        )
-        kl_used = kl_ctl.coef
-        kl_ctl.update(totals["kl"], len(rollout.texts) * accelerator.num_processes)
-        run.state["kl_coef"] = kl_ctl.coef
-        record = totals | {
-            "kl_coef": kl_used,
-            "entropy": entropy,
-            "updates": float(n_updates),
-            "train_tokens": float(rollout.attention_mask.sum()),
-            "seconds_generate": t_generate,
-            "seconds_score": t_score,
-            "seconds_train": t_train + t_prep,
-        }
-        if returns is not None:
-            record["explained_variance"] = _explained_variance(old_values, returns, mask)
-        record |= {k: v / max(n_updates, 1) for k, v in sums.items() if k != "grad_norm"}
-        grad_norm = sums.get("grad_norm", math.nan) / max(n_updates, 1)
-        fired = []
-        if monitor is not None:  # every process computes them; only the main one writes,
-            flags = monitor.step(  # before the checkpoint, so that a kill loses no line
-                asked,
-                rollout.texts,
-                raw.tolist(),
-                kl=totals["kl"],
-                entropy=entropy,
-                criteria={c.name: totals[f"criteria/{c.name}"] for c in criteria},
-            )
-            record["monitor_flags"] = float(sum(f.flagged for f in flags))
-            fired = _record_flags(flag_log, accelerator, step + 1, flags, flagged_before)
-        last_record = run.end_step(step + 1, {}, (grad_norm, lr_used), extra=record)
-        if monitor is not None:
-            stop = torch.tensor(float(bool(fired) and cfg.stop_on_flag), device=device)
-            if float(accelerator.reduce(stop, "sum")) > 0:  # every process stops together
-                stopped_early = "reward-hacking monitor: " + (
-                    "; ".join(f"{f.name} ({f.explanation})" for f in fired)
-                    or "fired on another process"
-                )
-                break
-        if on_samples is not None:
-            reason = on_samples(step + 1, asked, rollout.texts, last_record)
-            flag = torch.tensor(float(bool(reason)), device=device)
-            if float(accelerator.reduce(flag, "sum")) > 0:  # the main process decides
-                stopped_early = reason or "stopped by the monitor on the main process"
-                break
-
-    final = save_final(
-        Path(cfg.output_dir),
-        run.module,
+def _sample(sampler, actor, tok, prompt_ids, seed: int, logprobs: bool, cfg: PPOConfig):
+    """k responses per prompt from the actor's policy (through the merged copy, if any); with
+    `logprobs`, the sampler's log-probs and entropies too."""
+    return sample_rollout(
+        sampler.refresh(actor.model) if sampler is not None else actor.model,
         tok,
-        cfg,
-        cfg.algorithm,
-        accelerator,
-        examples=len(prompts),
-        stopped_early=stopped_early,
+        prompt_ids,
+        cfg.k,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_p,
+        seed,
+        logprobs=logprobs,
     )
-    _save_critic(accelerator.unwrap_model(run.module), final, accelerator, cfg)
-    return TrainResult(final, last_record, 0, len(prompts), stopped_early)
+
+
+def _normalise_scores(scores: torch.Tensor, cfg: PPOConfig, accelerator) -> torch.Tensor:
+    """`--whiten-rewards` (keeping the mean unless `--center-rewards`) or `--center-rewards`
+    alone, with statistics over every process's responses."""
+    if cfg.whiten_rewards:
+        return whiten(scores, torch.ones_like(scores), accelerator, shift_mean=cfg.center_rewards)
+    if cfg.center_rewards:
+        return scores - response_means(accelerator, {"score": scores})["score"]
+    return scores
+
+
+def _advantages(scores, kl, values, mask, kl_coef: float, cfg: PPOConfig, accelerator):
+    """Per-token advantages [B, R] and, for PPO's critic, returns [B, R] (None otherwise).
+
+    PPO: the KL penalty on every token and the score on the last, then GAE over the critic's
+    values, whitened. RLOO and GRPO: the KL penalty joins the sequence's score, and its
+    advantage against the other samples of the same prompt applies to every token."""
+    if cfg.algorithm == "ppo":
+        last = (mask.sum(dim=1) - 1).long()
+        rewards = -kl_coef * kl
+        rewards[torch.arange(len(last)), last] += scores
+        advantages, returns = L.gae(rewards, values, mask, cfg.gamma, cfg.lam)
+        return whiten(advantages, mask, accelerator), returns
+    penalised = scores - kl_coef * kl.sum(dim=1)
+    baseline = L.rloo_advantages if cfg.algorithm == "rloo" else L.group_advantages
+    return baseline(penalised, cfg.k)[:, None] * mask, None
+
+
+def _optimise(run, rollout: Rollout, old_logps, old_values, advantages, returns, seed, cfg):
+    """`ppo_epochs` passes over the rollout in `minibatches` shuffled minibatches, one
+    optimizer step each; `--max-approx-kl` ends the step early once the policy has moved that
+    far. Returns the updates' mean metrics (and `grad_norm`) and their count."""
+    sums: dict[str, float] = defaultdict(float)
+    n_updates = 0
+    for mb in _minibatches(len(rollout.texts), seed, cfg):
+        found = _update(run, rollout, mb, old_logps, old_values, advantages, returns, cfg)
+        for k, v in found.items():
+            sums[k] += v
+        n_updates += 1
+        if _moved_too_far(run, found, cfg):
+            break
+    for _ in range(cfg.ppo_epochs * cfg.minibatches - n_updates):
+        run.scheduler.step()  # keep the schedule's pace after an early stop
+    return {k: v / max(n_updates, 1) for k, v in sums.items()}, n_updates
+
+
+def _minibatches(n: int, seed: int, cfg: PPOConfig):
+    """Response indices: `ppo_epochs` passes in a seeded random order, each cut into
+    `minibatches` parts."""
+    order_gen = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.ppo_epochs):
+        yield from torch.randperm(n, generator=order_gen).chunk(cfg.minibatches)
+
+
+def _moved_too_far(run, found: dict[str, float], cfg: PPOConfig) -> bool:
+    """The mean approximate KL of the last update over every process exceeds
+    `--max-approx-kl` (every process makes the same call)."""
+    if not cfg.max_approx_kl:
+        return False
+    return mean_over_processes(run.accelerator, found["approx_kl"]) > cfg.max_approx_kl
+
+
+def _response_means(rollout, raw, scores, parts, kl, kl_coef, hits, accelerator):
+    """The step's per-response figures, each averaged over every process's responses."""
+    seq_kl = kl.sum(dim=1)
+    device = accelerator.device
+    return response_means(
+        accelerator,
+        {
+            "reward": raw,
+            "score": scores,
+            "reward_penalised": scores - kl_coef * seq_kl,
+            "kl": seq_kl,
+            "response_length": rollout.response_mask.sum(dim=1).float(),
+            "truncated_rate": (~rollout.finished).float(),
+            **{f"reward/{name}": v.to(device) for name, v in parts.items()},
+            **hits,
+        },
+    )
 
 
 def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int, accelerator):
     """Sampling-policy log-probs, reference log-probs, values [B, R] and the mean entropy.
 
-    A rollout that carries the sampler's log-probs and entropies needs only the reference."""
+    In `chunks` parts of rows (grad-accum's), so the [tokens, vocab] logits never exceed an
+    update's. A rollout that carries the sampler's log-probs and entropies needs only the
+    reference."""
     mask = rollout.response_mask
     rows = torch.arange(len(rollout.texts))
     logps, refs, values = torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask)
@@ -356,9 +371,7 @@ def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int,
                 if v is not None:
                     values[part] = to_padded(v, m)
             refs[part] = to_padded(_reference_logps(actor, reference, sub).float(), m)
-    entropy = torch.tensor([entropy_sum, float(mask.sum())], device=accelerator.device)
-    entropy = accelerator.reduce(entropy, "sum")
-    return logps, refs, values, float(entropy[0] / entropy[1].clamp(min=1))
+    return logps, refs, values, token_mean(accelerator, entropy_sum, float(mask.sum()))
 
 
 def _reference_logps(actor: ActorCritic, reference, batch: Batch) -> torch.Tensor:
@@ -415,26 +428,21 @@ def _select(rollout: Rollout, rows: torch.Tensor) -> Batch:
     return rollout_batch(part)
 
 
-def _whiten(x: torch.Tensor, mask: torch.Tensor, accelerator, shift_mean: bool = True):
-    """Whitening with statistics over every process's entries (one process: L.masked_whiten)."""
-    if accelerator.num_processes == 1:
-        return L.masked_whiten(x, mask, shift_mean)
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()])
-    s, sq, n = accelerator.reduce(stats.to(accelerator.device), "sum").to(x.device)
-    mean = s / n
-    var = (sq / n - mean**2) * n / (n - 1).clamp(min=1)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return (out if shift_mean else out + mean) * mask
-
-
-def _global_means(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """The mean of each per-response tensor over every process's responses."""
-    names = list(values)
-    device = accelerator.device
-    sums = torch.stack([values[n].float().sum().to(device) for n in names])
-    count = torch.tensor([float(len(next(iter(values.values()))))], device=device)
-    total = accelerator.reduce(torch.cat([sums, count]), "sum").cpu()
-    return {n: float(total[i] / total[-1]) for i, n in enumerate(names)}
+def _save(run, tok, cfg: PPOConfig, examples: int, stopped_early: str | None) -> Path:
+    """The final policy (and, for PPO, its critic beside it); returns the folder."""
+    accelerator = run.accelerator
+    final = save_final(
+        Path(cfg.output_dir),
+        run.module,
+        tok,
+        cfg,
+        cfg.algorithm,
+        accelerator,
+        examples=examples,
+        stopped_early=stopped_early,
+    )
+    _save_critic(accelerator.unwrap_model(run.module), final, accelerator, cfg)
+    return final
 
 
 def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -446,7 +454,7 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
 
 
 def _check_layout(cfg: PPOConfig, accelerator) -> None:
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType  # lazy: as make_accelerator's accelerate
 
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise UserError(
@@ -484,9 +492,7 @@ def _save_critic(actor: ActorCritic, final: Path, accelerator, cfg: PPOConfig) -
     """The trained critic beside the policy: final/critic/ (a value head or a whole model)."""
     if not accelerator.is_main_process or cfg.algorithm != "ppo":
         return
-    from safetensors.torch import save_file
-
-    from rlhfkit.data.io import atomic_dir
+    from safetensors.torch import save_file  # lazy: only a PPO run's end needs it
 
     with atomic_dir(final / "critic") as tmp:
         if actor.value_head is not None:
@@ -498,35 +504,3 @@ def _save_critic(actor: ActorCritic, final: Path, accelerator, cfg: PPOConfig) -
             if cfg.lora:
                 critic = copy.deepcopy(critic).merge_and_unload()
             critic.save_pretrained(str(tmp), safe_serialization=True)
-
-
-def _live_monitor(cfg: PPOConfig, criteria: list):
-    """The reward-hacking monitors over this run's steps (evaluate/monitors.py), with the
-    thresholds of the project's [monitors]; the first step's samples are the reference."""
-    if cfg.project is None or not cfg.monitor:
-        return None
-    from rlhfkit.evaluate.monitors import LiveMonitor
-    from rlhfkit.project import load_project
-
-    thresholds = load_project(cfg.project).spec.monitors
-    return LiveMonitor(thresholds, {c.name: c.direction for c in criteria})
-
-
-def _record_flags(log: MetricsLog, accelerator, step: int, flags: list, seen: set[str]) -> list:
-    """Log the step's raised flags; return those newly fired (a flag that stays up is
-    reported once, when it first fires)."""
-    fired = [f for f in flags if f.flagged and f.name not in seen]
-    seen.update(f.name for f in flags if f.flagged)
-    if accelerator.is_main_process:
-        log.write({"step": step, "flags": [f.to_json() for f in flags if f.flagged]})
-    return fired
-
-
-def _success_criteria(project: Path | None) -> list:
-    if project is None:
-        return []
-    from rlhfkit.project import load_project
-
-    # those decidable from the text alone: a reward-model or judge criterion would need a
-    # model call per response per step (`eval policy` measures them)
-    return [c for c in load_project(project).spec.success_criteria if c.text_only]

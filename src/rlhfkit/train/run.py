@@ -25,6 +25,7 @@ from rlhfkit.train.checkpoint import (
     resume_fingerprint,
     save_checkpoint,
 )
+from rlhfkit.train.distributed import sum_over_processes
 from rlhfkit.train.loop import (
     LoopConfig,
     epoch_batches,
@@ -119,9 +120,8 @@ class Run:
         `extra` metrics are logged as they are (the main process's values).
         """
         names = sorted(sums)
-        device = self.accelerator.device
-        local = torch.tensor([*(float(sums[n]) for n in names), float(self._tokens)], device=device)
-        total = self.accelerator.reduce(local, "sum").cpu().tolist()
+        local = torch.tensor([*(float(sums[n]) for n in names), float(self._tokens)])
+        total = sum_over_processes(self.accelerator, local).cpu().tolist()
         elapsed = time.time() - self._t0
         grad_norm, lr = stepped
         record: dict[str, float] = {"step": step}
