@@ -38,10 +38,17 @@ from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
 from rlhfkit.train.monitoring import RunWatch, SampleHook
 from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
-from rlhfkit.train.rollout import MergedCopy, Rollout, rollout_batch, sample_rollout, to_padded
+from rlhfkit.train.rollout import (
+    MergedCopy,
+    Rollout,
+    batch_seed,
+    rollout_batch,
+    sample_rollout,
+    to_padded,
+)
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, ModelScorer, unwrap_peft
-from rlhfkit.train.tokenize import token_ids
+from rlhfkit.train.tokenize import prompt_ids
 
 
 @dataclass
@@ -112,13 +119,13 @@ def train_ppo(
     data = load(cfg.data, expect=[Format.PROMPT_ONLY, Format.PROMPT_COMPLETION, Format.PREFERENCE])
     prompts = [row["prompt"] for row in data.rows]
     model, tok = load_model(cfg.model)
-    prompt_ids = _prompt_ids(data, prompts, tok, cfg)
+    prompt_tokens = _prompt_tokens(data, prompts, tok, cfg)
     accelerator = make_accelerator(cfg)
     _check_layout(cfg, accelerator)
     sources = load_rewards(cfg.reward, accelerator.device)
     watch = RunWatch(cfg, accelerator, on_samples)
     policy, reference, sampler = _roles(model, tok, sources, cfg, accelerator)
-    lengths = [len(p) for p in prompt_ids]
+    lengths = [len(p) for p in prompt_tokens]
     updates = cfg.ppo_epochs * cfg.minibatches  # optimizer steps per training step
     run = start_run(cfg, accelerator, policy, lengths, progress, data_inputs(data), updates)
     watch.resume_at(run.start)
@@ -132,8 +139,9 @@ def train_ppo(
         idx = [j for micro in run.micro_batches(step) for j in micro]
         actor = accelerator.unwrap_model(run.module)
         # 1. sample k responses per prompt from the current policy (seeded by step)
-        seed = (cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index) % 2**63
-        rollout = _sample(sampler, actor, tok, [prompt_ids[j] for j in idx], seed, on_policy, cfg)
+        seed = batch_seed(cfg.seed, step * 7919 + accelerator.process_index)
+        chosen = [prompt_tokens[j] for j in idx]
+        rollout = _sample(sampler, actor, tok, chosen, seed, on_policy, cfg)
         mask = rollout.response_mask
         clock.lap("generate")
         # 2. score the responses: weighted reward sources, minus the missing-EOS penalty
@@ -215,18 +223,18 @@ class _Stopwatch:
         }
 
 
-def _prompt_ids(data, prompts: list, tok, cfg: PPOConfig) -> list[list[int]]:
+def _prompt_tokens(data, prompts: list, tok, cfg: PPOConfig) -> list[list[int]]:
     """Each prompt's token ids; a prompt must leave room for `max_new_tokens`."""
-    prompt_ids = [token_ids(tok, p, generation_prompt=isinstance(p, list)) for p in prompts]
+    ids_per_prompt = [prompt_ids(tok, p) for p in prompts]
     room = cfg.max_length - cfg.max_new_tokens
-    for i, ids in enumerate(prompt_ids):
+    for i, ids in enumerate(ids_per_prompt):
         if len(ids) > room:
             raise UserError(
                 f"{data.path}:{data.lines[i]}: prompt is {len(ids)} tokens; with "
                 f"--max-new-tokens {cfg.max_new_tokens} it must be at most {room} "
                 f"(--max-length {cfg.max_length})"
             )
-    return prompt_ids
+    return ids_per_prompt
 
 
 def _roles(model, tok, sources, cfg: PPOConfig, accelerator):
@@ -251,13 +259,13 @@ def _roles(model, tok, sources, cfg: PPOConfig, accelerator):
     return policy, reference, sampler
 
 
-def _sample(sampler, actor, tok, prompt_ids, seed: int, logprobs: bool, cfg: PPOConfig):
+def _sample(sampler, actor, tok, prompt_tokens, seed: int, logprobs: bool, cfg: PPOConfig):
     """k responses per prompt from the actor's policy (through the merged copy, if any); with
     `logprobs`, the sampler's log-probs and entropies too."""
     return sample_rollout(
         sampler.refresh(actor.model) if sampler is not None else actor.model,
         tok,
-        prompt_ids,
+        prompt_tokens,
         cfg.k,
         cfg.max_new_tokens,
         cfg.temperature,
