@@ -24,8 +24,8 @@ def init(
     both-bad policy, and success criteria (one behavior that should increase, one that should
     decrease) that are frozen when training starts.
     """
+    from rlhfkit.demo.example import init_project
     from rlhfkit.errors import display_path
-    from rlhfkit.project import init_project
 
     project = init_project(directory, example)
     spec = project.spec

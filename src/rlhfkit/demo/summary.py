@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rlhfkit.demo.stages import Paths
+from rlhfkit.demo.pipeline import Paths
 
 
 def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.evaluate.criteria import contains_any, is_refusal
+from rlhfkit.criteria import contains_any, is_refusal
 
 if TYPE_CHECKING:
     from rlhfkit.project import MonitorSettings

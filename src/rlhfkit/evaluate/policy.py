@@ -59,9 +59,10 @@ from typing import Any
 import numpy as np
 
 from rlhfkit import strict_json
+from rlhfkit.criteria import JudgeDetector
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.evaluate import stats
-from rlhfkit.evaluate.criteria import DetectContext, JudgeDetector, criteria_status, detect
+from rlhfkit.evaluate.criteria import DetectContext, criteria_status, detect
 from rlhfkit.evaluate.judges import (
     OpenAIJudge,
     PairwiseJudge,

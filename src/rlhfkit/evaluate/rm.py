@@ -134,7 +134,7 @@ def evaluate_reward_model(
 
     from rlhfkit.data import Format, load
     from rlhfkit.data.convert import to_explicit_prompt
-    from rlhfkit.train.reward import load_reward_model, require_reward_model, score_replies
+    from rlhfkit.train.reward_model import load_reward_model, require_reward_model, score_replies
     from rlhfkit.train.tokenize import Example, group_by_prompt, tokenize_dataset
 
     require_reward_model(model_ref)

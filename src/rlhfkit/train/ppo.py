@@ -32,11 +32,11 @@ from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError
 from rlhfkit.train import losses as L
 from rlhfkit.train.batches import Batch
-from rlhfkit.train.checkpoint import MetricsLog, save_final
+from rlhfkit.train.checkpoint import MetricsLog, TrainResult, save_final
 from rlhfkit.train.configs import PPOConfig
-from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
-from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
+from rlhfkit.train.reward_model import RewardModelFn
+from rlhfkit.train.reward_sources import load_rewards, total_reward
 from rlhfkit.train.rollout import MergedCopy, Rollout, rollout_batch, sample_rollout, to_padded
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
 from rlhfkit.train.scoring import CompletionScorer, ModelScorer, unwrap_peft
