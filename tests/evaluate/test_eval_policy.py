@@ -140,7 +140,8 @@ def test_the_first_training_stage_freezes_the_criteria(project, tmp_path):
     try:
         result = run_cli("train", "sft", "--model", "tiny-random", "--data", str(data),
                          "--output-dir", str(tmp_path / "sft"), "--max-steps", "1",
-                         "--batch-size", "2", "--precision", "fp32", "--project", str(project))  # fmt: skip
+                         "--batch-size", "2", "--precision", "fp32",
+                         "--project", str(project))  # fmt: skip
         frozen = json.loads(lock.read_text())
     finally:
         lock.unlink(missing_ok=True)

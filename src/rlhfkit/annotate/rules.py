@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CHOICES = ("first", "second", "tie", "both_bad")
-
 
 @dataclass(frozen=True)
 class Policy:
