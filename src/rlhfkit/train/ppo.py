@@ -7,7 +7,7 @@ Roles, without a second policy in memory where LoRA allows:
   separate model initialised from the reward model (`--critic reward-model`);
 - reference: the starting policy — with LoRA, the same weights with the adapter switched off;
   in a full fine-tune, a frozen copy;
-- reward: reward models and/or Python functions (`rewards.py`).
+- reward: reward models and/or Python functions (`reward_sources.py`).
 
 Each step: sample, score, penalise KL per token, estimate advantages, then a few epochs of
 clipped-surrogate updates over minibatches (the numbered comments below). Log-probs are
