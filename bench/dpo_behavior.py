@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     args = parser.parse_args()
 
+    from rlhfkit.criteria import RegexDetector
     from rlhfkit.demo.support_replies import SIGN_OFF, build
     from rlhfkit.generate import SamplingConfig, generate_candidates
-    from rlhfkit.project import RegexDetector
     from rlhfkit.train.configs import DPOConfig
     from rlhfkit.train.dpo import train_dpo
 

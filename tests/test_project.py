@@ -4,17 +4,16 @@ import re
 
 import pytest
 
-from rlhfkit.errors import UserError
-from rlhfkit.project import (
+from rlhfkit.criteria import (
     EndsWithDetector,
     KeywordsDetector,
     LengthDetector,
     RegexDetector,
     StartsWithDetector,
-    init_project,
-    load_project,
-    parse_spec,
 )
+from rlhfkit.demo.example import init_project
+from rlhfkit.errors import UserError
+from rlhfkit.project import load_project, parse_spec
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,11 @@ DPOLossType = Literal["sigmoid", "ipo", "hinge", "robust"]
 """DPO's loss: sigmoid (DPO), ipo, hinge (SLiC) or robust (noisy labels)."""
 DPO_LOSS_TYPES: tuple[str, ...] = get_args(DPOLossType)
 
+Test = Literal["permutation", "bootstrap", "two_proportion"]
+"""The tests of a before/after difference in `rlhfkit.stats` (the paired permutation test
+first)."""
+TESTS: tuple[str, ...] = get_args(Test)
+
 
 def one_of(values: tuple[str, ...]) -> str:
     """'a, b or c': a value list as an error message writes it."""

@@ -1,6 +1,7 @@
 """What every artifact was made from: input hashes, configuration, code version.
 
-Each artifact ``X`` gets a sidecar ``X.manifest.json`` (or a ``rlhfkit-manifest.json`` inside
+Each artifact ``X`` (a dataset, candidates, a trained model, a converted bundled model) gets a
+sidecar ``X.manifest.json`` (or a ``rlhfkit-manifest.json`` inside
 a folder), so a report can trace itself back through model, labels and rubric version.
 """
 
@@ -12,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import __version__, strict_json
+from rlhfkit.data.io import atomic_open
+
+MANIFEST = "rlhfkit-manifest.json"
+"""A folder artifact's manifest, inside it (a model, a training run's final/)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -30,16 +35,15 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def manifest_path(artifact: Path) -> Path:
     if artifact.is_dir():
-        return artifact / "rlhfkit-manifest.json"
+        return artifact / MANIFEST
     return artifact.with_name(artifact.name + ".manifest.json")
 
 
 def write_manifest(
     artifact: Path, *, kind: str, inputs: dict[str, Path], config: dict[str, Any], **extra: Any
 ) -> Path:
-    """Record an artifact's inputs (with hashes), config and the rlhfkit version beside it."""
-    from rlhfkit.data.io import atomic_open
-
+    """Record an artifact's inputs (with hashes), config and the rlhfkit version beside it.
+    The one manifest writer: datasets, candidates, trained models and the model cache."""
     record = {
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

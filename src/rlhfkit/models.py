@@ -21,16 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhfkit import strict_json
 from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.lineage import sha256_file
+from rlhfkit.lineage import MANIFEST, sha256_file, write_manifest
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-MANIFEST = "rlhfkit-manifest.json"
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def pull_tokenizer(alias: str) -> Path:
     with atomic_dir(target, replace=False) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         tok.save_pretrained(str(tmp))
-        _write_manifest(tmp, {"alias": alias, "gguf": str(gguf), "part": "tokenizer"})
+        _write_manifest(tmp, alias=alias, gguf=str(gguf), part="tokenizer")
     return target
 
 
@@ -144,29 +142,27 @@ def pull(alias: str, force: bool = False) -> Path:
         tok.save_pretrained(str(tmp))
         _write_manifest(
             tmp,
-            {
-                "alias": alias,
-                "description": BUNDLED[alias].description,
-                "gguf": str(gguf),
-                "gguf_sha256": sha256_file(gguf),
-                "conversion_seconds": round(time.time() - started, 1),
-            },
+            alias=alias,
+            description=BUNDLED[alias].description,
+            gguf=str(gguf),
+            gguf_sha256=sha256_file(gguf),
+            conversion_seconds=round(time.time() - started, 1),
         )
     return target
 
 
-def _write_manifest(folder: Path, fields: dict) -> None:
-    import transformers
+def _write_manifest(folder: Path, **fields: object) -> None:
+    """A cached base model's manifest: what it was converted from, and with which versions."""
+    import transformers  # lazy: models.py stays light for --help
 
-    from rlhfkit import __version__
-
-    fields = {
+    write_manifest(
+        folder,
+        kind="base_model",
+        inputs={},
+        config={},
+        transformers_version=transformers.__version__,
         **fields,
-        "rlhfkit_version": __version__,
-        "transformers_version": transformers.__version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (folder / MANIFEST).write_text(strict_json.dumps(fields, indent=2) + "\n")
+    )
 
 
 def bundled_aliases() -> list[str]:
@@ -280,5 +276,5 @@ def _build_tiny_dir() -> Path:
         model, tok = tiny_model()
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
-        _write_manifest(tmp, {"alias": TINY_ALIAS, "description": "random tiny Llama, seed 0"})
+        _write_manifest(tmp, alias=TINY_ALIAS, description="random tiny Llama, seed 0")
     return target

@@ -17,25 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from rlhfkit.choices import DPOLossType
+from rlhfkit.criteria import DETECTOR_KINDS, SuccessCriterion, hash_criteria
 from rlhfkit.errors import Problem, UserError, display_path
-
-# The success criteria and their detectors live with the code that evaluates them; they are
-# re-exported here because they are part of the spec.
-from rlhfkit.evaluate.criteria import (  # noqa: F401
-    DETECTOR_KINDS,
-    CallableDetector,
-    Detector,
-    EndsWithDetector,
-    JudgeDetector,
-    KeywordsDetector,
-    LengthDetector,
-    RefusalDetector,
-    RegexDetector,
-    RewardModelDetector,
-    StartsWithDetector,
-    SuccessCriterion,
-    hash_criteria,
-)
 from rlhfkit.spec_base import NAME, Strict
 
 SPEC_FILE = "rlhfkit.toml"
@@ -298,56 +281,3 @@ def _describe(err: Any) -> str:
     elif err["type"] == "too_long" and "max_length" in err.get("ctx", {}):
         msg = f"allows at most {err['ctx']['max_length']} items"
     return f"{where}: {msg}"
-
-
-# --- scaffolding ----------------------------------------------------------------------------
-
-EXAMPLES = {"support-replies": "Short, helpful customer-support email replies (the demo's task)."}
-
-
-def init_project(target: Path | str, example: str = "support-replies") -> Project:
-    """Create a working example project in `target` (which must not exist or be empty).
-
-    The folder is assembled beside `target` and renamed into place, so an interrupted or
-    failed init leaves nothing behind.
-    """
-    from importlib import resources
-
-    from rlhfkit.data import write_jsonl
-    from rlhfkit.data.io import atomic_dir
-    from rlhfkit.demo import support_replies
-
-    if example not in EXAMPLES:
-        raise UserError(f"unknown example '{example}'; examples: {', '.join(EXAMPLES)}")
-    target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UserError(f"{display_path(target)}: already exists and is not empty; nothing written")
-    if target.exists():
-        target.rmdir()  # empty (checked above); atomic_dir puts the finished folder here
-    with atomic_dir(target) as tmp:
-        spec_text = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
-        spec = parse_spec(spec_text)  # the template itself must always be valid
-        (tmp / SPEC_FILE).write_text(spec_text)
-        prompts, eval_prompts, ideal = support_replies.build()
-        sft = support_replies.past_replies(ideal)
-        write_jsonl(tmp / "data" / "prompts.jsonl", prompts)
-        write_jsonl(tmp / "data" / "eval_prompts.jsonl", eval_prompts)
-        write_jsonl(tmp / "data" / "sft.jsonl", sft)
-        (tmp / "README.md").write_text(_PROJECT_README.format(name=target.name))
-    return Project(target, spec)
-
-
-_PROJECT_README = """# {name}
-
-An rlhfkit project. `rlhfkit.toml` is the spec: the task, the annotation rubric, the success
-criteria written down before training, and each stage's settings.
-
-- `data/prompts.jsonl`: customer emails the model answers (for annotation and RL).
-- `data/sft.jsonl`: (email, ideal reply) pairs for supervised fine-tuning.
-- `data/eval_prompts.jsonl`: held-out emails, used only to prove what changed.
-- `artifacts/`: everything rlhfkit makes from these (candidates, labels, models, reports),
-  each with a manifest of what it was made from.
-
-Check the data with `rlhfkit data validate data/sft.jsonl`, then sample candidate replies:
-`rlhfkit generate --project . --limit 8`.
-"""

@@ -310,7 +310,7 @@ def test_a_panel_passes_calibration_and_only_the_drifter_is_flagged():
 
 def _project(root: Path, **annotation) -> Path:
     """The example project with a small [annotation] table."""
-    from rlhfkit.project import init_project
+    from rlhfkit.demo.example import init_project
 
     init_project(root)
     spec = root / "rlhfkit.toml"

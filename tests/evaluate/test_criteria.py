@@ -4,19 +4,17 @@ import json
 
 import pytest
 
-from rlhfkit.errors import UserError
-from rlhfkit.evaluate.criteria import (
-    DetectContext,
+from rlhfkit.criteria import (
     JudgeDetector,
     RefusalDetector,
     RewardModelDetector,
     SuccessCriterion,
-    criteria_status,
-    detect,
-    freeze_criteria,
     is_refusal,
 )
-from rlhfkit.project import init_project, load_project, parse_spec
+from rlhfkit.demo.example import init_project
+from rlhfkit.errors import UserError
+from rlhfkit.evaluate.criteria import DetectContext, criteria_status, detect, freeze_criteria
+from rlhfkit.project import load_project, parse_spec
 
 
 def test_refusal_detection_by_hand():

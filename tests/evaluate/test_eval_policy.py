@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from rlhfkit import strict_json
+from rlhfkit.demo.example import init_project
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate import schema
 from rlhfkit.evaluate.criteria import freeze_criteria
 from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
-from rlhfkit.project import init_project, load_project
+from rlhfkit.project import load_project
 from tests.conftest import run_cli, write_lines
 
 
@@ -138,21 +139,23 @@ def test_bad_settings_fail_before_any_model_loads(project, tmp_path):
 
 @pytest.mark.slow
 def test_the_first_training_stage_freezes_the_criteria(project, tmp_path):
+    """`rlhfkit train` freezes the criteria before it trains (the training loop does not), and
+    the final model's manifest records the frozen hash."""
     from rlhfkit.data import load
-    from rlhfkit.train.configs import SFTConfig
-    from rlhfkit.train.sft import train_sft
 
     rows = load(project / "data" / "sft.jsonl").rows[:2]
     data = write_lines(tmp_path / "sft.jsonl", rows)
-    cfg = SFTConfig(model="tiny-random", data=data, output_dir=tmp_path / "sft", max_steps=1,
-                    batch_size=2, precision="fp32", project=project)  # fmt: skip
     lock = project / "artifacts" / "criteria.lock.json"
     try:
-        result = train_sft(cfg)
+        result = run_cli("train", "sft", "--model", "tiny-random", "--data", str(data),
+                         "--output-dir", str(tmp_path / "sft"), "--max-steps", "1",
+                         "--batch-size", "2", "--precision", "fp32",
+                         "--project", str(project))  # fmt: skip
         frozen = json.loads(lock.read_text())
     finally:
         lock.unlink(missing_ok=True)
+    assert result.code == 0, result.stderr
     assert frozen["frozen_by"] == "sft"
     assert frozen["criteria_hash"] == load_project(project).spec.criteria_hash()
-    manifest = json.loads((result.final / "rlhfkit-manifest.json").read_text())
+    manifest = json.loads((tmp_path / "sft" / "final" / "rlhfkit-manifest.json").read_text())
     assert manifest["criteria_hash"] == frozen["criteria_hash"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from rlhfkit.cli import app
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate.rm import calibration, evaluate_reward_model
-from rlhfkit.evaluate.stats import pearson, spearman
+from rlhfkit.stats import pearson, spearman
 from tests.conftest import messages, run_cli, write_lines
 
 

@@ -315,7 +315,7 @@ def test_k_samples_share_one_prefill_and_sample_what_k_copies_of_the_prompt_woul
 def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):
     """Rewarding the count of one token teaches the policy to repeat it: the repetition
     monitor fires, and with --stop-on-flag the run stops there with the model saved."""
-    from rlhfkit.project import init_project
+    from rlhfkit.demo.example import init_project
 
     root, data = setup
     project = init_project(tmp_path / "project").root

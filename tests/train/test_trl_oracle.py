@@ -14,7 +14,7 @@ from rlhfkit.data import Dataset, Format, Kind
 from rlhfkit.models import tiny_model
 from rlhfkit.train.batches import separate, shared_prompt
 from rlhfkit.train.losses import dpo_loss, reward_loss, sft_loss
-from rlhfkit.train.reward import score_pairs
+from rlhfkit.train.reward_model import score_pairs
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps, token_logps_of
 from rlhfkit.train.tokenize import tokenize_dataset
 

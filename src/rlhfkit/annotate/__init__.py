@@ -25,8 +25,8 @@ what), `importing`, `status`, `export`, `security`, and the web app in `app`, `r
 from rlhfkit.annotate.annotators import add_annotator
 from rlhfkit.annotate.export import ExportResult, export
 from rlhfkit.annotate.importing import ImportResult, import_items
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import override_gate
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.status import status
 from rlhfkit.annotate.store import Store, open_store
 

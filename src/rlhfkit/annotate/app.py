@@ -30,10 +30,12 @@ from rlhfkit import strict_json
 from rlhfkit.annotate import inputs
 from rlhfkit.annotate.annotators import Authenticator
 from rlhfkit.annotate.labeling import InvalidLabel, LabelConflict, TaskNotFound
-from rlhfkit.annotate.policy import Policy
+from rlhfkit.annotate.routes import admin, labels, me, pages, tasks
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.settings import ServerSettings
 from rlhfkit.annotate.store import Store, open_store
 from rlhfkit.errors import UserError
+from rlhfkit.project import load_project
 
 HERE = Path(__file__).parent
 CSP = (
@@ -56,8 +58,6 @@ class AppState:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    from rlhfkit.project import load_project
-
     project = load_project(settings.project)
     store = open_store(settings.db_url)
     policy = Policy.from_project(project, settings.task_timeout_s)
@@ -80,7 +80,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         v, ensure_ascii=False, indent=1
     )
 
-    from rlhfkit.annotate.routes import admin, labels, me, pages, tasks
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

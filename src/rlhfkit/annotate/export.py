@@ -30,8 +30,8 @@ from sqlalchemy import select
 from rlhfkit import strict_json
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.status import LabelTable, annotator_quality, gate_summary, label_table
 from rlhfkit.annotate.store import Store, shown_url
 from rlhfkit.data import atomic_open, check_row, write_jsonl

@@ -23,8 +23,8 @@ from sqlalchemy import func, insert, select
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import storable
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import open_round
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.store import Store, record_event
 from rlhfkit.data import Format, load
 from rlhfkit.data.formats import split_implicit_prompt

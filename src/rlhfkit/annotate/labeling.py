@@ -33,9 +33,9 @@ from sqlalchemy.exc import IntegrityError
 from rlhfkit import strict_json
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.rounds import finish_round
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.store import Store
 
 tasks, items, labels, people = (t.__table__ for t in (m.Assignment, m.Item, m.Label, m.Annotator))

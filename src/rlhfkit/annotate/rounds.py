@@ -19,12 +19,14 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, exists, func, insert, select, update
 
+from rlhfkit.agreement import Labels, calibration_gate
 from rlhfkit.annotate import models as m
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.storable import unstorable
 from rlhfkit.annotate.store import Store, record_event
+from rlhfkit.errors import UserError
 
 rounds, items, labels, people = (t.__table__ for t in (m.Round, m.Item, m.Label, m.Annotator))
 tasks = m.Assignment.__table__
@@ -88,8 +90,6 @@ def finish_round(conn: Connection, policy: Policy, annotator_id: int, round_id: 
 
 
 def evaluate_gate(conn: Connection, policy: Policy, round_id: int) -> None:
-    from rlhfkit.agreement import Labels, calibration_gate
-
     rows = conn.execute(
         select(labels.c.item_id, labels.c.annotator_id, labels.c.label)
         .select_from(labels.join(items, items.c.id == labels.c.item_id))
@@ -193,8 +193,6 @@ def override_gate(
     the round and shown in status, exports and reports. Returns the round overridden.
     `by`: the asking admin's (annotator id, token hash), checked in the same transaction on
     their row, locked first (`security.TokenRefused` if it was revoked or rotated since)."""
-    from rlhfkit.errors import UserError
-
     if not reason.strip():
         raise UserError("an override needs a reason (it is recorded and shown in exports)")
     why = unstorable(reason)  # from the command line: argv bytes that are not UTF-8

@@ -46,9 +46,9 @@ from sqlalchemy import Connection, bindparam, exists, insert, select, update
 
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.prepared import Prepared
 from rlhfkit.annotate.rounds import finish_round, gate_state, open_round
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rlhfkit.annotate.app import create_app
 from rlhfkit.annotate.security import is_loopback
 from rlhfkit.annotate.settings import ServerSettings
 from rlhfkit.annotate.store import normalise_url
@@ -30,8 +31,6 @@ from rlhfkit.annotate.store import normalise_url
 def create_app_from_env():
     """App factory for ``uvicorn --factory rlhfkit.annotate.server:create_app_from_env``
     (settings from RLHFKIT_DB_URL / RLHFKIT_PROJECT; see `settings`)."""
-    from rlhfkit.annotate.app import create_app
-
     return create_app(ServerSettings.from_env())
 
 
@@ -47,7 +46,6 @@ def exposure_warning(host: str) -> str | None:
 def _config(settings: ServerSettings, **overrides):
     import uvicorn
 
-    from rlhfkit.annotate.app import create_app
 
     return uvicorn.Config(
         create_app(settings),

@@ -14,10 +14,18 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from rlhfkit.agreement import (
+    AnnotatorStats,
+    Labels,
+    anchor_drift,
+    annotator_stats,
+    calibration_gate,
+    summarise,
+)
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
-from rlhfkit.annotate.policy import Policy
 from rlhfkit.annotate.rounds import gate_open, labels_in_round_after
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store
 
@@ -43,8 +51,6 @@ class LabelTable:
 
     def labels(self, keep: list[bool] | None = None) -> Any:
         """`rlhfkit.agreement.Labels` (optionally of a subset), over the four label values."""
-        from rlhfkit.agreement import Labels
-
         def pick(xs: list) -> list:
             return xs if keep is None else [x for x, k in zip(xs, keep, strict=True) if k]
 
@@ -155,8 +161,6 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
 def _no_labels() -> dict[str, Any]:
     """The per-annotator statistics of someone without labels: counts 0, rates undefined,
     each with its `<name>_note` as `AnnotatorStats.as_dict` gives them."""
-    from rlhfkit.agreement import AnnotatorStats
-
     row: dict[str, Any] = {"excluded_from_export": False}
     for f in fields(AnnotatorStats):
         if f.name == "annotator":
@@ -212,8 +216,6 @@ def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, 
 def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) -> dict[str, Any]:
     """Agreement, per-annotator statistics (with anchor accuracy), drift alerts against each
     annotator's calibration-time anchor accuracy, and the most disputed items."""
-    from rlhfkit.agreement import anchor_drift, annotator_stats, calibration_gate, summarise
-
     empty = {
         "agreement": None,
         "agreement_note": "no labels yet",

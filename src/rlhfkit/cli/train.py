@@ -11,9 +11,13 @@ from typing import Any
 import typer
 
 from rlhfkit import strict_json
+from rlhfkit.callables import load_callable
 from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.configs import command_from_config
-from rlhfkit.train.loop import LoopConfig
+from rlhfkit.errors import display_path
+
+# Config classes import only the standard library, so --help stays fast.
+from rlhfkit.train.configs import DPOConfig, LoopConfig, PPOConfig, RewardConfig, SFTConfig
 
 app = typer.Typer(
     help="Train: SFT (stage 1), a reward model (stage 2), PPO/RLOO/GRPO (stage 3), or DPO.",
@@ -46,8 +50,11 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
             TimeRemainingColumn,
         )
 
-        from rlhfkit.errors import display_path
+        # lazy: evaluate/criteria.py pulls in torch (reward-model detectors)
+        from rlhfkit.evaluate.criteria import freeze_for_training
 
+        # a project's first training stage freezes its success criteria: sft, reward, dpo, ppo
+        freeze_for_training(cfg.project, type(cfg).__name__.removesuffix("Config").lower())
         started = time.time()
         with Progress(
             TextColumn(f"{label}"),
@@ -88,21 +95,18 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
     return run
 
 
-def _lazy(module: str, fn: str) -> Callable[[Any, Any], Any]:
-    def call(cfg, progress):
-        import importlib
+def _lazy(target: str) -> Callable[[Any, Any], Any]:
+    """A trainer named `module:function`, imported when it runs: torch stays out of --help."""
 
-        return getattr(importlib.import_module(module), fn)(cfg, progress)
+    def call(cfg, progress):
+        return load_callable(target, "trainer")(cfg, progress)
 
     return call
 
 
 def _register() -> None:
-    # Config classes import only the standard library, so --help stays fast.
-    from rlhfkit.train.configs import DPOConfig, PPOConfig, RewardConfig, SFTConfig
-
     sft = command_from_config(
-        SFTConfig, _train("sft", _lazy("rlhfkit.train.sft", "train_sft")), required=("data",)
+        SFTConfig, _train("sft", _lazy("rlhfkit.train.sft:train_sft")), required=("data",)
     )
     sft.__doc__ = """Stage 1: supervised fine-tuning on (prompt, ideal response) data.
 
@@ -111,7 +115,7 @@ def _register() -> None:
     """
     rm = command_from_config(
         RewardConfig,
-        _train("rm", _lazy("rlhfkit.train.reward", "train_reward")),
+        _train("rm", _lazy("rlhfkit.train.reward:train_reward")),
         required=("data",),
     )
     rm.__doc__ = """Stage 2: a reward model (scalar head, Bradley–Terry loss) on preference pairs.
@@ -119,14 +123,14 @@ def _register() -> None:
     Check it on held-out pairs with `rlhfkit eval rm` before trusting it.
     """
     dpo = command_from_config(
-        DPOConfig, _train("dpo", _lazy("rlhfkit.train.dpo", "train_dpo")), required=("data",)
+        DPOConfig, _train("dpo", _lazy("rlhfkit.train.dpo:train_dpo")), required=("data",)
     )
     dpo.__doc__ = """Direct preference optimisation: learn from preference pairs without a reward
     model or an RL loop. Reference log-probs are computed once and cached on disk.
     """
     ppo = command_from_config(
         PPOConfig,
-        _train("ppo", _lazy("rlhfkit.train.ppo", "train_ppo")),
+        _train("ppo", _lazy("rlhfkit.train.ppo:train_ppo")),
         required=("data", "reward"),
     )
     ppo.__doc__ = """Stage 3: optimise the policy against a reward with a KL penalty to where it

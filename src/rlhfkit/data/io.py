@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from rlhfkit import strict_json
-from rlhfkit.data.formats import DEFAULT_MAX_CHARS, Format, Kind, RowError, check_row
+from rlhfkit.data.formats import (
+    DEFAULT_MAX_CHARS,
+    METADATA_FIELDS,
+    Format,
+    Kind,
+    RowError,
+    check_row,
+)
 from rlhfkit.errors import Problem, UserError, display_path
 
 MAX_PROBLEMS_SHOWN = 50
@@ -38,8 +45,6 @@ class Dataset:
         return len(self.rows)
 
     def metadata_fields(self) -> list[str]:
-        from rlhfkit.data.formats import METADATA_FIELDS
-
         return [f for f in METADATA_FIELDS if any(f in r for r in self.rows)]
 
 

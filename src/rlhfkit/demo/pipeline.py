@@ -111,6 +111,59 @@ PRESETS = {
 
 
 @dataclass(frozen=True)
+class Paths:
+    """The run folder's layout (what `rlhfkit report` reads; see report/inputs.py)."""
+
+    root: Path
+
+    @property
+    def project(self) -> Path:
+        return self.root / "project"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def candidates(self) -> Path:
+        return self.root / "annotation" / "candidates.jsonl"
+
+    @property
+    def annotation(self) -> Path:
+        return self.root / "annotation"
+
+    @property
+    def prefs(self) -> Path:
+        return self.annotation / "preferences.jsonl"
+
+    @property
+    def prefs_train(self) -> Path:
+        return self.annotation / "preferences.train.jsonl"
+
+    @property
+    def prefs_heldout(self) -> Path:
+        return self.annotation / "preferences.heldout.jsonl"
+
+    @property
+    def prefs_dpo(self) -> Path:
+        """The training pairs of two SFT replies, and the anchors: DPO's."""
+        return self.annotation / "preferences.dpo.jsonl"
+
+    @property
+    def rm(self) -> Path:
+        return self.root / "rm"
+
+    def policy(self, name: str) -> Path:
+        return self.root / name
+
+    def eval(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    def final(self, stage: str) -> Path:
+        return self.root / stage / "final"
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     root: Path = Path("runs/demo")
     """Where the demo's run folder goes (the project, every stage's output, the report)."""

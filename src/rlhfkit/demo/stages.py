@@ -12,70 +12,38 @@ import hashlib
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlhfkit import strict_json
+from rlhfkit.agreement import read_gold, read_labels, summarise
+from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
+from rlhfkit.annotate.server import serve_in_background
+from rlhfkit.data import load, write_jsonl
 from rlhfkit.data.io import atomic_open
-from rlhfkit.demo.pipeline import Preset
+from rlhfkit.demo.example import init_project
+from rlhfkit.demo.panel import default_panel
+from rlhfkit.demo.panel_api import run_panel
+from rlhfkit.demo.pipeline import Paths, Preset
+from rlhfkit.demo.summary import summary
+from rlhfkit.demo.support_replies import anchor_items
+from rlhfkit.evaluate.criteria import freeze_for_training
+from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
+from rlhfkit.evaluate.rm import evaluate_reward_model
+from rlhfkit.generate import SamplingConfig, generate_candidates
+from rlhfkit.lineage import config_hash, sha256_file
+from rlhfkit.project import SPEC_FILE, load_project
+from rlhfkit.report.html import write_report
+from rlhfkit.report.inputs import load_run
+from rlhfkit.train.configs import DPOConfig, PPOConfig, RewardConfig, SFTConfig
+from rlhfkit.train.dpo import train_dpo
+from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.reward import train_reward
+from rlhfkit.train.sft import train_sft
 
 # (step, total, metrics) for training; (done, total) for sampling; (what, done, total) for eval
 Progress = Callable[..., None]
 PANEL_SIZE = 5
-
-
-@dataclass(frozen=True)
-class Paths:
-    """The run folder's layout (what `rlhfkit report` reads; see report/inputs.py)."""
-
-    root: Path
-
-    @property
-    def project(self) -> Path:
-        return self.root / "project"
-
-    @property
-    def sft(self) -> Path:
-        return self.root / "sft"
-
-    @property
-    def candidates(self) -> Path:
-        return self.root / "annotation" / "candidates.jsonl"
-
-    @property
-    def annotation(self) -> Path:
-        return self.root / "annotation"
-
-    @property
-    def prefs(self) -> Path:
-        return self.annotation / "preferences.jsonl"
-
-    @property
-    def prefs_train(self) -> Path:
-        return self.annotation / "preferences.train.jsonl"
-
-    @property
-    def prefs_heldout(self) -> Path:
-        return self.annotation / "preferences.heldout.jsonl"
-
-    @property
-    def prefs_dpo(self) -> Path:
-        """The training pairs of two SFT replies, and the anchors: DPO's."""
-        return self.annotation / "preferences.dpo.jsonl"
-
-    @property
-    def rm(self) -> Path:
-        return self.root / "rm"
-
-    def policy(self, name: str) -> Path:
-        return self.root / name
-
-    def eval(self, name: str) -> Path:
-        return self.root / "eval" / name
-
-    def final(self, stage: str) -> Path:
-        return self.root / stage / "final"
 
 
 CANDIDATE_BATCH = 24
@@ -92,15 +60,11 @@ one epoch, precomputing would first score pairs the run never trains on."""
 def code_hash(*files: str) -> str:
     """A hash of files of this package (the example's template, the panel's code), for stage
     fingerprints: a new version of them reruns the stages they feed."""
-    from rlhfkit.lineage import config_hash, sha256_file
-
     return config_hash({name: sha256_file(Path(__file__).parent / name) for name in files})
 
 
 def project_spec(paths: Paths, preset: Preset) -> None:
     """Scaffold the example project; a smaller preset shortens its calibration round."""
-    from rlhfkit.project import SPEC_FILE, init_project
-
     spec = paths.project / SPEC_FILE
     if not spec.exists():
         init_project(paths.project)
@@ -116,8 +80,6 @@ def project_spec(paths: Paths, preset: Preset) -> None:
 
 
 def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> None:
-    from rlhfkit.train.configs import SFTConfig
-    from rlhfkit.train.sft import train_sft
 
     cfg = SFTConfig(
         model=model,
@@ -134,14 +96,12 @@ def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> 
         precision=preset.precision,
         seed=preset.seed,
     )
+    freeze_for_training(paths.project, "sft")  # the first stage freezes the criteria
     train_sft(cfg, progress)
 
 
 def candidates(paths: Paths, preset: Preset, start: str, progress: Progress | None) -> None:
     """The SFT model's replies and the starting model's, every pair of a prompt's compared."""
-    from rlhfkit.generate import SamplingConfig, generate_candidates
-    from rlhfkit.project import load_project
-
     spec = load_project(paths.project).spec
     sampling = SamplingConfig.from_spec(
         spec.generate,
@@ -166,14 +126,6 @@ def candidates(paths: Paths, preset: Preset, start: str, progress: Progress | No
 
 def annotation(paths: Paths, preset: Preset) -> dict[str, Any]:
     """A fresh store; the panel labels through the real app over HTTP; export; statistics."""
-    from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
-    from rlhfkit.annotate.server import serve_in_background
-    from rlhfkit.data import write_jsonl
-    from rlhfkit.demo.panel import default_panel
-    from rlhfkit.demo.panel_api import run_panel
-    from rlhfkit.demo.support_replies import anchor_items
-    from rlhfkit.project import load_project
-
     seed = preset.seed
     folder = paths.annotation
     db = folder / "annotations.sqlite"
@@ -243,8 +195,6 @@ def _gold_pairs(anchors: Path) -> list[dict[str, Any]]:
     """The anchor items as preference rows: the team wrote their answers down, so they are
     training data too. They teach what the panel's pairs rarely show side by side: a reply
     that acts against one that only apologises, echoes or hedges."""
-    from rlhfkit.data import load
-
     rows = []
     for item in load(anchors).rows:
         a, b = item["response_a"], item["response_b"]
@@ -268,7 +218,6 @@ def _drift_after(policy) -> int:
 
 
 def _agreement(folder: Path, policy) -> dict[str, Any]:
-    from rlhfkit.agreement import read_gold, read_labels, summarise
 
     labels = read_labels(folder / "labels.jsonl")
     gold = read_gold(folder / "gold.jsonl", labels)
@@ -287,8 +236,6 @@ def _split(prefs: Path, share: float) -> tuple[list[dict], list[dict]]:
     """A held-out share of the prompts, with all their preference pairs, by a hash of the
     prompt: stable across reruns, independent of row order, and no held-out pair shares a
     prompt (or a reply) with a training pair."""
-    from rlhfkit.data import load
-
     train, heldout = [], []
     for row in load(prefs).rows:
         prompt = strict_json.dumps(row.get("prompt"), sort_keys=True)
@@ -298,9 +245,6 @@ def _split(prefs: Path, share: float) -> tuple[list[dict], list[dict]]:
 
 
 def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dict[str, Any]:
-    from rlhfkit.evaluate.rm import evaluate_reward_model
-    from rlhfkit.train.configs import RewardConfig
-    from rlhfkit.train.reward import train_reward
 
     cfg = RewardConfig(
         model=str(paths.final("sft")),
@@ -317,8 +261,8 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
         precision=preset.precision,
         seed=preset.seed,
     )
+    freeze_for_training(paths.project, "reward")  # the first stage freezes the criteria
     train_reward(cfg, progress)
-    from rlhfkit.data import load
 
     rows = load(paths.prefs_heldout).rows
     slices = tuple(c for c in ("pairing", "topic") if any(c in r for r in rows))
@@ -329,9 +273,6 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
 
 
 def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
-    from rlhfkit.project import load_project
-    from rlhfkit.train.configs import PPOConfig
-    from rlhfkit.train.ppo import train_ppo
 
     spec = load_project(paths.project).spec
     cfg = PPOConfig(
@@ -358,13 +299,11 @@ def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         precision=preset.precision,
         seed=preset.seed,
     )
+    freeze_for_training(paths.project, "ppo")  # the first stage freezes the criteria
     train_ppo(cfg, progress)
 
 
 def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
-    from rlhfkit.project import load_project
-    from rlhfkit.train.configs import DPOConfig
-    from rlhfkit.train.dpo import train_dpo
 
     spec = load_project(paths.project).spec
     cfg = DPOConfig(
@@ -384,12 +323,11 @@ def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         precision=preset.precision,
         seed=preset.seed,
     )
+    freeze_for_training(paths.project, "dpo")  # the first stage freezes the criteria
     train_dpo(cfg, progress)
 
 
 def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | None) -> dict:
-    from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
-    from rlhfkit.project import load_project
 
     spec = load_project(paths.project).spec
     rm = str(paths.final("rm"))
@@ -411,9 +349,6 @@ def evaluate(paths: Paths, preset: Preset, policy: str, progress: Progress | Non
 
 
 def report(paths: Paths, seconds: dict[str, float]) -> tuple[Path, dict[str, Any]]:
-    from rlhfkit.demo.summary import summary
-    from rlhfkit.report.html import write_report
-    from rlhfkit.report.inputs import load_run
 
     written = write_report(load_run(paths.root), paths.root / "report.html")
     found = summary(paths, seconds)

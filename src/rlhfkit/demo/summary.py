@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rlhfkit.demo.pipeline import Paths
 from rlhfkit.evaluate.schema import PolicyEvalResult, RMEvalResult, read_json
-
-if TYPE_CHECKING:
-    from rlhfkit.demo.stages import Paths
 
 
 def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
 
-Test = Literal["permutation", "bootstrap", "two_proportion"]
-"""The tests of a before/after difference in `stats` (the paired permutation test first)."""
-TESTS: tuple[str, ...] = get_args(Test)
+from rlhfkit.choices import Test
 
 
 @dataclass(frozen=True)

@@ -1,269 +1,39 @@
-"""Success criteria: behaviors written down before training, each with a direction and a
-detector that says, for one response, whether the behavior is there.
+"""Running the success criteria (their specs live in `rlhfkit.criteria`) on responses, and
+the record that freezes them when training starts.
 
-Detectors (the ``kind`` in ``[[success_criteria]]``'s ``detector`` table):
+Text detectors run on the text alone; ``reward_model`` and ``judge`` detectors need the prompt
+and a model, so they run through `detect` with a `DetectContext`.
 
-- text only — ``regex``, ``keywords``, ``length``, ``starts_with``, ``ends_with``,
-  ``refusal`` (a declined request), ``callable`` (``package.module:function`` on the text):
-  each has ``matches(text) -> bool``, cheap enough to run on every PPO step;
-- with context — ``reward_model`` (a reward model's score is within ``min``/``max``) and
-  ``judge`` (a yes/no question put to a judge model): these need the prompt and a model, so
-  they run through `detect` with a `DetectContext`.
-
-Criteria are frozen when the first training stage of a project starts: `freeze_criteria`
-writes ``artifacts/criteria.lock.json`` with their hash, once. An evaluation compares the
-spec's criteria with that record (`criteria_status`) and says loudly when they changed —
-criteria edited after seeing the results are not pre-registered any more.
+Criteria are frozen by whoever starts a project's first training stage (`rlhfkit train` and the
+demo call `freeze_for_training`): `freeze_criteria` writes ``artifacts/criteria.lock.json``
+with their hash, once. An evaluation compares the spec's criteria with that record
+(`criteria_status`) and says loudly when they changed — criteria edited after seeing the
+results are not pre-registered any more.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import json
-import re
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
-
-from pydantic import Field, field_validator, model_validator
+from typing import Any, Protocol
 
 from rlhfkit import strict_json
-from rlhfkit.errors import UserError, display_path
-from rlhfkit.spec_base import NAME, Strict
-
-if TYPE_CHECKING:
-    from rlhfkit.project import Project
-
-
-# --- text detectors ------------------------------------------------------------------------
-
-
-class RegexDetector(Strict):
-    kind: Literal["regex"]
-    pattern: str
-    ignore_case: bool = True
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regular expression: {e}") from None
-        return v
-
-    def matches(self, text: str) -> bool:
-        return re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
-
-
-class KeywordsDetector(Strict):
-    kind: Literal["keywords"]
-    any: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    """The response matches when it contains any of these words or phrases."""
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        return contains_any(text, self.any, self.ignore_case)
-
-
-class LengthDetector(Strict):
-    kind: Literal["length"]
-    unit: Literal["words", "chars"] = "words"
-    min: Annotated[int, Field(ge=0)] | None = None
-    max: Annotated[int, Field(ge=0)] | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> LengthDetector:
-        if self.min is None and self.max is None:
-            raise ValueError("a length detector needs 'min', 'max' or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("'min' is larger than 'max'")
-        return self
-
-    def matches(self, text: str) -> bool:
-        n = len(text.split()) if self.unit == "words" else len(text)
-        return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
-
-
-class StartsWithDetector(Strict):
-    kind: Literal["starts_with"]
-    prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        t = text.lstrip()
-        if self.ignore_case:
-            return any(t.lower().startswith(p.lower()) for p in self.prefixes)
-        return any(t.startswith(p) for p in self.prefixes)
-
-
-class EndsWithDetector(Strict):
-    kind: Literal["ends_with"]
-    suffixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    ignore_case: bool = True
-
-    def matches(self, text: str) -> bool:
-        t = text.rstrip()
-        if self.ignore_case:
-            return any(t.lower().endswith(s.lower()) for s in self.suffixes)
-        return any(t.endswith(s) for s in self.suffixes)
-
-
-# Declining or refusing, in the words small and large chat models actually use. Kept
-# deliberately specific ("I can't help", not "can't"): "we can't wait to see you" is no refusal.
-REFUSAL_PATTERNS = (
-    r"\bI(?:'m| am) (?:sorry,? )?(?:but )?(?:not able|unable) to\b",
-    r"\bI (?:can't|cannot|can not) (?:help|assist|do that|provide|answer|comply|fulfil|share|"
-    r"discuss|give|process|access)",
-    r"\bI (?:won't|will not) (?:be able to )?(?:help|assist|provide|do that|answer)",
-    r"\bI(?:'m| am) (?:not (?:allowed|permitted|authorized|authorised) to|afraid I (?:can't|"
-    r"cannot))",
-    r"\bI must (?:respectfully |politely )?decline\b",
-    r"\bas an AI\b",
-    r"\b(?:that|this)(?:'s| is) (?:outside|beyond|not within) (?:my|our|the) (?:scope|remit|"
-    r"expertise)",
-    r"\bagainst (?:my|our) (?:guidelines|policy|policies|rules)\b",
-    r"\bunable to (?:help|assist) (?:you )?with (?:that|this)\b",
-    r"\bnot something I can help with\b",
+from rlhfkit.criteria import (
+    LOCK_FILE,
+    TEXT_DETECTORS,
+    RewardModelDetector,
+    SuccessCriterion,
+    hash_criteria,
+    needs_context,
+    read_lock,
 )
-_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
-
-
-def is_refusal(text: str) -> bool:
-    """True when the text declines or refuses (curly apostrophes count as straight ones)."""
-    return _REFUSAL.search(text.replace("\u2019", "'")) is not None
-
-
-def contains_any(text: str, phrases: Sequence[str], ignore_case: bool = True) -> bool:
-    """Whole-word containment: 'maybe' is in 'Maybe so' but not in 'Maybelline'."""
-    flags = re.IGNORECASE if ignore_case else 0
-    text = text.replace("\u2019", "'")
-    return any(re.search(rf"(?<!\w){re.escape(p)}(?!\w)", text, flags) for p in phrases)
-
-
-class RefusalDetector(Strict):
-    """The response declines or refuses the request (e.g. for a criterion 'declines
-    off-topic requests' that should increase, or 'refuses answerable ones' that should not)."""
-
-    kind: Literal["refusal"]
-    also: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
-    """Extra phrases that count as declining here ('please contact a lawyer')."""
-
-    def matches(self, text: str) -> bool:
-        return is_refusal(text) or (bool(self.also) and contains_any(text, self.also))
-
-
-class CallableDetector(Strict):
-    kind: Literal["callable"]
-    path: Annotated[str, Field(pattern=r"^[\w.]+:[\w]+$")]
-    """``package.module:function``; the function takes the response text, returns a bool."""
-
-    def matches(self, text: str) -> bool:
-        module, _, name = self.path.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"detector '{self.path}' cannot be imported: {e}") from None
-        return bool(fn(text))
-
-
-# --- detectors that need the prompt and a model ---------------------------------------------
-
-
-class RewardModelDetector(Strict):
-    """A reward model's score for (prompt, response) lies within [min, max]."""
-
-    kind: Literal["reward_model"]
-    model: Annotated[str, Field(min_length=1)]
-    """A reward model folder from `rlhfkit train rm`, relative to the project folder."""
-    min: float | None = None
-    max: float | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> RewardModelDetector:
-        if self.min is None and self.max is None:
-            raise ValueError("a reward_model detector needs 'min', 'max' or both")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("'min' is larger than 'max'")
-        return self
-
-    def within(self, reward: float) -> bool:
-        return (self.min is None or reward >= self.min) and (self.max is None or reward <= self.max)
-
-    def matches(self, text: str) -> bool:
-        raise UserError(_needs_context("reward_model"))
-
-
-class JudgeDetector(Strict):
-    """A judge model answers a yes/no question about (prompt, response): 'yes' matches."""
-
-    kind: Literal["judge"]
-    question: Annotated[str, Field(min_length=1)]
-    """Asked about every response, e.g. 'Does the reply give the customer a concrete next
-    step?'. Needs a judge endpoint (`--judge openai`) at evaluation time."""
-
-    def matches(self, text: str) -> bool:
-        raise UserError(_needs_context("judge"))
-
-
-def _needs_context(kind: str) -> str:
-    return (
-        f"a '{kind}' detector needs the prompt and a model; evaluate it with "
-        "rlhfkit.evaluate.criteria.detect (as `rlhfkit eval policy` does), not on text alone"
-    )
-
-
-TEXT_DETECTORS = (
-    RegexDetector,
-    KeywordsDetector,
-    LengthDetector,
-    StartsWithDetector,
-    EndsWithDetector,
-    RefusalDetector,
-    CallableDetector,
-)
-DETECTOR_KINDS = (
-    "regex",
-    "keywords",
-    "length",
-    "starts_with",
-    "ends_with",
-    "refusal",
-    "callable",
-    "reward_model",
-    "judge",
-)
-
-Detector = Annotated[
-    RegexDetector
-    | KeywordsDetector
-    | LengthDetector
-    | StartsWithDetector
-    | EndsWithDetector
-    | RefusalDetector
-    | CallableDetector
-    | RewardModelDetector
-    | JudgeDetector,
-    Field(discriminator="kind"),
-]
-
-
-class SuccessCriterion(Strict):
-    """A behavior written down before training, with the direction it should move."""
-
-    name: Annotated[str, Field(pattern=NAME)]
-    description: Annotated[str, Field(min_length=1)]
-    direction: Literal["increase", "decrease"]
-    detector: Detector
-
-    @property
-    def text_only(self) -> bool:
-        """Decidable from the response text alone (so, e.g., on every PPO step)."""
-        return isinstance(self.detector, TEXT_DETECTORS)
-
+from rlhfkit.data.io import atomic_open
+from rlhfkit.errors import UserError
+from rlhfkit.project import Project, load_project
+from rlhfkit.train.reward_model import RewardFn, RewardModelFn
 
 # --- evaluating criteria on responses --------------------------------------------------------
 
@@ -272,9 +42,6 @@ class QuestionJudge(Protocol):
     """What a `judge` detector needs: a yes/no answer about one response."""
 
     def ask(self, question: str, prompt: Any, response: str) -> bool: ...
-
-
-RewardFn = Callable[[list[Any], list[str]], Sequence[float]]
 
 
 @dataclass
@@ -289,8 +56,6 @@ class DetectContext:
 
     def rewards(self, model: str, prompts: list[Any], responses: list[str]) -> list[float]:
         if model not in self.reward_models:
-            from rlhfkit.train.rewards import RewardModelFn
-
             path = Path(model) if Path(model).is_absolute() else self.root / model
             self.reward_models[model] = RewardModelFn(str(path))
         return [float(r) for r in self.reward_models[model](prompts, responses)]
@@ -315,7 +80,7 @@ def detect(
         if isinstance(d, TEXT_DETECTORS):
             out[c.name] = [d.matches(r) for r in responses]
         elif ctx is None:
-            raise UserError(f"success criterion '{c.name}': " + _needs_context(d.kind))
+            raise UserError(f"success criterion '{c.name}': " + needs_context(d.kind))
         elif isinstance(d, RewardModelDetector):
             out[c.name] = [d.within(r) for r in ctx.rewards(d.model, prompts, responses)]
         else:
@@ -333,16 +98,8 @@ def detect(
 
 # --- freezing --------------------------------------------------------------------------------
 
-LOCK_FILE = "criteria.lock.json"
-
-
 def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
     return [c.model_dump(mode="json") for c in criteria]
-
-
-def hash_criteria(dumped: list[dict[str, Any]]) -> str:
-    """The hash `ProjectSpec.criteria_hash` computes, from the criteria as JSON."""
-    return hashlib.sha256(strict_json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -392,8 +149,6 @@ class CriteriaStatus:
 def freeze_criteria(project: Project, stage: str) -> CriteriaStatus:
     """Record the criteria's hash when a project's first training stage starts (once: a later
     stage finds the record and leaves it alone). Returns the status against that record."""
-    from rlhfkit.data.io import atomic_open
-
     lock = project.artifacts(LOCK_FILE)
     if not lock.exists():
         dumped = _dumps(project.spec.success_criteria)
@@ -414,24 +169,31 @@ def criteria_status(project: Project, recorded_hash: str | None = None) -> Crite
     `recorded_hash` (e.g. the hash a trained model's manifest carries), if given."""
     now = _dumps(project.spec.success_criteria)
     current = hash_criteria(now)
-    lock = project.artifacts(LOCK_FILE)
-    if not lock.exists():
+    record = read_lock(project.artifacts(LOCK_FILE))
+    if record is None:
         if recorded_hash is None:
             return CriteriaStatus(current, None)
         changes = () if recorded_hash == current else ("differs from the model's manifest",)
         return CriteriaStatus(current, recorded_hash, None, "the trained model's manifest", changes)
-    try:
-        record = json.loads(lock.read_text())
-        frozen = record["criteria"]
-        frozen_hash = record["criteria_hash"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{display_path(lock)}: not a criteria lock written by rlhfkit") from None
-    changes = _changes(frozen, now)
+    frozen_hash = record["criteria_hash"]
+    changes = _changes(record["criteria"], now)
     if frozen_hash != current and not changes:
         changes = ["criteria reordered or re-typed"]
     return CriteriaStatus(
         current, frozen_hash, record.get("frozen_at"), record.get("frozen_by"), tuple(changes)
     )
+
+
+def freeze_for_training(project: Path | None, stage: str) -> str | None:
+    """What the caller that starts a training stage with a project does first: freeze the
+    criteria (the first stage) and warn when they were edited since. Returns the frozen hash
+    (None without a project). `stage`: sft, reward, dpo or ppo."""
+    if project is None:
+        return None
+    status = freeze_criteria(load_project(project), stage)
+    if status.changed:
+        warnings.warn(status.message(), stacklevel=2)
+    return status.frozen_hash
 
 
 def _changes(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:

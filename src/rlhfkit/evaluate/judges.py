@@ -3,7 +3,9 @@ Judgement(preference, rationale)``, preference one of 'a', 'b', 'tie', 'both_bad
 
 - `RewardModelJudge`: a reward model from `rlhfkit train rm`; the higher reward wins.
 - `CallableJudge`: any pairwise function ``fn(prompt, a, b) -> (preference, rationale)`` (or a
-  `Judgement`), e.g. the demo's simulated panel, ``rlhfkit.demo.panel.rubric_judge``.
+  `Judgement`), e.g. the demo's simulated panel, ``rlhfkit.demo.panel:rubric_judge`` (named by
+  that string, `PANEL_JUDGE`, and loaded like any other: the library imports nothing from
+  the demo).
 - `RubricJudge`: a per-response rubric scorer ``fn(prompt, response) -> float | {criterion:
   score}``; the higher total wins.
 - `OpenAIJudge`: any OpenAI-compatible ``/v1/chat/completions`` endpoint (OpenAI, a local vLLM
@@ -32,7 +34,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlhfkit import strict_json
+from rlhfkit.callables import load_callable
+from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError
+from rlhfkit.models import cache_dir
+from rlhfkit.train.reward_model import RewardFn, RewardModelFn
 
 Preference = Literal["a", "b", "tie", "both_bad"]
 PREFERENCES = ("a", "b", "tie", "both_bad")
@@ -94,13 +100,11 @@ class RewardModelJudge(PairwiseJudge):
 
     def __init__(
         self,
-        reward: str | Callable[[list[Any], list[str]], Sequence[float]],
+        reward: str | RewardFn,
         name: str = "reward_model",
         tie_margin: float = 0.0,
     ):
         if isinstance(reward, str):
-            from rlhfkit.train.rewards import RewardModelFn
-
             reward = RewardModelFn(reward)
         self.reward = reward
         self.name = name
@@ -210,8 +214,6 @@ class EndpointConfig:
                 hint="e.g. RLHFKIT_JUDGE_BASE_URL=http://localhost:8000/v1 "
                 "RLHFKIT_JUDGE_MODEL=Qwen2.5-7B-Instruct (a local vLLM or llama.cpp server)",
             )
-        from rlhfkit.models import cache_dir
-
         values: dict[str, Any] = {
             "base_url": base or "https://api.openai.com/v1",
             "model": model,
@@ -304,8 +306,6 @@ class OpenAIJudge(PairwiseJudge):
                 pass  # a damaged cache entry is asked again and overwritten
         content = self._post(body)
         if cached is not None:
-            from rlhfkit.data.io import atomic_open
-
             with atomic_open(cached) as f:
                 strict_json.dump({"content": content, "model": c.model}, f)
         return content
@@ -396,6 +396,10 @@ def parse_yes_no(answer: str) -> bool | None:
 
 # --- from the command line ---------------------------------------------------------------------
 
+PANEL_JUDGE = "rlhfkit.demo.panel:rubric_judge"
+"""`--judge panel`: the demo's simulated panel's verdict, a pairwise function named by its
+path so that the library does not import the demo."""
+
 
 @dataclass
 class JudgeChoice:
@@ -426,21 +430,14 @@ def parse_judge(value: str) -> JudgeChoice:
 
 def make_judge(choice: JudgeChoice, task: str = "", rubric: Sequence[tuple[str, str]] = ()):
     """The judge a --judge value names."""
-    import importlib
-
     if choice.kind == "rm":
         return RewardModelJudge(choice.target, name=f"rm:{Path(choice.target).name or 'rm'}")
     if choice.kind == "panel":
-        from rlhfkit.demo.panel import rubric_judge
-
-        return CallableJudge(rubric_judge, name="panel (simulated)")
+        fn = load_callable(PANEL_JUDGE, "--judge panel")
+        return CallableJudge(fn, name="panel (simulated)")
     if choice.kind == "callable":
-        module, _, fn_name = choice.target.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise UserError(f"--judge callable:{choice.target}: cannot import it: {e}") from None
-        return CallableJudge(fn, name=fn_name, both_orders=True)
+        fn = load_callable(choice.target, f"--judge callable:{choice.target}")
+        return CallableJudge(fn, name=choice.target.rpartition(":")[2], both_orders=True)
     return OpenAIJudge(EndpointConfig.from_env(**choice.options), task, rubric)
 
 

@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit import __version__, strict_json
+from rlhfkit import __version__, stats, strict_json
+from rlhfkit.criteria import JudgeDetector
 from rlhfkit.data import load
 from rlhfkit.data.io import atomic_open, write_jsonl
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.evaluate import schema, stats
+from rlhfkit.evaluate import schema
 from rlhfkit.evaluate.configs import PolicyEvalConfig
-from rlhfkit.evaluate.criteria import DetectContext, JudgeDetector, criteria_status, detect
+from rlhfkit.evaluate.criteria import DetectContext, criteria_status, detect
 from rlhfkit.evaluate.judges import (
     OpenAIJudge,
     PairwiseJudge,

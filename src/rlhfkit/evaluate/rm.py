@@ -44,8 +44,8 @@ from rlhfkit.evaluate.schema import (
     OrderInvariance,
     RMEvalResult,
 )
-from rlhfkit.evaluate.stats import pearson, spearman, wilson_interval
-from rlhfkit.train.reward import load_reward_model, require_reward_model, score_replies
+from rlhfkit.stats import pearson, spearman, wilson_interval
+from rlhfkit.train.reward_model import load_reward_model, require_reward_model, score_replies
 from rlhfkit.train.tokenize import Example, group_by_prompt, tokenize_dataset
 
 

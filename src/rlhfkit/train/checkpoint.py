@@ -17,18 +17,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit import strict_json
+from rlhfkit import __version__, strict_json
+from rlhfkit.criteria import LOCK_FILE, read_lock
+from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError
+from rlhfkit.lineage import config_hash, write_manifest
+from rlhfkit.project import load_project
+from rlhfkit.train.configs import LoopConfig
+from rlhfkit.train.scoring import ModelScorer
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from rlhfkit.train.loop import LoopConfig
+
+@dataclass
+class TrainResult:
+    """What a trainer returns: the final model's folder and how the run went."""
+
+    final: Path
+    last: dict
+    """The last step's metrics ({} when a resumed run had no step left)."""
+    truncated: int
+    """Completions cut at max_length."""
+    examples: int
+    stopped_early: str | None = None
+    """Why PPO stopped before its last step (None: it did not)."""
 
 
 def resume_fingerprint(cfg: LoopConfig, inputs: dict[str, Any]) -> str:
-    from rlhfkit.lineage import config_hash
-
     return config_hash({**{k: getattr(cfg, k) for k in cfg.resume_keys()}, **inputs})
 
 
@@ -195,8 +211,6 @@ class MetricsLog:
 
 
 def code_version() -> str:
-    from rlhfkit import __version__
-
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -211,13 +225,12 @@ def code_version() -> str:
 
 
 def frozen_criteria_hash(project: Path | None) -> str | None:
-    """The hash the project's success criteria were frozen with (see evaluate/criteria.py)."""
+    """The hash the project's success criteria were frozen with: the caller that started
+    training froze them (evaluate/criteria.py's `freeze_for_training`)."""
     if project is None:
         return None
-    from rlhfkit.evaluate.criteria import criteria_status
-    from rlhfkit.project import load_project
-
-    return criteria_status(load_project(project)).frozen_hash
+    record = read_lock(load_project(project).artifacts(LOCK_FILE))
+    return None if record is None else record["criteria_hash"]
 
 
 def save_final(
@@ -228,17 +241,12 @@ def save_final(
     Every process calls this: under FSDP/DeepSpeed, gathering the full weights needs them all.
     `module` is the prepared module: a `ModelScorer` around the model, or the model.
     """
-    from rlhfkit.data.io import atomic_dir
-    from rlhfkit.lineage import write_manifest
-
     final = out / "final"
     state = accelerator.get_state_dict(module) if _sharded(accelerator) else None
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return final
-    from rlhfkit.train.scoring import ModelScorer
-
     unwrapped = accelerator.unwrap_model(module)
     model = unwrapped.model if isinstance(unwrapped, ModelScorer) else unwrapped
     if state is not None and model is not unwrapped:

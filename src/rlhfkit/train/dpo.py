@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from rlhfkit import strict_json
 from rlhfkit.data import Format, load
+from rlhfkit.data.io import atomic_open
+from rlhfkit.models import cache_dir, load_model, resolve
 from rlhfkit.train.batches import (
     Batch,
     comparison_index,
@@ -26,7 +27,7 @@ from rlhfkit.train.batches import (
     shared_prompt,
     supports_block_mask,
 )
-from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.checkpoint import TrainResult, save_final
 from rlhfkit.train.configs import DPOConfig
 from rlhfkit.train.loop import begin, data_inputs, prepare_model, rubric_version
 from rlhfkit.train.losses import dpo_loss
@@ -35,19 +36,9 @@ from rlhfkit.train.scoring import CompletionScorer, sequence_logps
 from rlhfkit.train.tokenize import Example, group_by_prompt, tokenize_dataset
 
 
-@dataclass
-class TrainResult:
-    final: Path
-    last: dict
-    truncated: int
-    examples: int
-    stopped_early: str | None = None
-
-
 def train_dpo(cfg: DPOConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. settings, data, model, tokens
     cfg = begin(cfg)
-    from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PREFERENCE, Format.PREFERENCE_IMPLICIT])
     model, tok = load_model(cfg.model)
@@ -147,9 +138,6 @@ def reference_logps(
     others wait, then every process reads the cache. The key covers the model's config and
     weight files, the token ids and the precision, so a change to any of them recomputes.
     """
-    from rlhfkit.data.io import atomic_open
-    from rlhfkit.models import cache_dir, resolve
-
     key = _reference_key(resolve(cfg.model), examples, cfg.precision)
     path = cache_dir() / "reference-logps" / f"{key}.pt"
     with accelerator.main_process_first():

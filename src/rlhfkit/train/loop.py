@@ -5,14 +5,17 @@ written out in full and calls these; there is no trainer base class.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import sha256_file
 from rlhfkit.train.configs import LoopConfig
 
 # --- batching ---------------------------------------------------------------------------
@@ -80,8 +83,6 @@ def resolve_precision(precision: str) -> str:
 
 
 def _bf16_wins_race(torch) -> bool:
-    import time
-
     mats = {dt: torch.randn(384, 384, dtype=dt) for dt in (torch.float32, torch.bfloat16)}
     best = dict.fromkeys(mats, float("inf"))
     for _ in range(3):
@@ -129,32 +130,14 @@ def _top_layer_linears(model, n: int) -> list[str]:
 
 
 def begin(cfg: LoopConfig) -> LoopConfig:
-    """Check the settings, fix `auto` precision, claim the output folder, seed everything."""
-    import dataclasses
-
+    """Check the settings, fix `auto` precision, claim the output folder, seed everything.
+    A project's success criteria are frozen before this, by the caller that starts training
+    (`rlhfkit train`, the demo)."""
     cfg.check()
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision))
     prepare_output(cfg)
-    freeze_project_criteria(cfg)
     seed_everything(cfg.seed)
     return cfg
-
-
-def freeze_project_criteria(cfg: LoopConfig) -> str | None:
-    """The project's first training stage freezes its success criteria; every stage warns
-    when they were edited since. Returns the frozen hash (None without a project)."""
-    if cfg.project is None:
-        return None
-    import warnings
-
-    from rlhfkit.evaluate.criteria import freeze_criteria
-    from rlhfkit.project import load_project
-
-    stage = type(cfg).__name__.removesuffix("Config").lower()  # sft, reward, dpo, ppo
-    status = freeze_criteria(load_project(cfg.project), stage)
-    if status.changed:
-        warnings.warn(status.message(), stacklevel=2)
-    return status.frozen_hash
 
 
 def prepare_model(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
@@ -169,8 +152,6 @@ def prepare_model(model, cfg: LoopConfig, task_type: str = "CAUSAL_LM"):
 
 def data_inputs(data) -> dict[str, Any]:
     """What identifies a run's training data, for the resume fingerprint."""
-    from rlhfkit.lineage import sha256_file
-
     path = Path(data.path)
     return {"data_sha256": sha256_file(path) if path.is_file() else str(path), "rows": len(data)}
 

@@ -34,10 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-# layering: these two text checks and `pearson` sit in evaluate today; they move below train
-# with the success-criterion detectors (issue 18, part 1)
-from rlhfkit.evaluate.criteria import contains_any, is_refusal
-from rlhfkit.evaluate.stats import pearson
+from rlhfkit.criteria import contains_any, is_refusal
+from rlhfkit.stats import pearson
 
 if TYPE_CHECKING:
     from rlhfkit.project import MonitorSettings

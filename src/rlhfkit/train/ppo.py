@@ -7,7 +7,7 @@ Roles, without a second policy in memory where LoRA allows:
   separate model initialised from the reward model (`--critic reward-model`);
 - reference: the starting policy — with LoRA, the same weights with the adapter switched off;
   in a full fine-tune, a frozen copy;
-- reward: reward models and/or Python functions (`rewards.py`).
+- reward: reward models and/or Python functions (`reward_sources.py`).
 
 Each step: sample, score, penalise KL per token, estimate advantages, then a few epochs of
 clipped-surrogate updates over minibatches (the numbered comments below). Log-probs are
@@ -31,13 +31,13 @@ from rlhfkit.errors import UserError
 from rlhfkit.models import load_model
 from rlhfkit.train import losses as L
 from rlhfkit.train.batches import Batch
-from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.checkpoint import TrainResult, save_final
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.distributed import mean_over_processes, response_means, token_mean, whiten
-from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
 from rlhfkit.train.monitoring import RunWatch, SampleHook
-from rlhfkit.train.rewards import RewardModelFn, load_rewards, total_reward
+from rlhfkit.train.reward_model import RewardModelFn
+from rlhfkit.train.reward_sources import load_rewards, total_reward
 from rlhfkit.train.rollout import (
     MergedCopy,
     Rollout,

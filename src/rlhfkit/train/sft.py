@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data import Format, load
+from rlhfkit.models import load_model
 from rlhfkit.train.batches import separate
-from rlhfkit.train.checkpoint import save_final
+from rlhfkit.train.checkpoint import TrainResult, save_final
 from rlhfkit.train.configs import SFTConfig
-from rlhfkit.train.dpo import TrainResult
 from rlhfkit.train.loop import begin, data_inputs, prepare_model
 from rlhfkit.train.losses import sft_loss
 from rlhfkit.train.run import ProgressFn, make_accelerator, start_run
@@ -27,7 +27,6 @@ from rlhfkit.train.tokenize import tokenize_dataset
 def train_sft(cfg: SFTConfig, progress: ProgressFn | None = None) -> TrainResult:
     # 1. settings, data, model, tokens
     cfg = begin(cfg)
-    from rlhfkit.models import load_model
 
     data = load(cfg.data, expect=[Format.PROMPT_COMPLETION, Format.LANGUAGE_MODELING])
     model, tok = load_model(cfg.model)

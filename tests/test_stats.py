@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from statsmodels.stats.proportion import proportion_confint, proportions_ztest
 
-from rlhfkit.evaluate import stats as S
+from rlhfkit import stats as S
 
 
 @pytest.mark.parametrize(("x", "n"), [(0, 10), (3, 10), (7, 20), (20, 20), (55, 160)])

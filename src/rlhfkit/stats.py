@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rlhfkit.evaluate.configs import TESTS, Test
+from rlhfkit.choices import TESTS, Test
 
 TEST_NAMES = {
     "permutation": "paired sign-flip permutation test over prompts",

@@ -1,11 +1,11 @@
-"""What the scheduler needs from the project spec, in one small typed value."""
+"""The annotation rules a store runs by (overlap, calibration, anchors, gates, the answers the
+rubric allows), taken from the project spec in one small typed value: what the scheduler,
+the gates and the export need. (Not the trained policy: that is evaluate/policy.py.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-CHOICES = ("first", "second", "tie", "both_bad")
 
 
 @dataclass(frozen=True)
