@@ -16,7 +16,7 @@ from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
 from rlhfkit.annotate import models as m
 from rlhfkit.project import load_project
 from tests.annotate.conftest import free_port, pairs, write_jsonl, write_project
-from tests.annotate.test_cli import start_server
+from tests.cli.test_annotate import start_server
 
 pytestmark = pytest.mark.slow  # a server process, killed with SIGKILL and restarted
 

@@ -251,7 +251,7 @@ def test_an_admin_revoked_mid_action_does_nothing(db_url, tmp_path, action):
 
 @pytest.mark.parametrize("action", ["revoke", "rotate"])
 def test_an_admin_revoked_mid_action_on_the_dashboard_does_nothing(db_url, tmp_path, action):
-    from tests.annotate.test_pages import _secret, login
+    from tests.annotate.routes.test_pages import _secret, login
 
     with running_team(tmp_path, db_url, pairs(2)) as team:
         browser = login(team, "admin")

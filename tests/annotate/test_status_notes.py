@@ -5,7 +5,7 @@ calibration round that one annotator has finished.
 
 A null reached through key k of a dict d is explained by d[k + "_note"] or by
 d[k + "_notes"][next key], for any d along its path: the agreement package's convention, and
-its walker (tests/agreement/test_cli.py)."""
+its walker (tests/cli/test_agreement.py)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, st
 from rlhfkit.annotate.annotators import revoke_annotator
 from rlhfkit.annotate.labeling import LabelRequest, submit_label
 from rlhfkit.annotate.scheduling import NoTask, next_task
-from tests.agreement.test_cli import nulls_without_a_reason
+from tests.cli.test_agreement import nulls_without_a_reason
 from tests.annotate.conftest import label_all, pairs, running_team, write_jsonl
-from tests.annotate.test_round_membership import annotator_id
+from tests.annotate.test_rounds import annotator_id
 from tests.conftest import run_cli
 
 

@@ -12,7 +12,7 @@ import httpx
 
 from rlhfkit.annotate import security
 from tests.annotate.conftest import pairs, running_team
-from tests.annotate.test_pages import _secret, login
+from tests.annotate.routes.test_pages import _secret, login
 from tests.conftest import run_cli
 
 

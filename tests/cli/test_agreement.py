@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import run_cli, write_lines
 
-FILES = Path(__file__).parent / "files"
+FILES = Path(__file__).parents[1] / "agreement" / "files"
 
 
 def test_json_summary_of_a_preference_panel(tmp_path):
