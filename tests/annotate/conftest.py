@@ -25,8 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
+from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import Authenticator
 
 
@@ -247,3 +249,12 @@ def label_all(
         )
         assert done.status_code == 201 or (shared and done.status_code == 409), done.text
     return seen
+
+
+def count_labels(db: str) -> int:
+    store = open_store(db)
+    try:
+        with store.read() as conn:
+            return conn.execute(select(func.count()).select_from(m.Label)).scalar_one()
+    finally:
+        store.close()

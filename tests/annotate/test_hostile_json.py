@@ -22,8 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.annotate import security
-from tests.annotate.conftest import new_pg_database, pairs, running_team
-from tests.annotate.test_api import count_labels
+from tests.annotate.conftest import count_labels, new_pg_database, pairs, running_team
 from tests.annotate.wire import (
     FORM,
     JSON,

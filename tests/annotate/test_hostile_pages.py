@@ -20,8 +20,7 @@ from rlhfkit.annotate import models as m
 from rlhfkit.annotate.app import BodyLimit
 from rlhfkit.errors import UserError
 from rlhfkit.project import load_project
-from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
-from tests.annotate.test_api import count_labels
+from tests.annotate.conftest import count_labels, pairs, running_team, write_jsonl, write_project
 from tests.annotate.wire import (
     FORM,
     JSON,

@@ -19,8 +19,7 @@ from sqlalchemy import select, update
 
 from rlhfkit.annotate import add_annotator, open_store
 from rlhfkit.annotate import models as m
-from tests.annotate.conftest import new_pg_database, pairs, running_team
-from tests.annotate.test_api import count_labels
+from tests.annotate.conftest import count_labels, new_pg_database, pairs, running_team
 
 COPIES, TRIALS = 8, 24
 

@@ -19,9 +19,9 @@ from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, st
 from rlhfkit.annotate.annotators import revoke_annotator
 from rlhfkit.annotate.labeling import LabelRequest, submit_label
 from rlhfkit.annotate.scheduling import NoTask, next_task
-from tests.cli.test_agreement import nulls_without_a_reason
 from tests.annotate.conftest import label_all, pairs, running_team, write_jsonl
 from tests.annotate.test_rounds import annotator_id
+from tests.cli.test_agreement import nulls_without_a_reason
 from tests.conftest import run_cli
 
 
