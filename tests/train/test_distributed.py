@@ -1,6 +1,14 @@
 """The cross-process figures: two data-parallel shards give what one process holding both
-would, and one process's figures are its own."""
+would, and one process's figures are its own; DDP over two CPU processes changes nothing but
+the speed."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from rlhfkit.train import losses as L
@@ -12,6 +20,8 @@ from rlhfkit.train.distributed import (
     token_mean,
     whiten,
 )
+from tests.conftest import run_cli, write_lines
+from tests.train.conftest import losses, preferences, train_args
 
 
 class TwoShards:
@@ -66,3 +76,26 @@ def test_two_shards_give_the_figures_of_both_together():
         got = whiten(x, mx, TwoShards(theirs), shift_mean=shift)
         want = L.masked_whiten(torch.cat([x, y]), torch.cat([mx, my]), shift_mean=shift)[:1]
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.slow  # training runs in two processes: DDP over two CPU ranks
+def test_two_processes_match_one(tmp_path):
+    """DDP over 2 CPU processes (gloo) with the same global batch gives the same loss curve."""
+    data = write_lines(tmp_path / "prefs.jsonl", preferences())
+    args = train_args(data, tmp_path / "one", "--max-steps", "6", "--save-every", "0")
+    single = run_cli(*args)
+    assert single.code == 0, single.stderr
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    config = Path(__file__).parents[2] / "configs" / "accelerate" / "ddp-cpu.yaml"
+    launch = [accelerate, "launch", "--config_file", str(config), "--main_process_port", "29517",
+              "-m", "rlhfkit.cli"]
+    two = subprocess.run(
+        launch + train_args(data, tmp_path / "two", "--max-steps", "6", "--save-every", "0"),
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    for (s1, a), (s2, b) in zip(losses(tmp_path / "one"), losses(tmp_path / "two"), strict=True):
+        assert s1 == s2 and abs(a - b) < 1e-5
+    manifest = json.loads((tmp_path / "two" / "final" / "rlhfkit-manifest.json").read_text())
+    assert manifest["kind"] == "dpo"

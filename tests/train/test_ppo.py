@@ -235,7 +235,7 @@ def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
 
 def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):
     root, data = setup
-    from tests.train.test_train_cli import support_pairs
+    from tests.train.conftest import support_pairs
 
     prefs = write_lines(tmp_path / "prefs.jsonl", support_pairs(8))
     rm = run_cli("train", "rm", "--model", str(root / "model"), "--data", str(prefs),
