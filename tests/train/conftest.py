@@ -1,10 +1,33 @@
 """Helpers the training tests share: the support-reply preference rows, the common command-line
-arguments, and loss curves read back from a run's metrics."""
+arguments, loss curves read back from a run's metrics, and the PPO tests' tiny policy with its
+rule reward (`setup`)."""
 
 import json
 from pathlib import Path
 
-from tests.conftest import messages, run_cli
+import pytest
+import torch
+
+from rlhfkit.models import tiny_model
+from tests.conftest import messages, run_cli, write_lines
+
+RULES = '''
+TARGET = {target!r}
+
+
+def count(prompts, responses):
+    """The rule: how often the response says TARGET."""
+    return [float(r.count(TARGET)) for r in responses]
+
+
+def broken(prompts, responses):
+    return [1.0]
+
+
+def offset(prompts, responses):
+    """The same rule far below zero, as a reward model's arbitrary offset can put it."""
+    return [r - 5.0 for r in count(prompts, responses)]
+'''
 
 
 def support_pairs(n, offset=0):
@@ -64,3 +87,31 @@ def train_args(data, out, *extra):
     return ["train", "dpo", "--model", "tiny-random", "--data", str(data), "--output-dir",
             str(out), "--precision", "fp32", "--batch-size", "4", "--learning-rate", "1e-3",
             "--save-every", "3", *extra]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny random model with peaked next-token distributions (a plain random init samples
+    near-uniformly from 49k tokens, where no rule would ever fire), its prompts, and a rule
+    rewarding a token it samples now and then."""
+    root = tmp_path_factory.mktemp("ppo")
+    model, tok = tiny_model(seed=3)
+    with torch.no_grad():
+        weights = model.model.embed_tokens.weight
+        weights.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(3))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    prompts = [{"prompt": f"Order {i} is late because"} for i in range(16)]
+    data = write_lines(root / "prompts.jsonl", prompts)
+    # the rewarded token: one that shows up in some, not most, sampled responses
+    enc = tok([p["prompt"] for p in prompts], return_tensors="pt", padding=True,
+              padding_side="left")
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, max_new_tokens=12, top_k=None,
+                         pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
+    counts = torch.bincount(out.flatten(), minlength=len(tok))
+    counts[tok.eos_token_id] = 0
+    target_id = int(counts.argsort(descending=True)[1])
+    target = tok.decode([target_id])
+    (root / "rules.py").write_text(RULES.format(target=target))
+    return root, data

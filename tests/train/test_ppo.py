@@ -9,59 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from rlhfkit.models import tiny_model
 from tests.conftest import RLHFKIT, run_cli, write_lines
 
 pytestmark = pytest.mark.slow  # PPO runs and rollouts of the tiny policy, seconds each
-
-RULES = '''
-TARGET = {target!r}
-
-
-def count(prompts, responses):
-    """The rule: how often the response says TARGET."""
-    return [float(r.count(TARGET)) for r in responses]
-
-
-def broken(prompts, responses):
-    return [1.0]
-
-
-def offset(prompts, responses):
-    """The same rule far below zero, as a reward model's arbitrary offset can put it."""
-    return [r - 5.0 for r in count(prompts, responses)]
-'''
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny random model with peaked next-token distributions (a plain random init samples
-    near-uniformly from 49k tokens, where no rule would ever fire), its prompts, and a rule
-    rewarding a token it samples now and then."""
-    root = tmp_path_factory.mktemp("ppo")
-    model, tok = tiny_model(seed=3)
-    with torch.no_grad():
-        weights = model.model.embed_tokens.weight
-        weights.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(3))
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    prompts = [{"prompt": f"Order {i} is late because"} for i in range(16)]
-    data = write_lines(root / "prompts.jsonl", prompts)
-    # the rewarded token: one that shows up in some, not most, sampled responses
-    enc = tok([p["prompt"] for p in prompts], return_tensors="pt", padding=True,
-              padding_side="left")
-    torch.manual_seed(0)
-    out = model.generate(**enc, do_sample=True, max_new_tokens=12, top_k=None,
-                         pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:]
-    counts = torch.bincount(out.flatten(), minlength=len(tok))
-    counts[tok.eos_token_id] = 0
-    target_id = int(counts.argsort(descending=True)[1])
-    target = tok.decode([target_id])
-    (root / "rules.py").write_text(RULES.format(target=target))
-    return root, data
-
 
 def ppo(root, data, out, *extra):
     return ["train", "ppo", "--model", str(root / "model"), "--data", str(data),
@@ -200,39 +151,6 @@ def test_bad_reward_specs_are_clear_errors(setup, tmp_path):
     assert not_rm.code == 2 and "not a Hugging Face model folder" in not_rm.stderr
 
 
-def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
-    """At temperature 0.7 the sampler's log-probs and entropies of its own samples are those
-    of a plain forward pass over the finished sequences, and of the trainer's scoring."""
-    from rlhfkit.models import load_model
-    from rlhfkit.train.losses import entropy_from_logits
-    from rlhfkit.train.ppo import ActorCritic, _call
-    from rlhfkit.train.rollout import rollout_batch, sample_rollout, to_padded
-
-    root, _ = setup
-    model, tok = load_model(str(root / "model"))
-    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
-    rollout = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5, logprobs=True)
-    # the reference: one forward over prompt + response, no cache, logits at temperature
-    x, mask = rollout.input_ids, rollout.attention_mask
-    with torch.no_grad():
-        logits = model(input_ids=x, attention_mask=mask,
-                       position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits / 0.7
-    p = rollout.prompt_width
-    step_logits = logits[:, p - 1 : -1]  # position t predicts response token t
-    expected = step_logits.log_softmax(-1).gather(-1, x[:, p:, None]).squeeze(-1)
-    expected = expected * rollout.response_mask
-    torch.testing.assert_close(rollout.logps, expected, atol=1e-5, rtol=1e-5)
-    entropy = entropy_from_logits(step_logits) * rollout.response_mask
-    torch.testing.assert_close(rollout.entropy, entropy, atol=1e-4, rtol=1e-4)
-    with torch.no_grad():
-        scored, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
-    torch.testing.assert_close(to_padded(scored, rollout.response_mask), expected,
-                               atol=1e-5, rtol=1e-5)
-    # asking for log-probs changes nothing about what is sampled
-    plain = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5)
-    assert torch.equal(plain.input_ids, rollout.input_ids)
-
-
 def test_reward_model_critic_whitening_and_the_approx_kl_stop(setup, tmp_path):
     root, data = setup
     from tests.train.conftest import support_pairs
@@ -261,55 +179,6 @@ def test_minibatches_must_divide_the_rollouts(setup, tmp_path):
     root, data = setup
     result = run_cli(*ppo(root, data, tmp_path / "x", "--max-steps", "1", "--minibatches", "3"))
     assert result.code == 2 and "must split evenly" in result.stderr
-
-
-def test_merged_copy_samples_what_the_adapter_wrapped_policy_would(setup):
-    import copy
-
-    from rlhfkit.models import load_model
-    from rlhfkit.train.configs import PPOConfig
-    from rlhfkit.train.loop import prepare_model
-    from rlhfkit.train.rollout import MergedCopy, sample_rollout
-
-    root, _ = setup
-    model, tok = load_model(str(root / "model"))
-    merged = MergedCopy(copy.deepcopy(model))
-    policy = prepare_model(model, PPOConfig(lora=True))
-    with torch.no_grad():  # a trained adapter: B is no longer zero
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
-    ids = tok(["Order 1 is late because", "Order 22 is"], return_tensors="pt", padding=True,
-              padding_side="left")
-    policy.eval()
-    with torch.no_grad():
-        want = policy(**ids).logits
-        got = merged.refresh(policy)(**ids).logits
-        with policy.disable_adapter():
-            base = policy(**ids).logits
-    assert (want - base).abs().max() > 1e-3  # the adapter matters
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    prompts = [tok("Order 1 is late because")["input_ids"]]
-    a = sample_rollout(policy, tok, prompts, 2, 8, 1.0, 1.0, seed=3)
-    b = sample_rollout(merged.refresh(policy), tok, prompts, 2, 8, 1.0, 1.0, seed=3)
-    assert a.texts == b.texts
-
-
-def test_k_samples_share_one_prefill_and_sample_what_k_copies_of_the_prompt_would(setup):
-    """sample_rollout runs each prompt once and copies its cache k times; the samples are the
-    ones drawn when every copy of the prompt is computed on its own."""
-    from rlhfkit.models import load_model
-    from rlhfkit.train.rollout import sample_rollout
-
-    root, _ = setup
-    model, tok = load_model(str(root / "model"))
-    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
-    rollout = sample_rollout(model, tok, ids, 4, 8, 0.8, 1.0, seed=11)
-    copies = sample_rollout(model, tok, [p for p in ids for _ in range(4)], 1, 8, 0.8, 1.0,
-                            seed=11)
-    assert torch.equal(rollout.input_ids, copies.input_ids)
-    assert rollout.texts == copies.texts
-    assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
 
 
 def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):

@@ -2,6 +2,7 @@
 tokenisation of prompts for candidates, PPO and evaluation."""
 
 import pytest
+import torch
 from tokenizers.processors import TemplateProcessing
 
 from rlhfkit.evaluate.sampling import SamplePlan, sample_model
@@ -112,3 +113,88 @@ def test_candidates_ppo_and_evaluation_tokenise_prompts_alike(bos_model, tmp_pat
                      "--max-steps", "1", "--save-every", "0", "--no-lora")  # fmt: skip
     assert result.code == 0, result.stderr
     assert seen == [sorted(expected)] * 3  # candidates, evaluation, PPO
+
+
+@pytest.mark.slow  # rollouts of the PPO tests' tiny policy
+def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
+    """At temperature 0.7 the sampler's log-probs and entropies of its own samples are those
+    of a plain forward pass over the finished sequences, and of the trainer's scoring."""
+    from rlhfkit.models import load_model
+    from rlhfkit.train.losses import entropy_from_logits
+    from rlhfkit.train.ppo import ActorCritic, _call
+    from rlhfkit.train.rollout import rollout_batch, sample_rollout, to_padded
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
+    rollout = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5, logprobs=True)
+    # the reference: one forward over prompt + response, no cache, logits at temperature
+    x, mask = rollout.input_ids, rollout.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=x, attention_mask=mask,
+                       position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits / 0.7
+    p = rollout.prompt_width
+    step_logits = logits[:, p - 1 : -1]  # position t predicts response token t
+    expected = step_logits.log_softmax(-1).gather(-1, x[:, p:, None]).squeeze(-1)
+    expected = expected * rollout.response_mask
+    torch.testing.assert_close(rollout.logps, expected, atol=1e-5, rtol=1e-5)
+    entropy = entropy_from_logits(step_logits) * rollout.response_mask
+    torch.testing.assert_close(rollout.entropy, entropy, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        scored, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
+    torch.testing.assert_close(to_padded(scored, rollout.response_mask), expected,
+                               atol=1e-5, rtol=1e-5)
+    # asking for log-probs changes nothing about what is sampled
+    plain = sample_rollout(model, tok, ids, 2, 6, 0.7, 1.0, seed=5)
+    assert torch.equal(plain.input_ids, rollout.input_ids)
+
+
+@pytest.mark.slow  # rollouts of the PPO tests' tiny policy
+def test_merged_copy_samples_what_the_adapter_wrapped_policy_would(setup):
+    import copy
+
+    from rlhfkit.models import load_model
+    from rlhfkit.train.configs import PPOConfig
+    from rlhfkit.train.loop import prepare_model
+    from rlhfkit.train.rollout import MergedCopy, sample_rollout
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    merged = MergedCopy(copy.deepcopy(model))
+    policy = prepare_model(model, PPOConfig(lora=True))
+    with torch.no_grad():  # a trained adapter: B is no longer zero
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    ids = tok(["Order 1 is late because", "Order 22 is"], return_tensors="pt", padding=True,
+              padding_side="left")
+    policy.eval()
+    with torch.no_grad():
+        want = policy(**ids).logits
+        got = merged.refresh(policy)(**ids).logits
+        with policy.disable_adapter():
+            base = policy(**ids).logits
+    assert (want - base).abs().max() > 1e-3  # the adapter matters
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    prompts = [tok("Order 1 is late because")["input_ids"]]
+    a = sample_rollout(policy, tok, prompts, 2, 8, 1.0, 1.0, seed=3)
+    b = sample_rollout(merged.refresh(policy), tok, prompts, 2, 8, 1.0, 1.0, seed=3)
+    assert a.texts == b.texts
+
+
+@pytest.mark.slow  # rollouts of the PPO tests' tiny policy
+def test_k_samples_share_one_prefill_and_sample_what_k_copies_of_the_prompt_would(setup):
+    """sample_rollout runs each prompt once and copies its cache k times; the samples are the
+    ones drawn when every copy of the prompt is computed on its own."""
+    from rlhfkit.models import load_model
+    from rlhfkit.train.rollout import sample_rollout
+
+    root, _ = setup
+    model, tok = load_model(str(root / "model"))
+    ids = [tok(f"Order {i} is {'very ' * i}late because")["input_ids"] for i in range(3)]
+    rollout = sample_rollout(model, tok, ids, 4, 8, 0.8, 1.0, seed=11)
+    copies = sample_rollout(model, tok, [p for p in ids for _ in range(4)], 1, 8, 0.8, 1.0,
+                            seed=11)
+    assert torch.equal(rollout.input_ids, copies.input_ids)
+    assert rollout.texts == copies.texts
+    assert rollout.prompt_index.tolist() == [0] * 4 + [1] * 4 + [2] * 4
