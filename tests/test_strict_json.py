@@ -115,7 +115,8 @@ def test_a_non_finite_float_option_is_a_user_error(tmp_path, value):
 
 def test_a_reward_model_scoring_nan_is_a_user_error_not_a_cache_entry(tmp_path):
     from rlhfkit.errors import UserError
-    from rlhfkit.evaluate.policy import PolicyEvalConfig, _rewards
+    from rlhfkit.evaluate.configs import PolicyEvalConfig
+    from rlhfkit.evaluate.policy import _rewards
 
     class BrokenJudge:
         def scores(self, prompts, texts):

@@ -43,6 +43,12 @@ class Decoded(NamedTuple):
     entropy: torch.Tensor | None = None
 
 
+def entropy(logps: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row's distribution from its log-probabilities: [..., V] -> [...]. The
+    sampler's entropies and PPO's (from the scoring pass's logits) both come from here."""
+    return -(logps.exp() * logps).sum(dim=-1)
+
+
 def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p nucleus of each row of `probs` [B, V]: the most likely tokens, in order, up to
     and including the one where their mass reaches `top_p` (at least one token).
@@ -151,7 +157,7 @@ def decode(
     generator = torch.Generator(device=device).manual_seed(seed)
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((rows, max_new_tokens), device=device) if logprobs else None
-    entropy = torch.zeros((rows, max_new_tokens), device=device) if logprobs else None
+    entropies = torch.zeros((rows, max_new_tokens), device=device) if logprobs else None
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     steps = max_new_tokens
     for t in range(max_new_tokens):
@@ -162,7 +168,7 @@ def decode(
         if logprobs:
             live = (~finished).float()
             logps[:, t] = step_logps.gather(1, token[:, None]).squeeze(1) * live
-            entropy[:, t] = -(step_logps.exp() * step_logps).sum(dim=-1) * live
+            entropies[:, t] = entropy(step_logps) * live
         finished |= token == eos_id
         if finished.all() or t == max_new_tokens - 1:
             steps = t + 1
@@ -177,5 +183,5 @@ def decode(
             use_cache=True,
         ).logits[:, -1]
     if logprobs:
-        return Decoded(tokens[:, :steps], logps[:, :steps], entropy[:, :steps])
+        return Decoded(tokens[:, :steps], logps[:, :steps], entropies[:, :steps])
     return Decoded(tokens[:, :steps])

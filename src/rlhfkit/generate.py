@@ -25,8 +25,6 @@ from rlhfkit.choices import PRECISIONS, Precision, one_of
 from rlhfkit.data import Dataset, Format, load, write_jsonl
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import config_hash, sha256_file, write_manifest
-from rlhfkit.models import load_model
-from rlhfkit.train.loop import resolve_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -122,6 +120,8 @@ def generate_candidates(
     rows = dataset.rows[:limit] if limit is not None else dataset.rows
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: the candidates file must end in .jsonl")
+    from rlhfkit.train.loop import resolve_precision  # lazy: keeps `rlhfkit --help` light
+
     cfg = replace(cfg, precision=resolve_precision(cfg.precision))
     settings = {
         "model": model_ref,
@@ -255,6 +255,8 @@ def _pairs(
 def _sampler(model_ref: str, precision: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A model ready to sample from, in the weights' dtype `precision` asks for."""
     import torch  # lazy: `rlhfkit generate --help` imports this module
+
+    from rlhfkit.models import load_model  # lazy: keeps `rlhfkit --help` light
 
     model, tokenizer = load_model(model_ref)
     model.eval()

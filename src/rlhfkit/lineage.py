@@ -33,6 +33,15 @@ def config_hash(config: dict[str, Any]) -> str:
     ).hexdigest()[:16]
 
 
+def weights_identity(folder: Path) -> dict[str, Any]:
+    """A model folder's identity for a cache key (the DPO reference log-probs, the evaluation's
+    samples and rewards): its path and its weight files' names, sizes and modification times.
+    Hashing 500 MB per use would cost more than it saves."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    weights = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return {"folder": str(folder.resolve()), "weights": weights}
+
+
 def manifest_path(artifact: Path) -> Path:
     if artifact.is_dir():
         return artifact / MANIFEST

@@ -131,7 +131,7 @@ class TrainSettings(Strict):
 
 
 class MonitorSettings(Strict):
-    """Thresholds of the reward-hacking monitors (evaluate/monitors.py), live in PPO and in
+    """Thresholds of the reward-hacking monitors (train/monitors.py), live in PPO and in
     `eval policy`. Rates are shares of responses; 'reference' is the starting policy's
     responses (eval policy: the --before model's; PPO: its first steps')."""
 

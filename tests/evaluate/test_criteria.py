@@ -131,3 +131,39 @@ def test_freezing_records_once_and_a_later_edit_is_loud(tmp_path):
     assert again.changes == ("concise: detector edited",)
     assert "CHANGED after training started" in again.message()
     assert again.to_json()["changed"] is True
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        {"epochs": 0},  # the settings
+        {"precision": "fp16"},
+        {"learning_rate": -1.0},
+        "earlier run",  # the output folder holds an earlier run
+    ],
+)
+def test_a_training_run_refused_before_it_starts_freezes_nothing(tmp_path, refused):
+    """The caller freezes the criteria before training, but only after every check that
+    could refuse the run: a user mistake leaves no lock behind."""
+    from rlhfkit.evaluate.criteria import freeze_for_training
+    from rlhfkit.train.configs import DPOConfig, SFTConfig
+
+    project = init_project(tmp_path / "p")
+    out = tmp_path / "run"
+    settings = {"model": "x", "data": tmp_path / "d.jsonl", "output_dir": out}
+    if refused == "earlier run":
+        out.mkdir()
+        (out / "metrics.jsonl").write_text("{}\n")
+    else:
+        settings |= refused
+    with pytest.raises(UserError):
+        freeze_for_training(SFTConfig(project=project.root, **settings))
+    assert not project.artifacts("criteria.lock.json").exists()
+
+    # the same run once it is fixed: the first training stage records the criteria
+    fixed = DPOConfig(project=project.root, model="x", data=tmp_path / "d.jsonl",
+                      output_dir=tmp_path / "other")  # fmt: skip
+    assert freeze_for_training(fixed) == project.spec.criteria_hash()
+    lock = json.loads(project.artifacts("criteria.lock.json").read_text())
+    assert lock["frozen_by"] == "dpo"
+    assert freeze_for_training(SFTConfig(project=None, model="x", data=out)) is None

@@ -114,6 +114,21 @@ def test_a_wrong_shape_names_where(tmp_path):
     with pytest.raises(SchemaError, match="criteria: expected a list"):
         PolicyEvalResult.parse(data, "eval.json")
     out = tmp_path / "eval_rm.json"
-    out.write_text('{"schema": "rlhfkit.eval_rm/1", "slices": [1, 2], "extra": 1}')
-    with pytest.raises(UserError, match=r"eval_rm\.json: not a rlhfkit\.eval_rm/1 file: .*'extra'"):
+    out.write_text('{"schema": "rlhfkit.eval_rm/1", "slices": [1, 2]}')
+    with pytest.raises(UserError, match=r"eval_rm\.json: not a rlhfkit\.eval_rm/1 file: "):
         read_json(RMEvalResult, out)
+
+
+def test_keys_this_version_does_not_know_are_read_past(tmp_path):
+    """A note added by hand, or a field a later version writes, does not stop the report; a
+    hand-made file without `seconds` or `schema` is read too (the report always read them)."""
+    data = json.loads((RUN / "eval" / "ppo" / "eval.json").read_text())
+    out = tmp_path / "eval.json"
+    out.write_text(json.dumps(data | {"note": "run on the new laptop"}))
+    read = read_json(PolicyEvalResult, out)
+    assert read.to_json() == data
+    for key in ("seconds", "schema"):
+        data.pop(key, None)
+    out.write_text(json.dumps(data))
+    read = read_json(PolicyEvalResult, out)
+    assert read.seconds is None and read.kl.value == data["kl"]["value"]

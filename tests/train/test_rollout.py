@@ -119,8 +119,8 @@ def test_candidates_ppo_and_evaluation_tokenise_prompts_alike(bos_model, tmp_pat
 def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
     """At temperature 0.7 the sampler's log-probs and entropies of its own samples are those
     of a plain forward pass over the finished sequences, and of the trainer's scoring."""
+    from rlhfkit.decode import entropy
     from rlhfkit.models import load_model
-    from rlhfkit.train.losses import entropy_from_logits
     from rlhfkit.train.ppo import ActorCritic, _call
     from rlhfkit.train.rollout import rollout_batch, sample_rollout, to_padded
 
@@ -138,8 +138,8 @@ def test_log_probs_are_those_of_the_distribution_sampled_from(setup):
     expected = step_logits.log_softmax(-1).gather(-1, x[:, p:, None]).squeeze(-1)
     expected = expected * rollout.response_mask
     torch.testing.assert_close(rollout.logps, expected, atol=1e-5, rtol=1e-5)
-    entropy = entropy_from_logits(step_logits) * rollout.response_mask
-    torch.testing.assert_close(rollout.entropy, entropy, atol=1e-4, rtol=1e-4)
+    expected_entropy = entropy(step_logits.float().log_softmax(-1)) * rollout.response_mask
+    torch.testing.assert_close(rollout.entropy, expected_entropy, atol=1e-4, rtol=1e-4)
     with torch.no_grad():
         scored, _, _ = _call(ActorCritic(model, 0.7, value_head=False), rollout_batch(rollout))
     torch.testing.assert_close(to_padded(scored, rollout.response_mask), expected,

@@ -188,9 +188,6 @@ class Interval:
     high: float
     level: float = 0.95
 
-    def as_list(self) -> list[float]:
-        return [self.low, self.high]
-
 
 def _replicate_weights(n_items: int, replicates: int, rng: np.random.Generator):
     """Item multiplicities of bootstrap resamples, in chunks [chunk, n_items]."""

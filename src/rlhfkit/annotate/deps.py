@@ -72,7 +72,6 @@ async def _admin(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
     return caller
 
 
-CurrentCaller = Annotated[Caller, Depends(_caller)]
 ClaimedCaller = Annotated[Caller, Depends(_claimed_caller)]
 """For a route whose unit calls `security.verify` on the annotator's row in its own
 transaction (and answers 401 with `refused` when it fails): next task, /api/me, a label.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -14,7 +14,9 @@ from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.configs import command_from_config, config_options
 from rlhfkit.errors import display_path
 from rlhfkit.evaluate.configs import PolicyEvalConfig, RMEvalConfig
-from rlhfkit.evaluate.schema import PolicyEvalResult, write_json
+
+if TYPE_CHECKING:
+    from rlhfkit.evaluate.schema import PolicyEvalResult
 
 app = typer.Typer(help="Check what training produced.", no_args_is_help=True)
 
@@ -34,6 +36,7 @@ def eval_rm(
     correlation of reward with length (the commonest reward-model bias), order invariance.
     """
     from rlhfkit.evaluate.rm import evaluate_reward_model, summary_lines  # lazy: torch
+    from rlhfkit.evaluate.schema import write_json  # lazy: keeps `rlhfkit --help` light
 
     cfg = RMEvalConfig(**settings)
     figures = evaluate_reward_model(cfg.model, cfg.data, cfg.batch_size, cfg.slice_by, cfg.bins)

@@ -53,8 +53,7 @@ def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig
         # lazy: evaluate/criteria.py pulls in torch (reward-model detectors)
         from rlhfkit.evaluate.criteria import freeze_for_training
 
-        # a project's first training stage freezes its success criteria: sft, reward, dpo, ppo
-        freeze_for_training(cfg.project, type(cfg).__name__.removesuffix("Config").lower())
+        freeze_for_training(cfg)  # a project's first training stage freezes its criteria
         started = time.time()
         with Progress(
             TextColumn(f"{label}"),

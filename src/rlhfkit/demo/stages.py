@@ -27,8 +27,9 @@ from rlhfkit.demo.panel_api import run_panel
 from rlhfkit.demo.pipeline import Paths, Preset
 from rlhfkit.demo.summary import summary
 from rlhfkit.demo.support_replies import anchor_items
+from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.evaluate.criteria import freeze_for_training
-from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
+from rlhfkit.evaluate.policy import evaluate_policy
 from rlhfkit.evaluate.rm import evaluate_reward_model
 from rlhfkit.generate import SamplingConfig, generate_candidates
 from rlhfkit.lineage import config_hash, sha256_file
@@ -96,7 +97,7 @@ def sft(paths: Paths, preset: Preset, model: str, progress: Progress | None) -> 
         precision=preset.precision,
         seed=preset.seed,
     )
-    freeze_for_training(paths.project, "sft")  # the first stage freezes the criteria
+    freeze_for_training(cfg)  # the first stage freezes the criteria
     train_sft(cfg, progress)
 
 
@@ -261,7 +262,7 @@ def reward_model(paths: Paths, preset: Preset, progress: Progress | None) -> dic
         precision=preset.precision,
         seed=preset.seed,
     )
-    freeze_for_training(paths.project, "reward")  # the first stage freezes the criteria
+    freeze_for_training(cfg)  # the first stage freezes the criteria
     train_reward(cfg, progress)
 
     rows = load(paths.prefs_heldout).rows
@@ -299,7 +300,7 @@ def ppo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         precision=preset.precision,
         seed=preset.seed,
     )
-    freeze_for_training(paths.project, "ppo")  # the first stage freezes the criteria
+    freeze_for_training(cfg)  # the first stage freezes the criteria
     train_ppo(cfg, progress)
 
 
@@ -323,7 +324,7 @@ def dpo(paths: Paths, preset: Preset, progress: Progress | None) -> None:
         precision=preset.precision,
         seed=preset.seed,
     )
-    freeze_for_training(paths.project, "dpo")  # the first stage freezes the criteria
+    freeze_for_training(cfg)  # the first stage freezes the criteria
     train_dpo(cfg, progress)
 
 

@@ -45,7 +45,7 @@ class PolicyEvalConfig:
     """A reward model for mean reward, its win rate and 'reward up, no criterion moved'."""
     test: Test = "permutation"
     """The test of each before/after difference; permutation is paired over prompts (see
-    stats.py)."""
+    rlhfkit/stats.py)."""
     sample_cache: Path | None = None
     """A folder where the --before model's samples are kept and reused by a later evaluation
     with the same model, prompts and settings (e.g. PPO and DPO against one start)."""

@@ -33,6 +33,8 @@ from rlhfkit.criteria import (
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError
 from rlhfkit.project import Project, load_project
+from rlhfkit.train.configs import LoopConfig
+from rlhfkit.train.loop import check_start
 from rlhfkit.train.reward_model import RewardFn, RewardModelFn
 
 # --- evaluating criteria on responses --------------------------------------------------------
@@ -184,13 +186,16 @@ def criteria_status(project: Project, recorded_hash: str | None = None) -> Crite
     )
 
 
-def freeze_for_training(project: Path | None, stage: str) -> str | None:
-    """What the caller that starts a training stage with a project does first: freeze the
-    criteria (the first stage) and warn when they were edited since. Returns the frozen hash
-    (None without a project). `stage`: sft, reward, dpo or ppo."""
-    if project is None:
+def freeze_for_training(cfg: LoopConfig) -> str | None:
+    """What the caller that starts a training stage with a project does first (`rlhfkit
+    train`, the demo; a Python caller the same): after the checks that could refuse the run
+    (`check_start`), freeze the criteria if this is the project's first training stage, and
+    warn when they were edited since. Returns the frozen hash (None without a project)."""
+    if cfg.project is None:
         return None
-    status = freeze_criteria(load_project(project), stage)
+    check_start(cfg)
+    stage = type(cfg).__name__.removesuffix("Config").lower()  # sft, reward, dpo, ppo
+    status = freeze_criteria(load_project(cfg.project), stage)
     if status.changed:
         warnings.warn(status.message(), stacklevel=2)
     return status.frozen_hash

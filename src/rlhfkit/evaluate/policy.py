@@ -47,9 +47,9 @@ from rlhfkit.evaluate.judges import (
     parse_judge,
 )
 from rlhfkit.evaluate.monitors import compare_flags
-from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model, weights_identity
+from rlhfkit.evaluate.sampling import Sampled, SamplePlan, sample_model
 from rlhfkit.generate import PROMPT_FORMATS
-from rlhfkit.lineage import config_hash, write_manifest
+from rlhfkit.lineage import config_hash, weights_identity, write_manifest
 from rlhfkit.models import MANIFEST
 from rlhfkit.project import load_project
 from rlhfkit.train.monitors import word_count

@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 from rlhfkit import __version__, strict_json
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.lineage import config_hash
+from rlhfkit.lineage import config_hash, weights_identity
 from rlhfkit.models import MANIFEST, load_model, load_tokenizer, resolve
 from rlhfkit.train.rollout import Sampling, batch_seed, rollout_batch, sample_replies
 from rlhfkit.train.scoring import CompletionScorer, sequence_logps
@@ -186,16 +186,6 @@ def _cache_key(ref: str, prompts: list[Any], plan: SamplePlan) -> str:
             "rlhfkit": __version__,
         }
     )
-
-
-def weights_identity(folder: Path) -> dict[str, Any]:
-    """A model folder's identity for a cache key: its path and its weight files' sizes and
-    modification times (hashing 500 MB per evaluation would cost more than it saves)."""
-    weights = [
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in sorted(folder.glob("*.safetensors"))
-    ]
-    return {"folder": str(folder.resolve()), "weights": weights}
 
 
 @contextlib.contextmanager

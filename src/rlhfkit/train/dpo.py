@@ -18,6 +18,7 @@ import torch
 from rlhfkit import strict_json
 from rlhfkit.data import Format, load
 from rlhfkit.data.io import atomic_open
+from rlhfkit.lineage import weights_identity
 from rlhfkit.models import cache_dir, load_model, resolve
 from rlhfkit.train.batches import (
     Batch,
@@ -166,11 +167,8 @@ def reference_logps(
 
 
 def _reference_key(model_dir: Path, examples: list[Example], precision: str) -> str:
-    h = hashlib.sha256(str(model_dir.resolve()).encode())
+    h = hashlib.sha256(strict_json.dumps(weights_identity(model_dir)).encode())
     h.update((model_dir / "config.json").read_bytes())
-    for f in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        stat = f.stat()
-        h.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     h.update(precision.encode())
     for ex in examples:
         h.update(strict_json.dumps([ex.prompt, *ex.completions]).encode())

@@ -216,7 +216,13 @@ def rubric_version(rows: list[dict[str, Any]]) -> str | None:
     return ", ".join(sorted(versions)) if versions else None
 
 
-def prepare_output(cfg: LoopConfig) -> None:
+def check_start(cfg: LoopConfig) -> None:
+    """What `begin` refuses, checked without side effects: the settings, the precision on this
+    machine and an output folder that holds an earlier run. A caller that does something
+    before training (freezing the criteria) checks this first, so a refused run leaves
+    nothing behind."""
+    cfg.check()
+    resolve_precision(cfg.precision)
     out = Path(cfg.output_dir)
     earlier = [out / "metrics.jsonl", out / "final", *out.glob("checkpoint-*")]
     if not cfg.resume and any(p.exists() for p in earlier):
@@ -224,4 +230,8 @@ def prepare_output(cfg: LoopConfig) -> None:
             f"{display_path(out)}: holds an earlier run",
             hint="pass --resume to continue it, or choose another --output-dir",
         )
-    out.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_output(cfg: LoopConfig) -> None:
+    check_start(cfg)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)

@@ -234,9 +234,3 @@ def ppo_value_loss(
             )
         }
     return loss, metrics
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row's softmax distribution: [N, V] -> [N]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)

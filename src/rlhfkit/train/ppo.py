@@ -27,6 +27,7 @@ import torch
 
 from rlhfkit.data import Format, load
 from rlhfkit.data.io import atomic_dir
+from rlhfkit.decode import entropy
 from rlhfkit.errors import UserError
 from rlhfkit.models import load_model
 from rlhfkit.train import losses as L
@@ -373,7 +374,7 @@ def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int,
             m = mask[part]
             if rollout.logps is None:
                 lp, v, logits = _call(actor, sub)
-                entropy_sum += float(L.entropy_from_logits(logits).sum())
+                entropy_sum += float(entropy(torch.log_softmax(logits.float(), dim=-1)).sum())
                 del logits
                 logps[part] = to_padded(lp.float(), m)
                 if v is not None:
