@@ -42,8 +42,10 @@ LAYERS = {
     **dict.fromkeys(("generate", "agreement", "annotate"), 3),
     "evaluate": 4,
     "report": 5,
-    "demo": 6,
-    "cli": 7,
+    "templates": 6,
+    "pipeline": 6,
+    "demo": 7,
+    "cli": 8,
 }
 """ARCHITECTURE.md's layer table: a package imports only from its own layer and below."""
 

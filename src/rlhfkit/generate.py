@@ -12,6 +12,7 @@ with the same settings continues after the last finished batch. The output file 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -62,7 +63,9 @@ class SamplingConfig:
     def from_spec(cls, settings: Any, **overrides: Any) -> SamplingConfig:
         """Sampling settings from a project spec's [generate] table, with overrides."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**settings.model_dump(), **given})
+        ours = {f.name for f in dataclasses.fields(cls)}
+        table = {k: v for k, v in settings.model_dump().items() if k in ours}
+        return cls(**{**table, **given})
 
     def check(self) -> None:
         if self.n < 1 or self.batch_size < 1 or self.max_new_tokens < 1:

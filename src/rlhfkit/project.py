@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from rlhfkit.choices import DPOLossType
+from rlhfkit.choices import Precision
 from rlhfkit.criteria import DETECTOR_KINDS, SuccessCriterion, hash_criteria
 from rlhfkit.errors import Problem, UserError, display_path
 from rlhfkit.spec_base import NAME, Strict
@@ -72,8 +72,14 @@ class DataFiles(Strict):
     """Paths relative to the project folder."""
 
     prompts: str = "data/prompts.jsonl"
+    """Prompts the model answers: candidates for annotation, and PPO's prompts."""
     sft: str | None = "data/sft.jsonl"
+    """(prompt, ideal reply) rows for stage 1; unset: `rlhfkit run` skips SFT."""
     eval_prompts: str = "data/eval_prompts.jsonl"
+    """Held-out prompts, used only to prove what changed."""
+    anchors: str | None = None
+    """Anchor pairs with the team's answers (comparison rows with `label` A or B): mixed into
+    annotation to catch drift and, with [run] anchors_as_training, training pairs too."""
 
 
 class AnnotationSettings(Strict):
@@ -96,38 +102,70 @@ class AnnotationSettings(Strict):
 
 
 class GenerateSettings(Strict):
-    n: Annotated[int, Field(ge=2)] = 2
+    """[generate]: sampling candidate replies for annotation (`rlhfkit generate`, the
+    candidates stage of `rlhfkit run`)."""
+
+    n: Annotated[int, Field(ge=1)] = 2
+    """Replies per prompt from the model being trained (the SFT model, in `run`)."""
     temperature: Annotated[float, Field(gt=0.0)] = 0.9
     """Sampling temperature; above 0, since candidate pairs need different replies."""
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     max_new_tokens: Annotated[int, Field(ge=1)] = 128
     seed: int = 0
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    """Prompts per sampling batch (each expands to n sequences); the seeds go by batch."""
+    precision: Precision = "auto"
+    limit: Annotated[int, Field(ge=1)] | None = None
+    """Sample for only the first N prompts (unset: all of them)."""
+    all_pairs: bool = True
+    """Every pair of a prompt's replies is a comparison (InstructGPT's K-way comparisons,
+    asked pairwise: 6 pairs from 4 replies); false: only 1-2, 3-4, ..."""
+    start_samples: Annotated[int, Field(ge=0)] = 1
+    """`rlhfkit run`: replies per prompt also sampled from the starting model (before SFT),
+    so annotators compare the two models too (0: none)."""
 
 
-class StageSettings(Strict):
-    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-4
-    epochs: Annotated[float, Field(gt=0.0)] = 1.0
-    batch_size: Annotated[int, Field(ge=1)] = 8
-    lora: bool = True
-    max_length: Annotated[int, Field(ge=8)] = 512
+RUN_STAGES = ("sft", "candidates", "annotate", "rm", "ppo", "dpo", "eval", "report")
 
 
-class DPOSettings(StageSettings):
-    beta: Annotated[float, Field(gt=0.0)] = 0.1
-    loss_type: DPOLossType = "sigmoid"
+class RunSettings(Strict):
+    """[run]: how `rlhfkit run` joins the stages (each stage's own settings are in its
+    table: [generate], [annotation], [train.*], [eval])."""
 
-
-class PPOSettings(StageSettings):
-    kl_coef: Annotated[float, Field(ge=0.0)] = 0.05
-    adaptive_kl: bool = False
-    target_kl: Annotated[float, Field(gt=0.0)] = 6.0
+    policies: Annotated[list[Literal["ppo", "dpo"]], Field(min_length=1)] = Field(
+        default_factory=lambda: ["ppo", "dpo"]
+    )
+    """Which optimisers train a policy after the reward model: ppo, dpo or both."""
+    labeler: Annotated[str, Field(min_length=1)] = "people"
+    """people: `run` stops at annotation and says how to serve the app; the next `run` goes
+    on once the calibration gate passed and the queue is done. Or module:function /
+    FILE.py:function, a judge (prompt, response_a, response_b) -> 'a' | 'b' | 'tie' |
+    'both_bad' standing in for people: a SIMULATED panel labels through the real app."""
+    simulated_annotators: Annotated[int, Field(ge=1, le=20)] = 3
+    """How many simulated annotators share the judge (each with its own slips)."""
+    simulated_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    """The share of labels each simulated annotator gets wrong."""
+    heldout_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    """Share of the prompts whose preference pairs are kept out of RM and DPO training to
+    check the reward model on (`eval rm`); split by prompt, so no held-out pair shares a
+    prompt with a training pair."""
+    anchors_as_training: bool = True
+    """The anchors' known answers join the reward model's and DPO's training pairs."""
+    dpo_pairs: Literal["all", "same model", "across models"] = "same model"
+    """Which exported pairs DPO trains on, by their `pairing`: 'same model' keeps pairs of
+    two replies of the model being trained (DPO learns from the policy's own replies);
+    'all' keeps every pair."""
 
 
 class TrainSettings(Strict):
-    sft: StageSettings = StageSettings(learning_rate=2e-4)
-    reward: StageSettings = StageSettings(learning_rate=5e-5)
-    dpo: DPOSettings = DPOSettings(learning_rate=5e-5)
-    ppo: PPOSettings = PPOSettings(learning_rate=1e-5)
+    """[train.sft|reward|dpo|ppo]: any setting of `rlhfkit train sft|rm|dpo|ppo` (its
+    `--help`), by the option's name with underscores: learning_rate = 1e-3. Paths (model,
+    data, output_dir, project) come from the run. Checked when a stage is composed."""
+
+    sft: dict[str, Any] = Field(default_factory=dict)
+    reward: dict[str, Any] = Field(default_factory=dict)
+    dpo: dict[str, Any] = Field(default_factory=dict)
+    ppo: dict[str, Any] = Field(default_factory=dict)
 
 
 class MonitorSettings(Strict):
@@ -182,6 +220,10 @@ class ProjectSpec(Strict):
     annotation: AnnotationSettings = AnnotationSettings()
     generate: GenerateSettings = GenerateSettings()
     train: TrainSettings = TrainSettings()
+    eval: dict[str, Any] = Field(default_factory=dict)
+    """[eval]: any setting of `rlhfkit eval policy` (limit, samples, batch_size, judges,
+    ...), by the option's name; checked when the stage is composed."""
+    run: RunSettings = RunSettings()
     monitors: MonitorSettings = MonitorSettings()
 
     @model_validator(mode="after")

@@ -14,7 +14,7 @@ from rlhfkit.errors import UserError, display_path
 from rlhfkit.generate import SamplingConfig, generate_candidates
 
 # The settings a project spec's [generate] table may hold: left out, they come from there.
-FROM_SPEC = ("n", "temperature", "top_p", "max_new_tokens", "seed")
+FROM_SPEC = ("n", "temperature", "top_p", "max_new_tokens", "seed", "batch_size", "precision")
 
 
 @config_options(SamplingConfig, from_spec=FROM_SPEC)
@@ -26,9 +26,14 @@ def generate(
     model: str = typer.Option(None, help="Model folder, hub id in the local cache, or alias."),
     prompts: Path = typer.Option(None, help="Prompts (any format with a 'prompt' field)."),
     out: Path = typer.Option(None, help="Where to write the candidate pairs (.jsonl)."),
-    limit: int = typer.Option(None, min=1, help="Use only the first N prompts."),
+    limit: int = typer.Option(
+        None, min=1, help="Use only the first N prompts (default: the spec's limit, else all)."
+    ),
     all_pairs: bool = typer.Option(
-        False, help="Pair every two responses of a prompt, not just 1-2, 3-4, ..."
+        None,
+        "--all-pairs/--adjacent-pairs",
+        help="Pair every two responses of a prompt (6 pairs from 4 replies), or only 1-2, 3-4, "
+        "... (default: the spec's all_pairs, else every pair).",
     ),
     compare_with: str = typer.Option(
         None,
@@ -54,6 +59,8 @@ def generate(
         prompts = prompts or proj.data_path("prompts")
         out = out or proj.artifacts("candidates.jsonl")
         cfg = SamplingConfig.from_spec(proj.spec.generate, **settings)
+        limit = limit if limit is not None else proj.spec.generate.limit
+        all_pairs = proj.spec.generate.all_pairs if all_pairs is None else all_pairs
     else:
         cfg = SamplingConfig(**{k: v for k, v in settings.items() if v is not None})
     if model is None or prompts is None or out is None:
@@ -61,6 +68,7 @@ def generate(
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be {one_of(PRECISIONS)}, not '{cfg.precision}'")
 
+    all_pairs = True if all_pairs is None else all_pairs
     with status(f"loading {model}"):
         resolve(model)  # converts a bundled model on first use, under the spinner
         if compare_with:

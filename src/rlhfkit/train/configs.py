@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 from rlhfkit.choices import DPO_LOSS_TYPES, PRECISIONS, DPOLossType, Precision, one_of
 from rlhfkit.errors import UserError
@@ -61,8 +61,9 @@ class LoopConfig:
     """Examples per optimizer step, over all processes and accumulation steps."""
     grad_accum: int = field(default=1, metadata=RESUME)
     """Split each step's batch into this many sequential micro-batches (saves memory)."""
-    learning_rate: float = field(default=5e-5, metadata=RESUME)
-    """Peak learning rate of AdamW."""
+    learning_rate: float | None = field(default=None, metadata=RESUME)
+    """Peak learning rate of AdamW (default: the trainer's measured one, higher with LoRA
+    than without; see LEARNING_RATES)."""
     lr_schedule: LRSchedule = field(default="cosine", metadata=RESUME)
     warmup_ratio: float = field(default=0.1, metadata=RESUME)
     """Share of the steps spent warming the learning rate up from zero."""
@@ -71,8 +72,8 @@ class LoopConfig:
     max_grad_norm: float = 1.0
     """Clip the gradient's global norm to this (0: no clipping)."""
     precision: Precision = field(default="auto", metadata=RESUME)
-    """auto: bf16 autocast where this machine runs bf16 matmuls faster than fp32 (GPUs, CPUs
-    with AVX512-BF16/AMX; measured at start), else fp32. fp32 is exact (tests, resume)."""
+    """auto: bf16 autocast where this machine has native bf16 (GPUs, CPUs with AVX512-BF16 or
+    AMX), else fp32. fp32 is exact (tests, resume)."""
     lora: bool = field(default=True, metadata=RESUME)
     """Train a LoRA adapter instead of every weight."""
     lora_r: int = field(default=16, metadata=RESUME)
@@ -104,6 +105,16 @@ class LoopConfig:
     criteria (artifacts/criteria.lock.json), the final model's manifest records their hash,
     and PPO measures them on every step's samples."""
 
+    LEARNING_RATES: ClassVar[tuple[float, float]] = (1e-3, 2e-5)
+    """The default peak learning rate (with LoRA, without), when none is given. LoRA's
+    low-rank update starts at zero and moves only r x (d_in + d_out) weights per matrix, so it
+    needs a learning rate 10-50x a full fine-tune's; the LoRA figures were measured on the
+    bundled support-replies task (README, "Settings that matter")."""
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            self.learning_rate = self.LEARNING_RATES[0 if self.lora else 1]
+
     def resume_keys(self) -> tuple[str, ...]:
         return resume_keys(type(self))
 
@@ -112,7 +123,7 @@ class LoopConfig:
             raise UserError("--batch-size must be a positive multiple of --grad-accum")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise UserError("give a positive --epochs or --max-steps")
-        if self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
+        if self.learning_rate is None or self.learning_rate <= 0 or not 0 <= self.warmup_ratio < 1:
             raise UserError("--learning-rate must be positive and --warmup-ratio in [0, 1)")
         if self.max_length < 8:
             raise UserError("--max-length must be at least 8")
@@ -131,8 +142,7 @@ class LoopConfig:
 @dataclass
 class SFTConfig(LoopConfig):
     output_dir: Path = Path("runs/sft")
-    learning_rate: float = 2e-4
-    """Peak learning rate of AdamW."""
+    LEARNING_RATES: ClassVar[tuple[float, float]] = (1e-3, 2e-5)
 
 
 @dataclass
@@ -148,7 +158,7 @@ class PairConfig(LoopConfig):
 @dataclass
 class RewardConfig(PairConfig):
     output_dir: Path = Path("runs/rm")
-    learning_rate: float = 1e-4
+    LEARNING_RATES: ClassVar[tuple[float, float]] = (5e-4, 1e-5)
     center_coef: float = field(default=0.0, metadata=RESUME)
     """Weight of the reward-centering term mean((r_c + r_r)^2) (Eisenstein et al. 2023)."""
 
@@ -161,7 +171,7 @@ class RewardConfig(PairConfig):
 @dataclass
 class DPOConfig(PairConfig):
     output_dir: Path = Path("runs/dpo")
-    learning_rate: float = 5e-5
+    LEARNING_RATES: ClassVar[tuple[float, float]] = (6e-4, 1e-6)
     beta: float = field(default=0.1, metadata=RESUME)
     """Strength of the pull towards the reference: higher stays closer to it."""
     loss_type: DPOLossType = field(default="sigmoid", metadata=RESUME)
@@ -204,14 +214,18 @@ class PPOConfig(LoopConfig):
     """Prompts per step (each sampled k times)."""
     k: int = field(default=1, metadata=RESUME)
     """Responses sampled per prompt (at least 2 for rloo and grpo)."""
-    learning_rate: float = 1e-5
+    LEARNING_RATES: ClassVar[tuple[float, float]] = (3e-4, 3e-6)
+    lr_schedule: LRSchedule = field(default="constant", metadata=RESUME)
+    """PPO's steps each bring new samples: a constant rate, no warmup (the demo's measured
+    setting)."""
+    warmup_ratio: float = field(default=0.0, metadata=RESUME)
     max_new_tokens: int = field(default=64, metadata=RESUME)
     """Longest response sampled."""
     temperature: float = field(default=0.9, metadata=RESUME)
     """Sampling temperature; log-probs are taken at the same temperature."""
     top_p: float = field(default=1.0, metadata=RESUME)
     """Nucleus sampling mass (1: the whole distribution, which PPO's ratios assume)."""
-    missing_eos_penalty: float = field(default=0.0, metadata=RESUME)
+    missing_eos_penalty: float = field(default=1.0, metadata=RESUME)
     """Subtracted from the reward of a response cut off by max_new_tokens."""
     kl_coef: float = field(default=0.05, metadata=RESUME)
     """Weight of the per-token KL penalty to the reference (the starting policy). Too high and
@@ -223,9 +237,9 @@ class PPOConfig(LoopConfig):
     near this many nats per response (0: keep kl_coef fixed)."""
     kl_horizon: int = field(default=10000, metadata=RESUME)
     """Adaptive KL: responses over which the coefficient may roughly double or halve."""
-    whiten_rewards: bool = field(default=False, metadata=RESUME)
+    whiten_rewards: bool = field(default=True, metadata=RESUME)
     """Normalise each step's rewards to unit variance (keeping their mean)."""
-    center_rewards: bool = field(default=False, metadata=RESUME)
+    center_rewards: bool = field(default=True, metadata=RESUME)
     """Subtract each step's mean reward. A reward model's offset means nothing (Bradley–Terry
     fixes only differences), but with a fresh critic a negative one makes every last token,
     EOS included, look bad: the policy learns to stop later and later, not what the reward
