@@ -139,6 +139,9 @@ def generate_candidates(
     # 2. every model's replies to every prompt, resuming an interrupted run
     partial = out.with_name(f".{out.name}.partial")
     groups = _sample_all(rows, sources, cfg, partial, config_hash(settings), on_progress)
+    # a NUL can be a token of its own (a random model samples it); no reply means one, and
+    # the annotation store (PostgreSQL) cannot keep it
+    groups = [[(text.replace("\x00", ""), fin) for text, fin in g] for g in groups]
 
     # 3. pairs of each prompt's replies, written with their manifest
     written_by = [ref for ref, n in sources for _ in range(n)] if compare_with else None

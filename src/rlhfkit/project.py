@@ -274,8 +274,9 @@ class Project:
         return self.root.joinpath("artifacts", *parts)
 
 
-def load_project(path: Path | str) -> Project:
-    """Load and validate a project from its folder or its spec file."""
+def load_project(path: Path | str, overrides: dict[str, Any] | None = None) -> Project:
+    """Load and validate a project from its folder or its spec file; `overrides` ({"train.dpo.
+    beta": 0.2}) replace the file's values before validation (`rlhfkit run --set`)."""
     path = Path(path)
     spec_path = path / SPEC_FILE if path.is_dir() else path
     if not spec_path.exists():
@@ -288,10 +289,12 @@ def load_project(path: Path | str) -> Project:
     except (UnicodeDecodeError, IsADirectoryError) as e:
         reason = "is a folder" if isinstance(e, IsADirectoryError) else "is not UTF-8 text"
         raise UserError(f"{display_path(spec_path)}: {reason}") from None
-    return Project(spec_path.parent, parse_spec(text, display_path(spec_path)))
+    return Project(spec_path.parent, parse_spec(text, display_path(spec_path), overrides))
 
 
-def parse_spec(text: str, source: str = SPEC_FILE) -> ProjectSpec:
+def parse_spec(
+    text: str, source: str = SPEC_FILE, overrides: dict[str, Any] | None = None
+) -> ProjectSpec:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -299,6 +302,14 @@ def parse_spec(text: str, source: str = SPEC_FILE) -> ProjectSpec:
         line = int(match.group(1)) if match else None
         reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
         raise UserError([Problem(source, line, f"not valid TOML: {reason}")]) from None
+    for dotted, value in (overrides or {}).items():
+        *tables, key = dotted.split(".")
+        table = raw
+        for name in tables:
+            table = table.setdefault(name, {})
+            if not isinstance(table, dict):
+                raise UserError(f"--set {dotted}: {name} is not a table")
+        table[key] = value
     try:
         return ProjectSpec.model_validate(raw)
     except ValidationError as e:

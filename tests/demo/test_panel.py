@@ -361,7 +361,7 @@ def test_the_panel_labels_through_the_real_app(tmp_path):
     from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
     from rlhfkit.data import load
-    from rlhfkit.demo.panel_api import response_text, run_panel
+    from rlhfkit.pipeline.simulated import response_text, run_panel
     from rlhfkit.project import load_project
 
     root = _project(
@@ -450,7 +450,7 @@ def test_taking_turns_against_a_seeded_server_labels_the_same_way_every_run(tmp_
     server hands out the same tasks in the same order and the labels come out identical."""
     from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
-    from rlhfkit.demo.panel_api import response_text, run_panel
+    from rlhfkit.pipeline.simulated import response_text, run_panel
     from rlhfkit.project import load_project
 
     root = _project(
@@ -503,7 +503,7 @@ def test_taking_turns_ends_when_the_gate_fails(tmp_path):
     and the turns stop there instead of polling forever."""
     from rlhfkit.annotate import Policy, add_annotator, import_items, open_store, status
     from rlhfkit.annotate.server import serve_in_background
-    from rlhfkit.demo.panel_api import run_panel
+    from rlhfkit.pipeline.simulated import run_panel
     from rlhfkit.project import load_project
 
     root = _project(

@@ -58,7 +58,9 @@ class AppState:
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
-    project = load_project(settings.project)
+    project = settings.project
+    if isinstance(project, str | Path):
+        project = load_project(project)
     store = open_store(settings.db_url)
     policy = Policy.from_project(project, settings.task_timeout_s)
     rubric = project.spec.rubric.model_dump(mode="json") | {"choices": list(policy.choices)}

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.annotate.app import create_app
 from rlhfkit.annotate.security import is_loopback
@@ -83,7 +84,7 @@ def serve(settings: ServerSettings) -> None:
 @contextlib.contextmanager
 def serve_in_background(
     db_url: str,
-    project: Path | str,
+    project: Any,
     host: str = "127.0.0.1",
     port: int = 0,
     task_timeout_s: float = 1800.0,
@@ -96,7 +97,7 @@ def serve_in_background(
 
     settings = ServerSettings(
         db_url=normalise_url(db_url),
-        project=Path(project),
+        project=Path(project) if isinstance(project, str | Path) else project,
         host=host,
         port=port,
         task_timeout_s=task_timeout_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.annotate.store import DB_ENV, DEFAULT_DB, normalise_url
 
@@ -19,7 +20,9 @@ PROJECT_ENV = "RLHFKIT_PROJECT"
 @dataclass(frozen=True)
 class ServerSettings:
     db_url: str
-    project: Path
+    project: Any
+    """The project folder, or a loaded `Project` (`rlhfkit run` passes the spec it composed,
+    overrides included)."""
     host: str = "127.0.0.1"
     """Loopback by default: binding elsewhere exposes the app to the network."""
     port: int = 8765

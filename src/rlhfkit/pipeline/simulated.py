@@ -1,26 +1,89 @@
-"""The simulated panel at work: each annotator labels through the annotation app's JSON API,
-exactly as the app's pages do (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``).
+"""Simulated annotators at work: each labels through the annotation app's JSON API, exactly
+as the app's pages do (``GET /api/tasks/next`` -> decide -> ``POST /api/labels``).
+
+An annotator is anything with a ``name`` and a ``label(prompt, first, second, *, allow_tie,
+allow_both_bad)`` answering 'first', 'second', 'tie' or 'both_bad' (and, optionally,
+``criteria(prompt, first, second)``: an answer per rubric criterion). The demo's panel
+(`rlhfkit.demo.panel`) is one kind; `judge_panel` makes another from any pairwise judge, the
+``[run] labeler`` of a project that tries the loop before people label it.
 
 By default the annotators take turns (reproducible against a seeded server); `concurrent`
-gives each its own thread. Standard library only: the demo's runtime has no HTTP client
-dependency. Everything here is a simulation: see `rlhfkit.demo.panel`.
+gives each its own thread. Standard library only: no HTTP client dependency. Everything here
+is a simulation, and the annotators' names say so (``sim-``).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import random
 import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from rlhfkit import strict_json
-from rlhfkit.demo.panel import SimulatedAnnotator, default_panel, rubric_scores
+from rlhfkit.errors import UserError
+
+
+class SimulatedAnnotator(Protocol):
+    name: str
+
+    def label(
+        self, prompt: Any, first: str, second: str, *, allow_tie: bool, allow_both_bad: bool
+    ) -> str: ...
+
+
+Judge = Callable[[Any, str, str], str]
+"""(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad'."""
+
+
+@dataclass
+class JudgeAnnotator:
+    """A simulated annotator that applies a judge and slips: with probability `noise` its
+    answer flips (a tie or 'both bad' becomes a random side). Where the rubric forbids a tie
+    or 'both bad', it picks a side at random. Seeded: same inputs, same labels."""
+
+    name: str
+    judge: Judge
+    noise: float = 0.05
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"{self.name}:{self.seed}")
+
+    def describe(self) -> dict[str, Any]:
+        """Who this annotator is, for the run's panel.json."""
+        judge = f"{self.judge.__module__}:{getattr(self.judge, '__qualname__', self.judge)}"
+        return {"name": self.name, "judge": judge, "noise": self.noise}
+
+    def label(
+        self, prompt: Any, first: str, second: str, *, allow_tie: bool, allow_both_bad: bool
+    ) -> str:
+        verdict = self.judge(prompt, first, second)
+        answers = {"a": "first", "b": "second", "tie": "tie", "both_bad": "both_bad"}
+        if verdict not in answers:
+            raise UserError(
+                f"labeler {getattr(self.judge, '__name__', self.judge)!r} answered {verdict!r}; "
+                "a judge answers 'a', 'b', 'tie' or 'both_bad'"
+            )
+        choice = answers[verdict]
+        if not {"tie": allow_tie, "both_bad": allow_both_bad}.get(choice, True):
+            return self._rng.choice(("first", "second"))  # the rubric forces a choice
+        if self._rng.random() < self.noise:
+            flipped = {"first": "second", "second": "first"}
+            return flipped.get(choice) or self._rng.choice(("first", "second"))
+        return choice
+
+
+def judge_panel(judge: Judge, k: int, noise: float, seed: int = 0) -> list[JudgeAnnotator]:
+    """k simulated annotators sharing one judge, each slipping on its own (`sim-1`, ...)."""
+    return [JudgeAnnotator(f"sim-{i + 1}", judge, noise, seed) for i in range(k)]
 
 
 class PanelError(RuntimeError):
@@ -134,17 +197,16 @@ def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
         response_text(task["first"]),
         response_text(task["second"]),
     )
-    scores = rubric_scores(prompt, first), rubric_scores(prompt, second)  # once, for both
     choice = annotator.label(
         prompt,
         first,
         second,
         allow_tie="tie" in choices,
         allow_both_bad="both_bad" in choices,
-        scores=scores,
     )
     asked = {c["name"] for c in rubric.get("criteria", [])}
-    answers = annotator.criteria(prompt, first, second, scores=scores)
+    criteria = getattr(annotator, "criteria", None)
+    answers = criteria(prompt, first, second) if criteria else {}
     body = {
         "task_id": task["task_id"],
         "choice": choice,
@@ -178,9 +240,8 @@ def _label_until_idle(
 def run_panel(
     base_url: str,
     tokens: dict[str, str],
-    panel: Sequence[SimulatedAnnotator] | None = None,
+    panel: Sequence[SimulatedAnnotator],
     *,
-    seed: int = 0,
     concurrent: bool = False,
     timeout: float = 30.0,
 ) -> PanelRun:
@@ -199,10 +260,9 @@ def run_panel(
     it (closer to a real team's load, but which annotator gets which item then depends on
     timing). Passes repeat until one in which nobody labelled anything.
 
-    `tokens` maps annotator names to their login tokens; `panel` defaults to
-    ``default_panel(len(tokens), seed)`` and its names must be the tokens' names.
+    `tokens` maps annotator names to their login tokens: the panel's names.
     """
-    panel = list(panel) if panel is not None else default_panel(len(tokens), seed)
+    panel = list(panel)
     names = {a.name for a in panel}
     if names != set(tokens):
         raise ValueError(

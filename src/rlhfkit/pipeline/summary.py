@@ -1,8 +1,9 @@
-"""summary.json: the demo's outcome in one machine-readable file, beside the report.
+"""summary.json: a run's outcome in one machine-readable file, beside the report.
 
-Keys: ``simulated_annotators`` (always true here), ``rm_heldout_accuracy`` and
-``rm_heldout_pairs``, ``rm_heldout_by_pairing`` {"same model" | "across models": {accuracy,
-pairs}} (two SFT replies, or an SFT reply against the starting model's);
+Keys: ``simulated_annotators`` (whether a simulated labeler stood in for people),
+``rm_heldout_accuracy`` and ``rm_heldout_pairs``, ``rm_heldout_by_pairing``
+{"same model" | "across models": {accuracy, pairs}} (two SFT replies, or an SFT reply
+against the starting model's);
 ``calibration_gate`` {statistic, value, threshold, passed, overridden, main_queue_open,
 rounds} of the latest calibration round; ``agreement`` {percent_agreement,
 krippendorff_alpha, fleiss_kappa}; ``flagged_annotators`` (drift alerts or anchor accuracy
@@ -19,18 +20,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.demo.pipeline import Paths
 from rlhfkit.evaluate.schema import PolicyEvalResult, RMEvalResult, read_json
+from rlhfkit.pipeline.layout import RunPaths
 
 
-def summary(paths: Paths, seconds: dict[str, float]) -> dict[str, Any]:
+def summary(paths: RunPaths, seconds: dict[str, float]) -> dict[str, Any]:
     annotation = paths.annotation
     status = _read(annotation / "status.json")
     agreement = _read(annotation / "agreement.json")
     rm_path = paths.rm / "eval_rm.json"
     rm = read_json(RMEvalResult, rm_path) if rm_path.exists() else None
     out: dict[str, Any] = {
-        "simulated_annotators": True,
+        "simulated_annotators": bool(_read(annotation / "panel.json").get("simulated")),
         "rm_heldout_accuracy": rm.accuracy if rm else None,
         "rm_heldout_pairs": rm.pairs if rm else None,
         "rm_heldout_by_pairing": {

@@ -1,0 +1,1 @@
+"""`rlhfkit run`: a project's whole loop from its spec (see run.py)."""
