@@ -11,9 +11,9 @@ from rlhfkit.criteria import (
     RegexDetector,
     StartsWithDetector,
 )
-from rlhfkit.demo.example import init_project
 from rlhfkit.errors import UserError
 from rlhfkit.project import load_project, parse_spec
+from rlhfkit.templates import init_project
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,17 @@ def test_init_writes_a_valid_project(tmp_path):
     assert project.spec.name == "support-replies"
     loaded = load_project(tmp_path / "p")
     assert loaded.spec == project.spec
-    for name in ("prompts", "sft", "eval_prompts"):
+    for name in ("prompts", "sft", "eval_prompts", "anchors"):
         assert loaded.data_path(name).exists()
+
+
+def test_init_writes_the_demos_anchors(tmp_path):
+    """The anchors are the demo's (64, seed 1): the demo's results must not change."""
+    from rlhfkit.data import load
+    from rlhfkit.templates.support_replies import anchor_items
+
+    project = init_project(tmp_path / "p")
+    assert load(project.data_path("anchors")).rows == anchor_items(64, seed=1)
 
 
 def test_init_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
@@ -48,7 +57,7 @@ def test_init_refuses_a_non_empty_folder_and_writes_nothing(tmp_path):
 
 
 def test_example_prompt_pools_are_disjoint(tmp_path):
-    from rlhfkit.demo.support_replies import build
+    from rlhfkit.templates.support_replies import build
 
     prompts, eval_prompts, sft = build()
     emails = [r["prompt"][-1]["content"] for r in prompts]
@@ -63,7 +72,7 @@ def test_the_example_sft_data_is_a_mixed_archive(tmp_path):
     """The scaffolded SFT rows are the ideal replies as a team's archive holds them: each
     solves the problem, some sign off, some hedge, some pad (the rates SFT starts from)."""
     from rlhfkit.data import load
-    from rlhfkit.demo.support_replies import FILLER, HEDGES, SIGN_OFF
+    from rlhfkit.templates.support_replies import FILLER, HEDGES, SIGN_OFF
 
     project = init_project(tmp_path / "p")
     replies = [r["completion"][0]["content"] for r in load(project.data_path("sft")).rows]
@@ -165,7 +174,7 @@ def test_callable_detector(example_text):
 @pytest.mark.parametrize(
     ("old", "new", "path"),
     [
-        ("n = 2", 'n = "3"', "generate.n"),
+        ("n = 3", 'n = "3"', "generate.n"),
         ("overlap = 3", "overlap = true", "annotation.overlap"),
         ("temperature = 0.9", "temperature = inf", "generate.temperature"),
         ("temperature = 0.9", "temperature = 0.0", "generate.temperature"),

@@ -35,7 +35,7 @@ from rlhfkit.annotate.annotators import Authenticator
 def write_project(root: Path, tie: bool = False, **annotation) -> Path:
     """The example project with its [annotation] table replaced by `annotation` (defaults:
     overlap 2, no calibration, no anchors, no recalibration) and ties allowed if `tie`."""
-    from rlhfkit.demo.example import init_project
+    from rlhfkit.templates import init_project
 
     init_project(root)
     settings = {

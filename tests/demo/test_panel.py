@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.agreement import Labels, anchor_drift, annotator_stats, calibration_gate
-from rlhfkit.demo import support_replies
 from rlhfkit.demo.panel import (
     SimulatedAnnotator,
     default_panel,
@@ -23,6 +22,7 @@ from rlhfkit.demo.panel import (
     rubric_judge,
     rubric_scores,
 )
+from rlhfkit.templates import support_replies
 from tests.conftest import run_cli
 
 SIGN = "\n\nBest regards,\nThe Northwind Support Team"
@@ -47,7 +47,7 @@ REPLIES = {  # best first, as the rubric ranks them
 
 
 def _spec() -> dict:
-    text = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+    text = resources.files("rlhfkit.templates").joinpath("support_replies.toml").read_text()
     return tomllib.loads(text)
 
 
@@ -310,7 +310,7 @@ def test_a_panel_passes_calibration_and_only_the_drifter_is_flagged():
 
 def _project(root: Path, **annotation) -> Path:
     """The example project with a small [annotation] table."""
-    from rlhfkit.demo.example import init_project
+    from rlhfkit.templates import init_project
 
     init_project(root)
     spec = root / "rlhfkit.toml"

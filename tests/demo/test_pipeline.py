@@ -12,7 +12,7 @@ import pytest
 
 from rlhfkit.demo import stages as S
 from rlhfkit.demo.pipeline import Preset, StageLog
-from rlhfkit.demo.support_replies import SIGN_OFF, build
+from rlhfkit.templates.support_replies import SIGN_OFF, build
 from tests.conftest import run_cli, write_lines
 
 TINY = Preset(

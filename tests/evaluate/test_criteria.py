@@ -11,10 +11,10 @@ from rlhfkit.criteria import (
     SuccessCriterion,
     is_refusal,
 )
-from rlhfkit.demo.example import init_project
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate.criteria import DetectContext, criteria_status, detect, freeze_criteria
 from rlhfkit.project import load_project, parse_spec
+from rlhfkit.templates import init_project
 
 
 def test_refusal_detection_by_hand():

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from rlhfkit import strict_json
-from rlhfkit.demo.example import init_project
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate import schema
 from rlhfkit.evaluate.criteria import freeze_criteria
 from rlhfkit.evaluate.policy import PolicyEvalConfig, evaluate_policy
 from rlhfkit.project import load_project
+from rlhfkit.templates import init_project
 from tests.conftest import run_cli, write_lines
 
 

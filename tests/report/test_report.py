@@ -27,8 +27,8 @@ XSS = "<script>window.__xss = 1; console.error('xss')</script>"
 
 def _agreement_summary() -> dict:
     from rlhfkit.agreement import Labels, summarise
-    from rlhfkit.demo import support_replies
     from rlhfkit.demo.panel import default_panel
+    from rlhfkit.templates import support_replies
 
     rng = random.Random(0)
     _, _, sft = support_replies.build()
@@ -49,7 +49,7 @@ def _agreement_summary() -> dict:
 def _make_run(root: Path, agreement: str) -> Path:
     run = root / "run"
     shutil.copytree(FILES, run)
-    spec = resources.files("rlhfkit.demo").joinpath("support_replies.toml").read_text()
+    spec = resources.files("rlhfkit.templates").joinpath("support_replies.toml").read_text()
     (run / "project").mkdir()
     (run / "project" / "rlhfkit.toml").write_text(spec)
     (run / "annotation" / "agreement.json").write_text(agreement)

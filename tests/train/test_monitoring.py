@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from rlhfkit.demo.example import init_project
+from rlhfkit.templates import init_project
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.monitoring import RunWatch
 

@@ -184,7 +184,7 @@ def test_minibatches_must_divide_the_rollouts(setup, tmp_path):
 def test_the_live_monitors_catch_the_rule_reward_being_gamed(setup, tmp_path):
     """Rewarding the count of one token teaches the policy to repeat it: the repetition
     monitor fires, and with --stop-on-flag the run stops there with the model saved."""
-    from rlhfkit.demo.example import init_project
+    from rlhfkit.templates import init_project
 
     root, data = setup
     project = init_project(tmp_path / "project").root

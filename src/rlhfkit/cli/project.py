@@ -25,7 +25,7 @@ def init(
     both-bad policy, and success criteria (one behavior that should increase, one that should
     decrease) that are frozen when training starts.
     """
-    from rlhfkit.demo.example import init_project  # lazy: pydantic and the criteria slow --help
+    from rlhfkit.templates import init_project  # lazy: pydantic and the criteria slow --help
 
     project = init_project(directory, example)
     spec = project.spec

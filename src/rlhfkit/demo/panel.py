@@ -3,8 +3,9 @@
 After AlpacaFarm's simulated annotators (Dubois et al. 2023, §3.2): a pool of annotators that
 share one notion of quality but each have their own failings, so that the agreement
 statistics, the calibration gate and the drift alerts have something real to measure. Here the
-shared notion is the bundled rubric (``support_replies.toml``: helpful, tone, concise) scored
-by code, and each annotator adds label-flip noise, position bias and length bias; one drifts.
+shared notion is the bundled rubric (``templates/support_replies.toml``: helpful, tone,
+concise) scored by code, and each annotator adds label-flip noise, position bias and length
+bias; one drifts.
 
 Everything in this module is a *simulation* and says so: annotator names start with ``sim-``.
 A real team replaces the panel with people in the annotation app; nothing else changes,
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlhfkit.demo.support_replies import ITEMS
+from rlhfkit.templates.support_replies import ITEMS
 
 Choice = Literal["first", "second", "tie", "both_bad"]
 Preference = Literal["a", "b", "tie", "both_bad"]
