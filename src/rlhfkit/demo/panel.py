@@ -324,6 +324,17 @@ class SimulatedAnnotator:
         # a stream of its own: answering per criterion leaves the overall labels unchanged
         self._criteria_rng = random.Random(f"{self.name}:{self.seed}:criteria")
 
+    def describe(self) -> dict:
+        """Who this annotator is, for the run's panel.json (and the report)."""
+        return {
+            "name": self.name,
+            "noise": self.noise,
+            "position_bias": self.position_bias,
+            "length_bias": self.length_bias,
+            "drift_after": self.drift_after,
+            "drift_noise": self.drift_noise if self.drift_after is not None else None,
+        }
+
     def current_noise(self) -> float:
         if self.drift_after is None or self.labelled < self.drift_after:
             return self.noise
