@@ -14,7 +14,6 @@ import warnings
 import click
 import typer
 from rich.markup import escape
-from typer.core import TyperGroup
 
 from rlhfkit import __version__
 from rlhfkit.cli import agreement as agreement_cmds
@@ -28,15 +27,15 @@ from rlhfkit.cli import project as project_cmds
 from rlhfkit.cli import report as report_cmds
 from rlhfkit.cli import train as train_cmds
 from rlhfkit.cli.common import err_console
+from rlhfkit.cli.help_layout import Group
 from rlhfkit.errors import UserError
 
 HELP = (
     "rlhfkit: the whole RLHF loop for teaching a model a narrow behavior, and proving it "
     "worked.\n\n"
     "The commands are listed in pipeline order: design the project, check its data and "
-    "model, sample candidate replies for annotation, ... Start with [bold]rlhfkit demo[/bold] "
-    "to see the loop on a bundled example, or [bold]rlhfkit init my-project[/bold] to start "
-    "your own."
+    "model, sample candidate replies for annotation, ... Start with `rlhfkit demo` to see "
+    "the loop on a bundled example, or `rlhfkit init my-project` to start your own."
 )
 # The pipeline's order, which `--help` follows (Typer would list single commands first).
 ORDER = [
@@ -53,7 +52,7 @@ ORDER = [
 ]
 
 
-class _PipelineOrder(TyperGroup):
+class _PipelineOrder(Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
@@ -70,7 +69,7 @@ app = typer.Typer(
     cls=_PipelineOrder,
     help=HELP,
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -93,13 +92,13 @@ def _root(
 
 
 app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
-app.add_typer(data_cmds.app, name="data", rich_help_panel=INPUTS)
-app.add_typer(models_cmds.app, name="models", rich_help_panel=INPUTS)
+app.add_typer(data_cmds.app, name="data", cls=Group, rich_help_panel=INPUTS)
+app.add_typer(models_cmds.app, name="models", cls=Group, rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
-app.add_typer(annotate_cmds.app, name="annotate", rich_help_panel=COLLECT)
+app.add_typer(annotate_cmds.app, name="annotate", cls=Group, rich_help_panel=COLLECT)
 app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
-app.add_typer(train_cmds.app, name="train", rich_help_panel=TRAIN)
-app.add_typer(evaluate_cmds.app, name="eval", rich_help_panel=PROVE)
+app.add_typer(train_cmds.app, name="train", cls=Group, rich_help_panel=TRAIN)
+app.add_typer(evaluate_cmds.app, name="eval", cls=Group, rich_help_panel=PROVE)
 app.command("report", rich_help_panel=PROVE)(report_cmds.report)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from rlhfkit.errors import UserError
 
@@ -62,8 +61,6 @@ def _option_param(
         help_text = f"{help_text} (default: the spec's, else {default})".strip()
         default = None
     flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
-    # rich markup would take a field doc's "[monitors]" for a style tag and drop it
-    help_text = escape(help_text)
     if required:
         option = typer.Option(..., flag, help=help_text)
     elif hint is bool:

@@ -12,13 +12,13 @@ from rlhfkit.errors import UserError, display_path
 
 LAYOUT = """RUN_DIR layout (every part optional; a missing one shows as "not run"):
 
-  project/rlhfkit.toml         the spec: task, rubric and version, success criteria
-  annotation/agreement.json    rlhfkit agreement LABELS --json
-  annotation/status.json       rlhfkit annotate status --json
-  annotation/panel.json        the demo's simulated panel settings
-  rm/eval_rm.json              rlhfkit eval rm --json
-  STAGE/metrics.jsonl          each training run's step log (sft, rm, ppo, dpo, ...)
-  eval/POLICY/eval.json        rlhfkit eval policy (and samples.jsonl beside it)"""
+  project/rlhfkit.toml       the spec: task, rubric, version, success criteria
+  annotation/agreement.json  rlhfkit agreement LABELS --json
+  annotation/status.json     rlhfkit annotate status --json
+  annotation/panel.json      the demo's simulated panel settings
+  rm/eval_rm.json            rlhfkit eval rm --json
+  STAGE/metrics.jsonl        each training run's step log (sft, rm, ppo, dpo)
+  eval/POLICY/eval.json      rlhfkit eval policy (samples.jsonl beside it)"""
 
 
 def report(
@@ -85,5 +85,7 @@ def report(
 
 
 # The layout joins the docstring for --help: dedent the docstring first, or Typer keeps its
-# indentation once an unindented block follows it. One paragraph per line keeps the lines.
-report.__doc__ = inspect.cleandoc(report.__doc__ or "") + "\n\n" + LAYOUT.replace("\n", "\n\n")
+# indentation once an unindented block follows it. "\b" keeps the table's lines as they are.
+report.__doc__ = (
+    inspect.cleandoc(report.__doc__ or "") + "\n\n" + LAYOUT.replace("\n\n", "\n\n\b\n")
+)
