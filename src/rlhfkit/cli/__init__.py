@@ -25,6 +25,7 @@ from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
 from rlhfkit.cli import project as project_cmds
 from rlhfkit.cli import report as report_cmds
+from rlhfkit.cli import run as run_cmds
 from rlhfkit.cli import train as train_cmds
 from rlhfkit.cli.common import err_console
 from rlhfkit.cli.help_layout import Group
@@ -35,11 +36,13 @@ HELP = (
     "worked.\n\n"
     "The commands are listed in pipeline order: design the project, check its data and "
     "model, sample candidate replies for annotation, ... Start with `rlhfkit demo` to see "
-    "the loop on a bundled example, or `rlhfkit init my-project` to start your own."
+    "the loop on a bundled example, or `rlhfkit init my-project --template ...` and then "
+    "`rlhfkit run --project my-project` to run your own."
 )
 # The pipeline's order, which `--help` follows (Typer would list single commands first).
 ORDER = [
     "init",
+    "project",
     "data",
     "models",
     "generate",
@@ -48,6 +51,7 @@ ORDER = [
     "train",
     "eval",
     "report",
+    "run",
     "demo",
 ]
 
@@ -92,6 +96,9 @@ def _root(
 
 
 app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
+project_app = typer.Typer(help="Check a project before a long step.", no_args_is_help=True)
+project_app.command("check")(run_cmds.check)
+app.add_typer(project_app, name="project", cls=Group, rich_help_panel=DESIGN)
 app.add_typer(data_cmds.app, name="data", cls=Group, rich_help_panel=INPUTS)
 app.add_typer(models_cmds.app, name="models", cls=Group, rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)
@@ -100,6 +107,7 @@ app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", cls=Group, rich_help_panel=TRAIN)
 app.add_typer(evaluate_cmds.app, name="eval", cls=Group, rich_help_panel=PROVE)
 app.command("report", rich_help_panel=PROVE)(report_cmds.report)
+app.command("run", rich_help_panel=ALL)(run_cmds.run)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 
 

@@ -149,3 +149,34 @@ def show_summary(s: dict[str, Any]) -> None:
     show_annotation(s)
     show_reward_model(s)
     show_policies(s)
+
+
+def check(
+    project: Path = typer.Argument(..., help="The project folder (or its rlhfkit.toml)."),
+    settings: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Check the spec and every file it names before a long step: the spec's fields, each
+    stage's settings as `rlhfkit run` would compose them ([train.*], [eval]), the data files
+    (format and every bad row), the anchors' answers and the labeler. Every problem is
+    listed as FILE:LINE: reason (exit 2); nothing is written, no model is loaded.
+    """
+    from rlhfkit.pipeline.check import check_project  # lazy: pydantic, the annotation store
+
+    result = check_project(project, parse_settings(settings))
+    if result.problems:
+        raise UserError("\n".join(result.problems))
+    spec = result.project.spec
+    where = display_path(result.project.spec_path)
+    console.print(f"{where}: ok. Task: {spec.name}; base model {spec.base_model}.")
+    for name, rows in result.rows.items():
+        path = display_path(result.project.data_path(name))
+        console.print(f"  data.{name}: {path}, {rows} rows")
+    stages = ", ".join(result.plan.names) if result.plan else ""
+    labeler = spec.run.labeler
+    console.print(f"  stages: {stages}")
+    console.print(
+        "  labels: people (run stops at annotate and says how to serve the app)"
+        if labeler == "people"
+        else f"  labels: SIMULATED by {labeler}"
+    )
+    console.print(f"Next: rlhfkit run --project {display_path(result.project.root)}")
