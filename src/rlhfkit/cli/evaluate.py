@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from rlhfkit import strict_json
-from rlhfkit.cli.common import console, err_console
+from rlhfkit.cli.common import StepProgress, console, err_console, status
 from rlhfkit.cli.configs import command_from_config, config_options
 from rlhfkit.errors import display_path
 from rlhfkit.evaluate.configs import PolicyEvalConfig, RMEvalConfig
@@ -39,7 +38,8 @@ def eval_rm(
     from rlhfkit.evaluate.schema import write_json  # lazy: keeps `rlhfkit --help` light
 
     cfg = RMEvalConfig(**settings)
-    figures = evaluate_reward_model(cfg.model, cfg.data, cfg.batch_size, cfg.slice_by, cfg.bins)
+    with status(f"scoring the pairs of {display_path(cfg.data)}"):
+        figures = evaluate_reward_model(cfg.model, cfg.data, cfg.batch_size, cfg.slice_by, cfg.bins)
     if out is not None:
         write_json(figures, out)
     if as_json:
@@ -52,16 +52,8 @@ def eval_rm(
 def _eval_policy(cfg: PolicyEvalConfig) -> None:
     from rlhfkit.evaluate.policy import evaluate_policy  # lazy: imports numpy and the judges
 
-    with Progress(
-        TextColumn("sampling {task.fields[who]}"), BarColumn(), MofNCompleteColumn(),
-        console=err_console,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("sampling", total=None, who="")
-
-        def progress(who: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, who=f"{who} model")
-
-        result = evaluate_policy(cfg, progress)
+    with StepProgress("sampling", "loading models and prompts") as progress:
+        result = evaluate_policy(cfg, progress)  # calls progress("after" | "before", done, total)
     _show(result)
     out = cfg.out
     console.print(

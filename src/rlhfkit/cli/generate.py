@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from rlhfkit.choices import PRECISIONS, one_of
-from rlhfkit.cli.common import console, progress_bar, status
+from rlhfkit.cli.common import StepProgress, console, status
 from rlhfkit.cli.configs import config_options
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.generate import SamplingConfig, generate_candidates
@@ -73,7 +73,7 @@ def generate(
         resolve(model)  # converts a bundled model on first use, under the spinner
         if compare_with:
             resolve(compare_with)
-    with progress_bar("sampling") as update:
+    with StepProgress("sampling") as update:
         result = generate_candidates(
             model,
             prompts,

@@ -12,7 +12,7 @@ import typer
 
 from rlhfkit import strict_json
 from rlhfkit.callables import load_callable
-from rlhfkit.cli.common import console, err_console
+from rlhfkit.cli.common import StepProgress, console
 from rlhfkit.cli.configs import command_from_config
 from rlhfkit.errors import display_path
 
@@ -24,53 +24,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-SHOWN = (
-    "loss",
-    "rewards/accuracy",
-    "rewards/margin",
-    "accuracy",
-    "margin",
-    "reward",
-    "kl",
-    "kl_coef",
-    "response_length",
-    "monitor_flags",
-    "tokens_per_s",
-)
-
 
 def _train(label: str, train: Callable[[Any, Any], Any]) -> Callable[[LoopConfig], None]:
     def run(cfg: LoopConfig) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         # lazy: evaluate/criteria.py pulls in torch (reward-model detectors)
         from rlhfkit.evaluate.criteria import freeze_for_training
 
         freeze_for_training(cfg)  # a project's first training stage freezes its criteria
         started = time.time()
-        with Progress(
-            TextColumn(f"{label}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            console=err_console,
-        ) as bar:
-            task = bar.add_task(label, total=None, metrics="loading model and data")
-
-            def progress(step: int, total: int, m: dict[str, float]) -> None:
-                shown = "  ".join(f"{k}={m[k]:.3g}" for k in SHOWN if k in m)
-                bar.update(task, completed=step, total=total, metrics=shown)
-
+        with StepProgress(label, "loading model and data") as progress:
             result = train(cfg, progress)
         if int(os.environ.get("RANK", "0")) != 0:
             return  # under `accelerate launch`, the main process reports
