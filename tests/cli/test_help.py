@@ -6,6 +6,7 @@ import re
 
 import pytest
 import typer
+from typer.core import TyperGroup
 
 from rlhfkit.cli import app
 from tests.conftest import run_cli
@@ -18,8 +19,9 @@ MIN_WORDS_PER_LINE_ONE = 4
 
 def _commands(command, path=()):
     yield path, command
-    for name, sub in getattr(command, "commands", {}).items():
-        yield from _commands(sub, (*path, name))
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
 
 
 COMMANDS = list(_commands(typer.main.get_command(app)))
