@@ -61,8 +61,10 @@ def test_a_table_key_that_is_no_setting_is_named_with_its_line(project_dir):
     with pytest.raises(UserError) as e:
         train_config("sft", project)
     message = str(e.value)
-    assert f"rlhfkit.toml:{line}: train.sft.learning_rat: unknown setting; did you mean " \
-           "learning_rate?" in message.replace(str(project_dir) + "/", "")
+    assert (
+        f"rlhfkit.toml:{line}: train.sft.learning_rat: unknown setting; did you mean "
+        "learning_rate?" in message.replace(str(project_dir) + "/", "")
+    )
     assert f":{line + 1}: train.sft.bta: unknown setting" in message  # every problem at once
 
 

@@ -119,7 +119,10 @@ def show_plan(plan: Any, status: dict[str, str]) -> None:
         if stage.name in status and stage.config is not None:
             from rlhfkit.pipeline.compose import effective  # lazy: pydantic
 
-            console.print(f"  {stage.name}: " + json.dumps(effective(stage.config)), soft_wrap=True)
+            console.print(
+                f"  {stage.name}: " + json.dumps(effective(stage.config, plan.paths.root)),
+                soft_wrap=True,
+            )
 
 
 def show_result(result: Any, wall: float) -> None:

@@ -56,7 +56,11 @@ class Labeler:
         run = project.spec.run
         if run.labeler == "people":
             return cls()
-        judge = load_callable(run.labeler, "[run] labeler")
+        where, _, name = run.labeler.rpartition(":")
+        target = run.labeler
+        if where.endswith(".py") and not Path(where).is_absolute():
+            target = f"{project.root / where}:{name}"  # a file of the project's
+        judge = load_callable(target, "[run] labeler")
 
         def panel(project: Project, policy: Policy, seed: int) -> list:
             return judge_panel(judge, run.simulated_annotators, run.simulated_noise, seed)

@@ -14,11 +14,11 @@ from typing import Any
 
 from rlhfkit.annotate import Policy
 from rlhfkit.annotate.importing import read_import
-from rlhfkit.callables import load_callable
 from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.generate import PROMPT_FORMATS
+from rlhfkit.pipeline.annotation import Labeler
 from rlhfkit.pipeline.compose import (
     SET_BY_RUN_EVAL,
     SET_BY_RUN_TRAIN,
@@ -58,7 +58,7 @@ def check_project(
     for name, formats in DATA_FORMATS.items():
         problems += _data(project, name, formats, result.rows)
     if project.spec.run.labeler != "people":
-        problems += _collect(lambda: load_callable(project.spec.run.labeler, "[run] labeler"))
+        problems += _collect(lambda: Labeler.from_spec(project))
     if not problems:  # the settings each stage checks itself (batch sizes, ranges)
         options = RunOptions(model=model)
         try:
@@ -73,9 +73,7 @@ def _tables(project: Project) -> list[str]:
     for table, config_cls in TRAIN_TABLES.values():
         values = getattr(project.spec.train, table)
         problems += _collect(
-            lambda: checked_table(
-                project, f"train.{table}", config_cls, values, SET_BY_RUN_TRAIN
-            )
+            lambda: checked_table(project, f"train.{table}", config_cls, values, SET_BY_RUN_TRAIN)
         )
     problems += _collect(
         lambda: checked_table(project, "eval", PolicyEvalConfig, project.spec.eval, SET_BY_RUN_EVAL)
@@ -93,11 +91,14 @@ def _data(
         spec = display_path(project.spec_path)
         return [f"{spec}: data.{name}: {display_path(path)} does not exist"]
     if formats is None:  # anchors
+
         def read() -> None:
             rows[name] = len(read_import(Policy.from_project(project), anchors=path).rows)
     else:
+
         def read() -> None:
             rows[name] = len(load(path, expect=formats).rows)
+
     return _collect(read)
 
 

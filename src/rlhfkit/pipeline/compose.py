@@ -13,6 +13,7 @@ of the wrong type, is an error naming the spec's line, found before any stage ru
 from __future__ import annotations
 
 import dataclasses
+import os
 import difflib
 import re
 import typing
@@ -136,14 +137,16 @@ def _checked(cfg: Any, project: Project, table: str) -> None:
         ) from None
 
 
-def effective(cfg: Any) -> dict[str, Any]:
-    """A config as plain JSON-able data, for fingerprints and manifests."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+def effective(cfg: Any, relative_to: Path | None = None) -> dict[str, Any]:
+    """A config as plain JSON-able data, for fingerprints and manifests; with `relative_to`,
+    paths are written relative to it (a fingerprint must not change with the folder a run
+    was started from, or the name the project was given on the command line)."""
+    return {f.name: _plain(getattr(cfg, f.name), relative_to) for f in dataclasses.fields(cfg)}
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, base: Path | None) -> Any:
     if isinstance(value, Path):
-        return str(value)
+        return os.path.relpath(value.resolve(), base.resolve()) if base else str(value)
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [_plain(v, base) for v in value]
     return value

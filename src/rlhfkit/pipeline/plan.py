@@ -64,8 +64,9 @@ class Stage:
     def about(self) -> str:
         return ABOUT[self.name]
 
-    def fingerprint_inputs(self, upstream: dict[str, str]) -> dict[str, Any]:
-        config = effective(self.config) if self.config is not None else None
+    def fingerprint_inputs(self, upstream: dict[str, str], root: Path) -> dict[str, Any]:
+        """What the stage is made from; paths relative to the run folder `root`."""
+        config = effective(self.config, root) if self.config is not None else None
         return {"config": config, **self.inputs, "after": {s: upstream[s] for s in self.after}}
 
 

@@ -57,8 +57,9 @@ def plan_run(
     overrides: dict[str, Any] | None = None,
 ) -> Plan:
     """Load the project (with `overrides`) and compose every stage's config."""
-    project = load_project(project_dir, overrides)
-    paths = RunPaths(Path(run_dir) if run_dir else project.root / "run", project.root)
+    project = load_project(Path(project_dir).resolve(), overrides)  # one name per folder
+    root = Path(run_dir).resolve() if run_dir else project.root / "run"
+    paths = RunPaths(root, project.root)
     return make_plan(paths, project, labeler or Labeler.from_spec(project), options)
 
 
@@ -99,7 +100,7 @@ def run_pipeline(
 def _run_one(
     plan: Plan, stage: Stage, log: StageLog, force: bool, display, result: RunResult
 ) -> str:
-    inputs = stage.fingerprint_inputs({s: log.output_key(s) for s in stage.after})
+    inputs = stage.fingerprint_inputs(_upstream(stage, log), plan.paths.root)
     if force or log.changed(stage.name, inputs):
         for path in stage.clear:  # other inputs than the last run's: start that stage over
             _remove(path)
@@ -128,14 +129,18 @@ def _dry_run(plan: Plan, chosen: list[Stage], log: StageLog, start_at: str | Non
     result = RunResult(plan)
     reruns: set[str] = set()
     for stage in chosen:
-        why = _why(stage, log, reruns, start_at)
+        why = _why(stage, log, reruns, start_at, plan.paths.root)
         if why:
             reruns.add(stage.name)
         result.status[stage.name] = f"would run: {why}" if why else "skip (done)"
     return result
 
 
-def _why(stage: Stage, log: StageLog, reruns: set[str], start_at: str | None) -> str:
+def _upstream(stage: Stage, log: StageLog) -> dict[str, str]:
+    return {s: log.output_key(s) for s in stage.after}
+
+
+def _why(stage: Stage, log: StageLog, reruns: set[str], start_at: str | None, root: Path) -> str:
     """Why a stage would run ('' if it would not)."""
     if stage.name == start_at:
         return "--from"
@@ -147,9 +152,13 @@ def _why(stage: Stage, log: StageLog, reruns: set[str], start_at: str | None) ->
         return "never ran"
     if "fingerprint" not in record:
         return "started, not finished (resumes)"
-    inputs = stage.fingerprint_inputs({s: log.output_key(s) for s in stage.after})
+    inputs = stage.fingerprint_inputs(_upstream(stage, log), root)
     if not log.done(stage.name, inputs):
         changed = log.changes(stage.name, inputs)
-        return "changed: " + (", ".join(changed[:6]) if changed else "its inputs")
+        upstream = [k.removeprefix("after.") for k in changed if k.startswith("after.")]
+        own = [k for k in changed if not k.startswith("after.")]
+        parts = [f"changed: {', '.join(own[:6])}"] if own else []
+        parts += [f"{', '.join(upstream)} ran again since"] if upstream else []
+        return "; ".join(parts) or "changed: its inputs"
     missing = [str(p) for p in stage.outputs if not p.exists()]
     return f"output missing: {missing[0]}" if missing else ""

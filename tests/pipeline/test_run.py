@@ -1,0 +1,226 @@
+"""`rlhfkit run` end to end on the tiny model, through the real CLI, over a project that is not
+the demo's: its own task, data, criteria, and a judge (FILE.py:function) standing in for
+people. Then one [train.dpo] value changes, and exactly dpo, its evaluation and the report
+run again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, write_lines
+
+SPEC = """
+name = "one-liners"
+task = "Answer each question in one short sentence."
+base_model = "tiny-random"
+
+[data]
+prompts = "data/prompts.jsonl"
+sft = "data/sft.jsonl"
+eval_prompts = "data/eval.jsonl"
+anchors = "data/anchors.jsonl"
+
+[rubric]
+version = "1"
+tie_policy = "allow"
+
+[[rubric.criteria]]
+name = "short"
+description = "One sentence."
+
+[[rubric.criteria]]
+name = "answers"
+description = "Answers the question."
+
+[[rubric.borderline_examples]]
+prompt = "What is 2+2?"
+response_a = "4."
+response_b = "It is 4, because two and two make four, as everyone knows."
+preferred = "a"
+why = "Shorter."
+
+[[success_criteria]]
+name = "short"
+description = "At most 12 words."
+direction = "increase"
+detector = { kind = "length", unit = "words", max = 12 }
+
+[[success_criteria]]
+name = "rambles"
+description = "More than 30 words."
+direction = "decrease"
+detector = { kind = "length", unit = "words", min = 31 }
+
+[annotation]
+calibration_size = 4
+overlap = 2
+
+[generate]
+n = 2
+max_new_tokens = 8
+limit = 16
+start_samples = 1
+
+[train.sft]
+max_steps = 2
+batch_size = 4
+
+[train.reward]
+epochs = 1.0
+batch_size = 4
+
+[train.ppo]
+max_steps = 1
+batch_size = 2
+max_new_tokens = 8
+
+[train.dpo]
+epochs = 1.0
+batch_size = 4
+beta = 0.1
+
+[eval]
+limit = 4
+samples = 1
+max_new_tokens = 8
+
+[run]
+labeler = "judge.py:shorter"
+simulated_annotators = 2
+simulated_noise = 0.0
+heldout_share = 0.25
+"""
+
+JUDGE = '''
+def shorter(prompt, response_a, response_b):
+    """The shorter reply wins; the same length is a tie."""
+    if len(response_a) == len(response_b):
+        return "tie"
+    return "a" if len(response_a) < len(response_b) else "b"
+'''
+
+
+def make_project(root: Path) -> Path:
+    (root / "data").mkdir(parents=True)
+    (root / "rlhfkit.toml").write_text(SPEC)
+    (root / "judge.py").write_text(JUDGE)
+    questions = [f"What is {i} plus {i}?" for i in range(30)]
+    write_lines(root / "data" / "prompts.jsonl", [{"prompt": q} for q in questions[:20]])
+    write_lines(root / "data" / "eval.jsonl", [{"prompt": q} for q in questions[20:26]])
+    write_lines(
+        root / "data" / "sft.jsonl",
+        [{"prompt": q, "completion": f"{2 * i}."} for i, q in enumerate(questions[:8])],
+    )
+    write_lines(
+        root / "data" / "anchors.jsonl",
+        [
+            {
+                "id": f"a{i}",
+                "prompt": q,
+                "response_a": f"{2 * i}.",
+                "response_b": f"Well, {i} plus {i} is {2 * i}, I think, maybe.",
+                "label": "A",
+            }
+            for i, q in enumerate(questions[26:30])
+        ],  # fmt: skip
+    )
+    return root
+
+
+def _finished(run_dir: Path) -> dict[str, str]:
+    records = json.loads((run_dir / "stages.json").read_text())
+    return {name: r.get("finished") for name, r in records.items()}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("run") / "one-liners")
+    result = run_cli("run", "--project", str(project), "--precision", "fp32", cwd=project)
+    return project, result
+
+
+def test_run_takes_a_new_project_from_its_spec_to_the_report(first_run):
+    project, result = first_run
+    assert result.code == 0, result.stderr
+    run_dir = project / "run"
+    finished = _finished(run_dir)
+    assert list(finished) == [
+        "sft", "candidates", "annotate", "rm", "ppo", "dpo", "eval_ppo", "eval_dpo", "report",
+    ]  # fmt: skip
+    assert all(finished.values())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["simulated_annotators"] is True
+    assert set(summary["dpo"]["criteria"]) == {"short", "rambles"}
+    assert (run_dir / "report.html").exists() and (run_dir / "rm" / "eval_rm.json").exists()
+    panel = json.loads((run_dir / "annotation" / "panel.json").read_text())
+    assert [a["name"] for a in panel["annotators"]] == ["sim-1", "sim-2"]
+    assert panel["anchor_pairs"] == 4  # the anchors' answers joined the training pairs
+    # the effective config of each stage is what ran: the spec's table, the run's paths
+    records = json.loads((run_dir / "stages.json").read_text())
+    dpo = records["dpo"]["inputs"]["config"]
+    assert (dpo["beta"], dpo["epochs"], dpo["batch_size"]) == (0.1, 1.0, 4)
+    assert dpo["data"].endswith("preferences.dpo.jsonl") and dpo["precision"] == "fp32"
+    manifest = json.loads((run_dir / "dpo" / "final" / "rlhfkit-manifest.json").read_text())
+    assert manifest["config"]["beta"] == 0.1
+
+
+def test_changing_one_dpo_value_reruns_dpo_its_evaluation_and_the_report_only(first_run):
+    project, _ = first_run
+    run_dir = project / "run"
+    before = _finished(run_dir)
+    spec = project / "rlhfkit.toml"
+    spec.write_text(spec.read_text().replace("beta = 0.1", "beta = 0.25"))
+    dry = run_cli("run", "--project", ".", "--dry-run", "--precision", "fp32", cwd=project)
+    assert dry.code == 0, dry.stderr  # the same folder by another name: the same stages
+    assert "changed: config.beta" in dry.stdout
+    assert dry.stdout.count("skip (done)") == 6
+    again = run_cli("run", "--project", str(project), "--precision", "fp32", cwd=project)
+    assert again.code == 0, again.stderr
+    after = _finished(run_dir)
+    reran = {name for name in after if after[name] != before[name]}
+    assert reran == {"dpo", "eval_dpo", "report"}
+    manifest = json.loads((run_dir / "dpo" / "final" / "rlhfkit-manifest.json").read_text())
+    assert manifest["config"]["beta"] == 0.25
+
+
+def test_until_and_from_bound_the_run(first_run):
+    project, _ = first_run
+    run_dir = project / "run"
+    before = _finished(run_dir)
+    result = run_cli(
+        "run", "--project", str(project), "--from", "rm", "--until", "rm", "--precision", "fp32",
+        cwd=project,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    after = _finished(run_dir)
+    assert {n for n in after if after[n] != before[n]} == {"rm"}
+    dry = run_cli("run", "--project", str(project), "--dry-run", "--precision", "fp32")
+    assert "rm ran again since" in dry.stdout  # what read the new reward model is stale
+
+
+def test_a_bad_stage_name_or_setting_fails_before_anything_runs(tmp_path):
+    project = make_project(tmp_path / "p")
+    bad = run_cli("run", "--project", str(project), "--until", "ppo2")
+    assert bad.code == 2 and "--until ppo2: this project's stages are sft," in bad.stderr
+    typo = run_cli("run", "--project", str(project), "--set", "train.dpo.bta=0.2")
+    assert typo.code == 2 and "train.dpo.bta: unknown setting; did you mean beta?" in typo.stderr
+    assert "Traceback" not in typo.stderr and not (project / "run").exists()
+
+
+def test_project_check_lists_every_problem_with_its_line(tmp_path):
+    project = make_project(tmp_path / "p")
+    ok = run_cli("project", "check", str(project))
+    assert ok.code == 0, ok.stderr
+    assert "data.prompts: data/prompts.jsonl, 20 rows" in ok.stdout.replace(str(project) + "/", "")
+    spec = project / "rlhfkit.toml"
+    spec.write_text(spec.read_text().replace("beta = 0.1", "beta = 0.1\nbta = 1"))
+    with (project / "data" / "sft.jsonl").open("a") as f:
+        f.write('{"prompt": "x"}\n')
+    bad = run_cli("project", "check", str(project))
+    assert bad.code == 2
+    line = spec.read_text().splitlines().index("bta = 1") + 1
+    assert f"rlhfkit.toml:{line}: train.dpo.bta: unknown setting" in bad.stderr
+    assert "sft.jsonl:9:" in bad.stderr  # and the data file's bad row, in the same run
