@@ -139,8 +139,9 @@ class RunSettings(Strict):
     labeler: Annotated[str, Field(min_length=1)] = "people"
     """people: `run` stops at annotation and says how to serve the app; the next `run` goes
     on once the calibration gate passed and the queue is done. Or module:function /
-    FILE.py:function (relative to the project folder), a judge (prompt, response_a, response_b) -> 'a' | 'b' | 'tie' |
-    'both_bad' standing in for people: a SIMULATED panel labels through the real app."""
+    FILE.py:function (relative to the project folder), a judge (prompt, response_a,
+    response_b) -> 'a' | 'b' | 'tie' | 'both_bad' standing in for people: a SIMULATED
+    panel labels through the real app."""
     simulated_annotators: Annotated[int, Field(ge=1, le=20)] = 3
     """How many simulated annotators share the judge (each with its own slips)."""
     simulated_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05

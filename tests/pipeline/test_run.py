@@ -125,7 +125,7 @@ def make_project(root: Path) -> Path:
                 "label": "A",
             }
             for i, q in enumerate(questions[26:30])
-        ],  # fmt: skip
+        ],
     )
     return root
 

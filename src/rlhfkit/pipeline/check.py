@@ -8,6 +8,7 @@ and the base model. Nothing is written and no model is loaded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def _tables(project: Project) -> list[str]:
     for table, config_cls in TRAIN_TABLES.values():
         values = getattr(project.spec.train, table)
         problems += _collect(
-            lambda: checked_table(project, f"train.{table}", config_cls, values, SET_BY_RUN_TRAIN)
+            functools.partial(
+                checked_table, project, f"train.{table}", config_cls, values, SET_BY_RUN_TRAIN
+            )
         )
     problems += _collect(
         lambda: checked_table(project, "eval", PolicyEvalConfig, project.spec.eval, SET_BY_RUN_EVAL)

@@ -13,8 +13,8 @@ of the wrong type, is an error naming the spec's line, found before any stage ru
 from __future__ import annotations
 
 import dataclasses
-import os
 import difflib
+import os
 import re
 import typing
 from collections.abc import Iterable
