@@ -224,3 +224,19 @@ def test_project_check_lists_every_problem_with_its_line(tmp_path):
     line = spec.read_text().splitlines().index("bta = 1") + 1
     assert f"rlhfkit.toml:{line}: train.dpo.bta: unknown setting" in bad.stderr
     assert "sft.jsonl:9:" in bad.stderr  # and the data file's bad row, in the same run
+
+
+@pytest.mark.parametrize("flag", [(), ("--max-steps", "1")])
+def test_train_with_a_project_reads_its_train_table_and_a_flag_beats_it(tmp_path, flag):
+    project = make_project(tmp_path / "p")
+    out = tmp_path / "sft"
+    result = run_cli(
+        "train", "sft", "--data", str(project / "data" / "sft.jsonl"), "--project",
+        str(project), "--model", "tiny-random", "--output-dir", str(out), "--precision",
+        "fp32", *flag,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    config = json.loads((out / "final" / "rlhfkit-manifest.json").read_text())["config"]
+    assert config["batch_size"] == 4  # [train.sft] batch_size = 4, the class says 8
+    assert config["max_steps"] == (1 if flag else 2)
+    assert config["learning_rate"] == 1e-3  # in neither: the measured LoRA default

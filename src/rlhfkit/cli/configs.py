@@ -58,7 +58,8 @@ def _option_param(
     else:
         default = None  # a required option: Typer asks for it
     if from_spec:  # None lets the project spec's value through; the config's comes last
-        help_text = f"{help_text} (default: the spec's, else {default})".strip()
+        fallback = f", else {default}" if default is not None else ""
+        help_text = f"{help_text} (default: the spec's{fallback})".strip()
         default = None
     flag = "--" + f.metadata.get("flag", f.name).replace("_", "-")
     if required:

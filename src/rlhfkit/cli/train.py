@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import typer
 from rlhfkit import strict_json
 from rlhfkit.callables import load_callable
 from rlhfkit.cli.common import StepProgress, console
-from rlhfkit.cli.configs import command_from_config
+from rlhfkit.cli.configs import config_options
 from rlhfkit.errors import display_path
 
 # Config classes import only the standard library, so --help stays fast.
@@ -65,41 +66,57 @@ def _lazy(target: str) -> Callable[[Any, Any], Any]:
     return call
 
 
+def _command(
+    stage: str, config_cls: type, target: str, required: tuple[str, ...] = ("data",)
+) -> Callable[..., None]:
+    """`rlhfkit train STAGE`: options from the config class. With --project, what the options
+    leave out comes from the spec's [train.*] table (composed as `rlhfkit run` composes it),
+    then from the class's defaults."""
+    run = _train(stage, _lazy(target))
+    own = (*required, "project", "model", "output_dir", "resume")  # never in [train.*]
+    from_spec = tuple(f.name for f in dataclasses.fields(config_cls) if f.name not in own)
+
+    def command(settings: dict[str, Any]) -> None:
+        given = {k: v for k, v in settings.items() if v is not None}
+        if given.get("project") is not None:
+            # lazy: pydantic and the project spec
+            from rlhfkit.pipeline.compose import train_config
+            from rlhfkit.project import load_project
+
+            run(train_config(stage, load_project(given["project"]), **given))
+        else:
+            run(config_cls(**given))
+
+    return config_options(config_cls, required, from_spec=from_spec)(command)
+
+
 def _register() -> None:
-    sft = command_from_config(
-        SFTConfig, _train("sft", _lazy("rlhfkit.train.sft:train_sft")), required=("data",)
-    )
+    sft = _command("sft", SFTConfig, "rlhfkit.train.sft:train_sft")
     sft.__doc__ = """Stage 1: supervised fine-tuning on (prompt, ideal response) data.
 
     The loss is the likelihood of completion tokens only (the prompt is masked); chat
     templates are applied to conversational data. Data: prompt/completion or messages rows.
+    With --project, settings not given as options come from the spec's [train.sft].
     """
-    rm = command_from_config(
-        RewardConfig,
-        _train("rm", _lazy("rlhfkit.train.reward:train_reward")),
-        required=("data",),
-    )
+    rm = _command("rm", RewardConfig, "rlhfkit.train.reward:train_reward")
     rm.__doc__ = """Stage 2: a reward model (scalar head, Bradley–Terry loss) on preference pairs.
 
-    Check it on held-out pairs with `rlhfkit eval rm` before trusting it.
+    Check it on held-out pairs with `rlhfkit eval rm` before trusting it. With --project,
+    settings not given as options come from the spec's [train.reward].
     """
-    dpo = command_from_config(
-        DPOConfig, _train("dpo", _lazy("rlhfkit.train.dpo:train_dpo")), required=("data",)
-    )
+    dpo = _command("dpo", DPOConfig, "rlhfkit.train.dpo:train_dpo")
     dpo.__doc__ = """Direct preference optimisation: learn from preference pairs without a reward
-    model or an RL loop. Reference log-probs are computed once and cached on disk.
+    model or an RL loop. Reference log-probs are computed once and cached on disk. With
+    --project, settings not given as options come from the spec's [train.dpo].
     """
-    ppo = command_from_config(
-        PPOConfig,
-        _train("ppo", _lazy("rlhfkit.train.ppo:train_ppo")),
-        required=("data", "reward"),
-    )
+    ppo = _command("ppo", PPOConfig, "rlhfkit.train.ppo:train_ppo", ("data", "reward"))
     ppo.__doc__ = """Stage 3: optimise the policy against a reward with a KL penalty to where it
     started — PPO with a critic, or the critic-free RLOO / GRPO (--algorithm).
 
     Rewards: a reward model from `train rm` and/or FILE.py:FUNCTION rules, weighted with @W.
     Watch kl and response_length as well as reward: a reward that climbs while the responses
-    grow or stop changing in the way you wanted is the classic sign of reward hacking.
+    grow or stop changing in the way you wanted is the classic sign of reward hacking. With
+    --project, settings not given as options come from the spec's [train.ppo].
     """
     app.command("sft")(sft)
     app.command("rm")(rm)

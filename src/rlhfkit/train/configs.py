@@ -62,8 +62,8 @@ class LoopConfig:
     grad_accum: int = field(default=1, metadata=RESUME)
     """Split each step's batch into this many sequential micro-batches (saves memory)."""
     learning_rate: float | None = field(default=None, metadata=RESUME)
-    """Peak learning rate of AdamW (default: the trainer's measured one, higher with LoRA
-    than without; see LEARNING_RATES)."""
+    """Peak learning rate of AdamW. Unset: the trainer's measured default, with LoRA / without:
+    SFT 1e-3 / 2e-5, rm 5e-4 / 1e-5, DPO 6e-4 / 1e-6, PPO 3e-4 / 3e-6."""
     lr_schedule: LRSchedule = field(default="cosine", metadata=RESUME)
     warmup_ratio: float = field(default=0.1, metadata=RESUME)
     """Share of the steps spent warming the learning rate up from zero."""
