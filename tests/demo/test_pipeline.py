@@ -1,6 +1,6 @@
-"""The demo's pipeline: its stage bookkeeping, its summary, and every stage after SFT run for
-real on the tiny random model (with candidate replies written from the example's templates,
-since a random model's own replies are all 'both bad' to the rubric)."""
+"""The demo: `rlhfkit run` on the bundled project with the simulated panel. Every stage after
+SFT runs for real on the tiny random model (with candidate replies written from the example's
+templates, since a random model's own replies are all 'both bad' to the rubric)."""
 
 from __future__ import annotations
 
@@ -10,76 +10,23 @@ import time
 
 import pytest
 
-from rlhfkit.demo import stages as S
-from rlhfkit.demo.pipeline import Preset, StageLog
+from rlhfkit.demo.pipeline import PANEL, QUICK, DemoConfig, scaffold
+from rlhfkit.pipeline.plan import RunOptions
+from rlhfkit.pipeline.run import plan_run, run_pipeline
+from rlhfkit.pipeline.stages import run_stage
 from rlhfkit.templates.support_replies import SIGN_OFF, build
 from tests.conftest import run_cli, write_lines
 
-TINY = Preset(
-    sft_steps=2,
-    candidate_prompts=24,
-    candidate_samples=3,
-    calibration_size=8,
-    anchors=6,
-    max_new_tokens=8,
-    rm_epochs=1.0,
-    ppo_steps=2,
-    ppo_batch=4,
-    dpo_epochs=1.0,
-    eval_prompts=4,
-    eval_samples=1,
-)
-
-
-def test_stage_log_skips_finished_stages_and_notices_changed_inputs(tmp_path):
-    log = StageLog.open(tmp_path / "stages.json")
-    calls = []
-    assert log.run("a", {"x": 1}, lambda: calls.append(1))
-    assert not log.run("a", {"x": 1}, lambda: calls.append(2))
-    assert log.changed("a", {"x": 2}) and not log.changed("a", {"x": 1})
-    assert not log.changed("never", {"x": 1})
-    again = StageLog.open(tmp_path / "stages.json")  # the record survives a restart
-    assert not again.run("a", {"x": 1}, lambda: calls.append(3))
-    out = tmp_path / "out.txt"
-    assert again.run("b", {}, lambda: out.write_text("made"), outputs=(out,))
-    out.unlink()  # an output that disappeared makes the stage run again
-    assert again.run("b", {}, lambda: out.write_text("made"), outputs=(out,))
-    assert calls == [1] and set(again.seconds()) == {"a", "b"}
-
-
-def test_a_stage_killed_midway_resumes_unless_its_inputs_changed(tmp_path):
-    log = StageLog.open(tmp_path / "stages.json")
-
-    def killed():
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        log.run("train", {"lr": 1}, killed)
-    restarted = StageLog.open(tmp_path / "stages.json")
-    assert not restarted.done("train", {"lr": 1})  # it has to run (and resume) again
-    assert not restarted.changed("train", {"lr": 1})  # ... from its checkpoints
-    assert restarted.changed("train", {"lr": 2})  # other inputs: its leftovers are stale
-    assert restarted.seconds() == {}
-    restarted.run("train", {"lr": 1}, lambda: None)
-    first = restarted.output_key("train")
-    time.sleep(1.1)
-    restarted.run("train", {"lr": 1}, lambda: None, outputs=(tmp_path / "gone",))
-    assert restarted.output_key("train") != first  # downstream stages see the rerun
-
-
-def test_the_held_out_split_is_stable_and_keeps_a_prompts_pairs_together(tmp_path):
-    rows = [
-        {"id": f"i{i}-{j}", "prompt": f"email {i}", "chosen": "a", "rejected": "b"}
-        for i in range(200)
-        for j in range(3)
-    ]
-    path = write_lines(tmp_path / "prefs.jsonl", rows)
-    train, held = S._split(path, 0.2)
-    assert len(train) + len(held) == 600 and 60 < len(held) < 180
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
-    write_lines(path, rows[::-1])
-    _train2, held2 = S._split(path, 0.2)  # row order does not matter
-    assert {r["id"] for r in held2} == {r["id"] for r in held}
+TINY = {
+    **QUICK,
+    "train.sft.max_steps": 2,
+    "generate.max_new_tokens": 8,
+    "annotation.calibration_size": 8,
+    "train.ppo.max_new_tokens": 8,
+    "train.dpo.epochs": 1.0,
+    "eval.limit": 4,
+    "eval.max_new_tokens": 8,
+}
 
 
 def _template_candidates(n: int, seed: int = 0) -> list[dict]:
@@ -111,21 +58,19 @@ def _template_candidates(n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """Every stage from annotation to the report, on the tiny model."""
-    paths = S.Paths(tmp_path_factory.mktemp("demo"))
-    S.project_spec(paths, TINY)
-    spec_text = (paths.project / "rlhfkit.toml").read_text()
-    assert "calibration_size = 8 " in spec_text
-    S.sft(paths, TINY, "tiny-random", None)
-    paths.candidates.parent.mkdir(parents=True)
-    write_lines(paths.candidates, _template_candidates(TINY.candidate_prompts))
-    panel = S.annotation(paths, TINY)
-    S.reward_model(paths, TINY, None)
-    S.ppo(paths, TINY, None)
-    S.dpo(paths, TINY, None)
-    for policy in ("ppo", "dpo"):
-        S.evaluate(paths, TINY, policy, None)
-    html, summary = S.report(paths, {"sft": 1.0, "rm": 2.0})
+    """Every stage from annotation to the report, on the tiny model, as the demo runs them."""
+    cfg = DemoConfig(root=tmp_path_factory.mktemp("demo"), quick=True)
+    options = RunOptions(model="tiny-random", precision="fp32")
+    plan = plan_run(scaffold(cfg), cfg.root, labeler=PANEL, options=options, overrides=TINY)
+    run_pipeline(plan, until="sft")
+    paths = plan.paths
+    paths.candidates.parent.mkdir(parents=True, exist_ok=True)
+    write_lines(paths.candidates, _template_candidates(24))
+    panel = run_stage(plan, plan.stage("annotate"), None, {})
+    for name in ("rm", "ppo", "dpo", "eval_ppo", "eval_dpo"):
+        run_stage(plan, plan.stage(name), None, {})
+    html = run_stage(plan, plan.stage("report"), None, {"sft": 1.0, "rm": 2.0})
+    summary = json.loads((paths.root / "summary.json").read_text())
     return paths, panel, html, summary
 
 
@@ -152,8 +97,14 @@ def test_summary_json_has_the_promised_keys(run):
     assert html.exists() and (paths.root / "report.md").exists()
     on_disk = json.loads((paths.root / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    for key in ("rm_heldout_accuracy", "calibration_gate", "flagged_annotators", "ppo", "dpo",
-                "stage_seconds"):
+    for key in (
+        "rm_heldout_accuracy",
+        "calibration_gate",
+        "flagged_annotators",
+        "ppo",
+        "dpo",
+        "stage_seconds",
+    ):
         assert key in on_disk, key
     assert set(on_disk["calibration_gate"]) >= {"statistic", "value", "threshold", "passed"}
     for policy in ("ppo", "dpo"):
@@ -182,9 +133,9 @@ def test_the_cli_demo_stops_clearly_and_resumes_without_redoing_stages(tmp_path)
     assert "error: nothing to export" in first.stderr
     assert "Traceback" not in first.stderr
     records = json.loads((tmp_path / "d" / "stages.json").read_text())
-    assert list(records) == ["project", "model", "sft", "candidates", "annotation"]
+    assert list(records) == ["project", "sft", "candidates", "annotate"]
     finished = {name: r for name, r in records.items() if "finished" in r}
-    assert set(finished) == {"project", "model", "sft", "candidates"}
+    assert set(finished) == {"project", "sft", "candidates"}
     started = time.time()
     again = run_cli(*args)
     assert again.code == 2 and "Traceback" not in again.stderr
