@@ -155,6 +155,23 @@ def test_init_then_refuses_to_overwrite(tmp_path):
     assert again.code == 2 and "not empty" in again.stderr
 
 
+@pytest.mark.parametrize("template", ["support-replies", "memo-format", "decline-off-topic"])
+def test_init_from_each_template_says_what_to_do_next(tmp_path, template):
+    result = run_cli("init", str(tmp_path / "proj"), "--template", template)
+    assert result.code == 0, result.stderr
+    assert f"'{template}' template" in result.stdout
+    assert "rlhfkit project check" in result.stdout and "rlhfkit run --project" in result.stdout
+    assert (tmp_path / "proj" / "data" / "anchors.jsonl").exists()
+
+
+def test_init_keeps_the_old_example_option_and_names_unknown_templates(tmp_path):
+    result = run_cli("init", str(tmp_path / "old"), "--example", "memo-format")
+    assert result.code == 0 and "'memo-format' template" in result.stdout
+    result = run_cli("init", str(tmp_path / "new"), "--template", "haiku")
+    assert result.code == 2 and "templates: support-replies, memo-format" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
 def test_bad_spec_names_the_field(tmp_path):
     run_cli("init", str(tmp_path / "proj"))
     spec = tmp_path / "proj" / "rlhfkit.toml"

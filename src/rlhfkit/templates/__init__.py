@@ -1,21 +1,47 @@
 """`rlhfkit init`: project templates, each a working spec with data sized for `rlhfkit run`.
 
-A template is a module here that writes the data files, beside a ``.toml`` spec of the same
-name. The demo runs the support-replies template; library code never imports this package.
+A template is a module here whose `data()` returns the rows of each data file by its [data]
+name, beside a ``.toml`` spec of the same name. The demo runs the support-replies template;
+library code never imports this package.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 
 from rlhfkit.data import write_jsonl
 from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.project import SPEC_FILE, Project, parse_spec
-from rlhfkit.templates import support_replies
+from rlhfkit.templates import decline_off_topic, memo_format, support_replies
 
-TEMPLATES = {"support-replies": "Short, helpful customer-support email replies (the demo's task)."}
+
+@dataclass(frozen=True)
+class Template:
+    module: ModuleType
+    """Its `data()` returns {[data] name: rows}; its spec is the .toml of the same name."""
+    description: str
+
+    @property
+    def spec_text(self) -> str:
+        name = self.module.__name__.rpartition(".")[2]
+        return resources.files(__name__).joinpath(f"{name}.toml").read_text(encoding="utf-8")
+
+
+TEMPLATES = {
+    "support-replies": Template(
+        support_replies, "Short, helpful customer-support email replies (the demo's task)."
+    ),
+    "memo-format": Template(
+        memo_format, "Internal memos in the firm's format: header lines, a summary, brief."
+    ),
+    "decline-off-topic": Template(
+        decline_off_topic, "A bike shop's help desk that declines requests outside its domain."
+    ),
+}
 
 
 def init_project(target: Path | str, template: str = "support-replies") -> Project:
@@ -31,28 +57,26 @@ def init_project(target: Path | str, template: str = "support-replies") -> Proje
         raise UserError(f"{display_path(target)}: already exists and is not empty; nothing written")
     if target.exists():
         target.rmdir()  # empty (checked above); atomic_dir puts the finished folder here
+    chosen = TEMPLATES[template]
     with atomic_dir(target) as tmp:
-        spec_text = resources.files(__name__).joinpath("support_replies.toml").read_text()
-        spec = parse_spec(spec_text)  # the template itself must always be valid
-        (tmp / SPEC_FILE).write_text(spec_text)
-        prompts, eval_prompts, ideal = support_replies.build()
-        sft = support_replies.past_replies(ideal)
-        write_jsonl(tmp / "data" / "prompts.jsonl", prompts)
-        write_jsonl(tmp / "data" / "eval_prompts.jsonl", eval_prompts)
-        write_jsonl(tmp / "data" / "sft.jsonl", sft)
-        write_jsonl(tmp / "data" / "anchors.jsonl", support_replies.anchor_items(64, seed=1))
-        (tmp / "README.md").write_text(_PROJECT_README.format(name=target.name))
+        spec = parse_spec(chosen.spec_text)  # the template itself must always be valid
+        (tmp / SPEC_FILE).write_text(chosen.spec_text, encoding="utf-8")
+        paths = spec.data.model_dump()
+        for name, rows in chosen.module.data().items():
+            write_jsonl(tmp / paths[name], rows)
+        readme = _PROJECT_README.format(name=target.name, description=chosen.description)
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
     return Project(target, spec)
 
 
 _PROJECT_README = """# {name}
 
-An rlhfkit project. `rlhfkit.toml` is the spec: the task, the annotation rubric, the success
-criteria written down before training, and each stage's settings.
+An rlhfkit project: {description} `rlhfkit.toml` is the spec: the task, the annotation
+rubric, the success criteria written down before training, and each stage's settings.
 
-- `data/prompts.jsonl`: customer emails the model answers (for annotation and RL).
-- `data/sft.jsonl`: (email, ideal reply) pairs for supervised fine-tuning.
-- `data/eval_prompts.jsonl`: held-out emails, used only to prove what changed.
+- `data/prompts.jsonl`: requests the model answers (for annotation and RL).
+- `data/sft.jsonl`: (request, reply) pairs for supervised fine-tuning.
+- `data/eval_prompts.jsonl`: held-out requests, used only to prove what changed.
 - `data/anchors.jsonl`: pairs of replies with the team's answer (`label`), mixed into
   annotation to catch drift.
 - `artifacts/`: everything rlhfkit makes from these (candidates, labels, models, reports),

@@ -149,6 +149,18 @@ OPENINGS = ("", "Hello, ", "Hi there. ", "Good morning. ")
 NAMES = ("Sam", "Alex", "Priya", "Jordan", "Maria", "Chen", "Fatima", "Leo", "Ana", "Tom")
 
 
+def data() -> dict[str, list[dict]]:
+    """The project's data files by their [data] names (`rlhfkit init`). The anchors are the
+    demo's: 64 with seed 1."""
+    prompts, eval_prompts, ideal = build()
+    return {
+        "prompts": prompts,
+        "eval_prompts": eval_prompts,
+        "sft": past_replies(ideal),
+        "anchors": anchor_items(64, seed=1),
+    }
+
+
 def _email(rng: random.Random, issue: Issue, template: str, item: str) -> tuple[str, dict]:
     fields = {
         "item": item,
