@@ -158,7 +158,7 @@ def test_the_import_graph_sees_known_edges():
     """The test itself: it finds imports at the top, in functions and relative ones."""
     edges = _edges()
     assert ("cli", "train") in edges  # cli/train.py, at the top
-    assert ("demo", "train") in edges  # demo/stages.py
+    assert ("pipeline", "train") in edges  # pipeline/stages.py
     assert ("evaluate", "train") in edges  # evaluate/rm.py, inside a function
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
