@@ -240,3 +240,22 @@ def test_train_with_a_project_reads_its_train_table_and_a_flag_beats_it(tmp_path
     assert config["batch_size"] == 4  # [train.sft] batch_size = 4, the class says 8
     assert config["max_steps"] == (1 if flag else 2)
     assert config["learning_rate"] == 1e-3  # in neither: the measured LoRA default
+
+
+def test_with_people_run_stops_at_annotate_and_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
+    project = make_project(tmp_path / "p")
+    spec = project / "rlhfkit.toml"
+    spec.write_text(spec.read_text().replace('labeler = "judge.py:shorter"', ""))
+    result = run_cli("run", "--project", str(project), "--precision", "fp32")
+    assert result.code == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "waiting for people to label: 0 of" in out
+    assert f"rlhfkit annotate serve --project {project}" in out
+    assert f"Then run `rlhfkit run --project {project}` again" in out
+    records = json.loads((project / "run" / "stages.json").read_text())
+    assert "finished" in records["candidates"] and "finished" not in records["annotate"]
+    assert (project / "artifacts" / "annotations.sqlite").exists()  # the project's store
+    again = run_cli("run", "--project", str(project), "--precision", "fp32")
+    assert again.code == 0 and "waiting for people to label" in again.stdout
+    assert json.loads((project / "run" / "stages.json").read_text())["sft"] == records["sft"]
