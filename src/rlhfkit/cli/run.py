@@ -102,8 +102,7 @@ class RunDisplay(StepProgress):
         self(*args)
 
     def finished(self, stage: Any, status: str) -> None:
-        if status != "ran":
-            console.print(f"{stage.name}: {status}")
+        """The table at the end lists every stage's status; a waiting stage says why there."""
 
 
 def show_plan(plan: Any, status: dict[str, str]) -> None:
