@@ -135,6 +135,15 @@ def _finished(run_dir: Path) -> dict[str, str]:
     return {name: r.get("finished") for name, r in records.items()}
 
 
+def _rerun(project: Path, *args: str) -> set[str]:
+    """Run again (fp32); the stages that ran, by their finish times in stages.json."""
+    before = _finished(project / "run")
+    result = run_cli("run", "--project", str(project), "--precision", "fp32", *args)
+    assert result.code == 0, result.stderr
+    after = _finished(project / "run")
+    return {name for name in after if after[name] != before[name]}
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("run") / "one-liners")
@@ -169,34 +178,20 @@ def test_run_takes_a_new_project_from_its_spec_to_the_report(first_run):
 
 def test_changing_one_dpo_value_reruns_dpo_its_evaluation_and_the_report_only(first_run):
     project, _ = first_run
-    run_dir = project / "run"
-    before = _finished(run_dir)
     spec = project / "rlhfkit.toml"
     spec.write_text(spec.read_text().replace("beta = 0.1", "beta = 0.25"))
     dry = run_cli("run", "--project", ".", "--dry-run", "--precision", "fp32", cwd=project)
     assert dry.code == 0, dry.stderr  # the same folder by another name: the same stages
     assert "changed: config.beta" in dry.stdout
     assert dry.stdout.count("skip (done)") == 6
-    again = run_cli("run", "--project", str(project), "--precision", "fp32", cwd=project)
-    assert again.code == 0, again.stderr
-    after = _finished(run_dir)
-    reran = {name for name in after if after[name] != before[name]}
-    assert reran == {"dpo", "eval_dpo", "report"}
-    manifest = json.loads((run_dir / "dpo" / "final" / "rlhfkit-manifest.json").read_text())
+    assert _rerun(project) == {"dpo", "eval_dpo", "report"}
+    manifest = json.loads((project / "run" / "dpo" / "final" / "rlhfkit-manifest.json").read_text())
     assert manifest["config"]["beta"] == 0.25
 
 
 def test_until_and_from_bound_the_run(first_run):
     project, _ = first_run
-    run_dir = project / "run"
-    before = _finished(run_dir)
-    result = run_cli(
-        "run", "--project", str(project), "--from", "rm", "--until", "rm", "--precision", "fp32",
-        cwd=project,
-    )  # fmt: skip
-    assert result.code == 0, result.stderr
-    after = _finished(run_dir)
-    assert {n for n in after if after[n] != before[n]} == {"rm"}
+    assert _rerun(project, "--from", "rm", "--until", "rm") == {"rm"}
     dry = run_cli("run", "--project", str(project), "--dry-run", "--precision", "fp32")
     assert "rm ran again since" in dry.stdout  # what read the new reward model is stale
 
