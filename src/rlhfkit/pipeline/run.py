@@ -58,9 +58,16 @@ def plan_run(
 ) -> Plan:
     """Load the project (with `overrides`) and compose every stage's config."""
     project = load_project(Path(project_dir).resolve(), overrides)  # one name per folder
+    labeler = labeler or Labeler.from_spec(project)
+    app_reads = [k for k in overrides or {} if k.split(".")[0] in ("annotation", "rubric")]
+    if labeler.panel is None and app_reads:
+        raise UserError(
+            f"--set {app_reads[0]}: people label in `rlhfkit annotate serve`, which reads "
+            "rlhfkit.toml itself; change it there"
+        )
     root = Path(run_dir).resolve() if run_dir else project.root / "run"
     paths = RunPaths(root, project.root)
-    return make_plan(paths, project, labeler or Labeler.from_spec(project), options)
+    return make_plan(paths, project, labeler, options)
 
 
 def run_pipeline(
