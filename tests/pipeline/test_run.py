@@ -247,10 +247,30 @@ def test_with_people_run_stops_at_annotate_and_says_what_to_do(tmp_path, monkeyp
     out = " ".join(result.stdout.split())
     assert "waiting for people to label: 0 of" in out
     assert f"rlhfkit annotate serve --project {project}" in out
-    assert f"Then run `rlhfkit run --project {project}` again" in out
+    assert "Then run the same `rlhfkit run` again" in out
+    assert f"That is: rlhfkit run --project {project} --precision fp32" in out
     records = json.loads((project / "run" / "stages.json").read_text())
     assert "finished" in records["candidates"] and "finished" not in records["annotate"]
     assert (project / "artifacts" / "annotations.sqlite").exists()  # the project's store
     again = run_cli("run", "--project", str(project), "--precision", "fp32")
     assert again.code == 0 and "waiting for people to label" in again.stdout
     assert json.loads((project / "run" / "stages.json").read_text())["sft"] == records["sft"]
+
+
+def test_a_simulated_panel_smaller_than_the_overlap_is_refused_before_it_runs(tmp_path):
+    project = make_project(tmp_path / "p")
+    args = ("--set", "run.simulated_annotators=1")
+    for command in (("project", "check", str(project)), ("run", "--project", str(project))):
+        result = run_cli(*command, *args)
+        assert result.code == 2, result.stdout
+        assert "run.simulated_annotators is 1, fewer than annotation.overlap (2)" in result.stderr
+    assert not (project / "run").exists()
+
+
+def test_a_judge_that_raises_is_named_without_a_traceback(tmp_path):
+    project = make_project(tmp_path / "p")
+    (project / "judge.py").write_text("def shorter(prompt, a, b):\n    return 1 / 0\n")
+    result = run_cli("run", "--project", str(project), "--precision", "fp32")
+    assert result.code == 2
+    assert "labeler 'shorter' raised ZeroDivisionError: division by zero" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -128,6 +130,8 @@ def show_result(result: Any, wall: float) -> None:
     paths = result.plan.paths
     if result.waiting:
         console.print(result.waiting)
+        again = " ".join(shlex.quote(a) for a in ["rlhfkit", *sys.argv[1:]])
+        console.print(f"That is: {again}", soft_wrap=True)
         return
     summary_path = paths.root / "summary.json"
     if result.status.get("report") and summary_path.exists():
@@ -140,8 +144,10 @@ def show_result(result: Any, wall: float) -> None:
         stages.add_row(name, status, "" if secs is None else f"{secs:.1f}")
     console.print(stages)
     console.print(f"Done in {wall:.0f} s. Run folder: {display_path(paths.root)}")
-    if paths.report.exists():
+    if "report" in result.status and paths.report.exists():
         console.print(f"Report: {display_path(paths.report)}")
+    elif paths.report.exists():
+        console.print(f"The report ({display_path(paths.report)}) is from an earlier run.")
 
 
 def show_summary(s: dict[str, Any]) -> None:

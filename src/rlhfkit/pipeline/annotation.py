@@ -168,16 +168,22 @@ def _instructions(project: Project, url: str, state: dict[str, Any]) -> str:
     lines = [
         f"waiting for people to label: {p['complete_items']} of {p['items']} pairs have "
         f"{p['overlap']} labels; {p['labels']} labels so far. The calibration gate "
-        + ("has passed." if gate.get("main_queue_open") else "has not passed yet."),
+        + (
+            "was overridden."
+            if gate.get("overridden")
+            else "has passed."
+            if gate.get("main_queue_open")
+            else "has not passed yet."
+        ),
         "What to do:",
         f"  rlhfkit annotate add-annotator NAME --project {where}{db}   (once per person; "
         "prints their login token)",
         f"  rlhfkit annotate serve --project {where}{db}   (the web app; send each person "
         "the address and their token)",
         f"  rlhfkit annotate status --project {where}{db}   (progress, the gate, agreement, drift)",
-        f"Then run `rlhfkit run --project {where}` again: it goes on once the gate passed (or "
+        "Then run the same `rlhfkit run` again: it goes on once the gate passed (or "
         f"`rlhfkit annotate override-gate --project {where} --reason TEXT`) and every pair "
-        "has its labels.",
+        f"has its labels. Until then, {p['overlap']} people at least must label each pair.",
     ]
     return "\n".join(lines)
 
@@ -194,13 +200,19 @@ def _safe(url: str) -> str:
 def _export(store, policy: Policy, paths: RunPaths) -> dict[str, Any]:
     folder = paths.annotation
     state = status(store, policy)
-    result = export(
-        store,
-        policy,
-        paths.prefs,
-        labels_out=folder / "labels.jsonl",
-        gold_out=folder / "gold.jsonl",
-    )
+    try:
+        result = export(
+            store,
+            policy,
+            paths.prefs,
+            labels_out=folder / "labels.jsonl",
+            gold_out=folder / "gold.jsonl",
+        )
+    except UserError as e:  # the export's hints name its own flags; say where to look
+        where = f"rlhfkit annotate status --project {display_path(paths.project)}"
+        if store.url != db_url_for(paths.project, None):
+            where += f" --db {_safe(store.url)}"
+        raise UserError(str(e), hint=f"`{where}` shows the labels and who gave them") from None
     _write_json(folder / "status.json", state)
     _write_json(folder / "agreement.json", _agreement(folder, policy))
     return {

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.errors import UserError, display_path
 from rlhfkit.generate import SamplingConfig
 from rlhfkit.lineage import sha256_file
 from rlhfkit.pipeline.annotation import Labeler
@@ -89,6 +90,8 @@ class Plan:
 
 def make_plan(paths: RunPaths, project: Project, labeler: Labeler, options: RunOptions) -> Plan:
     spec = project.spec
+    if labeler.panel is not None and spec.run.labeler != "people":
+        _enough_annotators(project)
     base = options.model or spec.base_model
     start = str(paths.final("sft")) if spec.data.sft else base
     plan = Plan(paths, project, labeler, options, base, [])
@@ -104,6 +107,16 @@ def make_plan(paths: RunPaths, project: Project, labeler: Labeler, options: RunO
     done = tuple(s.name for s in plan.stages)
     plan.stages.append(Stage("report", done, outputs=(paths.report, paths.root / "summary.json")))
     return plan
+
+
+def _enough_annotators(project: Project) -> None:
+    run, overlap = project.spec.run, project.spec.annotation.overlap
+    if run.simulated_annotators < overlap:
+        raise UserError(
+            f"{display_path(project.spec_path)}: run.simulated_annotators is "
+            f"{run.simulated_annotators}, fewer than annotation.overlap ({overlap}): no pair "
+            "would get its labels; raise the one or lower the other"
+        )
 
 
 def _train(plan: Plan, stage: str, **explicit: Any):

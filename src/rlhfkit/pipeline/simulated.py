@@ -65,7 +65,11 @@ class JudgeAnnotator:
     def label(
         self, prompt: Any, first: str, second: str, *, allow_tie: bool, allow_both_bad: bool
     ) -> str:
-        verdict = self.judge(prompt, first, second)
+        try:
+            verdict = self.judge(prompt, first, second)
+        except Exception as e:  # the user's judge: say which and why, no traceback
+            name = getattr(self.judge, "__qualname__", self.judge)
+            raise UserError(f"labeler {name!r} raised {type(e).__name__}: {e}") from None
         answers = {"a": "first", "b": "second", "tie": "tie", "both_bad": "both_bad"}
         if verdict not in answers:
             raise UserError(
