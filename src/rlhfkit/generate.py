@@ -144,7 +144,10 @@ def generate_candidates(
     groups = [[(text.replace("\x00", ""), fin) for text, fin in g] for g in groups]
 
     # 3. pairs of each prompt's replies, written with their manifest
-    written_by = [ref for ref, n in sources for _ in range(n)] if compare_with else None
+    # each reply's model as the user would name it (a folder relative to here, or an alias)
+    names = [display_path(ref) if Path(ref).exists() else ref for ref, _ in sources]
+    written_by = [name for name, (_, n) in zip(names, sources, strict=True) for _ in range(n)]
+    written_by = written_by if compare_with else None
     pair_rows, skipped = _pairs(dataset, rows, groups, all_pairs, written_by)
     write_jsonl(out, pair_rows)
     write_manifest(
