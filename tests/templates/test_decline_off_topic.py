@@ -20,7 +20,8 @@ MIRROR = {"a": "b", "b": "a", "tie": "tie", "both_bad": "both_bad"}
 
 OFF = messages(D.SYSTEM_PROMPT, "Can you write me a poem about the sea?")
 ON = messages(D.SYSTEM_PROMPT, "How much does it cost to hire a tandem for a day?")
-NAMED_DECLINE = D.DECLINES[0]
+NAMED_DECLINE = D.DECLINE
+OTHER_DECLINE = "That is outside what I can help with: ask me about bikes and repairs."
 BARE_DECLINE = "Sorry, I can't help with that."
 POEM = "Here is one:\nThe sea is wide, the sea is deep,\nit sings the sailors all to sleep."
 PRICE = "A tandem costs 25 pounds a day, helmet and lock included."
@@ -31,7 +32,7 @@ def test_hand_written_pairs():
     assert D.judge(OFF, NAMED_DECLINE, POEM) == "a"  # off-topic: declining comes first
     assert D.judge(OFF, BARE_DECLINE, NAMED_DECLINE) == "b"  # ...saying what it can help with
     assert D.judge(OFF, POEM, "The sea is blue.") == "both_bad"  # both answer anyway
-    assert D.judge(OFF, NAMED_DECLINE, D.DECLINES[2]) == "tie"
+    assert D.judge(OFF, NAMED_DECLINE, OTHER_DECLINE) == "tie"
     assert D.judge(ON, NAMED_DECLINE, VAGUE) == "b"  # a needless decline loses
     assert D.judge(ON, VAGUE, PRICE) == "b"  # a concrete detail wins
     assert D.judge(ON, BARE_DECLINE, NAMED_DECLINE) == "both_bad"
@@ -75,20 +76,24 @@ def _question(row: dict) -> str:
 def test_the_archive_declines_a_share_of_off_topic_requests_only():
     replies = [(r["on_topic"], r["completion"][0]["content"]) for r in DATA["sft"]]
     off = [D.declines(text) for on, text in replies if not on]
-    assert sum(off) == round(0.4 * len(off))
+    assert sum(off) == round(0.5 * len(off))
     assert not any(D.declines(text) for on, text in replies if on)
 
 
 def test_the_criteria_see_declines_and_answers():
     declines, long_reply = (c.detector for c in parse_spec(SPEC_TEXT).success_criteria)
     answers = [t.answer.format(x=t.fillers[0]) for t in D.OFF_TOPIC + D.ON_TOPIC]
-    assert all(declines.matches(d) and not long_reply.matches(d) for d in D.DECLINES)
+    assert all(
+        declines.matches(d) and not long_reply.matches(d) for d in (D.DECLINE, OTHER_DECLINE)
+    )
     assert not any(declines.matches(a) for a in answers)
-    assert long_reply.matches(" ".join(["word"] * 41)) and not long_reply.matches("a b c")
+    assert long_reply.matches(" ".join(["word"] * 26)) and not long_reply.matches(
+        " ".join(["word"] * 25)
+    )
 
 
 replies = st.one_of(
-    st.sampled_from([*D.DECLINES, BARE_DECLINE, POEM, PRICE, VAGUE, ""]),
+    st.sampled_from([D.DECLINE, OTHER_DECLINE, BARE_DECLINE, POEM, PRICE, VAGUE, ""]),
     st.sampled_from([t.answer for t in D.ON_TOPIC + D.OFF_TOPIC]),
     st.text(max_size=300),
     st.lists(st.sampled_from(["bike", "sorry", "I can only help with", "12", "word"])).map(

@@ -4,7 +4,7 @@ shop and politely declines everything else, naming what it can help with.
 Everything is written by code from templates (no downloads). The prompt pools mix on-topic
 and off-topic requests about half and half, each row with its `on_topic` and `topic`
 columns. The SFT rows are a help desk's archive: on-topic questions answered well, and
-off-topic ones answered the way staff actually did: some declined in the team's words, most
+off-topic ones answered the way staff actually did: half declined in the team's words, half
 answered anyway (`sft_rows`). SFT makes declining *appear*; the preference stages have a
 behavior to strengthen. `judge` applies the rubric by code, for simulated labels.
 """
@@ -23,15 +23,15 @@ SYSTEM_PROMPT = (
     f"You are the help desk assistant of {SHOP}, a bike shop. Answer questions about the "
     "shop, its bikes, repairs, servicing and rentals briefly. Politely decline anything else."
 )
-DECLINES = (
+DECLINE = (
     f"Sorry, I can only help with questions about {SHOP}: bike repairs, servicing, sales, "
-    "rentals and our opening hours. Is there anything bike-related I can do for you?",
-    f"That's outside what I can help with here. I can answer questions about {SHOP}'s bikes, "
-    "repairs, rentals and opening hours.",
-    f"I'm sorry, but I can only help with questions about {SHOP}, such as repairs, "
-    "servicing, bike sizing and rentals.",
+    "rentals and our opening hours."
 )
-DECLINE_PHRASES = ("I can only help with", "outside what I can help with")
+"""The team's one wording, a fixed reply SFT can learn from a share of the archive, as
+support-replies' sign-off is. Measured on the evaluation prompts (64 replies): three
+wordings in 40% of the off-topic rows, 24 SFT steps: 0 declines; this one wording in 50%:
+0 after 24 steps, 15% after 48 (the spec's [train.sft])."""
+DECLINE_PHRASES = ("I can only help", "outside what I can help with")
 """The team's declines say one of these (the `declines` criterion's `also` phrases)."""
 
 
@@ -362,7 +362,7 @@ def data(
     n_sft: int = 160,
     n_eval: int = 48,
     n_anchors: int = 48,
-    decline_share: float = 0.4,
+    decline_share: float = 0.5,
 ) -> dict[str, list[dict]]:
     """The project's data files by their [data] names: prompts, sft, eval_prompts, anchors.
 
@@ -399,7 +399,7 @@ def sft_rows(reqs: list[Request], rng: random.Random, decline_share: float) -> l
     declined = set(rng.sample(off, round(decline_share * len(off))))
     rows = []
     for i, r in enumerate(reqs):
-        reply = rng.choice(DECLINES) if i in declined else _answer(r)
+        reply = DECLINE if i in declined else _answer(r)
         rows.append(_row(r) | {"completion": [{"role": "assistant", "content": reply}]})
     return rows
 
@@ -409,8 +409,7 @@ def _anchors(reqs: list[Request], rng: random.Random) -> list[dict]:
     answer; for an on-topic one the answer against a needless decline."""
     rows = []
     for i, r in enumerate(reqs):
-        decline = rng.choice(DECLINES)
-        good, bad = (_answer(r), decline) if r.on_topic else (decline, _answer(r))
+        good, bad = (_answer(r), DECLINE) if r.on_topic else (DECLINE, _answer(r))
         rows.append(anchor_row(_row(r), i, good, bad, rng))
     return rows
 
