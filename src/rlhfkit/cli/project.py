@@ -36,7 +36,7 @@ def init(
     from rlhfkit.templates import init_project  # lazy: pydantic and the criteria slow --help
 
     template = example or template
-    project = init_project(directory, template)
+    project = init_project(directory, template, name=Path(directory).resolve().name)
     spec = project.spec
     shown = display_path(directory)
     console.print(f"Created [bold]{shown}[/bold] from the '{template}' template:")

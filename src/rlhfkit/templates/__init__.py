@@ -7,6 +7,8 @@ library code never imports this package.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,8 +46,11 @@ TEMPLATES = {
 }
 
 
-def init_project(target: Path | str, template: str = "support-replies") -> Project:
-    """Create a working project from `template` in `target` (which must not exist or be empty).
+def init_project(
+    target: Path | str, template: str = "support-replies", name: str | None = None
+) -> Project:
+    """Create a working project from `template` in `target` (which must not exist or be empty),
+    named `name` in its spec (default: the template's name).
 
     The folder is assembled beside `target` and renamed into place, so an interrupted or
     failed init leaves nothing behind.
@@ -59,8 +64,11 @@ def init_project(target: Path | str, template: str = "support-replies") -> Proje
         target.rmdir()  # empty (checked above); atomic_dir puts the finished folder here
     chosen = TEMPLATES[template]
     with atomic_dir(target) as tmp:
-        spec = parse_spec(chosen.spec_text)  # the template itself must always be valid
-        (tmp / SPEC_FILE).write_text(chosen.spec_text, encoding="utf-8")
+        text = chosen.spec_text
+        if name is not None:
+            text = re.sub(r'^name = ".*"$', f"name = {json.dumps(name)}", text, count=1, flags=re.M)
+        spec = parse_spec(text)  # the template itself must always be valid
+        (tmp / SPEC_FILE).write_text(text, encoding="utf-8")
         paths = spec.data.model_dump()
         for name, rows in chosen.module.data().items():
             write_jsonl(tmp / paths[name], rows)
@@ -79,8 +87,11 @@ rubric, the success criteria written down before training, and each stage's sett
 - `data/eval_prompts.jsonl`: held-out requests, used only to prove what changed.
 - `data/anchors.jsonl`: pairs of replies with the team's answer (`label`), mixed into
   annotation to catch drift.
-- `artifacts/`: everything rlhfkit makes from these (candidates, labels, models, reports),
-  each with a manifest of what it was made from.
+- `run/`: everything `rlhfkit run` makes from these (models, candidates, the exported
+  preferences, evaluations, the report), each with a manifest of what it was made from;
+  `run/stages.json` records each stage's settings.
+- `artifacts/`: the annotation store people label in, and what the single commands write
+  (`rlhfkit generate`, the frozen success criteria).
 
 Check the spec and its files with `rlhfkit project check .`, then run every stage with
 `rlhfkit run --project .`; it stops at annotation and says what to do.
