@@ -162,6 +162,8 @@ def test_init_from_each_template_says_what_to_do_next(tmp_path, template):
     assert f"'{template}' template" in result.stdout
     assert "rlhfkit project check" in result.stdout and "rlhfkit run --project" in result.stdout
     assert (tmp_path / "proj" / "data" / "anchors.jsonl").exists()
+    spec = (tmp_path / "proj" / "rlhfkit.toml").read_text()
+    assert 'name = "proj"' in spec  # the project is named after its folder, not the template
 
 
 def test_init_keeps_the_old_example_option_and_names_unknown_templates(tmp_path):
