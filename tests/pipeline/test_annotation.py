@@ -145,7 +145,10 @@ def test_with_people_the_stage_waits_then_goes_on_once_the_queue_is_done(tmp_pat
     assert all("much longer" in str(c) for c in chosen)
 
 
-def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelled(tmp_path):
+def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelled(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
     project_dir = tmp_path / "proj"
     init_project(project_dir)
     project = load_project(project_dir, {"data.anchors": None})

@@ -6,6 +6,7 @@ run again."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,22 @@ def test_a_judge_that_raises_is_named_without_a_traceback(tmp_path):
     assert result.code == 2
     assert "labeler 'shorter' raised ZeroDivisionError: division by zero" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_moved_project_or_another_policy_list_reruns_nothing_it_does_not_feed(first_run):
+    project, _ = first_run
+    moved = project.parent / "renamed-project"
+    shutil.copytree(project, moved)
+    dry = run_cli("run", "--project", str(moved), "--dry-run", "--precision", "fp32")
+    assert dry.code == 0, dry.stderr
+    assert dry.stdout.count("skip (done)") == 9  # paths are fingerprinted relative to the run
+    fewer = run_cli(
+        "run", "--project", str(moved), "--dry-run", "--precision", "fp32",
+        "--set", 'run.policies=["dpo"]',
+    )  # fmt: skip
+    assert fewer.code == 0, fewer.stderr
+    assert fewer.stdout.count("skip (done)") == 6  # sft, candidates, annotate, rm, dpo, eval_dpo
+    late = run_cli("run", "--project", str(moved), "--from", "report", "--until", "rm")
+    assert late.code == 2 and "--from report comes after --until rm" in late.stderr
+    refused = run_cli("run", "--project", str(moved), "--set", "monitors.kl_max=3")
+    assert refused.code == 2 and "--set monitors.kl_max: the stages read it" in refused.stderr

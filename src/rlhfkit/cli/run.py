@@ -28,7 +28,9 @@ def run(
     out: Path = typer.Option(None, "--out", help="The run folder (default: PROJECT/run)."),
     until: str = typer.Option(None, help="Stop after this stage (e.g. annotate, rm)."),
     start_at: str = typer.Option(
-        None, "--from", help="Run this stage again even if it is done, and all after it."
+        None,
+        "--from",
+        help="Run this stage again even if it is done, and every stage that depends on it.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Say what would run and why, run nothing."

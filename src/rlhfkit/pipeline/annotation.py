@@ -13,7 +13,7 @@ anchors' known answers as training pairs, and select DPO's pairs by their `pairi
 from __future__ import annotations
 
 import hashlib
-import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +69,11 @@ class Labeler:
 
 
 def code_hash(fn: Callable) -> str | None:
-    """The hash of the file a function is defined in (None when it has none)."""
-    source = inspect.getsourcefile(fn)
-    return sha256_file(Path(source)) if source else None
+    """The hash of the file a function (or callable object) is defined in; None when it has
+    none. Helpers it imports from other files are not covered: `--from annotate` relabels."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or type(fn).__module__)
+    source = getattr(module, "__file__", None)
+    return sha256_file(Path(source)) if source and Path(source).is_file() else None
 
 
 def annotate(paths: RunPaths, project: Project, labeler: Labeler, seed: int = 0) -> dict[str, Any]:
@@ -130,7 +132,13 @@ def _people(url, paths, project, policy, anchors, seed) -> dict[str, Any]:
             _refuse_foreign_store(store, url)
             import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
             _write_json(imported, {"candidates": candidates, "store": _safe(url)})
-        elif strict_json.loads(imported.read_text()).get("candidates") != candidates:
+        elif (record := strict_json.loads(imported.read_text()))["store"] != _safe(url):
+            raise UserError(
+                f"the pairs were imported for labelling into {record['store']}, not {_safe(url)} "
+                "(RLHFKIT_DB_URL changed?); set it back, or move "
+                f"{display_path(imported)} aside to import them into the new store"
+            )
+        elif record.get("candidates") != candidates:
             raise UserError(
                 f"{display_path(paths.candidates)}: changed since it was imported into "
                 f"{_safe(url)} for labelling; the labels there are for the old pairs. Move "

@@ -145,8 +145,8 @@ def effective(cfg: Any, relative_to: Path | None = None) -> dict[str, Any]:
 
 
 def _plain(value: Any, base: Path | None) -> Any:
-    if isinstance(value, Path):
-        return os.path.relpath(value.resolve(), base.resolve()) if base else str(value)
+    if isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value)):
+        return os.path.relpath(Path(value).resolve(), base.resolve()) if base else str(value)
     if isinstance(value, tuple | list):
         return [_plain(v, base) for v in value]
     return value

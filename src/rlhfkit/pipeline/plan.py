@@ -182,15 +182,17 @@ def _candidates(plan: Plan, start: str) -> Stage:
 def _annotate(plan: Plan) -> Stage:
     spec = plan.project.spec
     anchors = plan.project.data_path("anchors") if spec.data.anchors else None
+    run = spec.run
     inputs = {
         "rubric": spec.rubric.model_dump(mode="json"),
         "annotation": spec.annotation.model_dump(mode="json"),
-        "run": spec.run.model_dump(mode="json"),
+        "split": [run.heldout_share, run.anchors_as_training, run.dpo_pairs],
         "anchors": sha256_file(anchors) if anchors else None,
         "labeler": plan.labeler.name,
-        "labeler_code": plan.labeler.code,
         "seed": plan.options.seed,
     }
+    if plan.labeler.panel is not None:  # people's labels do not change with these
+        inputs["simulated"] = [plan.labeler.code, run.simulated_annotators, run.simulated_noise]
     p = plan.paths
     outputs = (p.prefs_train, p.prefs_heldout, p.prefs_dpo, p.annotation / "status.json")
     return Stage("annotate", ("candidates",), None, inputs, outputs=outputs)
@@ -213,7 +215,12 @@ def _policy(plan: Plan, policy: str, start: str) -> Stage:
     if policy == "ppo":
         data = plan.project.data_path("prompts")
         cfg = _train(plan, "ppo", model=start, data=data, reward=[str(p.final("rm"))])
-        inputs, after = {"prompts": sha256_file(data)}, ("rm",)
+        inputs = {  # PPO measures the criteria and runs the monitors on every step
+            "prompts": sha256_file(data),
+            "criteria": spec.criteria_hash(),
+            "monitors": spec.monitors.model_dump(mode="json"),
+        }
+        after = ("rm",)
     else:
         cfg = _train(plan, "dpo", model=start, data=p.prefs_dpo)
         inputs, after = {}, ("annotate",)
@@ -233,14 +240,20 @@ def _evaluation(plan: Plan, policy: str, start: str) -> Stage:
         reward_model=str(p.final("rm")),
         sample_cache=p.root / "eval" / "cache",
     )
-    seed = (cfg.seed if cfg.seed is not None else project.spec.generate.seed) + plan.options.seed
-    cfg = dataclasses.replace(cfg, seed=seed)
     spec = project.spec
+    gen = spec.generate
+    # what eval policy would take from the spec file, taken from this run's (`--set`) spec
+    cfg = dataclasses.replace(
+        cfg,
+        prompts=cfg.prompts or project.data_path("eval_prompts"),
+        temperature=gen.temperature if cfg.temperature is None else cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens or gen.max_new_tokens,
+        seed=(gen.seed if cfg.seed is None else cfg.seed) + plan.options.seed,
+    )
     inputs = {
-        "eval_prompts": sha256_file(cfg.prompts or project.data_path("eval_prompts")),
+        "eval_prompts": sha256_file(cfg.prompts),
         "criteria": spec.criteria_hash(),
         "monitors": spec.monitors.model_dump(mode="json"),
-        "generate": spec.generate.model_dump(mode="json"),  # eval's defaults come from it
     }
     return Stage(
         f"eval_{policy}",

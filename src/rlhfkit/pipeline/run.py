@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlhfkit.errors import UserError
+from rlhfkit.errors import UserError, display_path
 from rlhfkit.models import resolve
 from rlhfkit.pipeline.annotation import Labeler, Waiting
 from rlhfkit.pipeline.layout import RunPaths
@@ -59,15 +59,29 @@ def plan_run(
     """Load the project (with `overrides`) and compose every stage's config."""
     project = load_project(Path(project_dir).resolve(), overrides)  # one name per folder
     labeler = labeler or Labeler.from_spec(project)
-    app_reads = [k for k in overrides or {} if k.split(".")[0] in ("annotation", "rubric")]
-    if labeler.panel is None and app_reads:
-        raise UserError(
-            f"--set {app_reads[0]}: people label in `rlhfkit annotate serve`, which reads "
-            "rlhfkit.toml itself; change it there"
-        )
+    _check_overrides(overrides or {}, labeler)
     root = Path(run_dir).resolve() if run_dir else project.root / "run"
     paths = RunPaths(root, project.root)
     return make_plan(paths, project, labeler, options)
+
+
+SETTABLE = ("generate", "train", "eval", "run", "data")
+"""What `--set` may change: what the stages take from the composed spec. The rest (the
+criteria, [monitors], the task) is read from rlhfkit.toml by the stages themselves."""
+
+
+def _check_overrides(overrides: dict[str, Any], labeler: Labeler) -> None:
+    for key in overrides:
+        table = key.split(".")[0]
+        if table in ("annotation", "rubric") and labeler.panel is not None:
+            continue  # the simulated panel's app is given this run's spec
+        if table not in SETTABLE:
+            where = (
+                "people label in `rlhfkit annotate serve`, which reads rlhfkit.toml itself"
+                if table in ("annotation", "rubric")
+                else "the stages read it from rlhfkit.toml (use --model for base_model)"
+            )
+            raise UserError(f"--set {key}: {where}; change it there")
 
 
 def run_pipeline(
@@ -84,6 +98,8 @@ def run_pipeline(
         if given is not None and given not in names:
             raise UserError(f"{flag} {given}: this project's stages are {', '.join(names)}")
     last = names.index(until) if until else len(names) - 1
+    if start_at is not None and names.index(start_at) > last:
+        raise UserError(f"--from {start_at} comes after --until {until}: nothing would run")
     chosen = plan.stages[: last + 1]
     log = StageLog.open(plan.paths.stages)
     if dry_run:
@@ -108,6 +124,9 @@ def _run_one(
     plan: Plan, stage: Stage, log: StageLog, force: bool, display, result: RunResult
 ) -> str:
     inputs = stage.fingerprint_inputs(_upstream(stage, log), plan.paths.root)
+    rerun = force or not log.done(stage.name, inputs, stage.outputs)
+    if stage.name == "candidates" and rerun:
+        _keep_peoples_labels(plan)
     if force or log.changed(stage.name, inputs):
         for path in stage.clear:  # other inputs than the last run's: start that stage over
             _remove(path)
@@ -122,6 +141,19 @@ def _run_one(
         result.waiting = str(w)
         return "waiting"
     return "ran" if ran else "skipped (done)"
+
+
+def _keep_peoples_labels(plan: Plan) -> None:
+    """New candidates would orphan the labels people gave the old ones: refuse, before
+    anything is cleared."""
+    imported = plan.paths.annotation / "imported.json"
+    if imported.exists():
+        raise UserError(
+            "the candidate pairs would be sampled again (an input of theirs changed, or "
+            f"--from), but people have been labelling them ({display_path(imported)}); "
+            "to start over, move the annotation store and that file aside; to keep the "
+            "labels, undo the change"
+        )
 
 
 def _remove(path: Path) -> None:
@@ -157,9 +189,10 @@ def _why(stage: Stage, log: StageLog, reruns: set[str], start_at: str | None, ro
     record = log.records.get(stage.name)
     if not record:
         return "never ran"
-    if "fingerprint" not in record:
-        return "started, not finished (resumes)"
     inputs = stage.fingerprint_inputs(_upstream(stage, log), root)
+    if "fingerprint" not in record:
+        changed = log.changed(stage.name, inputs)
+        return "started with other inputs (starts over)" if changed else "started (resumes)"
     if not log.done(stage.name, inputs):
         changed = log.changes(stage.name, inputs)
         upstream = [k.removeprefix("after.") for k in changed if k.startswith("after.")]
