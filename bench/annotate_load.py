@@ -40,8 +40,8 @@ def setup(folder: Path, items: int, clients: int, db: str | None) -> tuple[Path,
     """A project (overlap 3, anchors at 10%, no calibration round), a store with `items`
     pairs and 200 anchors, and one token per client."""
     from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
-    from rlhfkit.demo.example import init_project
     from rlhfkit.project import load_project
+    from rlhfkit.templates import init_project
 
     project = folder / "project"
     init_project(project)

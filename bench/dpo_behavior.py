@@ -42,8 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from rlhfkit.criteria import RegexDetector
-    from rlhfkit.demo.support_replies import SIGN_OFF, build
     from rlhfkit.generate import SamplingConfig, generate_candidates
+    from rlhfkit.templates.support_replies import SIGN_OFF, build
     from rlhfkit.train.configs import DPOConfig
     from rlhfkit.train.dpo import train_dpo
 

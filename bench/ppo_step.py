@@ -46,7 +46,7 @@ def trl_reward(completions, **kwargs) -> list[float]:
 
 
 def prompts(n: int) -> list[dict]:
-    from rlhfkit.demo.support_replies import build
+    from rlhfkit.templates.support_replies import build
 
     return [{"prompt": row["prompt"]} for row in build()[0][:n]]
 

@@ -31,8 +31,8 @@ def main() -> None:
     import torch
 
     from rlhfkit.decode import decode
-    from rlhfkit.demo.support_replies import build
     from rlhfkit.models import load_model
+    from rlhfkit.templates.support_replies import build
     from rlhfkit.train.rollout import left_pad
     from rlhfkit.train.tokenize import token_ids
 
