@@ -10,7 +10,7 @@ bias; one drifts.
 Everything in this module is a *simulation* and says so: annotator names start with ``sim-``.
 A real team replaces the panel with people in the annotation app; nothing else changes,
 because the panel labels through the same HTTP API the app's pages use
-(`rlhfkit.demo.panel_api.run_panel`).
+(`rlhfkit.pipeline.simulated.run_panel`).
 
 `rubric_scores` is tuned to the support-replies task (its issues, actions and sign-off); it is
 not a general-purpose judge. Helpfulness dominates the overall score on purpose: a DPO run
