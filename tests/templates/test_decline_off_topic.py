@@ -76,7 +76,7 @@ def _question(row: dict) -> str:
 def test_the_archive_declines_a_share_of_off_topic_requests_only():
     replies = [(r["on_topic"], r["completion"][0]["content"]) for r in DATA["sft"]]
     off = [D.declines(text) for on, text in replies if not on]
-    assert sum(off) == round(0.5 * len(off))
+    assert sum(off) == round(0.8 * len(off))
     assert not any(D.declines(text) for on, text in replies if on)
 
 

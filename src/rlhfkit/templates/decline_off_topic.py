@@ -362,7 +362,7 @@ def data(
     n_sft: int = 160,
     n_eval: int = 48,
     n_anchors: int = 48,
-    decline_share: float = 0.5,
+    decline_share: float = 0.8,
 ) -> dict[str, list[dict]]:
     """The project's data files by their [data] names: prompts, sft, eval_prompts, anchors.
 
@@ -394,6 +394,10 @@ def sft_rows(reqs: list[Request], rng: random.Random, decline_share: float) -> l
 
     The share is what SFT starts from: a 135M model never declines a harmless question
     unprompted, and preference optimisation cannot reinforce what the policy never samples.
+    Measured (48 SFT steps, 32 off-topic eval prompts x 2): a 50% share gave an SFT model
+    that declined 15-19%, too rarely for the annotators' pairs to show declines against
+    answers (149 of 376 pairs were 'both bad'), and neither PPO nor DPO moved it (p 0.6,
+    0.12); hence 80%.
     """
     off = [i for i, r in enumerate(reqs) if not r.on_topic]
     declined = set(rng.sample(off, round(decline_share * len(off))))
