@@ -13,6 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from rlhfkit import strict_json
 from rlhfkit.choices import PRECISIONS, one_of
 from rlhfkit.cli.common import StepProgress, console
 from rlhfkit.errors import UserError, display_path
@@ -123,7 +124,7 @@ def show_plan(plan: Any, status: dict[str, str]) -> None:
             from rlhfkit.pipeline.compose import effective  # lazy: pydantic
 
             console.print(
-                f"  {stage.name}: " + json.dumps(effective(stage.config, plan.paths.root)),
+                f"  {stage.name}: " + strict_json.dumps(effective(stage.config, plan.paths.root)),
                 soft_wrap=True,
             )
 

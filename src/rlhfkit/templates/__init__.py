@@ -7,13 +7,13 @@ library code never imports this package.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
+from rlhfkit import strict_json
 from rlhfkit.data import write_jsonl
 from rlhfkit.data.io import atomic_dir
 from rlhfkit.errors import UserError, display_path
@@ -66,7 +66,8 @@ def init_project(
     with atomic_dir(target) as tmp:
         text = chosen.spec_text
         if name is not None:
-            text = re.sub(r'^name = ".*"$', f"name = {json.dumps(name)}", text, count=1, flags=re.M)
+            line = f"name = {strict_json.dumps(name)}"  # a JSON string is a TOML basic string
+            text = re.sub(r'^name = ".*"$', lambda _: line, text, count=1, flags=re.M)
         spec = parse_spec(text)  # the template itself must always be valid
         (tmp / SPEC_FILE).write_text(text, encoding="utf-8")
         paths = spec.data.model_dump()
