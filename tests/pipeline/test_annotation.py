@@ -160,3 +160,34 @@ def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelle
     write_lines(paths.candidates, _candidates(7))
     with pytest.raises(Exception, match="changed since it was imported"):
         annotate(paths, project, Labeler())
+
+
+class _Judge:
+    def __call__(self, prompt, a, b):
+        return "a"
+
+
+def test_a_labelers_code_is_hashed_whatever_kind_of_callable_it_is():
+    import functools
+
+    from rlhfkit.pipeline.annotation import code_hash
+
+    plain = code_hash(_longer)
+    assert plain is not None and plain == code_hash(_Judge())  # this file, either way
+    assert code_hash(functools.partial(_longer, "p")) is not None
+    assert code_hash(len) is None  # a builtin has no file: nothing to hash, no traceback
+
+
+def test_with_people_a_store_other_than_the_one_imported_into_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
+    project_dir = tmp_path / "proj"
+    init_project(project_dir)
+    project = load_project(project_dir, {"data.anchors": None})
+    paths = RunPaths(tmp_path / "run", project.root)
+    paths.annotation.mkdir(parents=True)
+    write_lines(paths.candidates, _candidates(6))
+    with pytest.raises(Waiting):
+        annotate(paths, project, Labeler())
+    monkeypatch.setenv("RLHFKIT_DB_URL", f"sqlite:///{tmp_path / 'team.sqlite'}")
+    with pytest.raises(Exception, match="RLHFKIT_DB_URL changed"):
+        annotate(paths, project, Labeler())
