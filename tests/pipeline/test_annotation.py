@@ -145,9 +145,8 @@ def test_with_people_the_stage_waits_then_goes_on_once_the_queue_is_done(tmp_pat
     assert all("much longer" in str(c) for c in chosen)
 
 
-def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelled(
-    tmp_path, monkeypatch
-):
+def _imported_for_people(tmp_path, monkeypatch):
+    """A project whose 6 candidate pairs went into its own store for people to label."""
     monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
     project_dir = tmp_path / "proj"
     init_project(project_dir)
@@ -157,6 +156,13 @@ def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelle
     write_lines(paths.candidates, _candidates(6))
     with pytest.raises(Waiting):
         annotate(paths, project, Labeler())
+    return project, paths
+
+
+def test_with_people_a_changed_candidates_file_is_refused_not_silently_relabelled(
+    tmp_path, monkeypatch
+):
+    project, paths = _imported_for_people(tmp_path, monkeypatch)
     write_lines(paths.candidates, _candidates(7))
     with pytest.raises(Exception, match="changed since it was imported"):
         annotate(paths, project, Labeler())
@@ -179,15 +185,7 @@ def test_a_labelers_code_is_hashed_whatever_kind_of_callable_it_is():
 
 
 def test_with_people_a_store_other_than_the_one_imported_into_is_refused(tmp_path, monkeypatch):
-    monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
-    project_dir = tmp_path / "proj"
-    init_project(project_dir)
-    project = load_project(project_dir, {"data.anchors": None})
-    paths = RunPaths(tmp_path / "run", project.root)
-    paths.annotation.mkdir(parents=True)
-    write_lines(paths.candidates, _candidates(6))
-    with pytest.raises(Waiting):
-        annotate(paths, project, Labeler())
+    project, paths = _imported_for_people(tmp_path, monkeypatch)
     monkeypatch.setenv("RLHFKIT_DB_URL", f"sqlite:///{tmp_path / 'team.sqlite'}")
     with pytest.raises(Exception, match="RLHFKIT_DB_URL changed"):
         annotate(paths, project, Labeler())
