@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -248,11 +248,35 @@ class SuccessCriterion(Strict):
     description: Annotated[str, Field(min_length=1)]
     direction: Literal["increase", "decrease"]
     detector: Detector
+    applies_to: dict[Annotated[str, Field(pattern=NAME)], str | list[str]] | None = None
+    """Only the prompts whose row has these column values (a list: any of them), e.g.
+    ``applies_to = { kind = "off_topic" }``: "declines off-topic requests" is measured on
+    off-topic prompts only. None: every prompt."""
 
     @property
     def text_only(self) -> bool:
         """Decidable from the response text alone (so, e.g., on every PPO step)."""
         return isinstance(self.detector, TEXT_DETECTORS)
+
+    def applies(self, columns: Mapping[str, Any] | None) -> bool:
+        """Whether the criterion is measured on a prompt with these columns (its row in the
+        prompts file, less the prompt itself). A prompt without the column is outside it."""
+        if self.applies_to is None:
+            return True
+        row = columns or {}
+        for col, wanted in self.applies_to.items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            if str(row.get(col)) not in allowed:
+                return False
+        return True
+
+    def dump(self) -> dict[str, Any]:
+        """As JSON, for the criteria's hash: a criterion without ``applies_to`` dumps as it did
+        before the field existed, so frozen hashes of older projects still match."""
+        out = self.model_dump(mode="json")
+        if out.get("applies_to") is None:
+            out.pop("applies_to", None)
+        return out
 
 
 def hash_criteria(dumped: list[dict[str, Any]]) -> str:

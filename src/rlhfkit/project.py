@@ -240,7 +240,7 @@ class ProjectSpec(Strict):
 
     def criteria_hash(self) -> str:
         """Hash of the success criteria; frozen when the first training stage starts."""
-        return hash_criteria([c.model_dump(mode="json") for c in self.success_criteria])
+        return hash_criteria([c.dump() for c in self.success_criteria])
 
 
 def _unique(names: list[str], what: str) -> None:

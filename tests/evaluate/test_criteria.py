@@ -167,3 +167,20 @@ def test_a_training_run_refused_before_it_starts_freezes_nothing(tmp_path, refus
     lock = json.loads(project.artifacts("criteria.lock.json").read_text())
     assert lock["frozen_by"] == "dpo"
     assert freeze_for_training(SFTConfig(project=None, model="x", data=out)) is None
+
+
+def test_applies_to_selects_prompts_by_column_and_leaves_old_hashes_alone():
+    from rlhfkit.criteria import SuccessCriterion, hash_criteria
+
+    base = {"name": "declines", "description": "d", "direction": "increase"}
+    plain = SuccessCriterion.model_validate({**base, "detector": {"kind": "refusal"}})
+    scoped = SuccessCriterion.model_validate(
+        {**base, "detector": {"kind": "refusal"}, "applies_to": {"kind": ["off_topic", "x"]}}
+    )
+    assert plain.applies(None) and plain.applies({"kind": "on_topic"})
+    assert scoped.applies({"kind": "off_topic"}) and scoped.applies({"kind": "x"})
+    assert not scoped.applies({"kind": "on_topic"}) and not scoped.applies({})
+    # The hash of a criterion without applies_to is what it was before the field existed.
+    old = {**base, "detector": plain.detector.model_dump(mode="json")}
+    assert hash_criteria([plain.dump()]) == hash_criteria([old])
+    assert hash_criteria([scoped.dump()]) != hash_criteria([plain.dump()])

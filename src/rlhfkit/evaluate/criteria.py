@@ -101,7 +101,7 @@ def detect(
 # --- freezing --------------------------------------------------------------------------------
 
 def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
-    return [c.model_dump(mode="json") for c in criteria]
+    return [c.dump() for c in criteria]
 
 
 @dataclass(frozen=True)
