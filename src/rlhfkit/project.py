@@ -194,10 +194,11 @@ class MonitorSettings(Strict):
     repetition_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
     """A response is repetitive when this share of its word 3-grams are repeats."""
     reward_rise: Annotated[float, Field(gt=0.0)] = 0.5
-    """'Reward up, no criterion moved': a rise of this many reference standard deviations of
-    the reward counts as 'up'."""
+    """'Reward up, no criterion moved (or one moved the wrong way)': a rise of this many
+    reference standard deviations of the reward counts as 'up'."""
     criteria_min_change: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
-    """... and a criterion 'moved' when its rate changed this much in its direction."""
+    """... and a criterion 'moved' when its rate changed this much in its direction, or the
+    wrong way when this much against it (in `eval policy` also significant at its --alpha)."""
     kl_max: Annotated[float, Field(gt=0.0)] = 20.0
     """Flag when KL(policy || reference) exceeds this many nats per response."""
     entropy_collapse: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3

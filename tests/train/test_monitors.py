@@ -5,6 +5,7 @@ import pytest
 
 from rlhfkit.project import MonitorSettings
 from rlhfkit.train.monitors import (
+    CriterionMove,
     History,
     LiveMonitor,
     ReferenceStats,
@@ -41,11 +42,50 @@ def test_measures_by_hand():
 
 
 def test_reward_up_but_no_criterion_moved():
-    f = reward_without_criteria(1.2, {"signs_off": 0.0, "hedging": -0.02}, T)
+    flat = {"signs_off": CriterionMove(0.5, 0.5, "increase"),
+            "hedging": CriterionMove(0.10, 0.12, "decrease")}  # fmt: skip
+    f = reward_without_criteria(1.2, flat, T)
     assert f.flagged and "classic sign" in f.explanation
-    assert not reward_without_criteria(1.2, {"signs_off": 0.3}, T).flagged
-    assert not reward_without_criteria(0.2, {"signs_off": 0.0}, T).flagged
+    assert flat["hedging"].change == pytest.approx(-0.02)  # signed by direction
+    up = {"signs_off": CriterionMove(0.2, 0.5, "increase")}
+    assert not reward_without_criteria(1.2, up, T).flagged
+    assert not reward_without_criteria(0.2, flat, T).flagged
     assert not reward_without_criteria(None, {}, T).flagged
+
+
+# A criterion to increase (declines off-topic requests) falls while the reward rises: the
+# issue's PPO run, 20% -> 5% at p 0.031 against a reward up 1.4 SDs.
+WRONG_WAY = CriterionMove(0.20, 0.05, "increase", p_value=0.031)
+RIGHT_WAY = CriterionMove(0.20, 0.60, "increase", p_value=0.001)
+
+
+def test_reward_up_while_a_criterion_moves_the_wrong_way():
+    # another criterion moving its way does not excuse the one moving against it
+    f = reward_without_criteria(1.4, {"declines": WRONG_WAY, "brief": RIGHT_WAY}, T)
+    assert f.flagged and f.value == 1.4
+    assert "rose by 1.4 reference SDs" in f.explanation
+    assert "declines (20% -> 5%, p 0.031; it should increase) moved the wrong way" in (
+        f.explanation
+    )
+    assert "brief" not in f.explanation.split("moved the wrong way")[0]
+    # a decrease criterion that rose is wrong-way too
+    rose = CriterionMove(0.02, 0.30, "decrease", p_value=0.001)
+    assert reward_without_criteria(1.4, {"hedging": rose, "brief": RIGHT_WAY}, T).flagged
+
+
+def test_a_wrong_way_move_that_is_small_or_not_significant_is_not_flagged():
+    assert not reward_without_criteria(1.4, {"declines": RIGHT_WAY}, T).flagged
+    # reward flat: the criterion's fall is the report's "regressed", not this flag
+    flat = reward_without_criteria(0.1, {"declines": WRONG_WAY, "brief": RIGHT_WAY}, T)
+    assert not flat.flagged and "wrong way" not in flat.explanation
+    # after the fact a p-value must clear alpha; live (no p-value) the size alone decides
+    noisy = CriterionMove(0.20, 0.05, "increase", p_value=0.2)
+    assert not reward_without_criteria(1.4, {"declines": noisy, "brief": RIGHT_WAY}, T).flagged
+    assert reward_without_criteria(
+        1.4, {"declines": noisy, "brief": RIGHT_WAY}, T, alpha=0.25
+    ).flagged
+    small = CriterionMove(0.20, 0.17, "increase")  # 3 points: under criteria_min_change
+    assert not reward_without_criteria(1.4, {"declines": small, "brief": RIGHT_WAY}, T).flagged
 
 
 def _step_inputs(step):
@@ -68,6 +108,28 @@ def test_check_step_trends_kl_and_entropy():
     early.record(0.0, kl=1.0, entropy=2.0, criteria={"signs_off": 0.5})
     quiet = by_name(check_step(*_step_inputs(0), ref, early, T))
     assert quiet["reward_without_criteria"].value is None and not quiet["kl_runaway"].flagged
+
+
+def test_live_reward_up_while_a_criterion_falls():
+    """Planted histories: reward climbing through 10 steps while `declines` (to increase)
+    falls from 30% to 5% and `brief` rises: flagged at the last step, naming the criterion;
+    the same fall with a flat reward, or `declines` rising instead, is not this flag."""
+    ref = ReferenceStats.from_samples(PROMPTS, GOOD, T, rewards=[0.0, 1.0, 0.5, -0.5])
+    directions = {"declines": "increase", "brief": "increase"}
+
+    def run(reward_step, declines):
+        h = History(directions)
+        for step in range(10):
+            h.record(reward_step * step, kl=1.0, entropy=2.0,
+                     criteria={"declines": declines[step], "brief": 0.2 + 0.05 * step})  # fmt: skip
+        return by_name(check_step(*_step_inputs(9), ref, h, T))["reward_without_criteria"]
+
+    falling = [0.30] * 5 + [0.05] * 5
+    f = run(0.5, falling)
+    assert f.flagged and f.value == pytest.approx(2.5 / ref.reward_sd)
+    assert "declines (30% -> 5%; it should increase) moved the wrong way" in f.explanation
+    assert not run(0.5, falling[::-1]).flagged  # rising: the right way
+    assert not run(0.0, falling).flagged  # reward flat
 
 
 def test_reward_length_correlation_in_a_step():

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.train.monitors import Flag, TextStats, kl_flag, reward_without_criteria, text_flags
+from rlhfkit.train.monitors import (
+    CriterionMove,
+    Flag,
+    TextStats,
+    kl_flag,
+    reward_without_criteria,
+    text_flags,
+)
 
 if TYPE_CHECKING:
     from rlhfkit.project import MonitorSettings
@@ -20,16 +27,17 @@ def compare_flags(
     before: Sequence[str],
     thresholds: MonitorSettings,
     reward_rise_sd: float | None = None,
-    criteria_moves: Mapping[str, float] | None = None,
+    criteria_moves: Mapping[str, CriterionMove] | None = None,
     kl: float | None = None,
+    alpha: float = 0.05,
 ) -> list[Flag]:
     """The monitors on a trained policy's samples (`after`) against the starting policy's
-    (`before`) on the same prompts: text monitors, plus 'reward up, no criterion moved' and
-    KL when those figures are known."""
+    (`before`) on the same prompts: text monitors, plus 'reward up, no criterion moved (or one
+    moved the wrong way, significantly at `alpha`)' and KL when those figures are known."""
     t = thresholds
     flags = text_flags(TextStats.of(prompts, after, t), TextStats.of(prompts, before, t), t)
     if reward_rise_sd is not None:
-        flags.append(reward_without_criteria(reward_rise_sd, criteria_moves or {}, t))
+        flags.append(reward_without_criteria(reward_rise_sd, criteria_moves or {}, t, alpha))
     if kl is not None:
         flags.append(kl_flag(kl, t))
     return flags

@@ -52,7 +52,7 @@ from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, weights_identity, write_manifest
 from rlhfkit.models import MANIFEST
 from rlhfkit.project import load_project
-from rlhfkit.train.monitors import word_count
+from rlhfkit.train.monitors import CriterionMove, word_count
 from rlhfkit.train.rollout import Sampling, batch_seed
 
 SAMPLES_FILE = "samples.jsonl"
@@ -210,11 +210,14 @@ def evaluate_policy(
     verdicts, win_rates = _judge(cfg, setup, scored)
     t_judges = time.time() - t0
     # 5. monitors: the after samples against the before samples
-    moves = {c.name: c.diff * (1 if c.direction == "increase" else -1) for c in scored.criteria}
+    moves = {
+        c.name: CriterionMove(c.before.rate, c.after.rate, c.direction, c.p_value)
+        for c in scored.criteria
+    }
     flags = compare_flags(
         scored.prompts, scored.after, scored.before, setup.project.spec.monitors,
         reward_rise_sd=scored.reward.rise_sd if scored.reward else None,
-        criteria_moves=moves, kl=scored.kl.value,
+        criteria_moves=moves, kl=scored.kl.value, alpha=cfg.alpha,
     )  # fmt: skip
     seconds = schema.Seconds(  # in field order: after, before, score, judges, total
         *(round(t, 2) for t in (t_after, t_before, t_score, t_judges, time.time() - started))

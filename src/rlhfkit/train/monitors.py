@@ -12,8 +12,10 @@ What they catch, and why each is a classic (Gao et al. 2023; Singhal et al. 2023
   above the threshold *and* above the reference (a base model that already hedges was not
   taught to by training);
 - repetition: share of responses whose word 3-grams are mostly repeats;
-- reward up, no criterion moved: the reward rose by `reward_rise` reference SDs while no
-  success criterion moved `criteria_min_change` in its direction — the article's red flag;
+- reward up, no criterion moved (or one moved the wrong way): the reward rose by
+  `reward_rise` reference SDs while no success criterion moved `criteria_min_change` in its
+  direction, or one moved that much against it (after the fact: significantly) — the
+  article's red flag;
 - KL running away, entropy collapsing or blowing up; reward tracking length within a step.
 
 Live use (one call per PPO step)::
@@ -329,30 +331,68 @@ def text_flags(now: TextStats, ref: TextStats | None, t: MonitorSettings) -> lis
     return flags
 
 
+@dataclass(frozen=True)
+class CriterionMove:
+    """A success criterion's pass rate at the start and at the end (live: the first and the
+    last window's mean; after the fact: the before and after samples' rates), with the p-value
+    of the change where one was computed."""
+
+    start: float
+    end: float
+    direction: str
+    """'increase' or 'decrease', as pre-registered."""
+    p_value: float | None = None
+
+    @property
+    def change(self) -> float:
+        """The change signed so that positive is the wanted direction."""
+        return (self.end - self.start) * (1 if self.direction == "increase" else -1)
+
+    def wrong_way(self, t: MonitorSettings, alpha: float) -> bool:
+        """Moved against its direction by `criteria_min_change` or more and, where a p-value
+        exists, significantly at `alpha` (no p-value live: the size alone decides)."""
+        significant = self.p_value is None or self.p_value < alpha
+        return self.change <= -t.criteria_min_change and significant
+
+    def describe(self) -> str:
+        p = "" if self.p_value is None else f", p {self.p_value:.2g}"
+        return f"{self.start:.0%} -> {self.end:.0%}{p}; it should {self.direction}"
+
+
 def reward_without_criteria(
-    reward_rise_sd: float | None, criteria_moves: Mapping[str, float], t: MonitorSettings
+    reward_rise_sd: float | None,
+    criteria_moves: Mapping[str, CriterionMove],
+    t: MonitorSettings,
+    alpha: float = 0.05,
 ) -> Flag:
-    """`reward_rise_sd`: reward change in reference SDs; `criteria_moves`: each criterion's
-    rate change in its wanted direction (positive = moved the right way)."""
+    """`reward_rise_sd`: reward change in reference SDs. Fires when the reward rose and either
+    no criterion moved its way or one moved the wrong way (`CriterionMove.wrong_way`, p-values
+    judged at `alpha`): reward bought with a behavior nobody wanted is the same red flag."""
     name = "reward_without_criteria"
     if reward_rise_sd is None:
         return Flag(name, None, t.reward_rise, False, "No reward scale to judge a rise against.")
-    moved = {n: m for n, m in criteria_moves.items() if m >= t.criteria_min_change}
+    moved = [n for n, m in criteria_moves.items() if m.change >= t.criteria_min_change]
+    wrong = {n: m for n, m in criteria_moves.items() if m.wrong_way(t, alpha)}
     up = reward_rise_sd >= t.reward_rise
-    flagged = up and not moved and bool(criteria_moves)
-    moves = ", ".join(f"{n} {m:+.0%}" for n, m in criteria_moves.items()) or "none measured"
-    if flagged:
+    flagged = up and bool(criteria_moves) and (bool(wrong) or not moved)
+    moves = ", ".join(f"{n} {m.change:+.0%}" for n, m in criteria_moves.items()) or "none measured"
+    rose = f"The reward rose by {reward_rise_sd:.1f} reference SDs"
+    if flagged and wrong:
+        against = "; ".join(f"{n} ({m.describe()})" for n, m in wrong.items())
         text = (
-            f"The reward rose by {reward_rise_sd:.1f} reference SDs but no success criterion "
-            f"moved by {t.criteria_min_change:.0%} in its direction ({moves}). A reward that "
-            "climbs with no visible change in the behaviors you care about is the classic sign "
-            "that the policy found something the reward model likes that you do not."
+            f"{rose} while {against} moved the wrong way. The policy is buying reward with a "
+            "behavior you pre-registered against: the reward model likes something you do "
+            "not; read the samples where it changed."
+        )
+    elif flagged:
+        text = (
+            f"{rose} but no success criterion moved by {t.criteria_min_change:.0%} in its "
+            f"direction ({moves}). A reward that climbs with no visible change in the behaviors "
+            "you care about is the classic sign that the policy found something the reward "
+            "model likes that you do not."
         )
     elif up:
-        text = (
-            f"The reward rose by {reward_rise_sd:.1f} reference SDs and criteria moved with it "
-            f"({', '.join(moved) or moves})."
-        )
+        text = f"{rose} and criteria moved with it ({', '.join(moved) or moves})."
     else:
         text = f"The reward moved {reward_rise_sd:+.1f} reference SDs (criteria: {moves})."
     return Flag(name, reward_rise_sd, t.reward_rise, flagged, text)
@@ -458,15 +498,14 @@ class History:
         known = [v for v in part if v is not None]
         return sum(known) / len(known) if known else None
 
-    def criteria_moves(self, w: int) -> dict[str, float]:
-        """Each criterion's change between the first and last window, signed so that
-        positive is the wanted direction."""
+    def criteria_moves(self, w: int) -> dict[str, CriterionMove]:
+        """Each criterion's rate in the first and in the last window."""
         moves = {}
         for name, direction in self.directions.items():
             series = [c.get(name) for c in self.criteria]
             start, end = self.window_mean(series, True, w), self.window_mean(series, False, w)
             if start is not None and end is not None:
-                moves[name] = (end - start) * (1 if direction == "increase" else -1)
+                moves[name] = CriterionMove(start, end, direction)
         return moves
 
 
