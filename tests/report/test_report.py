@@ -117,8 +117,34 @@ def test_every_section_renders_from_the_run_files(rendered):
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
     assert "<script" not in page.lower()
     # the summary beside it carries the headline numbers
-    assert "Policy ppo: improved: signs_off, hedging; 1 hacking flag (hedging)." in md
     assert "| signs_off | increase | 12% | 71% | +59 pts | < 0.001 | improved |" in md
+
+
+def test_the_outcome_comes_first(rendered):
+    """Per trained policy, one verdict line (criteria, KL, monitor flags) before anything
+    else; the gate override and the simulated panel come after it."""
+    _, page, md, _ = rendered
+    ppo = (
+        "PPO: signs_off 12% → 71% (p < 0.001) improved; hedging 14% → 6% (p 0.031) improved; "
+        "concise 52% → 58% (p 0.410) no significant change; KL 4.100 nats per reply; "
+        "monitor flags after training: hedging; no live monitoring (no monitors.jsonl)."
+    )
+    dpo = "DPO: signs_off 12% → 44% (p < 0.001) improved; "
+    lines = md.splitlines()
+    assert lines[:4] == ["# support-replies: rlhfkit report", "", "## Outcome", ""]
+    assert lines[4] == f"- {ppo}" and lines[5].startswith(f"- {dpo}")
+    assert (
+        "concise 52% → 31% (p 0.004) moved the wrong way; KL not measured; no monitor flags."
+        in (lines[5])
+    )
+    assert md.index("## Outcome") < md.index("simulated") < md.index("overridden by an admin")
+    # the page: the outcome is the first section, each part coloured by what it means
+    body = page.split("<body>")[1]
+    assert body.index('id="outcome"') < body.index("Simulated annotators.")
+    assert body.index('id="outcome"') < body.index("<nav>") < body.index("overridden by an admin")
+    assert '<span class="bad">concise 52% → 31% (p 0.004) moved the wrong way</span>' in page
+    assert '<span class="good">signs_off 12% → 71% (p &lt; 0.001) improved</span>' in page
+    assert "No live monitoring: no monitors.jsonl" in page
 
 
 def test_untrusted_text_is_escaped(rendered):
@@ -133,9 +159,75 @@ def test_missing_inputs_say_not_run(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(FILES / "rm", run / "rm")
     page, md = _render(run)
-    assert page.count('class="notrun"') == 5  # task, annotation, training, criteria, samples
-    assert "81.2%" in page
+    # outcome, task, annotation, training, criteria, samples
+    assert page.count('class="notrun"') == 6
+    assert "81.2%" in page and "No trained policy to judge yet" in page
     assert "Not run: no project spec" in page and "Not run: no policy evaluation" in md
+    assert "No trained policy to judge yet" in md
+
+
+# --- PPO's live monitors (monitors.jsonl) --------------------------------------------------------
+
+PADDING = (
+    " Our warehouse team double-checks every parcel, our couriers track each van hourly, and "
+    "our friendly advisers answer emails seven days a week from Leeds and Bristol."
+)
+
+
+def _live_flags(run: Path) -> None:
+    """Ten PPO steps through the real live monitors (`RunWatch`, as `train ppo` runs them):
+    the first two like the reference, the other eight padded to twice its length."""
+    from rlhfkit.train.configs import PPOConfig
+    from rlhfkit.train.monitoring import RunWatch
+    from tests.train.test_monitoring import FINE, PROMPTS, One
+
+    cfg = PPOConfig(project=run / "project", output_dir=run / "ppo")
+    watch = RunWatch(cfg, One())
+    for step in range(1, 11):
+        texts = FINE if step <= 2 else [t + PADDING for t in FINE]
+        hits = watch.criteria_hits(texts)
+        means = {"kl": 0.1} | {k: float(v.mean()) for k, v in hits.items()}
+        watch.check(step, PROMPTS, texts, [0.5] * 4, means, entropy=2.0)
+
+
+def test_live_monitor_flags_reach_the_report(run_dir):
+    _live_flags(run_dir)
+    lines = (run_dir / "ppo" / "monitors.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    page, md = _render(run_dir)
+    outcome = md.split("## Outcome")[1].split("\n\n")[1]
+    assert outcome.startswith("- PPO: ") and outcome.count("\n") == 1  # PPO, then DPO
+    assert (
+        "; live monitor flags during training: length_inflation on 8 of 10 steps."
+        in (outcome.splitlines()[0])
+    )
+    assert "no monitor flags." in outcome.splitlines()[1]  # DPO has no live monitors
+    # the training section: steps raised, first and last, the latest explanation
+    row = _row(page, "length_inflation", nth=0)
+    assert '<td class="num bad">8 of 10</td>' in row and "3 – 10" in row
+    # 9.25 words at the reference, 26 more padded: (9.25 + 26) / 9.25 = 3.8x
+    assert "Responses grew to 3.8x the reference length (35 words" in row
+    assert "live monitor flags: length_inflation on 8 of 10 steps (steps 3–10: Responses grew" in md
+    assert '<li class="flagged"><strong>PPO</strong>' in page
+    assert "live monitors: ppo" in [s for s in load_run(run_dir).sources]
+
+
+def test_monitors_jsonl_cut_by_a_kill_or_broken(run_dir):
+    _live_flags(run_dir)
+    path = run_dir / "ppo" / "monitors.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 11, "fla')
+    steps = load_run(run_dir).training[0].monitors
+    assert [s.step for s in steps] == list(range(1, 11))
+    path.write_text('{"step": 1, "flags": []}\n{"step": 2, "flags": "none"}\n{"step": 3}\n')
+    r = run_cli("report", str(run_dir))
+    assert r.code == 2 and "Traceback" not in r.stderr
+    assert "monitors.jsonl:2: expected" in r.stderr and "monitors.jsonl:3: expected" in r.stderr
+    # an empty log: monitoring ran and raised nothing
+    path.write_text('{"step": 1, "flags": []}\n')
+    page, md = _render(run_dir)
+    assert "No monitor fired on any of the 1 steps checked." in page
+    assert "live monitors: no flag on 1 steps" in md
 
 
 def test_a_metrics_line_cut_by_a_kill_is_dropped(run_dir):

@@ -18,6 +18,7 @@ LAYOUT = """RUN_DIR layout (every part optional; a missing one shows as "not run
   annotation/panel.json      the demo's simulated panel settings
   rm/eval_rm.json            rlhfkit eval rm --json
   STAGE/metrics.jsonl        each training run's step log (sft, rm, ppo, dpo)
+  ppo/monitors.jsonl         PPO's live reward-hacking flags, step by step
   eval/POLICY/eval.json      rlhfkit eval policy (samples.jsonl beside it)"""
 
 
@@ -52,10 +53,13 @@ def report(
     ),
     samples: int = typer.Option(12, min=0, help="Prompts in the side-by-side table per policy."),
 ) -> None:
-    """Write one self-contained HTML report: task and rubric, annotation quality, reward
-    model quality, training curves, success criteria before/after with intervals and
-    p-values, judge win rates, reward-hacking flags with what they mean, and before/after
-    replies side by side. Figures are embedded; the file opens offline and runs no scripts.
+    """Write one self-contained HTML report. It opens with the outcome, one line per
+    trained policy: which success criteria moved the intended way and which the wrong way
+    (with p-values), the KL, and every reward-hacking flag (after training and live during
+    PPO). Then: task and rubric, annotation quality, reward model quality, training curves
+    with the live monitors' flags, success criteria before/after with intervals, judge win
+    rates, the flags with what they mean, and before/after replies side by side. Figures
+    are embedded; the file opens offline and runs no scripts.
 
     The short Markdown summary beside it carries the headline numbers.
     """

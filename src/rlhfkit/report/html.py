@@ -27,6 +27,7 @@ def render_html(context: dict[str, Any]) -> str:
     text = resources.files("rlhfkit.report").joinpath("report.html.j2").read_text("utf-8")
     c = context
     return env.from_string(text).render(
+        oc=c["outcome"],
         o=c["overview"],
         t=c["task"],
         a=c["annotation"],

@@ -10,13 +10,16 @@ A run folder (what `rlhfkit demo` writes; any pipeline can write the same)::
       rm/eval_rm.json               `rlhfkit eval rm --json`
       <stage>/metrics.jsonl         one JSON object per step, as every `rlhfkit train` writes
                                     (sft/, rm/, ppo/, dpo/ first, any other folder after)
+      <stage>/monitors.jsonl        PPO's live reward-hacking monitors: each step's raised
+                                    flags (train/monitoring.py); absent: none ran
       eval/<policy>/eval.json       `rlhfkit eval policy` for one trained policy
       eval/<policy>/samples.jsonl   its before/after samples
 
 Every part is optional: a section whose inputs are missing says "not run". A file that is
 there but broken is an error (``FILE:LINE: reason``), because a report that silently drops a
 corrupt evaluation would mislead the reader. The one exception is the last line of a
-metrics.jsonl, which a killed run may have cut in half (the trainers drop it on resume).
+metrics.jsonl or monitors.jsonl, which a killed run may have cut in half (the trainers drop
+it on resume).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class TrainingRun:
     records: list[dict[str, Any]]
     manifest: dict[str, Any] | None = None
     """``final/rlhfkit-manifest.json`` when the run finished: what it was made from."""
+    monitors: list[MonitorStep] | None = None
+    """monitors.jsonl's steps; None when the run has none (not PPO, `--no-monitor`, no
+    `--project`, or written before live monitors existed)."""
+    monitors_path: Path | None = None
 
     @property
     def kind(self) -> str:
@@ -58,6 +65,15 @@ class TrainingRun:
         if "margin" in keys:
             return "rm"
         return "sft"
+
+
+@dataclass(frozen=True)
+class MonitorStep:
+    """One line of monitors.jsonl: a PPO step and the flags raised on it (`Flag.to_json`:
+    name, value, threshold, flagged, explanation, reference); steps with none are logged too."""
+
+    step: int
+    flags: list[dict[str, Any]]
 
 
 @dataclass
@@ -171,14 +187,35 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def read_monitors(path: Path) -> list[MonitorStep]:
+    """monitors.jsonl (a killed run's cut last line dropped); a line of another shape is the
+    file's problem, named by line."""
+    steps, problems = [], []
+    for n, row in enumerate(read_jsonl(path, allow_cut_tail=True), 1):
+        flags = row.get("flags")
+        if not isinstance(row.get("step"), int) or not isinstance(flags, list):
+            problems.append(Problem(display_path(path), n, 'expected {"step": N, "flags": [...]}'))
+        elif not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in flags):
+            problems.append(Problem(display_path(path), n, "a flag without a name"))
+        else:
+            steps.append(MonitorStep(row["step"], flags))
+    if problems:
+        raise UserError(problems[:20])
+    return steps
+
+
 def load_training(folder: Path, name: str | None = None) -> TrainingRun:
-    """A training output folder (or its metrics.jsonl)."""
+    """A training output folder (or its metrics.jsonl), with monitors.jsonl if there."""
     path = folder if folder.suffix == ".jsonl" else folder / "metrics.jsonl"
     _need(path, "metrics file (train writes OUTPUT/metrics.jsonl)")
     root = path.parent
     manifest_path = root / "final" / "rlhfkit-manifest.json"
     manifest = _object(manifest_path) if manifest_path.is_file() else None
-    return TrainingRun(name or root.name, path, read_jsonl(path, allow_cut_tail=True), manifest)
+    run = TrainingRun(name or root.name, path, read_jsonl(path, allow_cut_tail=True), manifest)
+    monitors = root / "monitors.jsonl"
+    if monitors.is_file():
+        run.monitors, run.monitors_path = read_monitors(monitors), monitors
+    return run
 
 
 def load_eval(folder: Path, name: str | None = None) -> PolicyEval:
@@ -245,6 +282,8 @@ def load_run(
     out.training = sorted(runs.values(), key=lambda r: (order.get(r.name, len(order)), r.name))
     for r in out.training:
         out.sources[f"training: {r.name}"] = r.path
+        if r.monitors_path:
+            out.sources[f"live monitors: {r.name}"] = r.monitors_path
 
     found_evals: dict[str, PolicyEval] = {}
     if run_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -11,9 +12,19 @@ def _cell(text: Any) -> str:
     return s.replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _prose(text: Any) -> str:
+    """Outside a table: only what could open raw HTML (`<` before a letter, `/`, `!` or `?`)
+    is escaped, so "p < 0.001" stays readable as plain text."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", str(text))
+
+
 def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
     o, t, a, r, tr = c["overview"], c["task"], c["annotation"], c["rm"], c["training"]
-    out = [f"# {_cell(o['title'])}: rlhfkit report", ""]
+    out = [f"# {_cell(o['title'])}: rlhfkit report", "", "## Outcome", ""]
+    if c["outcome"]:
+        out += [f"- {_prose(v['line'])}" for v in c["outcome"]] + [""]
+    else:
+        out += ["No trained policy to judge yet: no policy evaluation and no PPO run.", ""]
     if o["task"]:
         out += [_cell(o["task"]), ""]
     if o["simulated"]:
@@ -23,7 +34,8 @@ def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
         ]
     out += [f"Full report with figures and samples: `{html_name}`.", ""]
     if o["headlines"]:
-        out += ["## Summary", ""] + [f"- {_cell(line)}" for line in o["headlines"]] + [""]
+        out += ["## Other stages at a glance", ""]
+        out += [f"- {_cell(line)}" for line in o["headlines"]] + [""]
     out += ["## Task and rubric", ""]
     if t["ran"]:
         out += [
@@ -62,12 +74,27 @@ def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
             last = ", ".join(f"{m['metric']} {m['last']}" for m in run["table"])
             out.append(
                 f"- {run['kind']} ({_cell(run['name'])}): {run['steps']} steps; last: {last}"
+                + _live(run)
             )
         out.append("")
     else:
         out += [f"Not run: {tr['missing']}.", ""]
     out += _evals(c["evals"])
     return "\n".join(out).rstrip() + "\n"
+
+
+def _live(run: dict[str, Any]) -> str:
+    """A training run's live monitors, appended to its line."""
+    live = run["live"]
+    if live is None:
+        return "; no live monitoring (no monitors.jsonl)" if run["kind"] == "PPO" else ""
+    if not live["monitors"]:
+        return f"; live monitors: no flag on {live['steps']} steps"
+    flags = ", ".join(
+        f"{_cell(m['text'])} (steps {m['first']}–{m['last']}: {_cell(m['message'])})"
+        for m in live["monitors"]
+    )
+    return f"; live monitor flags: {flags}"
 
 
 def _evals(evals: list[dict[str, Any]]) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from rlhfkit import __version__
 from rlhfkit.evaluate.schema import CriterionResult, LengthResult, RewardResult, RMEvalResult
-from rlhfkit.report import plots
+from rlhfkit.report import outcome, plots
 from rlhfkit.report.format import interval, metric, num, pct, pvalue, signed_pct
 from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun, wrong_shape
 
@@ -24,8 +24,9 @@ SIMULATED_PREFIX = "sim-"
 # --- sections ---------------------------------------------------------------------------------
 
 
-def overview(inp: RunInputs, evals: list[dict[str, Any]], annotation: dict, rm: dict) -> dict:
-    """The first screen: what was taught, and in one line each whether it worked."""
+def overview(inp: RunInputs, annotation: dict, rm: dict) -> dict:
+    """The first screen: what was taught, and the other stages' one-line checks (the gate,
+    the reward model) that come after the outcome (outcome.py)."""
     spec = inp.project.spec if inp.project else None
     lines = []
     if annotation["ran"] and annotation.get("gate"):
@@ -36,20 +37,6 @@ def overview(inp: RunInputs, evals: list[dict[str, Any]], annotation: dict, rm: 
         )
     if rm["ran"] and rm.get("accuracy") is not None:
         lines.append(f"Reward model: {rm['accuracy']} held-out accuracy.")
-    for ev in evals:
-        improved = [c["name"] for c in ev["criteria"] if c["verdict"] == "improved"]
-        regressed = [c["name"] for c in ev["criteria"] if c["verdict"] == "regressed"]
-        fired = [f["name"] for f in ev["flags"] if f["flagged"]]
-        parts = [
-            f"improved: {', '.join(improved)}" if improved else "no criterion improved",
-        ]
-        if regressed:
-            parts.append(f"regressed: {', '.join(regressed)}")
-        parts.append(
-            f"{len(fired)} hacking flag{'s' if len(fired) != 1 else ''}"
-            + (f" ({', '.join(fired)})" if fired else "")
-        )
-        lines.append(f"Policy {ev['name']}: " + "; ".join(parts) + ".")
     return {
         "title": spec.name if spec else (inp.run_dir.name if inp.run_dir else "rlhfkit run"),
         "task": spec.task if spec else None,
@@ -380,6 +367,7 @@ def training_section(runs: list[TrainingRun]) -> dict[str, Any]:
                 ],
                 "base": (run.manifest or {}).get("base_model")
                 or ((run.manifest or {}).get("config") or {}).get("model"),
+                "live": outcome.live_monitors(run.monitors),
             }
         )
     return {"ran": True, "runs": out}
@@ -539,12 +527,14 @@ def build(inp: RunInputs, samples: int = 12) -> dict[str, Any]:
     annotation = _guard(annotation_section, [src.get("agreement"), src.get("status")], inp)
     rm = _guard(rm_section, [src.get("rm eval")], inp)
     evals = [_guard(eval_section, [ev.path], ev) for ev in inp.evals]
+    training = training_section(inp.training)
     return {
-        "overview": overview(inp, evals, annotation, rm),
+        "outcome": outcome.outcomes(evals, training.get("runs", [])),
+        "overview": overview(inp, annotation, rm),
         "task": task_section(inp),
         "annotation": annotation,
         "rm": rm,
-        "training": training_section(inp.training),
+        "training": training,
         "evals": evals,
         "samples": [
             _guard(samples_section, [ev.samples_path], ev, samples)
