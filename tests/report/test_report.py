@@ -226,8 +226,8 @@ def test_monitors_jsonl_cut_by_a_kill_or_broken(run_dir):
     # an empty log: monitoring ran and raised nothing
     path.write_text('{"step": 1, "flags": []}\n')
     page, md = _render(run_dir)
-    assert "No monitor fired on any of the 1 steps checked." in page
-    assert "live monitors: no flag on 1 steps" in md
+    assert "No monitor fired on the 1 step checked." in page
+    assert "live monitors: no flag on 1 step" in md
 
 
 def test_a_metrics_line_cut_by_a_kill_is_dropped(run_dir):

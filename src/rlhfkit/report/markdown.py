@@ -89,7 +89,7 @@ def _live(run: dict[str, Any]) -> str:
     if live is None:
         return "; no live monitoring (no monitors.jsonl)" if run["kind"] == "PPO" else ""
     if not live["monitors"]:
-        return f"; live monitors: no flag on {live['steps']} steps"
+        return f"; live monitors: no flag on {live['steps_text']}"
     flags = ", ".join(
         f"{_cell(m['text'])} (steps {m['first']}–{m['last']}: {_cell(m['message'])})"
         for m in live["monitors"]

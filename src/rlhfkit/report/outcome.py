@@ -36,11 +36,15 @@ def live_monitors(steps: list[MonitorStep] | None) -> dict[str, Any] | None:
             "first": hits[0][0],
             "last": hits[-1][0],
             "message": hits[-1][1],
-            "text": f"{name} on {len(hits)} of {len(steps)} steps",
+            "text": f"{name} on {len(hits)} of {_steps(len(steps))}",
         }
         for name, hits in sorted(raised.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     ]
-    return {"steps": len(steps), "monitors": monitors}
+    return {"steps": len(steps), "steps_text": _steps(len(steps)), "monitors": monitors}
+
+
+def _steps(n: int) -> str:
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def policy_label(name: str) -> str:
