@@ -5,8 +5,14 @@ OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -335,3 +341,59 @@ def test_an_llm_judge_pilots_through_an_openai_compatible_server(tmp_path):
     # each pair in both orders, once: the panel's three annotators share the disk cache
     pairs_asked = {json.dumps(r["body"]["messages"][-1]["content"]) for r in server.requests}
     assert len(pairs_asked) == len(server.requests)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def transformers_serve():
+    """`transformers serve` (Hugging Face's OpenAI-compatible server, not this project's)
+    with the tiny random model preloaded; its `serving` extra (openai) is a dev dependency."""
+    from rlhfkit.models import resolve
+
+    exe = Path(sys.executable).with_name("transformers")
+    if not exe.exists() or importlib.util.find_spec("openai") is None:
+        pytest.skip("transformers serve needs the `openai` package (pip install -e '.[dev]')")
+    model, port = str(resolve("tiny-random")), _free_port()
+    proc = subprocess.Popen(
+        [str(exe), "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device",
+         "cpu", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"transformers serve did not start: {proc.stderr.read()[-2000:]}")
+                time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/v1", model
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_an_llm_judge_pilots_against_transformers_serve(tmp_path, transformers_serve):
+    """The wire format against a server this project did not write. The tiny model is random:
+    its answers cannot be read, each counts as a tie (the rubric allows ties), so the panel
+    agrees on 'tie' everywhere, and the pilot says loudly why those figures mean nothing."""
+    url, model = transformers_serve
+    root = make_pilot_project(tmp_path / "p", pairs=6)
+    project = load_project(root)
+    endpoint = EndpointConfig(url, model, timeout=60, max_tokens=8, cache_dir=tmp_path / "c")
+    s = _pilot(root, judge_obj=RubricLLMJudge(project, endpoint), n=6)
+    stats = s["judge"]["stats"]
+    asked = stats["requests"] + stats["cache_hits"]
+    assert stats["requests"] > 0 and stats["retries"] == 0
+    assert stats["unreadable"] == asked  # every answer reached us, none was a verdict
+    assert s["tie_rate"] == 1.0 and s["export"]["rows"] == 0
+    assert any(f"unreadable {asked} times of {asked}" in w for w in s["warnings"])
+    assert sum(s["labels"].values()) >= 3 * 6  # every pair labelled by the whole panel

@@ -35,8 +35,10 @@ from typing import Any
 
 from rlhfkit import strict_json
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
+from rlhfkit.annotate.models import ANCHOR
 from rlhfkit.annotate.server import serve_in_background
 from rlhfkit.annotate.settings import db_url_for, normalise_url
+from rlhfkit.annotate.status import LabelTable, label_table
 from rlhfkit.annotate.store import record_event
 from rlhfkit.data import load, write_jsonl
 from rlhfkit.data.io import atomic_open
@@ -136,13 +138,7 @@ def run_pilot(
     project: Project, judge: PilotJudge, cfg: PilotConfig, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The pilot round, start to end (see the module's docstring); returns pilot.json."""
-    _refuse_the_teams_store(project, cfg.out)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    for stale in cfg.out.glob("annotations.sqlite*"):  # a fresh store every pilot
-        stale.unlink()
-    borderline = borderline_check(judge, project)
-    rows = pick_pairs(cfg.pairs, cfg.n, cfg.seed)
-    write_jsonl(cfg.out / "pairs.jsonl", rows)
+    rows = pick_pairs(cfg.pairs, cfg.n, cfg.seed)  # every check before the folder is touched
     pilot_project = _pilot_project(project, len(rows))
     policy = Policy.from_project(pilot_project)
     panel = cfg.panel.panel(judge, cfg.seed)
@@ -151,6 +147,12 @@ def run_pilot(
             f"the pilot's panel has {len(panel)} annotators, fewer than annotation.overlap "
             f"({policy.overlap}): no pair would get its labels; give --annotators {policy.overlap}"
         )
+    _refuse_the_teams_store(project, cfg.out)
+    borderline = borderline_check(judge, project)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    for stale in [*cfg.out.glob("annotations.sqlite*"), cfg.out / "pilot.json"]:
+        stale.unlink(missing_ok=True)  # a fresh store every pilot; no old figures meanwhile
+    write_jsonl(cfg.out / "pairs.jsonl", rows)
     labelled = _label(pilot_project, policy, panel, judge, cfg, progress)
     summary = {
         "simulated": True,
@@ -233,6 +235,8 @@ def _label(project, policy, panel, judge, cfg, progress) -> dict[str, Any]:
         with serve_in_background(store.url, project, seed=cfg.seed) as base_url:
             run = run_panel(base_url, tokens, panel, progress=labels_done)
         state = status(store, policy)
+        with store.read() as conn:
+            table = label_table(conn)
         exported = _export(store, policy, cfg.out, judge)
     finally:
         store.close()
@@ -240,7 +244,7 @@ def _label(project, policy, panel, judge, cfg, progress) -> dict[str, Any]:
         "store": display_path(cfg.out / "annotations.sqlite"),
         "labels": run.labels,
         "seconds": round(run.seconds, 2),
-        **figures(state, cfg.out, policy),
+        **figures(state, table, policy),
         "export": exported,
     }
 
@@ -266,7 +270,7 @@ def _export(store, policy: Policy, out: Path, judge: PilotJudge) -> dict[str, An
     }
 
 
-def figures(state: dict[str, Any], out: Path, policy: Policy) -> dict[str, Any]:
+def figures(state: dict[str, Any], table: LabelTable, policy: Policy) -> dict[str, Any]:
     """The numbers a team reads off a round: the gate, agreement, anchors, rates."""
     rounds = state["gate"]["rounds"]
     first = rounds[0] if rounds else {}
@@ -279,11 +283,10 @@ def figures(state: dict[str, Any], out: Path, policy: Policy) -> dict[str, Any]:
         "main_queue_open": state["gate"]["main_queue_open"],
     }
     agreement = state["agreement"] or {}
-    labels = _read_lines(out / "labels.jsonl")
-    main = [r for r in labels if not r["anchor"]]
-    anchors = [r for r in labels if r["anchor"]]
-    gold = {r["item"]: r["label"] for r in _read_lines(out / "gold.jsonl")}
-    counts = Counter(r["label"] for r in main)
+    rows = list(zip(table.item_id, table.label, table.kind, strict=True))
+    main = [label for _, label, kind in rows if kind != ANCHOR]
+    anchors = [label == table.gold[item] for item, label, kind in rows if kind == ANCHOR]
+    counts = Counter(main)
     return {
         "gate": gate,
         "agreement": {
@@ -292,11 +295,7 @@ def figures(state: dict[str, Any], out: Path, policy: Policy) -> dict[str, Any]:
             "krippendorff_alpha": agreement.get("krippendorff_alpha"),
             "pairs": agreement.get("n_items"),
         },
-        "anchor_accuracy": (
-            sum(r["label"] == gold.get(r["item"]) for r in anchors) / len(anchors)
-            if anchors
-            else None
-        ),
+        "anchor_accuracy": sum(anchors) / len(anchors) if anchors else None,
         "anchor_labels": len(anchors),
         "tie_rate": counts["tie"] / len(main) if main else None,
         "both_bad_rate": counts["both_bad"] / len(main) if main else None,
@@ -410,12 +409,6 @@ def warnings(summary: dict[str, Any]) -> list[str]:
             "includes 0.5): more or clearer pairs needed"
         )
     return out
-
-
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [strict_json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_json(path: Path, data: Any) -> None:
