@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-
 @dataclass(frozen=True)
 class BundledModel:
     alias: str

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit.criteria import SuccessCriterion
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate.judges import EndpointConfig
 from rlhfkit.pipeline.pilot import PanelSettings, PilotConfig, parse_override, run_pilot
@@ -27,51 +28,15 @@ from rlhfkit.pipeline.pilot_judges import (
     parse_rubric_answer,
     rubric_prompt,
 )
-from rlhfkit.project import load_project, parse_spec
+from rlhfkit.project import load_project
 from tests.conftest import write_lines
+from tests.pipeline.test_run import JUDGE as RUN_JUDGE
+from tests.pipeline.test_run import SPEC as RUN_SPEC
 
-SPEC = """
-name = "one-liners"
-task = "Answer each question in one short sentence."
-base_model = "tiny-random"
-
-[data]
-prompts = "data/prompts.jsonl"
-eval_prompts = "data/prompts.jsonl"
-anchors = "data/anchors.jsonl"
-
-[rubric]
-version = "1"
-tie_policy = "allow"
-
-[[rubric.criteria]]
-name = "short"
-description = "One sentence."
-
-[[rubric.criteria]]
-name = "answers"
-description = "Answers the question."
-
-[[rubric.borderline_examples]]
-prompt = "What is 2+2?"
-response_a = "4."
-response_b = "It is 4, because two and two make four, as everyone knows."
-preferred = "a"
-why = "Shorter."
-
-[[success_criteria]]
-name = "short"
-description = "At most 6 words."
-direction = "increase"
-detector = { kind = "length", unit = "words", max = 6 }
-
-[[success_criteria]]
-name = "hedges"
-description = "Hedges."
-direction = "decrease"
-detector = { kind = "keywords", any = ["maybe", "I think"] }
-
-[annotation]
+# test_run's project (its task, data files, rubric and criteria: 'short' now at most 6
+# words), with annotation and reward settings of its own
+SPEC = RUN_SPEC[: RUN_SPEC.index("[annotation]")].replace("max = 12", "max = 6") + (
+    """[annotation]
 calibration_size = 10
 overlap = 3
 anchor_rate = 0.1
@@ -80,14 +45,12 @@ anchor_rate = 0.1
 epochs = 2.0
 batch_size = 4
 """
+)
 
-JUDGE = '''
-def shorter(prompt, response_a, response_b):
-    """The shorter reply wins; the same length is a tie."""
-    if len(response_a) == len(response_b):
-        return "tie"
-    return ("a" if len(response_a) < len(response_b) else "b"), "the shorter one"
-'''
+# test_run's judge, with a rationale
+JUDGE = RUN_JUDGE.replace("def shorter", "def _shorter") + (
+    "\n\ndef shorter(prompt, a, b):\n    return _shorter(prompt, a, b), 'the shorter one'\n"
+)
 
 
 def make_pilot_project(root: Path, pairs: int = 40) -> Path:
@@ -119,7 +82,7 @@ def make_pilot_project(root: Path, pairs: int = 40) -> Path:
 def _pilot(root: Path, judge: str = "judge.py:shorter", **kw) -> dict:
     project = load_project(root)
     judge_obj = kw.pop("judge_obj", None) or make_pilot_judge(judge, project)
-    panel = kw.pop("panel", PanelSettings(noise=0.0))
+    panel = kw.pop("panel", PanelSettings(3, {"noise": 0.0}))
     cfg = PilotConfig(
         out=root / "artifacts" / "pilot",
         pairs=root / "artifacts" / "candidates.jsonl",
@@ -171,7 +134,7 @@ def test_a_noiseless_rubric_in_code_agrees_fully_and_passes_the_gate(tmp_path):
 
 def test_one_careless_annotator_fails_the_gate_and_is_named(tmp_path):
     root = make_pilot_project(tmp_path / "p")
-    s = _pilot(root, n=30, panel=PanelSettings(noise=0.0, overrides=("sim-3:noise=1.0",)))
+    s = _pilot(root, n=30, panel=PanelSettings(3, {"noise": 0.0}, ("sim-3:noise=1.0",)))
     # sim-3 flips every answer: on each calibration pair two of three annotator pairs
     # disagree, so percent agreement is exactly 1/3
     assert s["gate"]["value"] == pytest.approx(1 / 3) and s["gate"]["passed"] is False
@@ -179,13 +142,22 @@ def test_one_careless_annotator_fails_the_gate_and_is_named(tmp_path):
     careless = next(a for a in s["per_annotator"] if a["annotator"] == "sim-3")
     assert careless["majority_agreement"] == 0.0
     assert any("gate fails (0.33 < 0.65)" in w and "sim-3" in w for w in s["warnings"])
+    assert (
+        "failed gate kept the main queue closed"
+        in _pilot(
+            root,
+            n=30,
+            panel=PanelSettings(3, {"noise": 0.0}, ("sim-3:noise=1.0",)),
+            train_rm=None,
+        )["reward_model"]["why_not"]
+    )
     described = {a["name"]: a["noise"] for a in s["annotators"]}
     assert described == {"sim-1": 0.0, "sim-2": 0.0, "sim-3": 1.0}
 
 
 def test_the_pilot_is_reproducible_and_the_panel_settings_are_checked(tmp_path):
     root = make_pilot_project(tmp_path / "p")
-    kw = {"n": 20, "panel": PanelSettings(noise=0.2, position_bias=0.1)}
+    kw = {"n": 20, "panel": PanelSettings(3, {"noise": 0.2, "position_bias": 0.1})}
     first = _pilot(root, **kw)
     again = _pilot(root, **kw)  # a fresh store each time, the same seeds: the same figures
     assert first["gate"] == again["gate"] and first["agreement"] == again["agreement"]
@@ -204,58 +176,29 @@ def test_the_pilot_is_reproducible_and_the_panel_settings_are_checked(tmp_path):
 
 # --- the rule judge ----------------------------------------------------------------------------
 
-RULE_SPEC = """
-name = "bookshop"
-task = "Answer book questions briefly; decline anything else."
 
-[rubric]
-version = "1"
-tie_policy = "allow"
-both_bad_policy = "{both_bad}"
-
-[[rubric.criteria]]
-name = "helpful"
-description = "Answers book questions."
-
-[[rubric.criteria]]
-name = "on_topic"
-description = "Declines what is not about books."
-
-[[rubric.borderline_examples]]
-prompt = "Who wrote Emma?"
-response_a = "Jane Austen."
-response_b = "I can't help with that."
-preferred = "a"
-why = "An answerable book question."
-
-[[success_criteria]]
-name = "declines_off_topic"
-description = "Declines off-topic requests."
-direction = "increase"
-detector = {{ kind = "refusal" }}
-applies_to = {{ kind = "off_topic" }}
-
-[[success_criteria]]
-name = "hedging"
-description = "Hedges."
-direction = "decrease"
-detector = {{ kind = "keywords", any = ["maybe", "perhaps"] }}
-
-[[success_criteria]]
-name = "judged_polite"
-description = "A judge finds it polite."
-direction = "increase"
-detector = {{ kind = "judge", question = "Is it polite?" }}
-"""
+def _criteria() -> list[SuccessCriterion]:
+    """A bookshop's: declines off-topic requests (those only), does not hedge, is polite
+    (a judge's question: needs a model)."""
+    return [
+        SuccessCriterion.model_validate(c)
+        for c in (
+            {"name": "declines_off_topic", "description": "d", "direction": "increase",
+             "detector": {"kind": "refusal"}, "applies_to": {"kind": "off_topic"}},
+            {"name": "hedging", "description": "h", "direction": "decrease",
+             "detector": {"kind": "keywords", "any": ["maybe", "perhaps"]}},
+            {"name": "judged_polite", "description": "p", "direction": "increase",
+             "detector": {"kind": "judge", "question": "Is it polite?"}},
+        )
+    ]  # fmt: skip
 
 
 def _rule_judge(both_bad: str = "allow") -> RuleJudge:
-    spec = parse_spec(RULE_SPEC.format(both_bad=both_bad))
     columns = {
         json.dumps("Fix my tax return"): {"kind": "off_topic"},
         json.dumps("Who wrote Emma?"): {"kind": "books"},
     }
-    return RuleJudge(spec.success_criteria, columns, both_bad == "allow")
+    return RuleJudge(_criteria(), columns, both_bad == "allow")
 
 
 def test_the_rule_judge_counts_the_criteria_each_reply_meets_on_hand_built_pairs():
@@ -277,8 +220,7 @@ def test_the_rule_judge_counts_the_criteria_each_reply_meets_on_hand_built_pairs
 
 
 def test_the_rule_judge_needs_a_criterion_it_can_measure_from_text():
-    spec = parse_spec(RULE_SPEC.format(both_bad="allow"))
-    only_judge = [c for c in spec.success_criteria if c.name == "judged_polite"]
+    only_judge = [c for c in _criteria() if c.name == "judged_polite"]
     with pytest.raises(UserError, match="needs a success criterion with a text detector"):
         RuleJudge(only_judge)
 
@@ -286,10 +228,10 @@ def test_the_rule_judge_needs_a_criterion_it_can_measure_from_text():
 def test_the_rule_judge_pilots_a_project_from_its_spec_alone(tmp_path):
     root = make_pilot_project(tmp_path / "p")
     s = _pilot(root, judge="rule", n=20)
-    # 'short' (at most 6 words) and 'hedges' decide: the short reply wins every pair
+    # 'short' (at most 6 words) decides: the short reply wins every pair
     assert s["gate"]["passed"] is True and s["agreement"]["percent"] == 1.0
     assert s["anchor_accuracy"] == 1.0
-    assert s["judge"]["criteria"] == ["short (increase)", "hedges (decrease)"]
+    assert s["judge"]["criteria"] == ["short (increase)", "rambles (decrease)"]
 
 
 # --- the LLM judge -----------------------------------------------------------------------------
@@ -397,3 +339,35 @@ def test_an_llm_judge_pilots_against_transformers_serve(tmp_path, transformers_s
     assert s["tie_rate"] == 1.0 and s["export"]["rows"] == 0
     assert any(f"unreadable {asked} times of {asked}" in w for w in s["warnings"])
     assert sum(s["labels"].values()) >= 3 * 6  # every pair labelled by the whole panel
+
+
+@pytest.mark.slow
+def test_run_pilots_the_rubric_before_people_label_and_leaves_their_store_alone(
+    tmp_path, monkeypatch
+):
+    """[run] pilot with people labelling: sft, candidates, the SIMULATED pilot, then the run
+    waits for people; the team's store holds the imported pairs and no label."""
+    from tests.conftest import run_cli
+    from tests.pipeline.test_run import make_project
+
+    monkeypatch.delenv("RLHFKIT_DB_URL", raising=False)
+    project = make_project(tmp_path / "p")
+    spec = project / "rlhfkit.toml"
+    spec.write_text(spec.read_text().replace('labeler = "judge.py:shorter"', ""))
+    bad = run_cli("run", "--project", str(project), "--set", "run.pilot=nothing")
+    assert bad.code == 2 and "--judge nothing: give rule" in bad.stderr  # before anything ran
+    assert not (project / "run").exists()
+    args = ("run", "--project", str(project), "--precision", "fp32")
+    dry = run_cli(*args, "--dry-run", "--set", "run.pilot=judge.py:shorter")
+    rows = [r.split("│")[1].strip() for r in dry.stdout.splitlines() if r.count("│") > 2]
+    assert rows[:4] == ["sft", "candidates", "pilot", "annotate"]
+    result = run_cli(*args, "--set", "run.pilot=judge.py:shorter")
+    assert result.code == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert out.index("SIMULATED pilot (no person labelled)") < out.index("waiting for people")
+    assert "reward model on the pilot's labels: held-out accuracy" in out
+    pilot = json.loads((project / "run" / "pilot" / "pilot.json").read_text())
+    assert pilot["simulated"] is True and pilot["gate"]["passed"] is True
+    with sqlite3.connect(project / "artifacts" / "annotations.sqlite") as db:
+        assert db.execute("select count(*) from labels").fetchone() == (0,)
+        assert db.execute("select count(*) from annotators").fetchone() == (0,)

@@ -47,7 +47,6 @@ def exposure_warning(host: str) -> str | None:
 def _config(settings: ServerSettings, **overrides):
     import uvicorn
 
-
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,

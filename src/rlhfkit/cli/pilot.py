@@ -93,23 +93,11 @@ def pilot(
         return
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
-    panel = PanelSettings(
-        annotators=annotators or max(3, proj.spec.annotation.overlap),
-        noise=noise,
-        position_bias=position_bias,
-        length_bias=length_bias,
-        overrides=tuple(annotator),
-    )
-    cfg = PilotConfig(
-        out=out or proj.artifacts("pilot"),
-        pairs=pairs or proj.artifacts("candidates.jsonl"),
-        n=n,
-        panel=panel,
-        seed=seed,
-        train_rm=train_rm,
-        model=model,
-        precision=precision,
-    )
+    failings = {"noise": noise, "position_bias": position_bias, "length_bias": length_bias}
+    k = annotators or max(3, proj.spec.annotation.overlap)
+    panel = PanelSettings(k, failings, tuple(annotator))
+    folder, source = out or proj.artifacts("pilot"), pairs or proj.artifacts("candidates.jsonl")
+    cfg = PilotConfig(folder, source, n, panel, seed, train_rm, model, precision)
     with StepProgress("pilot", "SIMULATED panel labelling through the app") as progress:
         summary = run_pilot(proj, make_pilot_judge(judge, proj), cfg, progress)
     if as_json:

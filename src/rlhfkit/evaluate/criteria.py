@@ -100,6 +100,7 @@ def detect(
 
 # --- freezing --------------------------------------------------------------------------------
 
+
 def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
     return [c.dump() for c in criteria]
 

@@ -61,19 +61,16 @@ class PanelSettings:
 
     annotators: int = 3
     """How many (at least the spec's overlap)."""
-    noise: float = 0.05
-    """Each annotator's share of flipped answers."""
-    position_bias: float = 0.0
-    """Each annotator's share of lapses: the reply shown first, unread."""
-    length_bias: float = 0.0
-    """Each annotator's share of picking the longer reply over the judge's verdict."""
+    failings: dict[str, float] = field(default_factory=lambda: {"noise": 0.05})
+    """Every annotator's: noise (the share of flipped answers), position_bias (of lapses:
+    the reply shown first, unread), length_bias (of the longer reply picked over the
+    judge's verdict); see `JudgeAnnotator`."""
     overrides: tuple[str, ...] = ()
     """Per-annotator settings, 'sim-3:noise=0.45,position_bias=0.1' (a new sim- name adds
     an annotator): one careless annotator, one that drifts after 20 labels, ..."""
 
     def panel(self, judge: PilotJudge, seed: int) -> list[JudgeAnnotator]:
-        base = {"noise": self.noise, "position_bias": self.position_bias}
-        base["length_bias"] = self.length_bias
+        base = dict(self.failings)
         settings = {f"sim-{i + 1}": dict(base) for i in range(self.annotators)}
         for text in self.overrides:
             name, values = parse_override(text)
@@ -84,7 +81,7 @@ class PanelSettings:
                 for name, kw in settings.items()
             ]
         except ValueError as e:  # a rate outside [0, 1]
-            raise UserError(f"--annotator: {e}") from None
+            raise UserError(f"simulated annotator {e}") from None
 
 
 def parse_override(text: str) -> tuple[str, dict[str, Any]]:
@@ -338,11 +335,12 @@ def _reward_model(project, cfg: PilotConfig, summary, progress) -> dict[str, Any
     enough = len(train) >= MIN_RM_PAIRS[0] and len(heldout) >= MIN_RM_PAIRS[1]
     counts = {"train_pairs": len(train), "heldout_pairs": len(heldout)}
     if cfg.train_rm is False or not enough:
-        why = (
-            "not asked (--no-train-rm)"
-            if cfg.train_rm is False
-            else (f"too few pairs: needs {MIN_RM_PAIRS[0]} training and {MIN_RM_PAIRS[1]} held-out")
-        )
+        if cfg.train_rm is False:
+            why = "not asked (--no-train-rm)"
+        else:
+            why = f"too few pairs: needs {MIN_RM_PAIRS[0]} training and {MIN_RM_PAIRS[1]} held-out"
+            if not summary["gate"]["main_queue_open"]:
+                why += "; the failed gate kept the main queue closed (calibration pairs only)"
         return {"trained": False, "why_not": why, **counts}
     # lazy: torch and transformers, for a pilot that trains a reward model only
     from rlhfkit.evaluate.rm import evaluate_reward_model

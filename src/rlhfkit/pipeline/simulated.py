@@ -70,14 +70,16 @@ class JudgeAnnotator:
     last_rationale: str | None = None
     """Why the last label is what it is (sent with the label, marked simulated)."""
     _rng: random.Random = field(init=False, repr=False)
+    _called: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for what in ("noise", "position_bias", "length_bias", "drift_noise"):
             if not 0.0 <= getattr(self, what) <= 1.0:
                 raise ValueError(f"{self.name}: {what} must be within [0, 1]")
         self._rng = random.Random(f"{self.name}:{self.seed}")
+        qualname = getattr(self.judge, "__qualname__", type(self.judge).__qualname__)
+        self._called = self.judge_name or qualname  # how errors name the judge
         if self.judge_name is None:
-            qualname = getattr(self.judge, "__qualname__", type(self.judge).__qualname__)
             self.judge_name = f"{self.judge.__module__}:{qualname}"
 
     def describe(self) -> dict[str, Any]:
@@ -126,7 +128,7 @@ class JudgeAnnotator:
         except UserError:
             raise
         except Exception as e:  # the user's judge: say which and why, no traceback
-            raise UserError(f"labeler {self.judge_name!r} raised {type(e).__name__}: {e}") from None
+            raise UserError(f"labeler {self._called!r} raised {type(e).__name__}: {e}") from None
         why = ""
         if isinstance(verdict, tuple) and len(verdict) == 2:
             verdict, why = verdict
@@ -135,7 +137,7 @@ class JudgeAnnotator:
         answers = {"a": "first", "b": "second", "tie": "tie", "both_bad": "both_bad"}
         if verdict not in answers:
             raise UserError(
-                f"labeler {self.judge_name!r} answered {verdict!r}; "
+                f"labeler {self._called!r} answered {verdict!r}; "
                 "a judge answers 'a', 'b', 'tie' or 'both_bad'"
             )
         return answers[verdict], str(why)

@@ -77,10 +77,8 @@ def _candidates(plan: Plan, stage: Stage, progress: Progress | None) -> Any:
 def _pilot(plan: Plan, progress: Progress | None) -> dict[str, Any]:
     """`rlhfkit annotate pilot` on the run's candidates, in the run's pilot/ folder."""
     spec = plan.project.spec
-    panel = PanelSettings(
-        annotators=max(spec.run.simulated_annotators, spec.annotation.overlap),
-        noise=spec.run.simulated_noise,
-    )
+    k = max(spec.run.simulated_annotators, spec.annotation.overlap)
+    panel = PanelSettings(k, {"noise": spec.run.simulated_noise})
     cfg = PilotConfig(
         out=plan.paths.root / "pilot",
         pairs=plan.paths.candidates,
