@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+
 @dataclass(frozen=True)
 class BundledModel:
     alias: str

@@ -68,10 +68,7 @@ def loads(text: str, **kwargs: Any) -> Any:
     overflows (1e999) and an integer a double cannot hold; `json.JSONDecodeError` as usual
     for text that is not JSON. Keyword arguments (e.g. object_pairs_hook) pass through."""
     return json.loads(
-        text,
-        parse_constant=_no_constant,
-        parse_float=_finite_float,
-        parse_int=_double_int,
+        text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_double_int,
         **kwargs,
     )
 

@@ -82,6 +82,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         v, ensure_ascii=False, indent=1
     )
 
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield

@@ -132,7 +132,13 @@ def open_round(
     ).first()
     if latest is not None and latest.gate_annotators == 0:
         return latest.id
-    fresh = conn.execute(select(items.c.id).where(UNTOUCHED).order_by(items.c.id)).scalars().all()
+    fresh = (
+        conn.execute(
+            select(items.c.id).where(UNTOUCHED).order_by(items.c.id)
+        )
+        .scalars()
+        .all()
+    )
     if not fresh:
         return None
     chosen = sorted(rng.sample(fresh, min(policy.calibration_size, len(fresh))))

@@ -47,6 +47,7 @@ def exposure_warning(host: str) -> str | None:
 def _config(settings: ServerSettings, **overrides):
     import uvicorn
 
+
     return uvicorn.Config(
         create_app(settings),
         host=settings.host,

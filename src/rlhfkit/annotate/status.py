@@ -51,7 +51,6 @@ class LabelTable:
 
     def labels(self, keep: list[bool] | None = None) -> Any:
         """`rlhfkit.agreement.Labels` (optionally of a subset), over the four label values."""
-
         def pick(xs: list) -> list:
             return xs if keep is None else [x for x, k in zip(xs, keep, strict=True) if k]
 

@@ -100,7 +100,6 @@ def detect(
 
 # --- freezing --------------------------------------------------------------------------------
 
-
 def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
     return [c.dump() for c in criteria]
 

@@ -59,6 +59,8 @@ SAMPLES_FILE = "samples.jsonl"
 Progress = Callable[[str, int, int], None]
 
 
+
+
 def _recorded_hash(ref: str) -> str | None:
     """The criteria hash a trained model's manifest carries, if any."""
     manifest = Path(ref) / MANIFEST

@@ -229,9 +229,8 @@ FILLER = (
 )
 
 
-def past_replies(
-    sft: list[dict], seed: int = 0, sign_off: float = 0.4, hedge: float = 0.2, verbose: float = 0.25
-) -> list[dict]:
+def past_replies(sft: list[dict], seed: int = 0, sign_off: float = 0.4, hedge: float = 0.2,
+                 verbose: float = 0.25) -> list[dict]:
     """The SFT rows as a real team's archive would hold them: every reply solves the
     problem, but only some follow the house style — a share signs off, some hedge, some pad.
 
@@ -261,13 +260,11 @@ def anchor_items(n: int, seed: int = 1) -> list[dict]:
     no anchor repeats a prompt the policy is trained or evaluated on."""
     rng = random.Random(seed)
     bad = (
-        lambda email, reply: (
-            "I'm so sorry to hear about this. We value you as a customer." + "\n\n" + SIGN_OFF
-        ),
+        lambda email, reply: "I'm so sorry to hear about this. We value you as a customer."
+        + "\n\n" + SIGN_OFF,
         lambda email, reply: "Thank you for your email about this. " + email.split("\n")[0],
-        lambda email, reply: (
-            "I think maybe someone could look into it, but I'm not sure what we can do."
-        ),
+        lambda email, reply: "I think maybe someone could look into it, but I'm not sure what "
+        "we can do.",
     )
     rows = []
     for i in range(n):

@@ -77,7 +77,9 @@ def sequence_order(examples: list[Example]) -> list[tuple[int, int]]:
     """(example, completion) of every sequence, completion-major: each example's first
     completion, then each one's second, ... (an example with fewer sits the later rounds out)."""
     most = max(len(ex.completions) for ex in examples)
-    return [(r, k) for k in range(most) for r, ex in enumerate(examples) if k < len(ex.completions)]
+    return [
+        (r, k) for k in range(most) for r, ex in enumerate(examples) if k < len(ex.completions)
+    ]
 
 
 def sequence_numbers(examples: list[Example]) -> list[list[int]]:
