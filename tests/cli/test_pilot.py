@@ -37,6 +37,9 @@ def test_pilot_shows_the_rubric_prompt_and_refuses_bad_input_in_one_line(tmp_pat
     first = run_cli("annotate", "pilot", "--project", str(root), "--no-train-rm")
     assert first.code == 0, first.stderr
     assert "reward model: not trained (not asked (--no-train-rm))" in first.stdout
+    as_json = run_cli("annotate", "pilot", "--project", str(root), "--no-train-rm", "--json")
+    assert as_json.code == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["simulated"] is True
     before = (root / "artifacts" / "pilot" / "pilot.json").read_text()
     shown = run_cli("annotate", "pilot", "--project", str(root), "--show-prompt")
     assert shown.code == 0 and "- short: One sentence." in shown.stdout

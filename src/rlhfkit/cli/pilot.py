@@ -23,6 +23,12 @@ JUDGE_HELP = (
     "(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad')."
 )
 
+ANNOTATOR_HELP = (
+    "One annotator's own failings, NAME:KEY=VALUE,... with keys noise, position_bias, "
+    "length_bias, drift_after, drift_noise: --annotator sim-3:noise=0.5 (a careless one), "
+    "sim-4:drift_after=20 (a new one that drifts). Repeatable."
+)
+
 
 def pilot(
     judge: str = typer.Option("rule", "--judge", help=JUDGE_HELP),
@@ -45,10 +51,7 @@ def pilot(
     annotator: list[str] = typer.Option(
         [],
         "--annotator",
-        help="One annotator's own failings, NAME:KEY=VALUE,... with keys noise, "
-        "position_bias, length_bias, drift_after, drift_noise: --annotator "
-        "sim-3:noise=0.5 (a careless one), sim-4:drift_after=20 (a new one that drifts). "
-        "Repeatable.",
+        help=ANNOTATOR_HELP,
     ),
     seed: int = typer.Option(0, help="Seed for drawing the pairs, the app's order and the slips."),
     train_rm: bool = typer.Option(

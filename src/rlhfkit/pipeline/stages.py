@@ -51,8 +51,8 @@ def run_stage(plan: Plan, stage: Stage, progress: Progress | None, seconds: dict
     if stage.name == "report":
         written = write_report(load_run(p.root, project=plan.project.root), p.report)
         found = summary(p, seconds)
-        if (pilot := p.root / "pilot" / "pilot.json").exists():
-            found["pilot"] = strict_json.loads(pilot.read_text())  # SIMULATED, and says so
+        if "pilot" in plan.names:  # [run] pilot: SIMULATED, and its pilot.json says so
+            found["pilot"] = strict_json.loads((p.root / "pilot" / "pilot.json").read_text())
         write_json(p.root / "summary.json", found)
         return written.html
     raise ValueError(f"no such stage: {stage.name}")
