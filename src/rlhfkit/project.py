@@ -125,7 +125,7 @@ class GenerateSettings(Strict):
     so annotators compare the two models too (0: none)."""
 
 
-RUN_STAGES = ("sft", "candidates", "annotate", "rm", "ppo", "dpo", "eval", "report")
+RUN_STAGES = ("sft", "candidates", "pilot", "annotate", "rm", "ppo", "dpo", "eval", "report")
 
 
 class RunSettings(Strict):
@@ -142,6 +142,12 @@ class RunSettings(Strict):
     FILE.py:function (relative to the project folder), a judge (prompt, response_a,
     response_b) -> 'a' | 'b' | 'tie' | 'both_bad' standing in for people: a SIMULATED
     panel labels through the real app."""
+    pilot: Annotated[str, Field(min_length=1)] | None = None
+    """A SIMULATED pilot of the rubric after candidates, before annotate (`rlhfkit annotate
+    pilot`): "rule" (the success criteria decide), "openai" (an LLM prompted with the
+    rubric, RLHFKIT_JUDGE_* from the environment) or module:function / FILE.py:function.
+    A panel labels a pilot round through the real app in a store of its own; the run shows
+    the gate, agreement and a tiny reward model's held-out accuracy. Unset: no pilot."""
     simulated_annotators: Annotated[int, Field(ge=1, le=20)] = 3
     """How many simulated annotators share the judge (each with its own slips)."""
     simulated_noise: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05

@@ -90,6 +90,7 @@ max_new_tokens = 8
 
 [run]
 labeler = "judge.py:shorter"
+pilot = "rule"
 simulated_annotators = 2
 simulated_noise = 0.0
 heldout_share = 0.25
@@ -158,11 +159,15 @@ def test_run_takes_a_new_project_from_its_spec_to_the_report(first_run):
     run_dir = project / "run"
     finished = _finished(run_dir)
     assert list(finished) == [
-        "sft", "candidates", "annotate", "rm", "ppo", "dpo", "eval_ppo", "eval_dpo", "report",
+        "sft", "candidates", "pilot", "annotate", "rm", "ppo", "dpo", "eval_ppo", "eval_dpo",
+        "report",
     ]  # fmt: skip
     assert all(finished.values())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["simulated_annotators"] is True
+    # the rubric's pilot (here the rule judge) ran before annotate, and says it was simulated
+    assert summary["pilot"]["simulated"] is True and summary["pilot"]["gate"]["value"] is not None
+    assert "SIMULATED pilot (no person labelled): judge rule" in result.stdout
     assert set(summary["dpo"]["criteria"]) == {"short", "rambles"}
     assert (run_dir / "report.html").exists() and (run_dir / "rm" / "eval_rm.json").exists()
     panel = json.loads((run_dir / "annotation" / "panel.json").read_text())
@@ -184,7 +189,7 @@ def test_changing_one_dpo_value_reruns_dpo_its_evaluation_and_the_report_only(fi
     dry = run_cli("run", "--project", ".", "--dry-run", "--precision", "fp32", cwd=project)
     assert dry.code == 0, dry.stderr  # the same folder by another name: the same stages
     assert "changed: config.beta" in dry.stdout
-    assert dry.stdout.count("skip (done)") == 6
+    assert dry.stdout.count("skip (done)") == 7
     assert _rerun(project) == {"dpo", "eval_dpo", "report"}
     manifest = json.loads((project / "run" / "dpo" / "final" / "rlhfkit-manifest.json").read_text())
     assert manifest["config"]["beta"] == 0.25

@@ -9,18 +9,21 @@ from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
+from rlhfkit.cli.pilot import pilot
 from rlhfkit.errors import UserError, display_path
 
 app = typer.Typer(
     help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
     "first, anchors with known answers mixed in, k annotators per pair, and an export that "
     "`rlhfkit train rm` / `train dpo` read directly.\n\n"
-    "The usual order: import, add-annotator (one per person), serve, status, export; "
+    "The usual order: pilot (a SIMULATED panel tries the rubric first), import, "
+    "add-annotator (one per person), serve, status, export; "
     "revoke or rotate a token when someone leaves or a token leaks. The "
     "store is PROJECT/artifacts/annotations.sqlite unless --db or RLHFKIT_DB_URL names "
     "another (a SQLite file, or postgresql://user@host/db for a team server).",
     no_args_is_help=True,
 )
+app.command("pilot")(pilot)  # `rlhfkit annotate pilot`: cli/pilot.py
 
 PROJECT = typer.Option(
     Path("."), "--project", help="Project folder: the rubric and [annotation] settings."

@@ -16,6 +16,7 @@ from rich.table import Table
 from rlhfkit import strict_json
 from rlhfkit.choices import PRECISIONS, one_of
 from rlhfkit.cli.common import StepProgress, console
+from rlhfkit.cli.pilot import show_pilot_file
 from rlhfkit.errors import UserError, display_path
 
 SET_HELP = (
@@ -131,6 +132,8 @@ def show_plan(plan: Any, status: dict[str, str]) -> None:
 
 def show_result(result: Any, wall: float) -> None:
     paths = result.plan.paths
+    if result.status.get("pilot") == "ran":  # [run] pilot: SIMULATED, before people label
+        show_pilot_file(paths.root / "pilot" / "pilot.json")
     if result.waiting:
         console.print(result.waiting)
         again = " ".join(shlex.quote(a) for a in ["rlhfkit", *sys.argv[1:]])

@@ -17,15 +17,17 @@ from typing import Any
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.generate import SamplingConfig
 from rlhfkit.lineage import sha256_file
-from rlhfkit.pipeline.annotation import Labeler
+from rlhfkit.pipeline.annotation import Labeler, code_hash
 from rlhfkit.pipeline.compose import effective, eval_config, train_config
 from rlhfkit.pipeline.layout import RunPaths
+from rlhfkit.pipeline.pilot_judges import CodeJudge, PilotJudge, make_pilot_judge
 from rlhfkit.project import Project
 from rlhfkit.train.loop import resolve_precision
 
 ABOUT = {
     "sft": "stage 1: supervised fine-tuning",
     "candidates": "sample candidate reply pairs",
+    "pilot": "a SIMULATED pilot of the rubric: gate, agreement, a tiny RM",
     "annotate": "label the pairs, export preferences",
     "rm": "stage 2: reward model + eval rm on held-out prompts",
     "ppo": "stage 3: PPO with a KL penalty",
@@ -97,7 +99,10 @@ def make_plan(paths: RunPaths, project: Project, labeler: Labeler, options: RunO
     plan = Plan(paths, project, labeler, options, base, [])
     if spec.data.sft:
         plan.stages.append(_sft(plan))
-    plan.stages += [_candidates(plan, start), _annotate(plan), _rm(plan, start)]
+    plan.stages.append(_candidates(plan, start))
+    if spec.run.pilot:
+        plan.stages.append(_pilot(plan))
+    plan.stages += [_annotate(plan), _rm(plan, start)]
     for policy in ("ppo", "dpo"):
         if policy in spec.run.policies:
             plan.stages.append(_policy(plan, policy, start))
@@ -177,6 +182,32 @@ def _candidates(plan: Plan, start: str) -> Stage:
         outputs=(candidates,),
         clear=(candidates, candidates.with_name(f".{candidates.name}.partial")),
     )
+
+
+def _pilot(plan: Plan) -> Stage:
+    """The pilot ([run] pilot): its judge is made here once, so that a bad one fails before
+    anything runs; the stage makes it again (`pilot_judge`)."""
+    spec, p = plan.project.spec, plan.paths
+    judge = pilot_judge(plan)
+    anchors = plan.project.data_path("anchors") if spec.data.anchors else None
+    inputs = {
+        "judge": judge.describe(),
+        "code": code_hash(judge.fn) if isinstance(judge, CodeJudge) else None,
+        "task": spec.task,
+        "rubric": spec.rubric.model_dump(mode="json"),
+        "criteria": spec.criteria_hash(),
+        "annotation": spec.annotation.model_dump(mode="json"),
+        "anchors": sha256_file(anchors) if anchors else None,
+        "panel": [spec.run.simulated_annotators, spec.run.simulated_noise],
+        "rm": [plan.base, plan.options.precision, spec.train.reward],
+        "seed": plan.options.seed,
+    }
+    pilot = p.root / "pilot"
+    return Stage("pilot", ("candidates",), None, inputs, outputs=(pilot / "pilot.json",))
+
+
+def pilot_judge(plan: Plan) -> PilotJudge:
+    return make_pilot_judge(plan.project.spec.run.pilot or "rule", plan.project)
 
 
 def _annotate(plan: Plan) -> Stage:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from rlhfkit import strict_json
 from rlhfkit.errors import UserError
+from rlhfkit.evaluate.judges import Judgement
 
 
 class SimulatedAnnotator(Protocol):
@@ -38,51 +39,113 @@ class SimulatedAnnotator(Protocol):
     ) -> str: ...
 
 
-Judge = Callable[[Any, str, str], str]
-"""(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad'."""
+Judge = Callable[[Any, str, str], Any]
+"""(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad', or that with a
+rationale: a (preference, rationale) tuple or a `Judgement`."""
 
 
 @dataclass
 class JudgeAnnotator:
-    """A simulated annotator that applies a judge and slips: with probability `noise` its
-    answer flips (a tie or 'both bad' becomes a random side). Where the rubric forbids a tie
-    or 'both bad', it picks a side at random. Seeded: same inputs, same labels."""
+    """A simulated annotator that applies a judge, with the demo panel's failings: a lapse
+    (`position_bias`: picks the reply shown first without reading), a taste for length
+    (`length_bias`: picks the longer reply instead of the judge's verdict; the demo's panel
+    weighs length into a score, a verdict has none, so here it is a probability), slips
+    (`noise`: the answer flips; a tie or 'both bad' becomes a random side) and drift (after
+    `drift_after` labels the noise rises to `drift_noise` over `drift_span` labels). Where the
+    rubric forbids a tie or 'both bad', it picks a side at random. Seeded: same inputs, same
+    labels. A judge answers a preference, or (preference, rationale)."""
 
     name: str
     judge: Judge
     noise: float = 0.05
     seed: int = 0
+    position_bias: float = 0.0
+    length_bias: float = 0.0
+    drift_after: int | None = None
+    drift_noise: float = 0.45
+    drift_span: int = 20
+    judge_name: str | None = None
+    """How describe() and each label's rationale name the judge (default: module:function)."""
+    labelled: int = 0
+    last_rationale: str | None = None
+    """Why the last label is what it is (sent with the label, marked simulated)."""
     _rng: random.Random = field(init=False, repr=False)
+    _called: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for what in ("noise", "position_bias", "length_bias", "drift_noise"):
+            if not 0.0 <= getattr(self, what) <= 1.0:
+                raise ValueError(f"{self.name}: {what} must be within [0, 1]")
         self._rng = random.Random(f"{self.name}:{self.seed}")
+        qualname = getattr(self.judge, "__qualname__", type(self.judge).__qualname__)
+        self._called = self.judge_name or qualname  # how errors name the judge
+        if self.judge_name is None:
+            self.judge_name = f"{self.judge.__module__}:{qualname}"
 
     def describe(self) -> dict[str, Any]:
         """Who this annotator is, for the run's panel.json."""
-        judge = f"{self.judge.__module__}:{getattr(self.judge, '__qualname__', self.judge)}"
-        return {"name": self.name, "judge": judge, "noise": self.noise}
+        out: dict[str, Any] = {"name": self.name, "judge": self.judge_name, "noise": self.noise}
+        for what in ("position_bias", "length_bias"):
+            if getattr(self, what):
+                out[what] = getattr(self, what)
+        if self.drift_after is not None:
+            out |= {"drift_after": self.drift_after, "drift_noise": self.drift_noise}
+        return out
+
+    def current_noise(self) -> float:
+        if self.drift_after is None or self.labelled <= self.drift_after:
+            return self.noise
+        ramp = min(1.0, (self.labelled - self.drift_after) / max(self.drift_span, 1))
+        return self.noise + ramp * (self.drift_noise - self.noise)
 
     def label(
         self, prompt: Any, first: str, second: str, *, allow_tie: bool, allow_both_bad: bool
     ) -> str:
+        self.labelled += 1
+        rng = self._rng  # no draw for a failing this annotator does not have: same labels
+        if self.position_bias and rng.random() < self.position_bias:
+            self._why("picked the reply shown first without reading (position bias)")
+            return "first"
+        choice, why = self._verdict(prompt, first, second)
+        if self.length_bias and len(first) != len(second) and rng.random() < self.length_bias:
+            longer = "first" if len(first) > len(second) else "second"
+            why = f"picked the longer reply (length bias); the judge said {choice}"
+            choice = longer
+        if not {"tie": allow_tie, "both_bad": allow_both_bad}.get(choice, True):
+            self._why(f"the judge said {choice}, which the rubric forbids: a side at random")
+            return rng.choice(("first", "second"))
+        if rng.random() < self.current_noise():
+            flipped = {"first": "second", "second": "first"}
+            why = f"slipped (noise): the judge said {choice}"
+            choice = flipped.get(choice) or rng.choice(("first", "second"))
+        self._why(why)
+        return choice
+
+    def _verdict(self, prompt: Any, first: str, second: str) -> tuple[str, str]:
+        """The judge's answer as a choice ('first', ...) and its rationale."""
         try:
             verdict = self.judge(prompt, first, second)
+        except UserError:
+            raise
         except Exception as e:  # the user's judge: say which and why, no traceback
-            name = getattr(self.judge, "__qualname__", self.judge)
-            raise UserError(f"labeler {name!r} raised {type(e).__name__}: {e}") from None
+            raise UserError(f"labeler {self._called!r} raised {type(e).__name__}: {e}") from None
+        why = ""
+        if isinstance(verdict, tuple) and len(verdict) == 2:
+            verdict, why = verdict
+        if isinstance(verdict, Judgement):
+            verdict, why = verdict.preference, verdict.rationale
         answers = {"a": "first", "b": "second", "tie": "tie", "both_bad": "both_bad"}
         if verdict not in answers:
             raise UserError(
-                f"labeler {getattr(self.judge, '__name__', self.judge)!r} answered {verdict!r}; "
+                f"labeler {self._called!r} answered {verdict!r}; "
                 "a judge answers 'a', 'b', 'tie' or 'both_bad'"
             )
-        choice = answers[verdict]
-        if not {"tie": allow_tie, "both_bad": allow_both_bad}.get(choice, True):
-            return self._rng.choice(("first", "second"))  # the rubric forces a choice
-        if self._rng.random() < self.noise:
-            flipped = {"first": "second", "second": "first"}
-            return flipped.get(choice) or self._rng.choice(("first", "second"))
-        return choice
+        return answers[verdict], str(why)
+
+    def _why(self, why: str) -> None:
+        self.last_rationale = f"SIMULATED by {self.name} ({self.judge_name})" + (
+            f": {why}" if why else ""
+        )
 
 
 def judge_panel(judge: Judge, k: int, noise: float, seed: int = 0) -> list[JudgeAnnotator]:
@@ -217,6 +280,9 @@ def _label(client: _Client, annotator: SimulatedAnnotator, task: dict) -> int:
         "criteria": {k: v for k, v in answers.items() if k in asked},
         "client_id": uuid.uuid4().hex,
     }
+    rationale = getattr(annotator, "last_rationale", None)  # a JudgeAnnotator's, marked simulated
+    if rationale:
+        body["rationale"] = rationale[:5000]
     status, answer, _ = client.request("POST", "/api/labels", body)
     if status not in (200, 201):
         raise PanelError(f"{annotator.name}: POST /api/labels answered {status}: {answer}")
@@ -248,6 +314,7 @@ def run_panel(
     *,
     concurrent: bool = False,
     timeout: float = 30.0,
+    progress: Callable[[int], None] | None = None,
 ) -> PanelRun:
     """Have the simulated annotators label through the annotation app's JSON API until none
     of them gets any more work.
@@ -264,7 +331,8 @@ def run_panel(
     it (closer to a real team's load, but which annotator gets which item then depends on
     timing). Passes repeat until one in which nobody labelled anything.
 
-    `tokens` maps annotator names to their login tokens: the panel's names.
+    `tokens` maps annotator names to their login tokens: the panel's names. `progress` is
+    told the labels stored so far after each turn (taking turns only).
     """
     panel = list(panel)
     names = {a.name for a in panel}
@@ -276,8 +344,10 @@ def run_panel(
     clients = [(a, _Client(base_url, tokens[a.name], timeout)) for a in panel]
     started = time.time()
     try:
-        labelled = _label_concurrently if concurrent else _take_turns
-        totals, reasons, passes = labelled(clients)
+        if concurrent:
+            totals, reasons, passes = _label_concurrently(clients)
+        else:
+            totals, reasons, passes = _take_turns(clients, progress)
     finally:
         for _, client in clients:
             client.close()
@@ -287,7 +357,9 @@ def run_panel(
 _Team = list[tuple[SimulatedAnnotator, _Client]]
 
 
-def _take_turns(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
+def _take_turns(
+    team: _Team, progress: Callable[[int], None] | None = None
+) -> tuple[dict[str, int], dict[str, str], int]:
     """One task each per turn, in order, until a turn in which nobody got one."""
     totals = {a.name: 0 for a, _ in team}
     reasons: dict[str, str] = {}
@@ -302,6 +374,8 @@ def _take_turns(team: _Team) -> tuple[dict[str, int], dict[str, str], int]:
                 idle += 1
             else:
                 totals[annotator.name] += _label(client, annotator, task)
+        if progress is not None:
+            progress(sum(totals.values()))
         if idle == len(team):
             return totals, reasons, turns
 

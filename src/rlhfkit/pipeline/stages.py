@@ -18,7 +18,8 @@ from rlhfkit.evaluate.policy import evaluate_policy
 from rlhfkit.evaluate.rm import evaluate_reward_model
 from rlhfkit.generate import generate_candidates
 from rlhfkit.pipeline.annotation import annotate
-from rlhfkit.pipeline.plan import Plan, Progress, Stage
+from rlhfkit.pipeline.pilot import PanelSettings, PilotConfig, run_pilot
+from rlhfkit.pipeline.plan import Plan, Progress, Stage, pilot_judge
 from rlhfkit.pipeline.summary import summary
 from rlhfkit.report.html import write_report
 from rlhfkit.report.inputs import load_run
@@ -41,6 +42,8 @@ def run_stage(plan: Plan, stage: Stage, progress: Progress | None, seconds: dict
         return result
     if stage.name == "candidates":
         return _candidates(plan, stage, progress)
+    if stage.name == "pilot":
+        return _pilot(plan, progress)
     if stage.name == "annotate":
         return annotate(p, plan.project, plan.labeler, seed=plan.options.seed)
     if stage.name.startswith("eval_"):
@@ -48,6 +51,8 @@ def run_stage(plan: Plan, stage: Stage, progress: Progress | None, seconds: dict
     if stage.name == "report":
         written = write_report(load_run(p.root, project=plan.project.root), p.report)
         found = summary(p, seconds)
+        if "pilot" in plan.names:  # [run] pilot: SIMULATED, and its pilot.json says so
+            found["pilot"] = strict_json.loads((p.root / "pilot" / "pilot.json").read_text())
         write_json(p.root / "summary.json", found)
         return written.html
     raise ValueError(f"no such stage: {stage.name}")
@@ -67,6 +72,23 @@ def _candidates(plan: Plan, stage: Stage, progress: Progress | None) -> Any:
         compare_with=base if start_samples else None,
         compare_n=max(start_samples, 1),
     )
+
+
+def _pilot(plan: Plan, progress: Progress | None) -> dict[str, Any]:
+    """`rlhfkit annotate pilot` on the run's candidates, in the run's pilot/ folder."""
+    spec = plan.project.spec
+    k = max(spec.run.simulated_annotators, spec.annotation.overlap)
+    panel = PanelSettings(k, {"noise": spec.run.simulated_noise})
+    cfg = PilotConfig(
+        out=plan.paths.root / "pilot",
+        pairs=plan.paths.candidates,
+        panel=panel,
+        seed=plan.options.seed,
+        model=plan.base,
+        precision=plan.options.precision,
+    )
+    found = run_pilot(plan.project, pilot_judge(plan), cfg, progress)
+    return {k: found[k] for k in ("gate", "agreement", "reward_model", "warnings")}
 
 
 def _eval_rm(plan: Plan) -> dict[str, Any] | None:
