@@ -67,7 +67,9 @@ def counts(checks: list[Check]) -> dict[str, int]:
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.0f}%" if x >= 0.1 or x == 0 else f"{100 * x:.1f}%"
+    """A share as a percentage: one decimal under 10% unless it is whole (1.6%, 5%, 42%)."""
+    whole = abs(100 * x - round(100 * x)) < 1e-9
+    return f"{100 * x:.0f}%" if x >= 0.1 or whole else f"{100 * x:.1f}%"
 
 
 def share(k: int, n: int) -> str:
