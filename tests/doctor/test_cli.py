@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit.pipeline.layout import RunPaths
+from rlhfkit.pipeline.summary import summary
 from rlhfkit.report.html import write_report
 from rlhfkit.report.inputs import load_run
 from tests.conftest import run_cli, write_lines
@@ -79,13 +81,17 @@ def test_a_healthy_run_folder_exits_0_and_a_missing_one_2(planted, tmp_path):
     assert missing.code == 2 and "no such run folder" in missing.stderr
 
 
-def test_the_report_carries_the_doctors_verdicts(planted):
+def test_the_report_and_summary_json_carry_the_doctors_verdicts(planted):
     run_cli("doctor", str(planted))
     written = write_report(load_run(planted), planted / "report.html")
     page, md = written.html.read_text(), written.markdown.read_text()
     assert '<h2 id="doctor">Doctor</h2>' in page and '<td class="bad">FAIL</td>' in page
     assert "## Doctor" in md and "**FAIL** the trained model shows 'declines'" in md
+    doctor = summary(RunPaths(planted, planted.parent), {})["doctor"]
+    assert doctor["checks"]["sft_never_shows:declines"]["verdict"] == "fail"
+    assert doctor["counts"]["fail"] == 1 and doctor["overrides"] == []
     (planted / "doctor.json").unlink()
+    assert summary(RunPaths(planted, planted.parent), {})["doctor"] is None
     again = write_report(load_run(planted), planted / "report.html").html.read_text()
     assert "Not run: no doctor.json" in again
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.criteria import SuccessCriterion
 from rlhfkit.data import load
-from rlhfkit.doctor.verdict import Check, missing, pct, share
+from rlhfkit.doctor.verdict import Check, Verdict, missing, pct, share
 
 NEVER = 0.05
 """An 'increase' criterion shown in fewer of the trained model's replies than this: fail."""
@@ -108,65 +108,50 @@ def never_shows(c: SuccessCriterion, found: list[Reply], trained: str | None) ->
         )
     ours = [r for r in mine if r.model == trained]
     start = [r for r in mine if r.model != trained]
+    if not ours:
+        return missing(name, STAGE, title, "the trained model wrote no reply on those prompts")
     k = sum(c.detector.matches(r.text) for r in ours)
-    rate = k / len(ours)
-    numbers: dict[str, Any] = {"trained": [k, len(ours)], "rate": rate}
+    numbers: dict[str, Any] = {"trained": [k, len(ours)], "rate": k / len(ours)}
     evidence = f"the trained model shows it in {share(k, len(ours))} replies"
-    base = None
     if start:
         ks = sum(c.detector.matches(r.text) for r in start)
-        base = ks / len(start)
-        numbers |= {"start": [ks, len(start)], "start_rate": base}
+        numbers |= {"start": [ks, len(start)], "start_rate": ks / len(start)}
         evidence += f"; the starting model in {share(ks, len(start))}"
     if c.applies_to:
         evidence += f" (prompts with {_subset(c)})"
-    return _never_verdict(c, name, title, rate, base, evidence, numbers)
+    return _never_verdict(c, Check(name, STAGE, title, "ok", evidence, "", numbers))
 
 
 def _subset(c: SuccessCriterion) -> str:
     return ", ".join(f"{k} = {v}" for k, v in (c.applies_to or {}).items())
 
 
-def _never_verdict(c, name, title, rate, base, evidence, numbers) -> Check:
+def _never_verdict(c: SuccessCriterion, measured: Check) -> Check:
+    """`measured` (ok) as the rates say: rare for an 'increase' criterion fails or warns,
+    near-universal for a 'decrease' one warns."""
+    rate, base = measured.numbers["rate"], measured.numbers.get("start_rate")
     teach = (
         "teach it first: add SFT examples that show it ([data] sft), or train SFT longer "
         "([train.sft] epochs / max_steps), then `rlhfkit run` again (the candidates are "
         "sampled anew); to label these pairs anyway, `rlhfkit run --ignore-doctor`"
     )
-    if c.direction == "increase":
-        if rate < NEVER:
-            return Check(
-                name,
-                STAGE,
-                title,
-                "fail",
-                f"{evidence}: under {pct(NEVER)}, so almost no pair lets people "
-                "prefer it and preferences cannot reinforce it",
-                teach,
-                numbers,
-            )
-        if rate < SELDOM or (base is not None and rate <= base):
-            why = f"under {pct(SELDOM)}" if rate < SELDOM else "no more than the starting model"
-            return Check(
-                name,
-                STAGE,
-                title,
-                "warn",
-                f"{evidence}: {why}; few pairs contrast it",
-                teach,
-                numbers,
-            )
-    elif rate > ALWAYS:
-        return Check(
-            name,
-            STAGE,
-            title,
-            "warn",
-            f"{evidence}: over {pct(ALWAYS)}, so almost every pair has it on both sides",
-            "add SFT examples without it ([data] sft) and train SFT again",
-            numbers,
+    if c.direction == "increase" and rate < NEVER:
+        why = (
+            f"under {pct(NEVER)}, so almost no pair lets people prefer it and preferences "
+            "cannot reinforce it"
         )
-    return Check(name, STAGE, title, "ok", evidence, "", numbers)
+        return _judged(measured, "fail", why, teach)
+    if c.direction == "increase" and (rate < SELDOM or (base is not None and rate <= base)):
+        why = f"under {pct(SELDOM)}" if rate < SELDOM else "no more than the starting model"
+        return _judged(measured, "warn", f"{why}; few pairs contrast it", teach)
+    if c.direction == "decrease" and rate > ALWAYS:
+        why = f"over {pct(ALWAYS)}, so almost every pair has it on both sides"
+        return _judged(measured, "warn", why, "add SFT examples without it ([data] sft)")
+    return measured
+
+
+def _judged(check: Check, verdict: Verdict, why: str, action: str) -> Check:
+    return replace(check, verdict=verdict, evidence=f"{check.evidence}: {why}", action=action)
 
 
 SIMILAR_TITLE = "the two replies of a pair differ enough to decide"
