@@ -93,7 +93,7 @@ def test_the_report_and_summary_json_carry_the_doctors_verdicts(planted):
     (planted / "doctor.json").unlink()
     assert summary(RunPaths(planted, planted.parent), {})["doctor"] is None
     again = write_report(load_run(planted), planted / "report.html").html.read_text()
-    assert "Not run: no doctor.json" in again
+    assert "no doctor.json: `rlhfkit doctor RUN_DIR` checks the run" in again
 
 
 def test_run_stops_before_people_label_until_told_to_go_on(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Verdict = Literal["ok", "warn", "fail", "not yet measurable"]
@@ -33,23 +33,12 @@ class Check:
     """The same numbers, for machines (summary.json, --json)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "stage": self.stage,
-            "title": self.title,
-            "verdict": self.verdict,
-            "evidence": self.evidence,
-            "action": self.action,
-            "numbers": self.numbers,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Check:
-        return cls(
-            **{k: data[k] for k in ("name", "stage", "title", "verdict", "evidence")},
-            action=data.get("action", ""),
-            numbers=data.get("numbers", {}),
-        )
+        """As `to_json` wrote it (keys it does not know are read past)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def missing(name: str, stage: str, title: str, what: str, action: str = "") -> Check:

@@ -13,7 +13,8 @@ from rlhfkit.doctor.verdict import MARK, worst_first
 def doctor_section(run_dir: Path | None) -> dict[str, Any]:
     record = read_record(run_dir / DOCTOR_FILE) if run_dir is not None else {}
     if not record:
-        return {"ran": False, "missing": "no doctor.json (`rlhfkit doctor RUN_DIR` writes it)"}
+        # not "Not run": the stages ran, only their check is missing (and cheap to make)
+        return {"ran": False, "missing": "no doctor.json: `rlhfkit doctor RUN_DIR` checks the run"}
     counts = record["counts"]
     return {
         "ran": True,
@@ -38,7 +39,7 @@ def doctor_section(run_dir: Path | None) -> dict[str, Any]:
 def doctor_markdown(d: dict[str, Any]) -> list[str]:
     out = ["## Doctor", ""]
     if not d["ran"]:
-        return [*out, f"Not run: {d['missing']}.", ""]
+        return [*out, f"{d['missing']}.", ""]
     out.append(f"{d['counts']}.")
     out += [""] + [f"- Override: {o}" for o in d["overrides"]]
     for c in d["checks"]:
