@@ -43,6 +43,10 @@ def test_seldom_warns_and_often_is_ok(tmp_path):
     often = check_candidates(candidates(tmp_path / "b.jsonl", _prompts(12)), [DECLINES])[0]
     assert often.verdict == "ok" and often.numbers["trained"] == [12, 20]
     assert often.action == ""
+    always = [("off_topic", [f"{DECLINE} {p}a.", f"{DECLINE} {p}b.", f"{DECLINE} {p}c."])
+              for p in range(10)]  # fmt: skip
+    saturated = check_candidates(candidates(tmp_path / "c.jsonl", always), [DECLINES])[0]
+    assert saturated.verdict == "ok" and "already in nearly every reply" in saturated.evidence
 
 
 def test_without_its_subset_the_on_topic_declines_would_hide_the_failure(tmp_path):

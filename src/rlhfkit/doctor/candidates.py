@@ -141,6 +141,8 @@ def _never_verdict(c: SuccessCriterion, measured: Check) -> Check:
             "cannot reinforce it"
         )
         return _judged(measured, "fail", why, teach)
+    if c.direction == "increase" and rate > ALWAYS:
+        return _judged(measured, "ok", "already in nearly every reply", "")
     if c.direction == "increase" and (rate < SELDOM or (base is not None and rate <= base)):
         why = f"under {pct(SELDOM)}" if rate < SELDOM else "no more than the starting model"
         return _judged(measured, "warn", f"{why}; few pairs contrast it", teach)

@@ -56,17 +56,17 @@ def made_measurable(checks: list[Check], stage: str) -> list[Check]:
 
 
 def after_stage(
-    paths: RunPaths, project: Project, stage: str, people: bool, ignore: bool
+    paths: RunPaths, project: Project, stage: str, people_next: bool, ignore: bool
 ) -> tuple[list[Check], str | None]:
     """Diagnose after `stage`, write doctor.json; the stage's checks, and why the run stops
-    (None when it goes on)."""
+    (None when it goes on). `people_next`: people label in a stage this run goes on to."""
     checks = diagnose_run(paths, project)
     record_path = paths.root / DOCTOR_FILE
     overrides = read_record(record_path).get("overrides", [])
     mine = made_measurable(checks, stage)
     failed = [c.name for c in mine if c.verdict == "fail"]
     stop = None
-    if stage == "candidates" and failed and people and not _labelling(paths):
+    if stage == "candidates" and failed and people_next and not _labelling(paths):
         digest = sha256_file(paths.candidates)
         if not any(o.get("candidates_sha256") == digest for o in overrides):
             if ignore:

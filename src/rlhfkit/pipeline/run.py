@@ -125,9 +125,9 @@ def run_pipeline(
             display.finished(stage, status)
         if status == "waiting":
             break
-        people = plan.labeler.panel is None
+        people_next = plan.labeler.panel is None and "annotate" in plan.names[index + 1 : last + 1]
         checks, result.stopped = after_stage(
-            plan.paths, plan.project, stage.name, people, ignore_doctor
+            plan.paths, plan.project, stage.name, people_next, ignore_doctor
         )
         result.doctor[stage.name] = checks
         if result.stopped:
