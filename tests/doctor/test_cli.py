@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from rlhfkit.pipeline.doctor import after_stage
 from rlhfkit.pipeline.layout import RunPaths
 from rlhfkit.pipeline.summary import summary
+from rlhfkit.project import load_project
 from rlhfkit.report.html import write_report
 from rlhfkit.report.inputs import load_run
 from tests.conftest import run_cli, write_lines
@@ -116,3 +118,20 @@ def test_run_stops_before_people_label_until_told_to_go_on(tmp_path, monkeypatch
     assert override["failed"] == ["sft_never_shows:declines"] and override["by"]
     again = run_cli(*args)  # the same candidates, overridden once: no second stop
     assert again.code == 0 and len(json.loads((run / "doctor.json").read_text())["overrides"]) == 1
+
+
+def test_the_stop_only_when_people_label_next_and_not_once_they_have_the_pairs(planted):
+    """`after_stage` on the planted candidates (hand-built, no model): the stop, and each
+    reason not to stop."""
+    project = load_project(planted.parent)
+    paths = RunPaths(planted, project.root)
+    _, stop = after_stage(paths, project, "candidates", people_next=True, ignore=False)
+    assert stop and "sft_never_shows:declines failed" in stop
+    _, stop = after_stage(paths, project, "candidates", people_next=False, ignore=False)
+    assert stop is None  # --until candidates, or a simulated panel: shown, not stopped
+    checks, stop = after_stage(paths, project, "rm", people_next=True, ignore=False)
+    assert stop is None and [c.name for c in checks] == ["rm_chance", "rm_length"]
+    (planted / "annotation" / "imported.json").write_text("{}")
+    _, stop = after_stage(paths, project, "candidates", people_next=True, ignore=False)
+    assert stop is None  # people already have these pairs
+    assert json.loads((planted / "doctor.json").read_text())["overrides"] == []

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from rlhfkit import strict_json
 from rlhfkit.cli.common import console
 from rlhfkit.doctor.verdict import as_text, counts
 from rlhfkit.errors import UserError, display_path
@@ -36,7 +35,9 @@ def doctor(
         "-p",
         help="The project folder (default: RUN_DIR/project, else RUN_DIR's parent folder).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print doctor.json's content instead."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print doctor.json (checks, counts, overrides) instead."
+    ),
 ) -> None:
     """Check a run for the failure modes of a first RLHF project: each check's verdict (ok,
     warn, fail, or not yet measurable when its stage has not run), the numbers it decided
@@ -63,7 +64,7 @@ def doctor(
     record = paths.root / DOCTOR_FILE
     write_record(record, checks, read_record(record).get("overrides", []))
     if as_json:
-        typer.echo(strict_json.dumps({"checks": [c.to_json() for c in checks]}, indent=2))
+        typer.echo(record.read_text(), nl=False)
     else:
         if spec is None:
             console.print("No project spec found (--project): the criteria checks cannot run.")
