@@ -41,7 +41,7 @@ LAYERS = {
     "train": 2,
     **dict.fromkeys(("generate", "agreement", "annotate"), 3),
     "evaluate": 4,
-    "report": 5,
+    **dict.fromkeys(("report", "doctor"), 5),
     "templates": 6,
     "pipeline": 6,
     "demo": 7,

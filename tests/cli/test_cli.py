@@ -21,7 +21,7 @@ def test_help_is_fast_and_follows_the_pipeline():
     listed = re.findall(r"^  (\w+)  ", result.stdout, flags=re.M)  # name, then its help
     assert listed == [
         "init", "project", "data", "models", "generate", "annotate", "agreement", "train",
-        "eval", "report", "run", "demo",
+        "eval", "report", "doctor", "run", "demo",
     ]  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from rlhfkit.cli import agreement as agreement_cmds
 from rlhfkit.cli import annotate as annotate_cmds
 from rlhfkit.cli import data as data_cmds
 from rlhfkit.cli import demo as demo_cmds
+from rlhfkit.cli import doctor as doctor_cmds
 from rlhfkit.cli import evaluate as evaluate_cmds
 from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
@@ -51,6 +52,7 @@ ORDER = [
     "train",
     "eval",
     "report",
+    "doctor",
     "run",
     "demo",
 ]
@@ -107,6 +109,7 @@ app.command("agreement", rich_help_panel=COLLECT)(agreement_cmds.agreement)
 app.add_typer(train_cmds.app, name="train", cls=Group, rich_help_panel=TRAIN)
 app.add_typer(evaluate_cmds.app, name="eval", cls=Group, rich_help_panel=PROVE)
 app.command("report", rich_help_panel=PROVE)(report_cmds.report)
+app.command("doctor", rich_help_panel=PROVE)(doctor_cmds.doctor)
 app.command("run", rich_help_panel=ALL)(run_cmds.run)
 app.command("demo", rich_help_panel=ALL)(demo_cmds.demo)
 

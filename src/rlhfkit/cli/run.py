@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.choices import PRECISIONS, one_of
 from rlhfkit.cli.common import StepProgress, console
 from rlhfkit.cli.pilot import show_pilot_file
+from rlhfkit.doctor.verdict import as_text
 from rlhfkit.errors import UserError, display_path
 
 SET_HELP = (
@@ -45,6 +47,12 @@ def run(
         0, help="Added to every seed of the run: another seed is another run of the experiment."
     ),
     model: str = typer.Option(None, help="Base model instead of the spec's base_model."),
+    ignore_doctor: bool = typer.Option(
+        False,
+        "--ignore-doctor",
+        help="Go on to people labelling even when the doctor fails the candidate pairs "
+        "(recorded in RUN/doctor.json, with who and when).",
+    ),
 ) -> None:
     """Run the project's loop from its spec: sft, candidates, annotate, rm (+ eval rm on
     held-out prompts), ppo and/or dpo, eval policy for each, and the report.
@@ -59,6 +67,11 @@ def run(
     stage cut off midway resumes from its last checkpoint. With people labelling ([run]
     labeler = "people"), the run stops at annotate and says how to serve the app; run it
     again once they are done.
+
+    After each stage the doctor (`rlhfkit doctor`) checks what the stage made measurable;
+    when the candidate pairs fail it (the trained model never shows a behavior to
+    increase, or the pairs are too alike), the run stops before people label them, with
+    exit code 1, unless --ignore-doctor.
     """
     # lazy: torch, transformers and the annotation app load only when a run starts
     from rlhfkit.pipeline.plan import RunOptions
@@ -74,8 +87,13 @@ def run(
         show_plan(plan, result.status)
         return
     with RunDisplay() as display:
-        result = run_pipeline(plan, until=until, start_at=start_at, display=display)
+        result = run_pipeline(
+            plan, until=until, start_at=start_at, display=display, ignore_doctor=ignore_doctor
+        )
+    show_doctor(result)
     show_result(result, time.time() - started)
+    if result.stopped:
+        raise typer.Exit(1)
 
 
 def parse_settings(items: list[str]) -> dict[str, Any]:
@@ -130,10 +148,22 @@ def show_plan(plan: Any, status: dict[str, str]) -> None:
             )
 
 
+def show_doctor(result: Any) -> None:
+    """The doctor's verdicts, stage by stage (`rlhfkit doctor` shows them all)."""
+    for stage, checks in result.doctor.items():
+        if checks:
+            console.print(f"[bold]doctor, after {stage}[/bold]")
+            for check in checks:
+                console.print(escape(as_text(check)), soft_wrap=True)
+
+
 def show_result(result: Any, wall: float) -> None:
     paths = result.plan.paths
     if result.status.get("pilot") == "ran":  # [run] pilot: SIMULATED, before people label
         show_pilot_file(paths.root / "pilot" / "pilot.json")
+    if result.stopped:
+        console.print(result.stopped, soft_wrap=True)
+        return
     if result.waiting:
         console.print(result.waiting)
         again = " ".join(shlex.quote(a) for a in ["rlhfkit", *sys.argv[1:]])

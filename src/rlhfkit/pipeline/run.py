@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rlhfkit.doctor.verdict import Check
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.models import resolve
 from rlhfkit.pipeline.annotation import Labeler, Waiting
+from rlhfkit.pipeline.doctor import after_stage
 from rlhfkit.pipeline.layout import RunPaths
 from rlhfkit.pipeline.log import StageLog
 from rlhfkit.pipeline.plan import Plan, RunOptions, Stage, make_plan
@@ -46,6 +48,10 @@ class RunResult:
     waiting: str | None = None
     """What people still have to do, when the annotate stage stopped the run."""
     seconds: dict[str, float] = field(default_factory=dict)
+    doctor: dict[str, list[Check]] = field(default_factory=dict)
+    """stage -> the doctor's verdicts it made measurable (see `pipeline/doctor.py`)."""
+    stopped: str | None = None
+    """Why the doctor stopped the run before people label."""
 
 
 def plan_run(
@@ -91,8 +97,11 @@ def run_pipeline(
     start_at: str | None = None,
     dry_run: bool = False,
     display: Display | None = None,
+    ignore_doctor: bool = False,
 ) -> RunResult:
-    """Run the plan's stages in order (from `start_at`, forced to run again, to `until`)."""
+    """Run the plan's stages in order (from `start_at`, forced to run again, to `until`);
+    the doctor checks after each, and stops before people label pairs that failed it
+    (unless `ignore_doctor`, which doctor.json records)."""
     names = plan.names
     for given, flag in ((until, "--until"), (start_at, "--from")):
         if given is not None and given not in names:
@@ -115,6 +124,13 @@ def run_pipeline(
         if display:
             display.finished(stage, status)
         if status == "waiting":
+            break
+        people_next = plan.labeler.panel is None and "annotate" in plan.names[index + 1 : last + 1]
+        checks, result.stopped = after_stage(
+            plan.paths, plan.project, stage.name, people_next, ignore_doctor
+        )
+        result.doctor[stage.name] = checks
+        if result.stopped:
             break
     result.seconds = log.seconds()
     return result

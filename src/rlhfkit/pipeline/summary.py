@@ -10,8 +10,9 @@ krippendorff_alpha, fleiss_kappa}; ``flagged_annotators`` (drift alerts or ancho
 under the threshold, with why); ``panel`` (the simulated annotators and their label counts);
 for ``ppo`` and ``dpo``: ``criteria`` {name: {direction, before, after, p_value, test,
 verdict}}, ``improved`` and ``regressed`` (the criteria by verdict), ``kl``, ``length``
-{before, after}, ``win_rates``, ``hacking_flags``, ``samples``; and ``stage_seconds``,
-``total_seconds``.
+{before, after}, ``win_rates``, ``hacking_flags``, ``samples``; ``doctor`` {counts,
+checks {name: {verdict, evidence, action}}, overrides} (doctor.json, see `rlhfkit.doctor`);
+and ``stage_seconds``, ``total_seconds``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.doctor.record import DOCTOR_FILE, read_record
 from rlhfkit.evaluate.schema import PolicyEvalResult, RMEvalResult, read_json
 from rlhfkit.pipeline.layout import RunPaths
 
@@ -47,6 +49,7 @@ def summary(paths: RunPaths, seconds: dict[str, float]) -> dict[str, Any]:
     }
     for policy in ("ppo", "dpo"):
         out[policy] = _policy(paths.eval(policy) / "eval.json")
+    out["doctor"] = _doctor(paths.root / DOCTOR_FILE)
     out["stage_seconds"] = seconds
     out["total_seconds"] = round(sum(seconds.values()), 1)
     return out
@@ -111,6 +114,20 @@ def _policy(path: Path) -> dict[str, Any] | None:
             if m.flagged
         ],
         "samples": ev.settings.n_prompts * ev.settings.samples_per_prompt,
+    }
+
+
+def _doctor(path: Path) -> dict[str, Any] | None:
+    record = read_record(path)
+    if not record:
+        return None
+    return {
+        "counts": record["counts"],
+        "checks": {
+            c.name: {"verdict": c.verdict, "evidence": c.evidence, "action": c.action}
+            for c in record["checks"]
+        },
+        "overrides": record["overrides"],
     }
 
 

@@ -36,6 +36,7 @@ def render_html(context: dict[str, Any]) -> str:
         evals=c["evals"],
         samples=c["samples"],
         sources=c["sources"],
+        doctor=c["doctor"],
     )
 
 

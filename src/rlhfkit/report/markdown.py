@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from rlhfkit.report.doctor import doctor_markdown
+
 
 def _cell(text: Any) -> str:
     """Table-safe: no pipes or newlines breaking the row, no raw HTML rendered by viewers."""
@@ -80,6 +82,7 @@ def render_markdown(c: dict[str, Any], html_name: str = "report.html") -> str:
     else:
         out += [f"Not run: {tr['missing']}.", ""]
     out += _evals(c["evals"])
+    out += doctor_markdown(c["doctor"])
     return "\n".join(out).rstrip() + "\n"
 
 

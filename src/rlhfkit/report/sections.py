@@ -15,6 +15,7 @@ from typing import Any
 from rlhfkit import __version__
 from rlhfkit.evaluate.schema import CriterionResult, LengthResult, RewardResult, RMEvalResult
 from rlhfkit.report import outcome, plots
+from rlhfkit.report.doctor import doctor_section
 from rlhfkit.report.format import interval, metric, num, pct, pvalue, signed_pct
 from rlhfkit.report.inputs import PolicyEval, RunInputs, TrainingRun, wrong_shape
 
@@ -542,6 +543,7 @@ def build(inp: RunInputs, samples: int = 12) -> dict[str, Any]:
             if ev.samples
         ],
         "sources": [{"what": k, "path": str(v)} for k, v in src.items()],
+        "doctor": doctor_section(inp.run_dir),
     }
 
 
