@@ -202,7 +202,7 @@ def test_refusals_are_clear(tmp_path):
         conn.execute(text("UPDATE rlhfkit_meta SET value = '99' WHERE key = 'schema_version'"))
     engine.dispose()
     r = run_cli("annotate", "status", *project_args(project))
-    assert r.code == 2 and "schema version 99; this rlhfkit reads version 1" in r.stderr
+    assert r.code == 2 and "schema version 99; this rlhfkit reads version 2" in r.stderr
     pg = run_cli(
         "annotate", "status", "--db", "postgresql://nobody@127.0.0.1:1/x", *project_args(project)
     )

@@ -8,7 +8,6 @@ relative to the stored pair, `shown_first` for position bias, anchors as gold).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 

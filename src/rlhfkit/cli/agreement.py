@@ -50,7 +50,9 @@ def agreement(
 
     For pairwise preferences read Krippendorff's alpha (nominal): it handles missing labels
     and corrects for chance. The calibration gate uses percent agreement, as the article's
-    65-75% rule does.
+    65-75% rule does, on the labels marked `gate` (an `rlhfkit annotate export --labels`
+    file marks the ones the store decided its gate on, so the number is the one `annotate
+    status` shows); on every label when none are marked.
     """
     # lazy: the agreement package imports numpy (and its plots matplotlib): slow for --help
     from rlhfkit.agreement import read_gold, summarise
@@ -111,6 +113,7 @@ def _read(labels: Path, level: str, values: list[str] | None):
             _ranks(len(data.values)),
             data.shown_first,
             data.timestamp,
+            data.gate,
         )
     return data
 
@@ -158,7 +161,9 @@ def _print_statistics(s: dict) -> None:
         f"{s['n_annotators']} annotators ({s['labels_per_item']['min']}-"
         f"{s['labels_per_item']['max']} labels per item)"
     )
-    table = Table("statistic", "value", "95% interval", "note")
+    table = Table(
+        "statistic", "value", "95% interval", "note", title="over every label (not the gate)"
+    )
     table.add_row(
         "percent agreement",
         _fmt(s["percent_agreement"]),
@@ -187,8 +192,15 @@ def _print_gate(s: dict) -> None:
     """The calibration gate's verdict, the missing intervals and the most disputed items."""
     gate = s["calibration_gate"]
     verdict = "[green]passes[/green]" if gate["passed"] else "[red]fails[/red]"
+    scope = (
+        f"on the calibration round's labels the store decided on ({gate['items']} pairs, "
+        f"{gate['annotators']} annotators)"
+        if gate["scope"] == "calibration round"
+        else f"over all {gate['items']} items (the file marks no gate labels: not the "
+        "annotation store's gate)"
+    )
     console.print(
-        f"calibration gate: percent agreement {_fmt(gate['value'])} vs threshold "
+        f"calibration gate: percent agreement {_fmt(gate['value'])} {scope} vs threshold "
         f"{gate['threshold']:.2f}: {verdict}"
     )
     if gate["value_note"]:
