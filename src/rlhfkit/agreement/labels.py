@@ -514,15 +514,10 @@ def _read_rows(
                     reasons.append(f"missing {column}")
                 continue
             value = row[column]
+            if column == "shown_first" and value in (None, ""):
+                continue  # unknown
             try:
-                if column in ("item", "annotator"):
-                    out[column] = canonical_id(value)
-                elif column == "timestamp":
-                    out[column] = _timestamp(value)
-                elif column == "gate":
-                    out[column] = _flag(value)
-                elif column == "label" or value not in (None, ""):
-                    out[column] = canonical_value(value)
+                out[column] = CANONICAL.get(column, canonical_value)(value)
             except ValueError as e:
                 reasons.append(f"missing {column}" if str(e) == "missing" else f"{column} {e}")
         if reasons:
@@ -531,6 +526,15 @@ def _read_rows(
             good.append(out)
             good_lines.append(line)
     return good, good_lines, problems
+
+
+CANONICAL = {
+    "item": canonical_id,
+    "annotator": canonical_id,
+    "timestamp": _timestamp,
+    "gate": _flag,
+}
+"""How a column's value is read; any other column as a label value (`canonical_value`)."""
 
 
 def _raise(problems: list[Problem]) -> None:
