@@ -25,6 +25,7 @@ from rlhfkit.annotate.scheduling import NoTask, next_task
 from rlhfkit.errors import UserError
 from rlhfkit.report.sections import _gate
 from tests.annotate.conftest import pairs, running_team, write_jsonl
+from tests.annotate.routes.test_pages import login
 from tests.annotate.test_rounds import annotator_id
 from tests.conftest import run_cli
 
@@ -176,6 +177,12 @@ def test_removing_the_driver_opens_the_main_queue_for_the_rest(db_url, tmp_path)
         for client in clients.values():  # the gate failed: nobody gets a pair
             r = client.get("/api/tasks/next")
             assert (r.status_code, r.headers["x-rlhfkit-reason"]) == (204, "calibration_gate")
+        dashboard = login(team, "admin").get("/admin").text
+        assert (
+            "Gate: percent agreement <strong>0.50</strong> on round 1 (10 pairs, 4 annotators)"
+            in dashboard
+        )
+        assert "<strong>What to do:</strong> remove ann4" in dashboard
         args = ["--project", str(team.root), "--db", db_url]
         removed = run_cli("annotate", "remove", "ann4", "--reason", "labels B throughout", *args)
         assert removed.code == 0, removed.stderr
@@ -187,6 +194,7 @@ def test_removing_the_driver_opens_the_main_queue_for_the_rest(db_url, tmp_path)
         again = run_cli("annotate", "remove", "ann4", "--reason", "twice", *args)
         assert again.code == 2 and "already removed" in again.stderr
         s = json.loads(run_cli("annotate", "status", "--json", *args).stdout)
+        assert "removed</span> by" in login(team, "admin").get("/admin").text
     assert (s["gate"]["value"], s["gate"]["passed"], s["gate"]["annotators"]) == (1.0, True, 3)
     row = next(r for r in s["annotators"] if r["annotator"] == "ann4")
     assert row["removed"]["reason"] == "labels B throughout"
