@@ -24,7 +24,7 @@ from rlhfkit.annotate.rounds import recalibrate
 from rlhfkit.annotate.scheduling import NoTask, next_task
 from rlhfkit.errors import UserError
 from rlhfkit.report.sections import _gate
-from tests.annotate.conftest import pairs, running_team, write_jsonl
+from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
 from tests.annotate.routes.test_pages import login
 from tests.annotate.test_rounds import annotator_id
 from tests.conftest import run_cli
@@ -70,67 +70,48 @@ def failed_round(store, tmp_path, policy=POLICY) -> dict[str, int]:
     return ids
 
 
-def test_one_gate_number_and_verdict_on_every_surface(sqlite_url, tmp_path):
-    store = open_store(sqlite_url, create=True)
+def failed_status(db_url: str, tmp_path, labels_out=None) -> dict:
+    """The status after `failed_round`; with `labels_out`, the export's labels file too."""
+    store = open_store(db_url, create=True)
     try:
         failed_round(store, tmp_path)
-        s = status(store, POLICY, replicates=0)
-        export(store, POLICY, tmp_path / "prefs.jsonl", tmp_path / "labels.jsonl")
+        if labels_out is not None:
+            export(store, POLICY, tmp_path / "prefs.jsonl", labels_out)
+        return status(store, POLICY, replicates=0)
     finally:
         store.close()
+
+
+def test_one_gate_number_and_verdict_on_every_surface(sqlite_url, tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    s = failed_status(sqlite_url, tmp_path, labels)
     gate = s["gate"]
-    assert (gate["round"], gate["value"], gate["passed"], gate["verdict"]) == (
-        1,
-        0.5,
-        False,
-        "failed",
-    )
-    assert (gate["pairs"], gate["annotators"]) == (10, 4)  # ann5 has not finished: not counted
+    want = {"round": 1, "value": 0.5, "passed": False, "verdict": "failed", "pairs": 10}
+    assert {k: gate[k] for k in want} == want
+    assert gate["annotators"] == 4  # ann5 has not finished the round: not counted
     # The overall figure is another number (ann5's labels, all unanimous with ann1-3's A).
     assert s["agreement"]["percent_agreement"] != 0.5
-    r = run_cli("agreement", str(tmp_path / "labels.jsonl"), "--json")
+    r = run_cli("agreement", str(labels), "--json")
     assert r.code == 0, r.stderr
     computed = json.loads(r.stdout)["calibration_gate"]
-    assert (computed["value"], computed["passed"], computed["scope"]) == (
-        0.5,
-        False,
-        "calibration round",
-    )
-    assert (computed["items"], computed["annotators"]) == (10, 4)
-    shown = run_cli("agreement", str(tmp_path / "labels.jsonl"))
+    want = {"value": 0.5, "passed": False, "scope": "calibration round", "items": 10}
+    assert {k: computed[k] for k in want} == want and computed["annotators"] == 4
+    shown = run_cli("agreement", str(labels))
     assert "percent agreement 0.500 on the calibration round's labels" in shown.stdout
     assert "over every label (not the gate)" in shown.stdout
-    printed = run_cli(
-        "annotate", "status", "--project", str(write_project_for(tmp_path)), "--db", sqlite_url
-    )
+    project = write_project(tmp_path / "project", overlap=2, calibration_size=10, anchor_rate=0)
+    printed = run_cli("annotate", "status", "--project", str(project), "--db", sqlite_url)
     assert printed.code == 0, printed.stderr
-    assert (
-        "calibration gate: percent agreement 0.50 on round 1 (10 pairs, 4 annotators)"
-        in printed.stdout
-    )
-    assert "(every label, not the gate)" in printed.stdout
+    line = "calibration gate: percent agreement 0.50 on round 1 (10 pairs, 4 annotators)"
+    assert line in printed.stdout and "(every label, not the gate)" in printed.stdout
     # The report: the same number and verdict from either file, or both.
     reported = [_gate(computed, gate), _gate(None, gate), _gate(computed, None)]
     assert {(g["value"], g["passed"]) for g in reported} == {("50.0%", False)}
     assert {g["verdict"] for g in reported} == {"failed: the main queue stayed closed"}
 
 
-def write_project_for(tmp_path):
-    from tests.annotate.conftest import write_project
-
-    root = tmp_path / "project"
-    if not root.exists():
-        write_project(root, overlap=2, calibration_size=10, anchor_rate=0.0)
-    return root
-
-
 def test_status_names_who_drives_the_disagreement_and_what_to_do(sqlite_url, tmp_path):
-    store = open_store(sqlite_url, create=True)
-    try:
-        failed_round(store, tmp_path)
-        s = status(store, POLICY, replicates=0)
-    finally:
-        store.close()
+    s = failed_status(sqlite_url, tmp_path)
     d = s["gate"]["disagreement"]
     first = d["annotators"][0]
     assert first["annotator"] == "ann4" and first["gate_without"] == 1.0
