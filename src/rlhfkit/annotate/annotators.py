@@ -161,7 +161,10 @@ def remove_annotator(
             .values(removed_at=time.time(), removed_reason=reason, removed_by=actor)
         )
         released = release_open_tasks(conn, me.id)
-        for round_id in conn.execute(select(m.Round.id).order_by(m.Round.id)).scalars().all():
+        # The rounds' rows, locked as a finishing label locks its round's: on PostgreSQL a
+        # gate evaluated at the same time waits for this one and then sees the removal.
+        every_round = select(m.Round.id).order_by(m.Round.id).with_for_update()
+        for round_id in conn.execute(every_round).scalars().all():
             evaluate_gate(conn, policy, round_id)
         state = gate_state(conn)
         after = _deciding_value(conn)

@@ -35,7 +35,8 @@ def agreement(
     threshold: float = typer.Option(
         0.65,
         help="Percent agreement the calibration gate requires (the article: 0.65 is "
-        "the floor, 0.70-0.75 the target).",
+        "the floor, 0.70-0.75 the target). For the store's verdict, give the project's "
+        "[annotation] agreement_threshold.",
     ),
     anchor_threshold: float = typer.Option(0.7, help="Anchor accuracy below this alerts."),
     window: int = typer.Option(20, help="Anchor labels per drift window."),
