@@ -269,3 +269,33 @@ def test_recalibrate_fresh_and_its_refusals(sqlite_url, tmp_path):
             recalibrate(store, POLICY, same_items=False, reason="again", actor="lead")
     finally:
         store.close()
+
+
+def test_an_admin_removes_and_recalibrates_through_the_api(sqlite_url, tmp_path):
+    with running_team(
+        tmp_path, sqlite_url, pairs(12), annotators=("ann1", "ann4", "ann2"),
+        overlap=2, calibration_size=10, anchor_rate=0.0,
+    ) as team:  # fmt: skip
+        for name in ("ann1", "ann4", "ann2"):
+            label_all_preferring(team.client(name), "B" if name == "ann4" else "A")
+        admin, ann1 = team.client("admin"), team.client("ann1")
+        body = {"reason": "labels B throughout"}
+        assert ann1.post("/api/admin/annotators/ann4/remove", json=body).status_code == 403
+        assert admin.post("/api/admin/annotators/nobody/remove", json=body).status_code == 404
+        r = admin.post("/api/admin/annotators/ann4/remove", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json() | {"gate_before": pytest.approx(1 / 3)} == {
+            "annotator": "ann4",
+            "released_tasks": 0,
+            "gate_before": pytest.approx(1 / 3),  # ann4 against two who agree
+            "gate_after": 1.0,
+            "main_queue_open": True,
+            "by": "admin",
+        }
+        again = admin.post("/api/admin/annotators/ann4/remove", json=body)
+        assert again.status_code == 409 and "already removed" in again.json()["detail"]
+        assert ann1.get("/api/tasks/next").status_code == 200  # the main queue
+        r = admin.post("/api/admin/recalibrate", json={"same_items": False, "reason": "v2"})
+        assert r.status_code == 200, r.text
+        # 2 pairs were left out of round 1; ann1 has just been handed one of them
+        assert r.json() == {"round": 2, "size": 1, "same_items_as": None, "by": "admin"}

@@ -142,16 +142,22 @@ class Removal:
 
 
 def remove_annotator(
-    store: Store, policy: Policy, name: str, reason: str, actor: str = "cli"
+    store: Store,
+    policy: Policy,
+    name: str,
+    reason: str,
+    actor: str = "cli",
+    by: Caller | None = None,
 ) -> Removal:
     """Take an annotator off the team's work: they get no more tasks (204 `removed`), their
     open tasks return to the pool, and their labels leave every round's gate, which is
     evaluated again (if it now passes, the main queue opens for the others) and the export.
-    Nothing is deleted; who, why and when are recorded. Removing twice is an error."""
+    Nothing is deleted; who, why and when are recorded. Removing twice is an error. `by`:
+    as for `revoke_annotator`."""
     reason = checked_reason(reason, "removal")
 
     def unit(conn: Connection) -> Removal:
-        me = _lock(conn, name, None)
+        me = _lock(conn, name, by)
         if me.removed_at is not None:
             raise UserError(f"{name} was already removed ({utc(me.removed_at)}); nothing changed")
         before = _deciding_value(conn)

@@ -275,15 +275,20 @@ def recalibrate(
     reason: str,
     actor: str,
     rng: random.Random | None = None,
+    by: tuple[int, str] | None = None,
 ) -> Recalibration:
     """Open a new calibration round for the whole team, now: fresh pairs nobody has been
     handed (`calibration_size` of them), or the latest round's pairs again (`same_items`:
     copies, kind `recheck`, since nobody labels one item twice). Everyone not removed labels
     it before more main items; the main queue stays as the last verdict left it until two
-    have finished it. Recorded (who, why) in the audit log, like an override."""
+    have finished it. Recorded (who, why) in the audit log, like an override. `by`: as for
+    `override_gate`."""
     reason = checked_reason(reason, "recalibration")
 
     def unit(conn: Connection) -> Recalibration:
+        if by is not None:  # annotator rows first, the order every unit keeps (see `store`)
+            stored = conn.execute(ADMIN_HASH, {"a": by[0]}).scalar()
+            verify(stored or "", by[1])
         conn.execute(select(m.Meta.value).where(m.Meta.key == "schema_version").with_for_update())
         latest = conn.execute(
             select(rounds.c.id, rounds.c.gate_annotators).order_by(rounds.c.id.desc()).limit(1)
