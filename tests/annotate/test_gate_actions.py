@@ -23,7 +23,7 @@ from rlhfkit.annotate.labeling import LabelRequest, submit_label
 from rlhfkit.annotate.rounds import recalibrate
 from rlhfkit.annotate.scheduling import NoTask, next_task
 from rlhfkit.errors import UserError
-from rlhfkit.report.sections import _gate
+from rlhfkit.report.sections import _annotators, _gate
 from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
 from tests.annotate.routes.test_pages import login
 from tests.annotate.test_rounds import annotator_id
@@ -126,6 +126,8 @@ def test_status_names_who_drives_the_disagreement_and_what_to_do(sqlite_url, tmp
     rows = {r["annotator"]: r for r in s["annotators"]}
     assert rows["lead"]["in_calibration"] is False  # an admin who labels nothing
     assert rows["ann5"]["in_calibration"] is True
+    reported = [r["name"] for r in _annotators({}, s, [])]  # the report's annotator table
+    assert reported == ["ann1", "ann2", "ann3", "ann4", "ann5"]
 
 
 def test_no_single_culprit_recommends_recalibrating(sqlite_url, tmp_path):
@@ -181,6 +183,8 @@ def test_removing_the_driver_opens_the_main_queue_for_the_rest(db_url, tmp_path)
     assert row["removed"]["reason"] == "labels B throughout"
     assert row["removed"]["by"] == getpass.getuser()  # who ran the command
     assert row["labels"] == 10  # nothing deleted
+    reported = next(r for r in _annotators({}, s, []) if r["name"] == "ann4")
+    assert reported["flagged"] and reported["removed"].endswith(": labels B throughout")
     store = open_store(db_url)
     try:
         result = export(store, POLICY, tmp_path / "prefs.jsonl")
