@@ -52,7 +52,7 @@ def _verdict(r: Any) -> str:
     if r is None:
         return "not evaluated yet"
     if r.override_reason is not None:
-        state = "passed" if r.gate_passed else "failed" if r.gate_passed is False else "waited"
+        state = {True: "passed", False: "failed", None: "not evaluated"}[r.gate_passed]
         return f"{state}, overridden by {r.override_by}"
     return "passed" if r.gate_passed else "failed"
 

@@ -226,8 +226,9 @@ def _panel_member(p: dict[str, Any]) -> dict[str, str]:
 
 def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict[str, Any] | None:
     """The calibration gate: the store's deciding round (which is what opened or kept closed
-    the main queue, and carries any admin override), or else the agreement CLI's, which is
-    the same number when its labels file marks the gate's labels (an export's does)."""
+    the main queue, and carries any admin override), or, without a store's status, the
+    agreement CLI's, which is the same number when its labels file marks the gate's labels
+    (an export's does)."""
     value = threshold = passed = override = where = None
     if store:
         threshold = store.get("threshold")
@@ -244,7 +245,7 @@ def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict
                 value, passed = rounds[-1].get("percent_agreement"), rounds[-1].get("passed")
         overrides = [r["override"] for r in store.get("rounds", []) if r.get("override")]
         override = overrides[-1] if overrides else None
-    if value is None and computed:
+    if not store and computed:  # the store's status decides when there is one
         value, passed = computed.get("value"), computed.get("passed")
         threshold = threshold if threshold is not None else computed.get("threshold")
         where = (
