@@ -17,6 +17,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from rlhfkit import strict_json
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.labeling import LabelRequest, submit_label
@@ -27,6 +28,7 @@ from rlhfkit.report.sections import _annotators, _gate
 from tests.annotate.conftest import pairs, running_team, write_jsonl, write_project
 from tests.annotate.routes.test_pages import login
 from tests.annotate.test_rounds import annotator_id
+from tests.cli.test_agreement import nulls_without_a_reason
 from tests.conftest import run_cli
 
 POLICY = Policy(overlap=2, calibration_size=10, anchor_rate=0.0, recalibrate_every=0)
@@ -126,6 +128,7 @@ def test_status_names_who_drives_the_disagreement_and_what_to_do(sqlite_url, tmp
     rows = {r["annotator"]: r for r in s["annotators"]}
     assert rows["lead"]["in_calibration"] is False  # an admin who labels nothing
     assert rows["ann5"]["in_calibration"] is True
+    assert nulls_without_a_reason(strict_json.loads(strict_json.dumps(s))) == []
     reported = [r["name"] for r in _annotators({}, s, [])]  # the report's annotator table
     assert reported == ["ann1", "ann2", "ann3", "ann4", "ann5"]
 
@@ -254,6 +257,22 @@ def test_recalibrating_on_the_same_pairs_lets_the_team_pass(db_url, tmp_path):
     )
     assert s["progress"]["items"] == 12  # the copies are not more pairs to label
     assert result.rows == 10  # round 1's pairs once each (ann4 outvoted); no copy exported
+
+
+def test_with_two_annotators_nobody_can_tell_whose_labels_are_off(sqlite_url, tmp_path):
+    store = open_store(sqlite_url, create=True)
+    try:
+        import_items(store, POLICY, items=write_jsonl(tmp_path / "items.jsonl", pairs(12)))
+        for name, prefers in (("ann1", "A"), ("ann2", "B")):
+            add_annotator(store, name)
+            label_round(store, POLICY, annotator_id(store, name), prefers, random.Random(0))
+        s = status(store, POLICY, replicates=0)
+    finally:
+        store.close()
+    d = s["gate"]["disagreement"]
+    assert [x["gate_without"] for x in d["annotators"]] == [None, None]
+    assert d["remove"] is None and "add a third" in d["action"]
+    assert nulls_without_a_reason(strict_json.loads(strict_json.dumps(s))) == []
 
 
 def test_recalibrate_fresh_and_its_refusals(sqlite_url, tmp_path):
