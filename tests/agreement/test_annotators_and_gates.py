@@ -10,7 +10,10 @@ from rlhfkit.agreement import (
     anchor_drift,
     annotator_stats,
     calibration_gate,
+    gate_of,
+    read_labels,
     recalibration_due,
+    who_drives,
 )
 
 
@@ -64,6 +67,41 @@ def test_calibration_gate_passes_and_fails_at_the_threshold_and_names_the_culpri
     assert len(gate.disputed_items) == 5 and gate.incomplete == {}
     only_two = calibration_gate(labels, calibration_items=["0", "1"], threshold=0.65)
     assert only_two.items == 2
+
+
+def test_who_drives_the_disagreement_by_leaving_each_annotator_out():
+    # items 0-3: a, b, c say A; d says B on all four and c says B on item 3 as well
+    item = [i for i in range(4) for _ in "abcd"]
+    who = list("abcd") * 4
+    label = ["A", "A", "A", "B"] * 3 + ["A", "A", "B", "B"]
+    drivers = who_drives(Labels.from_records(item, who, label))
+    by = {d.annotator: d for d in drivers}
+    # without d: items 0-2 unanimous (1), item 3 A, A, B: 1 of 3 pairs -> (3 + 1/3) / 4
+    assert drivers[0].annotator == "d" and by["d"].without == pytest.approx((3 + 1 / 3) / 4)
+    # without a: items 0-2 A, A, B (1/3 each), item 3 A, B, B (1/3)
+    assert by["a"].without == pytest.approx(1 / 3)
+    # without c: items 0-3 all A, A, B: 1/3
+    assert by["c"].without == pytest.approx(1 / 3)
+    assert by["d"].pairwise == {"a": 0.0, "b": 0.0, "c": 0.25}
+    assert by["c"].pairwise == {"a": 0.75, "b": 0.75, "d": 0.25}
+    assert by["c"].mean_pairwise == pytest.approx(7 / 12)
+    # two annotators: without either, one person's labels cannot disagree
+    two = who_drives(Labels.from_records([0, 0], ["a", "b"], ["A", "B"]))
+    assert all(math.isnan(d.without) for d in two) and two[0].pairwise == {"b": 0.0}
+
+
+def test_the_gate_is_computed_on_the_labels_marked_as_the_gates(tmp_path):
+    path = tmp_path / "labels.csv"
+    # item 0 is the calibration pair (marked): a and b disagree; item 1 they agree on.
+    path.write_text("item,annotator,label,gate\n0,a,A,true\n0,b,B,TRUE\n1,a,A,\n1,b,A,0\n")
+    labels = read_labels(path)
+    assert labels.gate.tolist() == [True, True, False, False]
+    marked = gate_of(labels, 0.65)
+    assert (marked.value, marked.items, marked.scope) == (0.0, 1, "calibration round")
+    path.write_text("item,annotator,label\n0,a,A\n0,b,B\n1,a,A\n1,b,A\n")
+    unmarked = gate_of(read_labels(path), 0.65)
+    assert (unmarked.value, unmarked.items, unmarked.scope) == (0.5, 2, "all labels")
+    assert "not the annotation store's gate" in unmarked.as_dict()["scope_note"]
 
 
 def test_calibration_gate_reports_annotators_who_have_not_finished():

@@ -3,6 +3,7 @@ and the export read by `data validate`, `agreement` and `train rm`."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -12,8 +13,10 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from rlhfkit.annotate import models as m
+from rlhfkit.annotate import open_store
 from tests.annotate.conftest import free_port, pairs, write_jsonl, write_project
 from tests.conftest import RLHFKIT, run_cli
 
@@ -202,12 +205,48 @@ def test_refusals_are_clear(tmp_path):
         conn.execute(text("UPDATE rlhfkit_meta SET value = '99' WHERE key = 'schema_version'"))
     engine.dispose()
     r = run_cli("annotate", "status", *project_args(project))
-    assert r.code == 2 and "schema version 99; this rlhfkit reads version 1" in r.stderr
+    assert r.code == 2 and "schema version 99; this rlhfkit reads version 2" in r.stderr
     pg = run_cli(
         "annotate", "status", "--db", "postgresql://nobody@127.0.0.1:1/x", *project_args(project)
     )
     assert pg.code == 2 and "cannot open the annotation database" in pg.stderr
     assert "Traceback" not in r.stderr + pg.stderr
+
+
+def test_recalibrate_remove_and_override_record_who_ran_them(tmp_path):
+    project = write_project(tmp_path / "p", calibration_size=2)
+    args = project_args(project)
+    assert (
+        run_cli("annotate", "import", str(write_jsonl(tmp_path / "i.jsonl", pairs(4))), *args).code
+        == 0
+    )
+    which = run_cli("annotate", "recalibrate", "--reason", "x", *args)
+    assert which.code == 2 and "--same-items" in which.stderr and "--fresh" in which.stderr
+    unfinished = run_cli("annotate", "recalibrate", "--fresh", "--reason", "x", *args)
+    assert unfinished.code == 2 and "not been finished by anyone" in unfinished.stderr
+    unknown = run_cli("annotate", "remove", "nobody", "--reason", "x", *args)
+    assert unknown.code == 2 and "no annotator named 'nobody'" in unknown.stderr
+    assert run_cli("annotate", "override-gate", "--reason", "deadline", *args).code == 0
+    assert (
+        run_cli("annotate", "override-gate", "--reason", "again", "--by", "lead", *args).code == 0
+    )
+    events = json.loads(run_cli("annotate", "status", "--json", *args).stdout)["gate"]["rounds"]
+    assert events[0]["override"]["by"] == "lead"  # the latest override
+    store = open_store(str(project / "artifacts" / "annotations.sqlite"))
+    try:
+        with store.read() as conn:
+            actors = (
+                conn.execute(
+                    select(m.Event.actor)
+                    .where(m.Event.kind == "gate_override")
+                    .order_by(m.Event.id)
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        store.close()
+    assert actors == [getpass.getuser(), "lead"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,13 @@ with `read_labels` (or `Labels.from_records`) and `summarise`.
 """
 
 from rlhfkit.agreement.annotators import AnnotatorStats, annotator_stats
-from rlhfkit.agreement.gates import anchor_drift, calibration_gate, recalibration_due
+from rlhfkit.agreement.gates import (
+    anchor_drift,
+    calibration_gate,
+    gate_of,
+    recalibration_due,
+    who_drives,
+)
 from rlhfkit.agreement.labels import Labels, read_gold, read_labels
 from rlhfkit.agreement.stats import (
     LEVELS,
@@ -27,10 +33,12 @@ __all__ = [
     "calibration_gate",
     "cohen_kappa_pairs",
     "fleiss_kappa",
+    "gate_of",
     "krippendorff_alpha",
     "percent_agreement",
     "read_gold",
     "read_labels",
     "recalibration_due",
     "summarise",
+    "who_drives",
 ]

@@ -2,7 +2,10 @@
 
 - Calibration gate: every annotator labels the same calibration items first; the main queue
   opens when their percent agreement reaches the project's threshold (default 0.65), and
-  the report names the items and annotators that drive the disagreement.
+  the report names the items and annotators that drive the disagreement. The gate's number
+  is the percent agreement over the labels it was decided on (the annotation store's
+  calibration round, less annotators removed from it) and nothing else: `gate_of` picks
+  those labels when the file marks them, `who_drives` says whose labels pull it down.
 - Drift: anchor items with known answers are mixed into every batch; an annotator whose
   anchor accuracy in a recent window falls below a threshold, or drops by more than a set
   amount from their calibration-time accuracy, raises an alert.
@@ -35,6 +38,9 @@ class GateResult:
     """Each annotator's agreement with the majority of the others on calibration items."""
     incomplete: dict[str, int] = field(default_factory=dict)
     """Annotators who have not labeled every calibration item: how many they miss."""
+    scope: str = "all labels"
+    """Which labels it was computed on: "calibration round" (the labels marked as the gate's)
+    or "all labels" (nothing marked)."""
 
     def as_dict(self) -> dict:
         """JSON-able; an undefined (null) value comes with its reason in a `_note(s)` key."""
@@ -57,7 +63,68 @@ class GateResult:
                 if v is None
             },
             "incomplete": self.incomplete,
+            "scope": self.scope,
+            "scope_note": SCOPES[self.scope],
         }
+
+
+SCOPES = {
+    "calibration round": "the labels the annotation store decided its gate on (marked `gate` "
+    "in the file): the same number as `rlhfkit annotate status`",
+    "all labels": "every label in the file: it marks no gate labels (a file exported by "
+    "`rlhfkit annotate export --labels` does), so this is not the annotation store's gate",
+}
+
+
+def gate_of(labels: Labels, threshold: float = 0.65) -> GateResult:
+    """The calibration gate on the labels marked as the gate's (`Labels.gate`), or on every
+    label when none are marked."""
+    if labels.gate is not None and labels.gate.any():
+        gate = calibration_gate(labels.subset(labels.gate), None, threshold)
+        gate.scope = "calibration round"
+        return gate
+    return calibration_gate(labels, None, threshold)
+
+
+@dataclass
+class Influence:
+    """One annotator's part in the gate's number."""
+
+    annotator: str
+    without: float
+    """The gate's statistic on the same items without this annotator's labels."""
+    pairwise: dict[str, float]
+    """Percent agreement with each other annotator on the items both labeled."""
+
+    @property
+    def mean_pairwise(self) -> float:
+        finite = [v for v in self.pairwise.values() if not math.isnan(v)]
+        return float(np.mean(finite)) if finite else math.nan
+
+
+def who_drives(labels: Labels) -> list[Influence]:
+    """Leave-one-out: for each annotator, the gate's statistic without their labels and their
+    agreement with each other annotator; the one whose absence raises it most first. With
+    two annotators, the statistic without either is undefined (nan): one person's labels
+    cannot disagree."""
+    out = []
+    names = labels.annotators.tolist()
+    m = labels.matrix()
+    present = [a for a in range(len(names)) if (labels.annotator == a).any()]
+    for a in present:
+        rest = labels.subset(labels.annotator != a)
+        per_item, _ = _item_agreement(rest.counts())
+        pairwise = {}
+        for b in present:
+            if b == a:
+                continue
+            both = (m[:, a] >= 0) & (m[:, b] >= 0)
+            same = m[both, a] == m[both, b]
+            pairwise[names[b]] = float(same.mean()) if both.any() else math.nan
+        without = float(per_item.mean()) if len(per_item) else math.nan
+        out.append(Influence(names[a], without, pairwise))
+    out.sort(key=lambda i: (-i.without if not math.isnan(i.without) else math.inf, i.annotator))
+    return out
 
 
 def calibration_gate(

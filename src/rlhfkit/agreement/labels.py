@@ -2,8 +2,10 @@
 for CSV and JSONL files of them.
 
 Columns: `item`, `annotator`, `label`; optional `shown_first` (which response the annotator
-saw first, for position bias) and `timestamp` (ISO 8601 or Unix seconds, for labels per hour
-and drift over time). A gold file for anchors has `item` and `label`.
+saw first, for position bias), `timestamp` (ISO 8601 or Unix seconds, for labels per hour
+and drift over time) and `gate` (true on the labels a calibration gate was decided on, as
+`rlhfkit annotate export --labels` marks them). A gold file for anchors has `item` and
+`label`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from rlhfkit.data.io import iter_raw_rows, iter_text_lines
 from rlhfkit.errors import Problem, UserError, display_path
 
 REQUIRED = ("item", "annotator", "label")
-OPTIONAL = ("shown_first", "timestamp")
+OPTIONAL = ("shown_first", "timestamp", "gate")
 MAX_PROBLEMS = 20
 
 
@@ -42,6 +44,8 @@ class Labels:
     values: np.ndarray
     shown_first: np.ndarray
     timestamp: np.ndarray
+    gate: np.ndarray | None = None
+    """[n] bool: the labels the calibration gate was decided on (None: not marked)."""
 
     @property
     def n(self) -> int:
@@ -84,6 +88,7 @@ class Labels:
             self.values,
             self.shown_first[keep],
             self.timestamp[keep],
+            None if self.gate is None else self.gate[keep],
         )
 
     @classmethod
@@ -309,6 +314,18 @@ def _json_kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else "an object"
 
 
+def _flag(value: Any) -> bool:
+    """A yes/no column: JSON true/false, or in CSV true/false/1/0 (any case); empty is no."""
+    if isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0", ""):
+        return False
+    raise ValueError(f"is not true or false: {value!r}")
+
+
 def _timestamp(value: Any) -> float:
     """Unix seconds from a number, numeric text or ISO 8601 text; nan when empty."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -379,7 +396,7 @@ def read_labels(path: Path, order: list | None = None) -> Labels:
     _raise(problems)
     if not rows:
         raise UserError(f"{shown}: holds no labels")
-    return Labels.from_records(
+    labels = Labels.from_records(
         [r["item"] for r in rows],
         [r["annotator"] for r in rows],
         [r["label"] for r in rows],
@@ -389,6 +406,9 @@ def read_labels(path: Path, order: list | None = None) -> Labels:
         else None,
         order=order,
     )
+    if any("gate" in r for r in rows):
+        labels = replace(labels, gate=np.array([r.get("gate") is True for r in rows]))
+    return labels
 
 
 def read_gold(path: Path, labels: Labels) -> dict[int, int]:
@@ -494,13 +514,10 @@ def _read_rows(
                     reasons.append(f"missing {column}")
                 continue
             value = row[column]
+            if column == "shown_first" and value in (None, ""):
+                continue  # unknown
             try:
-                if column in ("item", "annotator"):
-                    out[column] = canonical_id(value)
-                elif column == "timestamp":
-                    out[column] = _timestamp(value)
-                elif column == "label" or value not in (None, ""):
-                    out[column] = canonical_value(value)
+                out[column] = CANONICAL.get(column, canonical_value)(value)
             except ValueError as e:
                 reasons.append(f"missing {column}" if str(e) == "missing" else f"{column} {e}")
         if reasons:
@@ -509,6 +526,15 @@ def _read_rows(
             good.append(out)
             good_lines.append(line)
     return good, good_lines, problems
+
+
+CANONICAL = {
+    "item": canonical_id,
+    "annotator": canonical_id,
+    "timestamp": _timestamp,
+    "gate": _flag,
+}
+"""How a column's value is read; any other column as a label value (`canonical_value`)."""
 
 
 def _raise(problems: list[Problem]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from rlhfkit.agreement.annotators import annotator_stats
-from rlhfkit.agreement.gates import anchor_drift, calibration_gate
+from rlhfkit.agreement.gates import anchor_drift, gate_of
 from rlhfkit.agreement.labels import Labels, json_number
 from rlhfkit.agreement.stats import (
     Level,
@@ -29,8 +29,10 @@ def summarise(
     anchor_threshold: float = 0.7,
     anchor_window: int = 20,
 ) -> dict[str, Any]:
-    """Every figure `rlhfkit agreement` reports. A null figure comes with the reason it is
-    undefined: in `<name>_note`, `cohen_kappa_notes` (per pair) or `ci_notes` (per interval)."""
+    """Every figure `rlhfkit agreement` reports: the statistics over every label, and the
+    calibration gate over the labels marked as the gate's (`gates.gate_of`). A null figure
+    comes with the reason it is undefined: in `<name>_note`, `cohen_kappa_notes` (per pair)
+    or `ci_notes` (per interval)."""
     per_item = labels.counts().sum(axis=1)
     labeled = per_item[per_item > 0]
     kappa = _cohen_kappa_fields(labels)
@@ -71,7 +73,9 @@ def summarise(
         "ci_level": 0.95,
         "ci_replicates": replicates,
         "annotators": [s.as_dict() for s in annotator_stats(labels, gold)],
-        "calibration_gate": calibration_gate(labels, None, threshold).as_dict(),
+        # On the labels the gate was decided on when the file marks them (an export from the
+        # annotation store does): the same number `annotate status` shows.
+        "calibration_gate": gate_of(labels, threshold).as_dict(),
     }
     pairable = int((per_item >= 2).sum())
     for name, (low, high) in ci.items():

@@ -27,12 +27,14 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate import security
 from rlhfkit.annotate.prepared import Prepared
+from rlhfkit.annotate.rounds import checked_reason, evaluate_gate, gate_state
+from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.scheduling import release_open_tasks
 from rlhfkit.annotate.security import verify
 from rlhfkit.annotate.store import Store, record_event
 from rlhfkit.errors import UserError
 
-REVOKED, ROTATED = "token_revoked", "token_rotated"
+REVOKED, ROTATED, REMOVED = "token_revoked", "token_rotated", "annotator_removed"
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -126,6 +128,77 @@ def rotate_token(store: Store, name: str, actor: str = "cli", by: Caller | None 
     return token
 
 
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    released: int
+    """Open tasks of theirs returned to the pool."""
+    round: int
+    """The latest calibration round when they were removed (0: none)."""
+    gate_before: float | None
+    gate_after: float | None
+    """The deciding round's gate number before and after (None: not evaluated)."""
+    main_queue_open: bool
+
+
+def remove_annotator(
+    store: Store,
+    policy: Policy,
+    name: str,
+    reason: str,
+    actor: str = "cli",
+    by: Caller | None = None,
+) -> Removal:
+    """Take an annotator off the team's work: they get no more tasks (204 `removed`), their
+    open tasks return to the pool, and their labels leave every round's gate, which is
+    evaluated again (if it now passes, the main queue opens for the others) and the export.
+    Nothing is deleted; who, why and when are recorded. Removing twice is an error. `by`:
+    as for `revoke_annotator`."""
+    reason = checked_reason(reason, "removal")
+
+    def unit(conn: Connection) -> Removal:
+        me = _lock(conn, name, by)
+        if me.removed_at is not None:
+            raise UserError(f"{name} was already removed ({utc(me.removed_at)}); nothing changed")
+        before = _deciding_value(conn)
+        conn.execute(
+            update(m.Annotator)
+            .where(m.Annotator.id == me.id)
+            .values(removed_at=time.time(), removed_reason=reason, removed_by=actor)
+        )
+        released = release_open_tasks(conn, me.id)
+        # The rounds' rows, locked as a finishing label locks its round's: on PostgreSQL a
+        # gate evaluated at the same time waits for this one and then sees the removal.
+        every_round = select(m.Round.id).order_by(m.Round.id).with_for_update()
+        for round_id in conn.execute(every_round).scalars().all():
+            evaluate_gate(conn, policy, round_id)
+        state = gate_state(conn)
+        after = _deciding_value(conn)
+        record_event(
+            conn,
+            REMOVED,
+            actor,
+            name=name,
+            reason=reason,
+            round=state.latest_round,
+            released_tasks=released,
+            gate_before=before,
+            gate_after=after,
+        )
+        return Removal(name, released, state.latest_round, before, after, state.main_queue_open)
+
+    return store.run(unit)
+
+
+def _deciding_value(conn: Connection) -> float | None:
+    """The gate number of the round that decides whether the main queue is open."""
+    round_id = gate_state(conn).deciding_round
+    if not round_id:
+        return None
+    value = conn.execute(select(m.Round.gate_value).where(m.Round.id == round_id)).scalar()
+    return None if value is None or value != value else float(value)
+
+
 def token_events(conn: Connection) -> list[dict[str, Any]]:
     """Every revocation and rotation, oldest first: annotator, event, at (and in UTC), by."""
     rows = conn.execute(
@@ -156,7 +229,13 @@ def _lock(conn: Connection, name: str, by: Caller | None) -> Any:
     the order every unit keeps (see `store`)."""
     wanted = m.Annotator.name == name
     rows = conn.execute(
-        select(m.Annotator.id, m.Annotator.name, m.Annotator.label_count, m.Annotator.token_hash)
+        select(
+            m.Annotator.id,
+            m.Annotator.name,
+            m.Annotator.label_count,
+            m.Annotator.token_hash,
+            m.Annotator.removed_at,
+        )
         .where(or_(wanted, m.Annotator.id == by.id) if by else wanted)
         .order_by(m.Annotator.id)
         .with_for_update()

@@ -30,9 +30,10 @@ from sqlalchemy import select
 from rlhfkit import strict_json
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
-from rlhfkit.annotate.rounds import gate_open
+from rlhfkit.annotate.gate_status import gate_summary, round_openers
+from rlhfkit.annotate.rounds import gate_labels, gate_open
 from rlhfkit.annotate.rules import Policy
-from rlhfkit.annotate.status import LabelTable, annotator_quality, gate_summary, label_table
+from rlhfkit.annotate.status import LabelTable, annotator_quality, label_table
 from rlhfkit.annotate.store import Store, shown_url
 from rlhfkit.data import atomic_open, check_row, write_jsonl
 from rlhfkit.errors import UserError, display_path
@@ -51,6 +52,8 @@ class ExportResult:
     incomplete: int = 0
     no_trusted_votes: int = 0
     excluded_annotators: list[str] = field(default_factory=list)
+    removed_annotators: list[str] = field(default_factory=list)
+    """Taken off the round by `rlhfkit annotate remove`: their votes are left out too."""
     labels: int = 0
     """Rows written to the labels file (0 when none was asked for)."""
     gate_overridden: bool = False
@@ -69,7 +72,7 @@ def export(
     out = Path(out)
     if out.suffix != ".jsonl":
         raise UserError(f"{display_path(out)}: export to a .jsonl file")
-    table, items, gate, tokens = _read_store(store, policy)
+    table, items, gate, tokens, marks = _read_store(store, policy)
     # 1. annotators with too low an anchor accuracy are left out
     quality = annotator_quality(table, policy, replicates=0) if table.label else None
     excluded = sorted(
@@ -77,14 +80,20 @@ def export(
         for a, s in (quality["per_annotator"] if quality else {}).items()
         if s["excluded_from_export"]
     )
-    result = ExportResult(out, 0, excluded_annotators=excluded, gate_overridden=gate["overridden"])
+    result = ExportResult(
+        out,
+        0,
+        excluded_annotators=excluded,
+        removed_annotators=marks.removed,
+        gate_overridden=gate["overridden"],
+    )
     # 2-4. the items with enough labels, each aggregated into a row (or counted and left out)
     rows = _aggregate_items(table, items, policy, include_incomplete, result)
     if not rows:
         raise _nothing_to_export(result, table, quality, gate, policy, len(items))
     result.rows = write_jsonl(out, rows)
     if labels_out is not None:
-        result.labels = _write_labels(Path(labels_out), table)
+        result.labels = _write_labels(Path(labels_out), table, marks)
     if gold_out is not None:
         _write_gold(Path(gold_out), items)
     write_manifest(
@@ -108,10 +117,23 @@ def export(
     return result
 
 
+@dataclass
+class Marks:
+    """What the labels file says of each label beyond the label itself."""
+
+    round: dict[int, int]
+    """Item id -> its calibration round."""
+    gate: set[tuple[int, str]]
+    """(item id, annotator) of the labels the deciding round's gate was computed on."""
+    removed: list[str]
+    """Annotators removed from the round."""
+
+
 def _read_store(
     store: Store, policy: Policy
-) -> tuple[LabelTable, dict[int, Any], dict[str, Any], list[dict[str, Any]]]:
-    """In one read: every label, every item by id, the gate's history, the token events."""
+) -> tuple[LabelTable, dict[int, Any], dict[str, Any], list[dict[str, Any]], Marks]:
+    """In one read: every label, every item by id, the gate's history, the token events, and
+    the marks the labels file carries."""
     with store.read() as conn:
         table = label_table(conn)
         items = {
@@ -131,10 +153,31 @@ def _read_store(
             )
         }
         gate = gate_summary(
-            conn.execute(select(m.Round).order_by(m.Round.id)).all(), gate_open(conn), policy
+            conn.execute(select(m.Round).order_by(m.Round.id)).all(),
+            gate_open(conn),
+            policy,
+            round_openers(conn),
         )
         tokens = token_events(conn)
-    return table, items, gate, tokens
+        marks = Marks(
+            round=dict(conn.execute(select(m.Item.id, m.Item.round).where(m.Item.round > 0)).all()),
+            gate=_gate_marks(conn, gate["round"]),
+            removed=sorted(
+                conn.execute(select(m.Annotator.name).where(m.Annotator.removed_at.is_not(None)))
+                .scalars()
+                .all()
+            ),
+        )
+    return table, items, gate, tokens, marks
+
+
+def _gate_marks(conn: Any, round_id: int | None) -> set[tuple[int, str]]:
+    """The labels the gate's number was computed on (none while it is not evaluated)."""
+    coded = gate_labels(conn, round_id) if round_id else None
+    if coded is None or len(coded.annotators) < 2:
+        return set()
+    items, names = coded.items.tolist(), coded.annotators.tolist()
+    return {(int(items[i]), names[a]) for i, a in zip(coded.item, coded.annotator, strict=True)}
 
 
 def _aggregate_items(
@@ -148,14 +191,15 @@ def _aggregate_items(
     the pairs left out are counted in `result`."""
     votes: dict[int, dict[str, str]] = {}
     item_versions: dict[int, set[str]] = {}
+    left_out = set(result.excluded_annotators) | set(result.removed_annotators)
     for i, item_id in enumerate(table.item_id):
-        if table.kind[i] == m.ANCHOR or table.annotator[i] in result.excluded_annotators:
+        if table.kind[i] in (m.ANCHOR, m.RECHECK) or table.annotator[i] in left_out:
             continue
         votes.setdefault(item_id, {})[table.annotator[i]] = table.label[i]
         item_versions.setdefault(item_id, set()).add(table.rubric_version[i])
     rows = []
     for item_id, item in sorted(items.items()):
-        if item.kind == m.ANCHOR or item.labels == 0:
+        if item.kind in (m.ANCHOR, m.RECHECK) or item.labels == 0:
             continue
         if item.labels < policy.overlap and not include_incomplete:
             result.incomplete += 1
@@ -208,8 +252,10 @@ def _aggregate(item: Any, given: dict[str, str], version: str, result: ExportRes
     }
 
 
-def _write_labels(path: Path, table: Any) -> int:
-    """Long format, one row per label: what `rlhfkit agreement LABELS` reads."""
+def _write_labels(path: Path, table: Any, marks: Marks) -> int:
+    """Long format, one row per label: what `rlhfkit agreement LABELS` reads. `round`: the
+    item's calibration round (null for main items and anchors); `gate`: the label is one the
+    gate's number was computed on, so `rlhfkit agreement` shows the store's gate."""
     with atomic_open(path) as f:
         for i in range(len(table.label)):
             row = {
@@ -220,6 +266,8 @@ def _write_labels(path: Path, table: Any) -> int:
                 "timestamp": table.created_at[i],
                 "phase": table.phase[i],
                 "anchor": table.kind[i] == m.ANCHOR,
+                "round": marks.round.get(table.item_id[i]),
+                "gate": (table.item_id[i], table.annotator[i]) in marks.gate,
                 "rubric_version": table.rubric_version[i],
                 "criteria": table.criteria[i],
                 "rationale": table.rationale[i],
@@ -260,7 +308,7 @@ def _nothing_to_export(
         labelers = {
             a for a, kind in zip(table.annotator, table.kind, strict=True) if kind != m.ANCHOR
         }
-        if labelers <= set(r.excluded_annotators):
+        if labelers <= set(r.excluded_annotators) | set(r.removed_annotators):
             reasons.append("every annotator who labeled pairs is left out for low anchor accuracy")
         reasons.append(f"{len(labeled)} labeled pairs: {counts}")
         if r.incomplete:

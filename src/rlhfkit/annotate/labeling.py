@@ -231,7 +231,7 @@ def _submit(
     ).scalar_one()
     COUNT_ITEM(conn, {"i": task.item_id})
     COUNT_ANNOTATOR(conn, {"a": annotator_id})
-    if task.kind == m.CALIBRATION:
+    if task.kind in (m.CALIBRATION, m.RECHECK):  # a pair of a round
         finish_round(conn, policy, annotator_id, task.round)
     return StoredLabel(label_id, task.id, req.choice, created=True)
 

@@ -16,11 +16,14 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-SCHEMA_VERSION = 1
-"""Bump on every change to these tables; `store.open_store` refuses any other version."""
+SCHEMA_VERSION = 2
+"""Bump on every change to these tables; `store.open_store` migrates the versions listed in
+`store.MIGRATIONS` and refuses any other."""
 
-# Item kinds. Calibration items come from the main pool and are then labeled by everyone.
-MAIN, CALIBRATION, ANCHOR = "main", "calibration", "anchor"
+# Item kinds. Calibration items come from the main pool and are then labeled by everyone. A
+# recheck is a copy of an earlier round's pair, labeled again in a `recalibrate
+# --same-items` round (nobody labels one item twice); it is never exported, its original is.
+MAIN, CALIBRATION, ANCHOR, RECHECK = "main", "calibration", "anchor", "recheck"
 # Assignment states. `taken` on an item counts its open and done main assignments.
 OPEN, DONE, EXPIRED = "open", "done", "expired"
 # Labels relative to the stored pair: A is response_a. The agreement module's vocabulary.
@@ -52,6 +55,11 @@ class Annotator(Base):
     """The latest calibration round this annotator has finished (0: none)."""
     labels_at_calibration: Mapped[int] = mapped_column(Integer, default=0)
     """`label_count` when they finished it: recalibration is due `recalibrate_every` later."""
+    # Schema 2. Removed from the round (`rlhfkit annotate remove`): no more tasks, their labels
+    # leave the gate and the export; the row and the labels stay.
+    removed_at: Mapped[float | None] = mapped_column(Float, default=None)
+    removed_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    removed_by: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Item(Base):

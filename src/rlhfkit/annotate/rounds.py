@@ -11,12 +11,14 @@ or an admin overrode it; the override, who made it and why stay with the round.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, and_, bindparam, exists, func, insert, select, update
 
 from rlhfkit.agreement import Labels, calibration_gate
@@ -47,20 +49,26 @@ class GateState:
     latest_round: int
     """0 when there is no round (no calibration, or nothing imported yet)."""
     main_queue_open: bool
+    deciding_round: int = 0
+    """The round whose verdict (or override) holds the queue open or shut; 0 when none does."""
 
 
 def gate_state(conn: Connection) -> GateState:
+    return deciding(ROUNDS_NEWEST_FIRST(conn).all())
+
+
+def deciding(newest_first: list[Any]) -> GateState:
     """Open when there is no round at all, or the latest evaluated (or overridden) round
-    passed (or was overridden). A round waiting for its second annotator does not count."""
-    newest_first = ROUNDS_NEWEST_FIRST(conn).all()
+    passed (or was overridden). A round waiting for its second annotator does not count:
+    the one before it decides. `newest_first`: rows with id, gate_passed, override_reason."""
     if not newest_first:
         return GateState(0, True)
     latest = newest_first[0].id
     for r in newest_first:
         if r.override_reason is not None:
-            return GateState(latest, True)
+            return GateState(latest, True, r.id)
         if r.gate_passed is not None:
-            return GateState(latest, bool(r.gate_passed))
+            return GateState(latest, bool(r.gate_passed), r.id)
     return GateState(latest, False)
 
 
@@ -89,24 +97,50 @@ def finish_round(conn: Connection, policy: Policy, annotator_id: int, round_id: 
     evaluate_gate(conn, policy, round_id)
 
 
-def evaluate_gate(conn: Connection, policy: Policy, round_id: int) -> None:
-    rows = conn.execute(
-        select(labels.c.item_id, labels.c.annotator_id, labels.c.label)
-        .select_from(labels.join(items, items.c.id == labels.c.item_id))
-        .where(items.c.round == round_id)
-    ).all()
+def gate_labels(conn: Connection, round_id: int) -> Labels | None:
+    """The labels a round's gate is decided on, and nothing else: every label on the round's
+    items by each annotator who has labeled all of them and was not removed (None when
+    there is none). The gate is evaluated once two such annotators count.
+
+    This is the one definition of the gate's number: `evaluate_gate` stores it, `status`
+    shows it and says who drives it, and the export marks these labels (`gate`) so that
+    `rlhfkit agreement` computes it again from the file."""
     size = conn.execute(select(rounds.c.size).where(rounds.c.id == round_id)).scalar_one()
-    per_annotator = Counter(r.annotator_id for r in rows)
-    finished = {a for a, n in per_annotator.items() if n >= size}
-    rows = [r for r in rows if r.annotator_id in finished]
-    values: dict[str, Any] = {"gate_annotators": len(finished), "evaluated_at": time.time()}
-    if len(finished) >= 2:
-        coded = Labels.from_records(
-            [r.item_id for r in rows],
-            [str(r.annotator_id) for r in rows],
-            [r.label for r in rows],
-            order=list(m.LABEL_VALUES),
+    rows = conn.execute(
+        select(labels.c.item_id, people.c.name, labels.c.label, people.c.removed_at)
+        .select_from(
+            labels.join(items, items.c.id == labels.c.item_id).join(
+                people, people.c.id == labels.c.annotator_id
+            )
         )
+        .where(items.c.round == round_id)
+        .order_by(labels.c.id)
+    ).all()
+    per_annotator = Counter(r.name for r in rows)
+    counted = {r.name for r in rows if per_annotator[r.name] >= size and r.removed_at is None}
+    rows = [r for r in rows if r.name in counted]
+    if not counted:
+        return None
+    return Labels.from_records(
+        [r.item_id for r in rows],
+        [r.name for r in rows],
+        [r.label for r in rows],
+        order=list(m.LABEL_VALUES),
+    )
+
+
+def evaluate_gate(conn: Connection, policy: Policy, round_id: int) -> None:
+    """Store the round's gate: its number and verdict once two annotators count, none before
+    (or again, when a removal leaves fewer than two)."""
+    coded = gate_labels(conn, round_id)
+    counted = 0 if coded is None else len(np.unique(coded.annotator))
+    values: dict[str, Any] = {
+        "gate_annotators": counted,
+        "evaluated_at": time.time(),
+        "gate_value": None,
+        "gate_passed": None,
+    }
+    if coded is not None and counted >= 2:
         gate = calibration_gate(coded, None, policy.agreement_threshold)
         values |= {"gate_value": gate.value, "gate_passed": gate.passed}
     conn.execute(update(rounds).where(rounds.c.id == round_id).values(**values))
@@ -193,11 +227,7 @@ def override_gate(
     the round and shown in status, exports and reports. Returns the round overridden.
     `by`: the asking admin's (annotator id, token hash), checked in the same transaction on
     their row, locked first (`security.TokenRefused` if it was revoked or rotated since)."""
-    if not reason.strip():
-        raise UserError("an override needs a reason (it is recorded and shown in exports)")
-    why = unstorable(reason)  # from the command line: argv bytes that are not UTF-8
-    if why:
-        raise UserError(f"the override's reason {why}")
+    reason = checked_reason(reason, "override")
 
     def unit(conn: Connection) -> int:
         if by is not None:  # annotator rows first, the order every unit keeps (see `store`)
@@ -210,13 +240,141 @@ def override_gate(
         conn.execute(
             update(rounds)
             .where(rounds.c.id == bindparam("r"))
-            .values(override_reason=reason.strip(), override_by=actor, override_at=time.time()),
+            .values(override_reason=reason, override_by=actor, override_at=time.time()),
             {"r": round_id},
         )
-        record_event(conn, "gate_override", actor, round=round_id, reason=reason.strip())
+        record_event(conn, "gate_override", actor, round=round_id, reason=reason)
         return round_id
 
     return store.run(unit)
+
+
+def checked_reason(reason: str, what: str) -> str:
+    """The reason for a team decision (override, removal, recalibration), stripped; a
+    `UserError` when it is empty or cannot be stored."""
+    if not reason.strip():
+        raise UserError(f"an {what} needs a reason (it is recorded and shown in exports)")
+    why = unstorable(reason)  # from the command line: argv bytes that are not UTF-8
+    if why:
+        raise UserError(f"the {what}'s reason {why}")
+    return reason.strip()
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    round: int
+    size: int
+    same_items_as: int | None
+    """The round whose pairs are labeled again (`same_items`), else None (fresh pairs)."""
+
+
+def recalibrate(
+    store: Store,
+    policy: Policy,
+    same_items: bool,
+    reason: str,
+    actor: str,
+    rng: random.Random | None = None,
+    by: tuple[int, str] | None = None,
+) -> Recalibration:
+    """Open a new calibration round for the whole team, now: fresh pairs nobody has been
+    handed (`calibration_size` of them), or the latest round's pairs again (`same_items`:
+    copies, kind `recheck`, since nobody labels one item twice). Everyone not removed labels
+    it before more main items; the main queue stays as the last verdict left it until two
+    have finished it. Recorded (who, why) in the audit log, like an override. `by`: as for
+    `override_gate`."""
+    reason = checked_reason(reason, "recalibration")
+
+    def unit(conn: Connection) -> Recalibration:
+        if by is not None:  # annotator rows first, the order every unit keeps (see `store`)
+            stored = conn.execute(ADMIN_HASH, {"a": by[0]}).scalar()
+            verify(stored or "", by[1])
+        conn.execute(select(m.Meta.value).where(m.Meta.key == "schema_version").with_for_update())
+        latest = conn.execute(
+            select(rounds.c.id, rounds.c.gate_annotators).order_by(rounds.c.id.desc()).limit(1)
+        ).first()
+        if latest is None:
+            raise UserError(
+                "there is no calibration round yet to recalibrate after",
+                hint="the first opens with the first import when [annotation] "
+                "calibration_size is above 0",
+            )
+        if latest.gate_annotators == 0:
+            raise UserError(
+                f"calibration round {latest.id} has not been finished by anyone yet: a new "
+                "round would replace it unlabeled; nothing changed"
+            )
+        if same_items:
+            round_id, size = _copy_round(conn, latest.id, reason, actor)
+            return Recalibration(round_id, size, latest.id)
+        round_id = open_round(conn, policy, reason, rng or random.Random(), actor=actor)
+        if round_id is None:
+            raise UserError(
+                "no pair is left that nobody has been handed: nothing to draw a fresh round "
+                "from; nothing changed",
+                hint="`rlhfkit annotate recalibrate --same-items` labels the latest round's "
+                "pairs again; or import more pairs",
+            )
+        size = conn.execute(select(rounds.c.size).where(rounds.c.id == round_id)).scalar_one()
+        return Recalibration(round_id, size, None)
+
+    return store.run(unit)
+
+
+def _copy_round(conn: Connection, source: int, reason: str, actor: str) -> tuple[int, int]:
+    """A new round of copies of round `source`'s pairs (kind `recheck`, id `ID#roundN`)."""
+    rows = conn.execute(
+        select(
+            items.c.external_id,
+            items.c.prompt,
+            items.c.response_a,
+            items.c.response_b,
+            items.c.source,
+            items.c.extra,
+        )
+        .where(items.c.round == source)
+        .order_by(items.c.id)
+    ).all()
+    round_id, now = source + 1, time.time()
+    taken = set(conn.execute(select(items.c.external_id)).scalars())
+    copies = []
+    for r in rows:
+        original = (r.extra or {}).get("recheck_of", r.external_id)
+        new_id = f"{original}#round{round_id}"
+        if new_id in taken or len(new_id) > 200:  # an imported id, or too long a one
+            new_id = f"{hashlib.sha256(original.encode()).hexdigest()[:16]}#round{round_id}"
+        copies.append(
+            {
+                "external_id": new_id,
+                "prompt": r.prompt,
+                "response_a": r.response_a,
+                "response_b": r.response_b,
+                "kind": m.RECHECK,
+                "round": round_id,
+                "taken": 0,
+                "labels": 0,
+                "source": r.source,
+                "extra": {"recheck_of": original},
+                "created_at": now,
+            }
+        )
+    if copies:
+        conn.execute(insert(items), copies)
+    conn.execute(
+        insert(rounds).values(id=round_id, size=len(copies), reason=reason, created_at=now)
+    )
+    after = conn.execute(select(func.max(labels.c.id))).scalar() or 0
+    record_event(
+        conn,
+        "round_opened",
+        actor,
+        round=round_id,
+        size=len(copies),
+        reason=reason,
+        after_label=after,
+        same_items_as=source,
+    )
+    return round_id, len(copies)
 
 
 ADMIN_HASH = (

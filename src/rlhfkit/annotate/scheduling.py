@@ -2,6 +2,7 @@
 
 The rules, in the order `next_task` applies them to one annotator:
 
+0. An annotator removed from the round (`rlhfkit annotate remove`) gets nothing.
 1. An open task of theirs that has not timed out is handed out again (a reload shows the same
    pair). Tasks past `task_timeout_s` expire; a main item's slot returns to the pool.
 2. Calibration: while they have not finished the latest calibration round, they get its
@@ -70,7 +71,8 @@ class Task:
 @dataclass(frozen=True)
 class NoTask:
     reason: str
-    """'calibration_gate' (waiting for the gate), 'done' (no work left for this annotator)."""
+    """'calibration_gate' (waiting for the gate), 'done' (no work left for this annotator),
+    'removed' (taken off the team's work by `rlhfkit annotate remove`)."""
 
 
 def next_task(
@@ -124,6 +126,7 @@ ME = (
         people.c.labels_at_calibration,
         people.c.calibrated_round,
         people.c.token_hash,
+        people.c.removed_at,
     )
     .where(people.c.id == bindparam("a"))
     .with_for_update()  # PostgreSQL: one next-task at a time per annotator (two open tabs)
@@ -220,6 +223,8 @@ def _next_task(
 ) -> Task | NoTask:
     me = ME(conn, {"a": annotator_id}).one()
     verify(me.token_hash, token_hash)  # revoked or rotated since this process last looked
+    if me.removed_at is not None:  # `annotate remove`: their open tasks went back then
+        return NoTask("removed")
     if sweep:  # after the annotator's row: rows are locked annotator, task, item (`store`)
         _sweep(conn, now)
     current = OPEN_TASK(conn, {"a": annotator_id}).first()

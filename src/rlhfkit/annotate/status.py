@@ -8,7 +8,6 @@ relative to the stored pair, `shown_first` for position bias, anchors as gold).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,6 +23,7 @@ from rlhfkit.agreement import (
 )
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.annotators import token_events
+from rlhfkit.annotate.gate_status import disagreement, gate_summary, round_openers
 from rlhfkit.annotate.rounds import gate_open, labels_in_round_after
 from rlhfkit.annotate.rules import Policy
 from rlhfkit.annotate.security import verify
@@ -109,7 +109,8 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         ).scalar_one()
         people = conn.execute(select(m.Annotator).order_by(m.Annotator.name)).all()
         rounds = conn.execute(select(m.Round).order_by(m.Round.id)).all()
-        is_open = gate_open(conn)
+        gate = gate_summary(rounds, gate_open(conn), policy, round_openers(conn))
+        gate["disagreement"] = disagreement(conn, policy, gate)
         tokens = token_events(conn)
     main_items = kinds.get(m.MAIN, 0) + kinds.get(m.CALIBRATION, 0)
     out: dict[str, Any] = {
@@ -123,12 +124,17 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
             "open_tasks": open_tasks,
             "fraction_complete": complete / main_items if main_items else 0.0,
         },
-        "gate": gate_summary(rounds, is_open, policy),
+        "gate": gate,
         "rubric_version": policy.rubric_version,
         "token_events": tokens,
     }
+    if gate["disagreement"] is None:
+        gate["disagreement_note"] = (
+            "the gate passed" if gate["passed"] else "the gate has not failed: " + gate["verdict"]
+        )
     revoked = {e["annotator"]: e["at"] for e in tokens if e["event"] == "revoked"}
     stats = annotator_quality(table, policy, replicates)
+    # Over every label (main, calibration, anchors, every annotator): not the gate's number.
     out["agreement"] = stats["agreement"]
     if stats["agreement"] is None:
         out["agreement_note"] = stats["agreement_note"]
@@ -138,24 +144,37 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
     latest = rounds[-1].id if rounds else 0
     for p in people:
         since = p.label_count - p.labels_at_calibration
+        # An admin who labels nothing is no annotator to wait for; a removed one gets no tasks.
+        labels_pairs = not p.is_admin or p.label_count > 0
         row = {
             "annotator": p.name,
             "admin": bool(p.is_admin),
             "labels": p.label_count,
             "calibrated_round": p.calibrated_round,
-            "in_calibration": bool(latest and p.calibrated_round < latest),
+            "in_calibration": bool(
+                latest and p.calibrated_round < latest and labels_pairs and p.removed_at is None
+            ),
             "labels_since_calibration": since,
             "recalibration_due": bool(
                 policy.recalibrate_every and since >= policy.recalibrate_every
             ),
             "revoked": p.name in revoked,
             "revoked_at": revoked.get(p.name),
+            "removed": _removal(p),
         }
+        if row["removed"] is None:
+            row["removed_note"] = "not removed"
         if row["revoked_at"] is None:
             row["revoked_at_note"] = "the token has not been revoked"
         row.update(stats["per_annotator"].get(p.name, _no_labels()))
         out["annotators"].append(row)
     return out
+
+
+def _removal(p: Any) -> dict[str, Any] | None:
+    if p.removed_at is None:
+        return None
+    return {"reason": p.removed_reason, "by": p.removed_by, "at": p.removed_at}
 
 
 def _no_labels() -> dict[str, Any]:
@@ -171,46 +190,6 @@ def _no_labels() -> dict[str, Any]:
             row[f.name] = None
             row[f"{f.name}_note"] = "no labels yet"
     return row
-
-
-def gate_summary(rounds: list[Any], is_open: bool, policy: Policy) -> dict[str, Any]:
-    """The gate and each round; a null comes with its `<name>_note`."""
-
-    def one(r: Any) -> dict[str, Any]:
-        override = None
-        if r.override_reason is not None:
-            override = {"reason": r.override_reason, "by": r.override_by, "at": r.override_at}
-        out = {
-            "round": r.id,
-            "size": r.size,
-            "reason": r.reason,
-            "annotators_finished": r.gate_annotators,
-            "percent_agreement": _number(r.gate_value),
-            "passed": r.gate_passed,
-            "override": override,
-        }
-        if r.gate_annotators < 2:
-            why = (
-                f"{r.gate_annotators} annotator(s) have finished the round: the gate is "
-                "evaluated once two have"
-            )
-        else:
-            why = "no item of the round has two or more labels: there is nothing to compare"
-        if out["percent_agreement"] is None:
-            out["percent_agreement_note"] = why
-        if out["passed"] is None:
-            out["passed_note"] = why
-        if override is None:
-            out["override_note"] = "not overridden"
-        return out
-
-    return {
-        "main_queue_open": is_open,
-        "threshold": policy.agreement_threshold,
-        "statistic": "percent_agreement",
-        "rounds": [one(r) for r in rounds],
-        "overridden": any(r.override_reason is not None for r in rounds),
-    }
 
 
 def annotator_quality(table: LabelTable, policy: Policy, replicates: int = 200) -> dict[str, Any]:
@@ -297,10 +276,6 @@ def _baseline(table: LabelTable, calibration: list[bool]) -> dict[str, float]:
     return {a: sum(h) / len(h) for a, h in hits.items() if h}
 
 
-def _number(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
 def annotator_progress(
     store: Store, policy: Policy, annotator_id: int, token_hash: str | None = None
 ) -> dict[str, Any]:
@@ -355,7 +330,9 @@ def annotator_progress(
             .limit(1)
         ).first()
     in_calibration = latest is not None and me.calibrated_round < latest.id
-    if in_calibration:
+    if me.removed_at is not None:
+        state = "removed"
+    elif in_calibration:
         state = "calibration"
     elif not is_open:
         state = "waiting_for_gate"
@@ -387,4 +364,6 @@ def _progress_text(state: str, labels: int, calibration: dict[str, int] | None) 
         )
     if state == "done":
         return f"{pairs(labels)}; nothing left for you right now"
+    if state == "removed":
+        return f"{pairs(labels)}; an admin took you off this round"
     return pairs(labels)

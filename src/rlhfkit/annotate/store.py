@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
@@ -285,6 +285,8 @@ def open_store(url: str, create: bool = False, pool_size: int = 40) -> Store:
             )
     with engine.connect() as conn:
         meta = dict(conn.execute(select(m.Meta.key, m.Meta.value)).all())
+    if meta.get("schema_version") in MIGRATIONS:
+        meta["schema_version"] = _migrate(engine)
     if meta.get("schema_version") != str(m.SCHEMA_VERSION):
         engine.dispose()
         raise UserError(
@@ -294,6 +296,37 @@ def open_store(url: str, create: bool = False, pool_size: int = 40) -> Store:
             hint="use the rlhfkit version that created it, or export with it and import anew",
         )
     return Store(engine, url, meta["secret"])
+
+
+MIGRATIONS: dict[str, tuple[str, ...]] = {
+    # from version: the columns it adds (TABLE.COLUMN, typed as the models declare them)
+    "1": ("annotators.removed_at", "annotators.removed_reason", "annotators.removed_by"),
+}
+"""Additive only: a store of an older version opens, and keeps all it holds."""
+
+
+def _migrate(engine: Engine) -> str:
+    """Bring an older store up to `SCHEMA_VERSION`, in one transaction on the locked version
+    row: a second process opening it at the same time waits, then finds it done. Returns
+    the version it is at."""
+    with engine.connect() as raw:
+        conn = raw.execution_options(rlhfkit_begin="BEGIN IMMEDIATE")  # SQLite: write lock now
+        with conn.begin():
+            key = m.Meta.key == "schema_version"
+            version = conn.execute(select(m.Meta.value).where(key).with_for_update()).scalar()
+            found = version
+            while version in MIGRATIONS:
+                for name in MIGRATIONS[version]:
+                    table, column = name.split(".")
+                    kind = m.Base.metadata.tables[table].c[column].type
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {table} ADD COLUMN {column} "
+                        f"{kind.compile(dialect=engine.dialect)}"
+                    )
+                version = str(int(version) + 1)
+            if version != found:
+                conn.execute(update(m.Meta).where(key).values(value=version))
+    return version
 
 
 def _engine(url: str, create: bool, pool_size: int) -> Engine:

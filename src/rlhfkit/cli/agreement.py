@@ -35,7 +35,8 @@ def agreement(
     threshold: float = typer.Option(
         0.65,
         help="Percent agreement the calibration gate requires (the article: 0.65 is "
-        "the floor, 0.70-0.75 the target).",
+        "the floor, 0.70-0.75 the target). For the store's verdict, give the project's "
+        "[annotation] agreement_threshold.",
     ),
     anchor_threshold: float = typer.Option(0.7, help="Anchor accuracy below this alerts."),
     window: int = typer.Option(20, help="Anchor labels per drift window."),
@@ -50,7 +51,9 @@ def agreement(
 
     For pairwise preferences read Krippendorff's alpha (nominal): it handles missing labels
     and corrects for chance. The calibration gate uses percent agreement, as the article's
-    65-75% rule does.
+    65-75% rule does, on the labels marked `gate` (an `rlhfkit annotate export --labels`
+    file marks the ones the store decided its gate on, so the number is the one `annotate
+    status` shows); on every label when none are marked.
     """
     # lazy: the agreement package imports numpy (and its plots matplotlib): slow for --help
     from rlhfkit.agreement import read_gold, summarise
@@ -111,6 +114,7 @@ def _read(labels: Path, level: str, values: list[str] | None):
             _ranks(len(data.values)),
             data.shown_first,
             data.timestamp,
+            data.gate,
         )
     return data
 
@@ -158,7 +162,9 @@ def _print_statistics(s: dict) -> None:
         f"{s['n_annotators']} annotators ({s['labels_per_item']['min']}-"
         f"{s['labels_per_item']['max']} labels per item)"
     )
-    table = Table("statistic", "value", "95% interval", "note")
+    table = Table(
+        "statistic", "value", "95% interval", "note", title="over every label (not the gate)"
+    )
     table.add_row(
         "percent agreement",
         _fmt(s["percent_agreement"]),
@@ -187,8 +193,15 @@ def _print_gate(s: dict) -> None:
     """The calibration gate's verdict, the missing intervals and the most disputed items."""
     gate = s["calibration_gate"]
     verdict = "[green]passes[/green]" if gate["passed"] else "[red]fails[/red]"
+    scope = (
+        f"on the calibration round's labels the store decided on ({gate['items']} pairs, "
+        f"{gate['annotators']} annotators)"
+        if gate["scope"] == "calibration round"
+        else f"over all {gate['items']} items (the file marks no gate labels: not the "
+        "annotation store's gate)"
+    )
     console.print(
-        f"calibration gate: percent agreement {_fmt(gate['value'])} vs threshold "
+        f"calibration gate: percent agreement {_fmt(gate['value'])} {scope} vs threshold "
         f"{gate['threshold']:.2f}: {verdict}"
     )
     if gate["value_note"]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
+import random
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit import strict_json
@@ -18,7 +21,8 @@ app = typer.Typer(
     "`rlhfkit train rm` / `train dpo` read directly.\n\n"
     "The usual order: pilot (a SIMULATED panel tries the rubric first), import, "
     "add-annotator (one per person), serve, status, export; "
-    "revoke or rotate a token when someone leaves or a token leaks. The "
+    "revoke or rotate a token when someone leaves or a token leaks. When the gate fails, "
+    "status names who drives the disagreement; then remove, recalibrate or override-gate. The "
     "store is PROJECT/artifacts/annotations.sqlite unless --db or RLHFKIT_DB_URL names "
     "another (a SQLite file, or postgresql://user@host/db for a team server).",
     no_args_is_help=True,
@@ -240,26 +244,114 @@ def status(
     _print_status(s)
 
 
+BY = typer.Option(
+    None, "--by", help="Who decided (recorded with the reason; default: the user running this)."
+)
+
+
+def _by(by: str | None) -> str:
+    """Who is deciding: --by, else the login name of the user running the command."""
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
+
+
 @app.command("override-gate")
 def override_gate(
     reason: str = typer.Option(..., help="Why the main queue opens anyway (recorded)."),
-    by: str = typer.Option("cli", help="Who decided (recorded with the reason)."),
+    by: str = BY,
     project: Path = PROJECT,
     db: str = DB,
 ) -> None:
     """Open the main queue although the calibration gate has not passed.
 
     The override, who made it and why are kept with the round and shown in status, the
-    export's manifest and reports."""
+    export's manifest and reports. Before overriding, `rlhfkit annotate status` says who
+    drives the disagreement: `remove` or `recalibrate` may fix the cause instead."""
     # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import override_gate as override
 
     store, _, _ = _open(project, db)
     try:
-        round_id = override(store, reason, actor=by)
+        round_id = override(store, reason, actor=_by(by))
     finally:
         store.close()
     console.print(f"calibration round {round_id}: gate overridden ({reason})")
+
+
+@app.command()
+def remove(
+    name: str = typer.Argument(..., help="The annotator to take off the round."),
+    reason: str = typer.Option(..., help="Why (recorded, and shown in status and exports)."),
+    by: str = BY,
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Take an annotator off the team's work, when `status` names them as the one who drives
+    the calibration gate's disagreement.
+
+    Their calibration labels leave the gate, which is evaluated again: if it now passes, the
+    main queue opens for everyone else. They get no more tasks (their open ones return to
+    the pool), and their votes are left out of the export. Nothing is deleted: their labels
+    stay in the store, and who removed them, when and why is recorded."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
+    from rlhfkit.annotate.annotators import remove_annotator
+
+    store, policy, _ = _open(project, db)
+    try:
+        r = remove_annotator(store, policy, name, reason, actor=_by(by))
+    finally:
+        store.close()
+    tasks = f"{r.released} open task{'' if r.released == 1 else 's'} released"
+    console.print(f"{name} removed ({reason}); {tasks}; their labels stay, out of the gate")
+    state = "[green]open[/green]" if r.main_queue_open else "[red]closed[/red]"
+    console.print(
+        f"calibration gate: {_fmt(r.gate_before)} -> {_fmt(r.gate_after)} (threshold "
+        f"{policy.agreement_threshold:.2f}); main queue {state}"
+    )
+
+
+@app.command()
+def recalibrate(
+    same_items: bool = typer.Option(
+        None,
+        "--same-items/--fresh",
+        help="--same-items: the latest round's pairs again (to measure a sharper rubric on "
+        "the same pairs); --fresh: new pairs nobody has labeled ([annotation] "
+        "calibration_size of them). One is required.",
+        show_default=False,
+    ),
+    reason: str = typer.Option(..., help="Why a new round (recorded)."),
+    by: str = BY,
+    seed: int = typer.Option(None, help="Seed for drawing --fresh pairs (default: random)."),
+    project: Path = PROJECT,
+    db: str = DB,
+) -> None:
+    """Open a new calibration round for the whole team (after a failed gate, a rubric
+    change, a new annotator).
+
+    Every annotator not removed labels it before more main items; the gate is evaluated
+    again once two have finished it, and until then the main queue stays as the last
+    verdict left it. Recorded, with who and why, like an override."""
+    # lazy: the annotate package imports sqlalchemy, slow for --help
+    from rlhfkit.annotate.rounds import recalibrate as open_new
+
+    if same_items is None:
+        raise UserError("say which pairs: --same-items (the latest round's again) or --fresh")
+    store, policy, _ = _open(project, db)
+    try:
+        rng = random.Random(seed)
+        r = open_new(store, policy, same_items, reason, actor=_by(by), rng=rng)
+    finally:
+        store.close()
+    what = f"round {r.same_items_as}'s pairs again" if r.same_items_as else "fresh pairs"
+    console.print(
+        f"calibration round {r.round} opened: {r.size} pairs ({what}) that every annotator "
+        "labels next"
+    )
 
 
 @app.command()
@@ -319,6 +411,50 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _print_gate(gate: dict) -> None:
+    """The gate's one number and verdict, each round, and who drives a failure."""
+    state = "[green]open[/green]" if gate["main_queue_open"] else "[red]closed[/red]"
+    console.print(f"main queue: {state}")
+    if gate["round"] is None:
+        console.print(f"calibration gate: not evaluated yet ({gate['round_note']})")
+    else:
+        color = "green" if gate["passed"] else "red" if gate["passed"] is False else "yellow"
+        console.print(
+            f"calibration gate: percent agreement {_fmt(gate['value'])} on round "
+            f"{gate['round']} ({gate['pairs']} pairs, {gate['annotators']} annotators) vs "
+            f"threshold {gate['threshold']:.2f}: [{color}]{escape(gate['verdict'])}[/{color}]"
+        )
+    for r in gate["rounds"]:
+        if r["override"]:
+            verdict = (
+                f"[yellow]overridden by {escape(r['override']['by'])}: "
+                f"{escape(r['override']['reason'])}[/yellow]"
+            )
+        elif r["passed"] is None:
+            verdict = "waiting for two annotators to finish"
+        else:
+            verdict = "[green]passed[/green]" if r["passed"] else "[red]failed[/red]"
+        by = f", opened by {escape(r['opened_by'])}" if r.get("opened_by") else ""
+        console.print(
+            f"  round {r['round']} ({r['size']} pairs, {escape(r['reason'])}{by}): finished by "
+            f"{r['annotators_finished']}, agreement {_fmt(r['percent_agreement'])}: {verdict}"
+        )
+    d = gate.get("disagreement")
+    if not d:
+        return
+    table = Table("annotator", "gate without them", "agrees w/ others", "with each", title=None)
+    for row in d["annotators"]:
+        table.add_row(
+            escape(row["annotator"]),
+            _fmt(row["gate_without"]),
+            _fmt(row["mean_pairwise"]),
+            escape(", ".join(f"{k} {_fmt(v)}" for k, v in row["pairwise"].items())),
+        )
+    console.print(f"who drives the disagreement in round {d['round']} (leave-one-out):")
+    console.print(table)
+    console.print(f"[bold]what to do:[/bold] {escape(d['action'])}")
+
+
 def _print_status(s: dict) -> None:
     p, gate = s["progress"], s["gate"]
     console.print(
@@ -326,28 +462,15 @@ def _print_status(s: dict) -> None:
         f"({100 * p['fraction_complete']:.0f}%); {p['labels']} labels; {p['anchors']} anchors; "
         f"{p['open_tasks']} tasks open"
     )
-    state = "[green]open[/green]" if gate["main_queue_open"] else "[red]closed[/red]"
-    console.print(f"main queue: {state} (gate: percent agreement >= {gate['threshold']:.2f})")
-    for r in gate["rounds"]:
-        if r["override"]:
-            verdict = (
-                f"[yellow]overridden by {r['override']['by']}: {r['override']['reason']}[/yellow]"
-            )
-        elif r["passed"] is None:
-            verdict = "waiting for two annotators to finish"
-        else:
-            verdict = "[green]passed[/green]" if r["passed"] else "[red]failed[/red]"
-        console.print(
-            f"  round {r['round']} ({r['size']} pairs, {r['reason']}): finished by "
-            f"{r['annotators_finished']}, agreement {_fmt(r['percent_agreement'])}: {verdict}"
-        )
+    _print_gate(gate)
     for e in s["token_events"]:
         console.print(f"{e['annotator']}'s token {e['event']} {e['at_utc']} by {e['by']}")
     a = s["agreement"]
     if a:
         console.print(
-            f"Krippendorff's alpha {_fmt(a['krippendorff_alpha'])}, percent agreement "
-            f"{_fmt(a['percent_agreement'])} over {a['n_items']} pairs with 2+ labels"
+            f"overall agreement over all {a['n_items']} pairs with 2+ labels (every label, not "
+            f"the gate): percent agreement {_fmt(a['percent_agreement'])}, Krippendorff's "
+            f"alpha {_fmt(a['krippendorff_alpha'])}"
         )
     table = Table(
         "annotator", "labels", "round", "agrees w/ majority", "anchor acc.", "chose first", ""
@@ -362,6 +485,8 @@ def _print_status(s: dict) -> None:
             notes.append("recalibration due")
         if row["revoked"]:
             notes.append("revoked")
+        if row.get("removed"):
+            notes.append(f"removed by {row['removed']['by']}: {row['removed']['reason']}")
         table.add_row(
             row["annotator"] + (" (admin)" if row["admin"] else ""),
             str(row["labels"]),

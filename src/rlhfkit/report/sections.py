@@ -123,7 +123,7 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
             "note": stats.get(f"{key}_note") or note,
         }
         for key, label, note in (
-            ("percent_agreement", "percent agreement", "the gate's statistic (65% floor)"),
+            ("percent_agreement", "percent agreement", "over every label, not the gate"),
             ("krippendorff_alpha", "Krippendorff's alpha", "chance-corrected; the one to read"),
             ("cohen_kappa_mean", "Cohen's kappa (mean of pairs)", ""),
             ("fleiss_kappa", "Fleiss' kappa", ""),
@@ -169,11 +169,12 @@ def annotation_section(inp: RunInputs) -> dict[str, Any]:
 
 def _annotators(a: dict, st: dict, alerts: list[dict]) -> list[dict[str, Any]]:
     """One row per annotator (admins only if they labelled): from the agreement summary, or
-    else the store's status; flagged by a drift alert or left out of the export."""
+    else the store's status; flagged by a drift alert, left out of the export, or removed
+    from the round (`rlhfkit annotate remove`)."""
     flagged = {x.get("annotator") for x in alerts}
-    excluded = {
-        r.get("annotator") for r in st.get("annotators", []) if r.get("excluded_from_export")
-    }
+    store_rows = {r.get("annotator"): r for r in st.get("annotators", [])}
+    excluded = {n for n, r in store_rows.items() if r.get("excluded_from_export")}
+    removed = {n: r["removed"] for n, r in store_rows.items() if r.get("removed")}
     return [
         {
             "name": r.get("annotator", "?"),
@@ -183,11 +184,18 @@ def _annotators(a: dict, st: dict, alerts: list[dict]) -> list[dict[str, Any]]:
             "first": pct(r.get("chose_first_rate")),
             "tie": pct(r.get("tie_rate")),
             "both_bad": pct(r.get("both_bad_rate")),
-            "flagged": r.get("annotator") in flagged | excluded,
-            "excluded": r.get("annotator") in excluded,
+            "flagged": r.get("annotator") in flagged | excluded | set(removed),
+            "excluded": r.get("annotator") in excluded | set(removed),
+            "removed": (
+                f"removed by {removed[r['annotator']].get('by')}: "
+                f"{removed[r['annotator']].get('reason')}"
+                if r.get("annotator") in removed
+                else None
+            ),
         }
         for r in a.get("annotators") or st.get("annotators") or []
-        if not r.get("admin") or r.get("labels")
+        if not (r.get("admin") or store_rows.get(r.get("annotator"), {}).get("admin"))
+        or r.get("labels")
     ]
 
 
@@ -205,20 +213,34 @@ def _panel_member(p: dict[str, Any]) -> dict[str, str]:
 
 
 def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The calibration gate: the store's latest evaluated round (which is what opened or kept
-    closed the main queue, and carries any admin override) or else the agreement CLI's."""
-    value = threshold = passed = override = None
+    """The calibration gate: the store's deciding round (which is what opened or kept closed
+    the main queue, and carries any admin override), or, without a store's status, the
+    agreement CLI's, which is the same number when its labels file marks the gate's labels
+    (an export's does)."""
+    value = threshold = passed = override = where = None
     if store:
         threshold = store.get("threshold")
-        rounds = [r for r in store.get("rounds", []) if r.get("passed") is not None]
-        latest = rounds[-1] if rounds else None
-        if latest:
-            value, passed = latest.get("percent_agreement"), latest.get("passed")
+        if "value" in store:  # a status that names the deciding round
+            value, passed = store.get("value"), store.get("passed")
+            if store.get("round") is not None:
+                where = (
+                    f"round {store['round']}: {store.get('pairs')} pairs, "
+                    f"{store.get('annotators')} annotators"
+                )
+        else:  # an older status: its latest evaluated round
+            rounds = [r for r in store.get("rounds", []) if r.get("passed") is not None]
+            if rounds:
+                value, passed = rounds[-1].get("percent_agreement"), rounds[-1].get("passed")
         overrides = [r["override"] for r in store.get("rounds", []) if r.get("override")]
         override = overrides[-1] if overrides else None
-    if value is None and computed:
+    if not store and computed:  # the store's status decides when there is one
         value, passed = computed.get("value"), computed.get("passed")
         threshold = threshold if threshold is not None else computed.get("threshold")
+        where = (
+            f"{computed.get('items')} calibration pairs, {computed.get('annotators')} annotators"
+            if computed.get("scope") == "calibration round"
+            else f"all labels ({computed.get('items')} items): not a store's gate"
+        )
     if value is None and override is None:
         return None
     if passed:
@@ -236,6 +258,7 @@ def _gate(computed: dict[str, Any] | None, store: dict[str, Any] | None) -> dict
         "passed": bool(passed),
         "verdict": verdict,
         "override": override,
+        "on": where,
     }
 
 

@@ -19,8 +19,8 @@ async def get_next_task(request: Request, caller: ClaimedCaller) -> Response:
     here tells an anchor from any other item, or shows anyone else's answers.
 
     204 when there is nothing to do, with the reason in ``X-Rlhfkit-Reason``:
-    ``calibration_gate`` (the main queue waits for the calibration round's agreement) or
-    ``done``."""
+    ``calibration_gate`` (the main queue waits for the calibration round's agreement),
+    ``removed`` (an admin took the caller off the team's work) or ``done``."""
     state = app_state(request)
     try:
         task = await next_task_async(

@@ -58,6 +58,8 @@ const REASONS = {
   calibration_gate: "The calibration round is done. The main queue opens when the team's "
     + "agreement reaches the threshold (or an admin overrides it). Check again later.",
   done: "No more pairs for you right now. Thank you!",
+  removed: "An admin has taken you off this labeling round; there are no more pairs for you. "
+    + "Your labels so far are kept. Ask your team lead if this is unexpected.",
 };
 
 async function loadTask() {
