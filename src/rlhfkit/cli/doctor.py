@@ -13,18 +13,21 @@ from rlhfkit.doctor.verdict import as_text, counts
 from rlhfkit.errors import UserError, display_path
 
 CHECKS = """Checks, by the stage that makes them measurable:
-  candidates  the trained model never shows an 'increase' criterion (fail: preferences
-              cannot reinforce it; `rlhfkit run` stops before people label); pairs too
-              alike to decide
-  annotate    many ties; the calibration gate failing, and who drives it (each
-              annotator's agreement with the others, the gate without them)
-  rm          the reward model near chance on held-out or same-model pairs; mostly length
-  eval        reward up while the criteria stay flat or move the wrong way; KL too low
-              (nothing moved) or too high (drift); over-refusal outside the subset a
-              declining criterion applies to
+  candidates  the trained model never shows an 'increase' criterion (fail:
+              preferences cannot reinforce it; `rlhfkit run` stops before
+              people label); pairs too alike to decide
+  annotate    many ties; the calibration gate failing, and who drives it
+              (each annotator's agreement with the others, the gate
+              without them)
+  rm          the reward model near chance on held-out or same-model
+              pairs; mostly length
+  eval        reward up while the criteria stay flat or move the wrong
+              way; KL too low (nothing moved) or too high (drift);
+              over-refusal outside the subset a declining criterion
+              applies to
 
-Exit code: 0 when no check fails (warnings and "not yet measurable" included), 1 when one
-fails, 2 on a bad RUN_DIR or file."""
+Exit code: 0 when no check fails (warnings and "not yet measurable"
+included), 1 when one fails, 2 on a bad RUN_DIR or file."""
 
 
 def doctor(
