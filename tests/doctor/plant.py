@@ -61,27 +61,5 @@ def labels(path: Path, rows: list[tuple[str, str, str]], phase: str = "main") ->
     )
 
 
-def status(path: Path, value: float, passed: bool, override: dict | None = None) -> Path:
-    """status.json's gate (`annotate.status.gate_summary`), one calibration round."""
-    gate = {
-        "main_queue_open": passed or override is not None,
-        "threshold": 0.65,
-        "statistic": "percent_agreement",
-        "rounds": [
-            {
-                "round": 1,
-                "size": 10,
-                "reason": "first calibration",
-                "annotators_finished": 3,
-                "percent_agreement": value,
-                "passed": passed,
-                "override": override,
-            }
-        ],
-        "overridden": override is not None,
-    }
-    return write_lines(path, [{"gate": gate}])
-
-
 def verdicts(checks: list[Any]) -> dict[str, str]:
     return {c.name: c.verdict for c in checks}

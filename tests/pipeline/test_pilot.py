@@ -109,6 +109,7 @@ def test_a_noiseless_rubric_in_code_agrees_fully_and_passes_the_gate(tmp_path):
         "passed": True,
         "pairs": 10,
         "main_queue_open": True,
+        "action": None,  # what to do about a failed gate: nothing to do
     }
     assert s["agreement"]["percent"] == 1.0
     assert s["agreement"]["krippendorff_alpha"] == 1.0 and s["agreement"]["cohen_kappa"] == 1.0
@@ -141,7 +142,9 @@ def test_one_careless_annotator_fails_the_gate_and_is_named(tmp_path):
     assert not s["gate"]["main_queue_open"]
     careless = next(a for a in s["per_annotator"] if a["annotator"] == "sim-3")
     assert careless["majority_agreement"] == 0.0
-    assert any("gate fails (0.33 < 0.65)" in w and "sim-3" in w for w in s["warnings"])
+    # what to do, from the store's leave-one-out (as `annotate status` says it)
+    assert any("gate fails (0.33 < 0.65): remove sim-3" in w for w in s["warnings"])
+    assert s["gate"]["action"].startswith("remove sim-3: without their labels the gate is 1.00")
     assert (
         "failed gate kept the main queue closed"
         in _pilot(

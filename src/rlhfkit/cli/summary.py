@@ -13,7 +13,9 @@ def show_annotation(s: dict[str, Any]) -> None:
     """The calibration gate, the panel's agreement and the annotators it flagged."""
     gate = s.get("calibration_gate") or {}
     if gate:
-        verdict = "passed" if gate["passed"] else "FAILED: the main queue stayed closed"
+        verdict = {True: "passed", None: "not evaluated yet"}.get(
+            gate["passed"], "FAILED: the main queue stayed closed"
+        )
         value = "n/a" if gate["value"] is None else f"{gate['value']:.2f}"
         console.print(
             f"calibration gate: {gate['statistic']} {value} vs threshold "

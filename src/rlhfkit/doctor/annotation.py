@@ -1,20 +1,16 @@
 """Checks on the labels: ties (pairs people could not decide) and the calibration gate, with
 who drives a failing one.
 
-Who drives the gate is measured two ways on the calibration labels (labels.jsonl rows of
-phase "calibration"), both from `rlhfkit.agreement`'s `calibration_gate`: each annotator's
-agreement with the majority of the others, and the gate's value without them (leave one
-out). The annotator whose absence raises the gate most drives it.
+The gate and who drives a failing one are the store's (annotation/status.json, as `rlhfkit
+annotate status` shows them): one number, computed in one place (`annotate.gate_status`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.agreement import Labels, calibration_gate
 from rlhfkit.doctor.verdict import Check, missing, pct, share
 
 TIE_WARN, TIE_FAIL = 0.25, 0.5
@@ -58,12 +54,13 @@ def check_ties(labels_path: Path | None) -> Check:
     )
 
 
-def check_gate(status_path: Path | None, labels_path: Path | None) -> Check:
+def check_gate(status_path: Path | None) -> Check:
+    """The store's gate as `annotate status` shows it (annotation/status.json): its one number,
+    and when it failed, who drives it (the store's leave-one-out, `annotate.gate_status`)."""
     name = "gate"
     status = json.loads(status_path.read_text()) if status_path and status_path.is_file() else {}
     gate = status.get("gate") or {}
-    rounds = gate.get("rounds") or []
-    if not rounds or rounds[-1].get("percent_agreement") is None:
+    if gate.get("value") is None:
         return missing(
             name,
             STAGE,
@@ -71,49 +68,26 @@ def check_gate(status_path: Path | None, labels_path: Path | None) -> Check:
             "no calibration round has a gate value yet (annotation/status.json)",
             "`rlhfkit annotate status` shows the gate while people label",
         )
-    last, threshold = rounds[-1], gate["threshold"]
-    value = last["percent_agreement"]
-    evidence = f"round {last['round']}: percent agreement {value:.2f} against {threshold:.2f}"
-    numbers: dict[str, Any] = {"round": last["round"], "value": value, "threshold": threshold}
-    if last["passed"]:
+    value, threshold = gate["value"], gate["threshold"]
+    evidence = f"round {gate['round']}: percent agreement {value:.2f} against {threshold:.2f}"
+    numbers: dict[str, Any] = {"round": gate["round"], "value": value, "threshold": threshold}
+    if gate["passed"]:
         return Check(name, STAGE, GATE_TITLE, "ok", evidence + ": passed", "", numbers)
-    drivers = gate_drivers(_rows(labels_path) or [], threshold)
-    numbers["annotators"] = drivers
     evidence += ": failed"
     action = "`rlhfkit annotate status` lists the disputed items: clarify the rubric on them"
+    drivers = (gate.get("disagreement") or {}).get("annotators") or []
+    numbers["annotators"] = drivers
+    told = (gate.get("disagreement") or {}).get("action")
     if drivers:
-        top = drivers[0]
-        evidence += (
-            f"; {top['annotator']} agrees with the others on {pct(top['agreement'])} of the "
-            f"calibration labels, and without them the gate would be {top['without']:.2f}"
-        )
-        if top["without"] >= threshold:
-            action = (
-                f"{top['annotator']} drives the disagreement: go over the disputed items with "
-                f"them and recalibrate, or leave them out of the round; " + action
+        top = max(drivers, key=lambda d: -1.0 if d["gate_without"] is None else d["gate_without"])
+        if top["gate_without"] is not None:
+            evidence += (
+                f"; {top['annotator']} agrees with each other annotator "
+                f"{pct(top['mean_pairwise'])} of the time on average, and without them the "
+                f"gate would be {top['gate_without']:.2f}"
             )
-    if last.get("override") or gate.get("overridden"):
+    if told:
+        action = told
+    if "overridden" in str(gate.get("verdict", "")) or gate.get("overridden"):
         return Check(name, STAGE, GATE_TITLE, "warn", evidence + " (overridden)", action, numbers)
     return Check(name, STAGE, GATE_TITLE, "fail", evidence, action, numbers)
-
-
-def gate_drivers(rows: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
-    """Each annotator of the calibration labels: agreement with the others' majority, and
-    the gate without them; the one whose absence raises the gate most first."""
-    rows = [r for r in rows if r.get("phase") == "calibration" and not r.get("anchor")]
-    if not rows:
-        return []
-    labels = Labels.from_records(
-        [r["item"] for r in rows], [r["annotator"] for r in rows], [r["label"] for r in rows]
-    )
-    agreement = calibration_gate(labels, None, threshold).annotator_agreement
-    if len(labels.annotators) < 3:  # without one of two, no one is left to agree with
-        return []
-    out = []
-    for code, annotator in enumerate(labels.annotators.tolist()):
-        rest = calibration_gate(labels.subset(labels.annotator != code), None, threshold)
-        mine = agreement.get(annotator, math.nan)
-        if math.isnan(rest.value) or math.isnan(mine):
-            continue  # no item the others agree on: nothing to measure them against
-        out.append({"annotator": annotator, "agreement": mine, "without": rest.value})
-    return sorted(out, key=lambda d: -d["without"])

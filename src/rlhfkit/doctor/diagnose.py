@@ -57,7 +57,7 @@ def diagnose(files: RunFiles, settings: Settings, policies: Sequence[str] = ()) 
     """Every check, in the run's order. `policies`: the trained policies to expect (each
     gets its checks, 'not yet measurable' until its evaluation is there)."""
     checks = check_candidates(files.candidates, settings.criteria)
-    checks += [check_ties(files.labels), check_gate(files.status, files.labels)]
+    checks += [check_ties(files.labels), check_gate(files.status)]
     checks += check_reward_model(files.rm_eval)
     for name in dict.fromkeys([*policies, *files.evals]):
         checks += _policy(name, files, settings)

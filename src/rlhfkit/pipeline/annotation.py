@@ -189,9 +189,11 @@ def _instructions(project: Project, url: str, state: dict[str, Any]) -> str:
         f"  rlhfkit annotate serve --project {where}{db}   (the web app; send each person "
         "the address and their token)",
         f"  rlhfkit annotate status --project {where}{db}   (progress, the gate, agreement, drift)",
-        "Then run the same `rlhfkit run` again: it goes on once the gate passed (or "
-        f"`rlhfkit annotate override-gate --project {where} --reason TEXT`) and every pair "
-        f"has its labels. Until then, {p['overlap']} people at least must label each pair.",
+        "Then run the same `rlhfkit run` again: it goes on once the gate passed and every "
+        f"pair has its labels. Until then, {p['overlap']} people at least must label each pair. "
+        "If the gate fails, `annotate status` names who drives the disagreement and what to "
+        f"do: `rlhfkit annotate remove NAME --project {where} --reason TEXT`, `annotate "
+        "recalibrate --same-items|--fresh`, or `annotate override-gate --reason TEXT`.",
     ]
     return "\n".join(lines)
 

@@ -269,15 +269,15 @@ def _export(store, policy: Policy, out: Path, judge: PilotJudge) -> dict[str, An
 
 def figures(state: dict[str, Any], table: LabelTable, policy: Policy) -> dict[str, Any]:
     """The numbers a team reads off a round: the gate, agreement, anchors, rates."""
-    rounds = state["gate"]["rounds"]
-    first = rounds[0] if rounds else {}
+    store_gate = state["gate"]  # the store's one gate number, as `annotate status` shows it
     gate = {
         "statistic": "percent agreement on the calibration round",
-        "value": first.get("percent_agreement"),
+        "value": store_gate["value"],
         "threshold": policy.agreement_threshold,
-        "passed": first.get("passed"),
-        "pairs": first.get("size", 0),
-        "main_queue_open": state["gate"]["main_queue_open"],
+        "passed": store_gate["passed"],
+        "pairs": store_gate["pairs"] or 0,
+        "main_queue_open": store_gate["main_queue_open"],
+        "action": (store_gate.get("disagreement") or {}).get("action"),
     }
     agreement = state["agreement"] or {}
     rows = list(zip(table.item_id, table.label, table.kind, strict=True))
@@ -378,14 +378,9 @@ def warnings(summary: dict[str, Any]) -> list[str]:
     out = []
     gate = summary["gate"]
     if gate["passed"] is False:
-        low = min(
-            (a for a in summary["per_annotator"] if a["majority_agreement"] is not None),
-            key=lambda a: a["majority_agreement"],
-            default=None,
-        )
-        who = f"; lowest agreement with the majority: {low['annotator']}" if low else ""
         out.append(
-            f"the calibration gate fails ({gate['value']:.2f} < {gate['threshold']:.2f}){who}"
+            f"the calibration gate fails ({gate['value']:.2f} < {gate['threshold']:.2f})"
+            + (f": {gate['action']}" if gate.get("action") else "")
         )
     stats = summary["judge"]["stats"]
     if stats.get("unreadable"):

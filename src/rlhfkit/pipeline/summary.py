@@ -56,15 +56,18 @@ def summary(paths: RunPaths, seconds: dict[str, float]) -> dict[str, Any]:
 
 
 def _gate(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The store's one gate number and verdict (its deciding round), as `annotate status`
+    and the report show it."""
     gate = status.get("gate")
     if not gate or not gate.get("rounds"):
         return None
-    last = gate["rounds"][-1]  # a failed round followed by a recalibration that passed
     return {
         "statistic": gate["statistic"],
-        "value": last["percent_agreement"],
+        "value": gate.get("value"),
         "threshold": gate["threshold"],
-        "passed": bool(last["passed"]),
+        "passed": gate.get("passed"),
+        "verdict": gate.get("verdict"),
+        "round": gate.get("round"),
         "overridden": gate["overridden"],
         "main_queue_open": gate["main_queue_open"],
         "rounds": len(gate["rounds"]),
