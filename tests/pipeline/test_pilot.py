@@ -29,7 +29,7 @@ from rlhfkit.pipeline.pilot_judges import (
     rubric_prompt,
 )
 from rlhfkit.project import load_project
-from tests.conftest import write_lines
+from tests.conftest import run_cli, write_lines
 from tests.pipeline.test_run import JUDGE as RUN_JUDGE
 from tests.pipeline.test_run import SPEC as RUN_SPEC
 
@@ -131,6 +131,12 @@ def test_a_noiseless_rubric_in_code_agrees_fully_and_passes_the_gate(tmp_path):
         kinds = [k for (k,) in db.execute("select kind from events")]
     assert "simulated_pilot" in kinds
     assert not (root / "artifacts" / "annotations.sqlite").exists()  # the team's store: untouched
+    db = ["--project", str(root), "--db", str(pilot / "annotations.sqlite")]
+    shown = run_cli("annotate", "status", *db)
+    assert shown.code == 0, shown.stderr
+    assert "SIMULATED: a pilot store" in shown.stdout and "judge.py:shorter" in shown.stdout
+    as_json = json.loads(run_cli("annotate", "status", *db, "--json").stdout)
+    assert as_json["simulated"] == {"judge": "judge.py:shorter"}
 
 
 def test_one_careless_annotator_fails_the_gate_and_is_named(tmp_path):

@@ -112,6 +112,9 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         gate = gate_summary(rounds, gate_open(conn), policy, round_openers(conn))
         gate["disagreement"] = disagreement(conn, policy, gate)
         tokens = token_events(conn)
+        simulated = conn.execute(
+            select(m.Event.detail).where(m.Event.kind == "simulated_pilot")
+        ).first()
     main_items = kinds.get(m.MAIN, 0) + kinds.get(m.CALIBRATION, 0)
     out: dict[str, Any] = {
         "progress": {
@@ -127,7 +130,11 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         "gate": gate,
         "rubric_version": policy.rubric_version,
         "token_events": tokens,
+        # a pilot store (`rlhfkit annotate pilot`): every label is a simulated annotator's
+        "simulated": None if simulated is None else {"judge": simulated.detail.get("judge")},
     }
+    if simulated is None:
+        out["simulated_note"] = "people's labels: no simulated pilot wrote this store"
     if gate["disagreement"] is None:
         gate["disagreement_note"] = (
             "the gate passed" if gate["passed"] else "the gate has not failed: " + gate["verdict"]

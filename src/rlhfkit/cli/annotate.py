@@ -457,6 +457,11 @@ def _print_gate(gate: dict) -> None:
 
 def _print_status(s: dict) -> None:
     p, gate = s["progress"], s["gate"]
+    if s.get("simulated"):
+        console.print(
+            f"[bold]SIMULATED[/bold]: a pilot store; every label is a simulated annotator's "
+            f"(judge {escape(str(s['simulated']['judge']))}), not a person's"
+        )
     console.print(
         f"[bold]{p['complete_items']}[/bold] of {p['items']} pairs have {p['overlap']} labels "
         f"({100 * p['fraction_complete']:.0f}%); {p['labels']} labels; {p['anchors']} anchors; "
