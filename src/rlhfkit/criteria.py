@@ -106,29 +106,103 @@ class EndsWithDetector(Strict):
         return any(t.endswith(s) for s in self.suffixes)
 
 
-# Declining or refusing, in the words small and large chat models actually use. Kept
-# deliberately specific ("I can't help", not "can't"): "we can't wait to see you" is no refusal.
-REFUSAL_PATTERNS = (
-    r"\bI(?:'m| am) (?:sorry,? )?(?:but )?(?:not able|unable) to\b",
-    r"\bI (?:can't|cannot|can not) (?:help|assist|do that|provide|answer|comply|fulfil|share|"
-    r"discuss|give|process|access)",
-    r"\bI (?:won't|will not) (?:be able to )?(?:help|assist|provide|do that|answer)",
-    r"\bI(?:'m| am) (?:not (?:allowed|permitted|authorized|authorised) to|afraid I (?:can't|"
-    r"cannot))",
-    r"\bI must (?:respectfully |politely )?decline\b",
-    r"\bas an AI\b",
-    r"\b(?:that|this)(?:'s| is) (?:outside|beyond|not within) (?:my|our|the) (?:scope|remit|"
-    r"expertise)",
-    r"\bagainst (?:my|our) (?:guidelines|policy|policies|rules)\b",
-    r"\bunable to (?:help|assist) (?:you )?with (?:that|this)\b",
-    r"\bnot something I can help with\b",
+# Declining or refusing, in the words chat models and help desks use. Each pattern is a
+# general shape of a decline, not a sentence from the test set (tests/evaluate/files/
+# refusals.jsonl, where precision and recall are measured on held-out replies): an inability
+# or unwillingness with a verb of helping ("I can't advise on"), a scope ("I'm only able to
+# help with", "outside my remit"), a redirect to a professional ("a question for a
+# solicitor"), a preference ("I'd rather not"). Kept specific: "we can't wait to see you",
+# "I can't recommend it enough" and "I won't charge you twice" are no refusals.
+_HELP_VERBS = (
+    r"(?:help|assist|advise|answer|comment|speak to|weigh in|discuss|provide|share|give|offer|"
+    r"recommend|do (?:that|this|it)|go (?:there|into)|get into|write|make that (?:call|decision)|"
+    r"fulfil|fulfill|comply|process|access|say|tell(?! you how)|talk about|support|be of help)"
 )
-_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
+_NOT_ENOUGH = r"(?![^.!?]{0,30}\benough\b)"  # "I can't recommend it enough" praises
+_CANT = r"(?:can't|cannot|can not|won't|will not|couldn't possibly)"
+_WHO = r"(?:\bI|\bwe|\band|^|[,.!?;:]\s*)"  # "sorry mate, can't help you there"
+_PROFESSIONAL = (
+    r"(?:doctor|GP|solicitor|lawyer|accountant|vet|pharmacist|advis[eo]r|professional|"
+    r"specialist|expert|therapist|counsell?or|bank|insurer|landlord|council|police|"
+    r"manufacturer|electrician|plumber|provider|travel agent|someone qualified)s?\b"
+)
+REFUSAL_PATTERNS = (
+    # I can't / won't / am unable to + a verb of helping
+    rf"{_WHO}(?: really)? {_CANT}(?: really)?(?: be able to)? {_HELP_VERBS}{_NOT_ENOUGH}",
+    rf"\bI(?:'m| am) (?:sorry,? )?(?:but )?(?:really )?(?:not able|unable|not going) to "
+    rf"(?:be able to )?{_HELP_VERBS}{_NOT_ENOUGH}",
+    rf"\bwe(?:'re| are) (?:not able|unable) to {_HELP_VERBS}",
+    rf"\b(?:not |un)(?:allowed|permitted|authori[sz]ed) to {_HELP_VERBS}",
+    r"\bI(?:'m| am) not (?:qualified|equipped|set up|in a position|here) to\b",
+    r"\bI(?:'m| am) afraid I (?:can't|cannot)\b",
+    r"\bI (?:won't|will not) be (?:answering|giving|writing|helping|providing|sharing|"
+    r"commenting|discussing|doing that)",
+    r"\bI wish I could (?:help|assist|do more)",
+    # declining outright
+    r"\bI(?: must| have to|'ll have to| will have to|'m going to| am going to)?"
+    r"(?: respectfully| politely)? decline\b",
+    r"\bI(?:'ll| will)(?: have to)? pass\b|^\W*pass\b",
+    r"\b(?:have to|must) say no\b|\ba no from (?:me|us)\b|\bno can do\b|\bsit this one out\b",
+    r"\bI(?:'d| would) (?:rather|prefer) not\b|\bI(?:'d| would) (?:rather|prefer to) stay out\b",
+    r"\b(?:not|don't feel) comfortable\b|\bappropriate for me\b|\bfeel it's appropriate\b",
+    r"\bI (?:shouldn't|should not|'d better not|had better not)(?: really)? "
+    r"(?:answer|comment|say|get into|weigh in)|\bI don't think I should\b",
+    # only here for ...; outside my scope
+    r"\b(?:I|we|our team) (?:can|could) only (?:really )?(?:help|assist|answer|deal|talk|"
+    r"discuss|handle)",
+    r"\b(?:only|just) (?:here|able|set up|designed|meant) (?:to|for) (?:help|assist|answer|"
+    r"deal|talk|discuss|handle|questions)",
+    r"\bhere to help with [^.!?]{0,60}\bonly\b",
+    r"\b(?:I|we) only (?:help|deal|handle|answer|talk about|cover|discuss)(?: with)? "
+    r"(?:questions|queries|enquiries|requests)",
+    r"\b(?:I(?:'m| am)|(?:my|our) role is) (?:limited|restricted) to\b",
+    r"\bthis (?:chat|service|assistant|line|channel)\b(?:[^.!?]{0,60}\bonly\b| (?:can't|cannot))",
+    r"\b(?:not|isn't|is not) (?:something|a (?:topic|subject|question|thing)|one|an area) "
+    r"(?:that )?(?:I|we)(?:'m| am|'re| are)? (?:really |actually )?(?:can|could|cover|do|talk|"
+    r"discuss|get|deal|handle|help|advise|comment|answer|able|allowed|permitted|in a position)",
+    r"\bnot (?:really )?my (?:area|department|field|place|remit|speciality|specialty|role)\b",
+    r"\b(?:outside|beyond) (?:of )?(?:my|our|the) (?:area|scope|remit|expertise|wheelhouse|"
+    r"field|lane)\b|\bnot within (?:my|our|the) (?:scope|remit|area|expertise)\b",
+    r"\b(?:outside|beyond) (?:of )?what (?:I|we)(?:'m| am|'re| are)? (?:can|could|able|here|do|"
+    r"cover)",
+    r"\babove my pay grade\b|\bI don't have (?:the )?(?:expertise|permission|authority)\b",
+    r"\bnot (?:really )?the (?:right|best|best placed|correct|one)(?: person| assistant| one)? "
+    r"(?:to ask|to help|for (?:that|this|the job))|\bdon't think I(?:'m| am) the (?:right|best)",
+    # not a subject I get into
+    r"\b(?:I|we) (?:stay|keep|steer) (?:out of|away from|clear of) (?:politic|religio|debate|"
+    r"argument|discussion|that|this|those|such)",
+    r"\bI avoid (?:politic|religio|controversial|discussing|commenting|giving)",
+    r"\b(?:I|we) (?:don't|do not) (?:discuss|talk about|comment on|get into|get involved|"
+    r"weigh in)|\b(?:I|we) (?:don't|do not) (?:give|offer|provide) (?:\w+ ){0,2}"
+    r"(?:advice|opinions?|guidance|recommendations)\b",
+    r"\bI (?:don't|do not) (?:do|write|handle|deal with|cover|answer)\b|\bwe (?:don't|do not) "
+    r"(?:handle|deal with|cover) (?:that|this|it|those|such|questions|topics|requests)\b",
+    # a question for someone else
+    r"\b(?:that|this|it)(?:'s|'d be| is| would be)(?: really| more| probably| best)? "
+    r"(?:a (?:question|matter|job)|one) (?:for|to ask|better suited)",
+    # ...sent on to one, not advice that ends "see a doctor if it gets worse"
+    rf"\b(?:you(?:'d|'ll| would| will)? (?:need to|have to|should|want to|be better off)|"
+    rf"best to|please|I'd (?:suggest|recommend)) (?:ask(?:ing)?|speak(?:ing)? to|"
+    rf"talk(?:ing)? to|consult(?:ing)?|contact(?:ing)?|check(?:ing)? with|see(?:ing)?) (?:a |an |your |the )?(?:qualified |medical |legal |local "
+    rf"|registered |financial )?{_PROFESSIONAL}(?![^.!?]{{0,40}}\b(?:if|before|when)\b)",
+    r"\bbest (?:put|asked|directed|left) to\b|, not me\b|\brather than (?:me|us)\b",
+    r"\bleave (?:that|this|it)(?: one)? to\b|\bI(?:'ll| will) leave (?:that|this|it)(?: one)?"
+    r"(?! (?:with|at|in|on|for|by|until|out))\b",
+    r"\bsomething (?:you|your \w+)(?:'d| would|'ll| will)? (?:need|have) to (?:handle|take up|"
+    r"ask|raise)|\b(?:need|have) to take (?:that |it |this )?up with\b",
+    r"\bfor (?:medical|legal|financial|tax|health) (?:questions|matters|advice|issues|queries)\b",
+    r"\bas an AI\b",
+)
+_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE | re.MULTILINE)
+# quoted speech is not the reply's own voice: "the robot says 'I can't do that'"
+_QUOTED = re.compile(r"(?<!\w)['\"\u2018\u201c].*?['\"\u2019\u201d](?!\w)")
 
 
 def is_refusal(text: str) -> bool:
-    """True when the text declines or refuses (curly apostrophes count as straight ones)."""
-    return _REFUSAL.search(text.replace("\u2019", "'")) is not None
+    """True when the text declines or refuses (curly apostrophes count as straight ones;
+    quoted speech is left out)."""
+    text = _QUOTED.sub(" ", text.replace("\u2019", "'"))
+    return _REFUSAL.search(text) is not None
 
 
 def contains_any(text: str, phrases: Sequence[str], ignore_case: bool = True) -> bool:
