@@ -4,9 +4,10 @@ detector that says, for one response, whether the behavior is there. Part of the
 
 Detectors (the ``kind`` in a criterion's ``detector`` table):
 
-- text only — ``regex``, ``keywords``, ``length``, ``starts_with``, ``ends_with``,
-  ``refusal`` (a declined request), ``callable`` (``package.module:function`` on the text):
-  each has ``matches(text) -> bool``, cheap enough to run on every PPO step;
+- text only (no model) — ``regex``, ``keywords``, ``length``, ``starts_with``, ``ends_with``,
+  ``refusal`` (a declined request), ``callable`` (``package.module:function``, given the
+  response, or the prompt and the response: `CallableDetector`): each has
+  ``matches(text, prompt=None) -> bool``, cheap enough to run on every PPO step;
 - with context — ``reward_model`` (a reward model's score is within ``min``/``max``) and
   ``judge`` (a yes/no question put to a judge model): these need the prompt and a model, so
   they run through `rlhfkit.evaluate.criteria.detect` with a `DetectContext`.
@@ -19,9 +20,10 @@ Detectors (the ``kind`` in a criterion's ``detector`` table):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,7 +51,7 @@ class RegexDetector(Strict):
             raise ValueError(f"not a valid regular expression: {e}") from None
         return v
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
 
 
@@ -59,7 +61,7 @@ class KeywordsDetector(Strict):
     """The response matches when it contains any of these words or phrases."""
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return contains_any(text, self.any, self.ignore_case)
 
 
@@ -77,7 +79,7 @@ class LengthDetector(Strict):
             raise ValueError("'min' is larger than 'max'")
         return self
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         n = len(text.split()) if self.unit == "words" else len(text)
         return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
 
@@ -87,7 +89,7 @@ class StartsWithDetector(Strict):
     prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         t = text.lstrip()
         if self.ignore_case:
             return any(t.lower().startswith(p.lower()) for p in self.prefixes)
@@ -99,7 +101,7 @@ class EndsWithDetector(Strict):
     suffixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         t = text.rstrip()
         if self.ignore_case:
             return any(t.lower().endswith(s.lower()) for s in self.suffixes)
@@ -220,17 +222,43 @@ class RefusalDetector(Strict):
     also: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     """Extra phrases that count as declining here ('please contact a lawyer')."""
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return is_refusal(text) or (bool(self.also) and contains_any(text, self.also))
 
 
 class CallableDetector(Strict):
+    """The team's own function decides. By its signature: with one required positional
+    parameter it is called ``f(response)``; with two, ``f(prompt, response)``, the prompt as
+    the prompts file holds it (a string, or a list of ``{"role", "content"}`` messages).
+    It returns a bool (anything truthy counts)."""
+
     kind: Literal["callable"]
     path: Annotated[str, Field(pattern=r"^[\w.]+:[\w]+$")]
-    """``package.module:function``; the function takes the response text, returns a bool."""
+    """``package.module:function``: ``f(response) -> bool`` or ``f(prompt, response) -> bool``."""
 
-    def matches(self, text: str) -> bool:
-        return bool(load_callable(self.path, f"detector '{self.path}'")(text))
+    def matches(self, text: str, prompt: Any = None) -> bool:
+        fn = load_callable(self.path, f"detector '{self.path}'")
+        return bool(fn(prompt, text) if sees_prompt(fn, self.path) else fn(text))
+
+
+def sees_prompt(fn: Callable[..., Any], path: str) -> bool:
+    """Whether a `callable` detector takes ``(prompt, response)`` (two required positional
+    parameters) rather than ``(response)`` (one)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the response alone
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) not in (1, 2) and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        raise UserError(
+            f"detector '{path}' takes {len(positional)} required arguments; a detector is "
+            "f(response) or f(prompt, response)"
+        )
+    return len(positional) == 2
 
 
 # --- detectors that need the prompt and a model ---------------------------------------------
@@ -256,7 +284,7 @@ class RewardModelDetector(Strict):
     def within(self, reward: float) -> bool:
         return (self.min is None or reward >= self.min) and (self.max is None or reward <= self.max)
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         raise UserError(needs_context("reward_model"))
 
 
@@ -268,7 +296,7 @@ class JudgeDetector(Strict):
     """Asked about every response, e.g. 'Does the reply give the customer a concrete next
     step?'. Needs a judge endpoint (`--judge openai`) at evaluation time."""
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         raise UserError(needs_context("judge"))
 
 
@@ -329,7 +357,8 @@ class SuccessCriterion(Strict):
 
     @property
     def text_only(self) -> bool:
-        """Decidable from the response text alone (so, e.g., on every PPO step)."""
+        """Decidable without a model, from the response (a `callable` may also look at the
+        prompt): cheap enough for every PPO step."""
         return isinstance(self.detector, TEXT_DETECTORS)
 
     def applies(self, columns: Mapping[str, Any] | None) -> bool:
@@ -340,9 +369,19 @@ class SuccessCriterion(Strict):
         row = columns or {}
         for col, wanted in self.applies_to.items():
             allowed = wanted if isinstance(wanted, list) else [wanted]
-            if str(row.get(col)) not in allowed:
+            if col not in row or column_value(row[col]) not in allowed:
                 return False
         return True
+
+    def subset(self) -> str:
+        """``applies_to`` in words, e.g. ``kind = off_topic``; "every prompt" without it."""
+        if self.applies_to is None:
+            return "every prompt"
+        parts = []
+        for col, wanted in self.applies_to.items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            parts.append(f"{col} = {' or '.join(allowed)}")
+        return ", ".join(parts)
 
     def dump(self) -> dict[str, Any]:
         """As JSON, for the criteria's hash: a criterion without ``applies_to`` dumps as it did
@@ -351,6 +390,14 @@ class SuccessCriterion(Strict):
         if out.get("applies_to") is None:
             out.pop("applies_to", None)
         return out
+
+
+def column_value(value: Any) -> str:
+    """A prompt column's value as ``applies_to`` and ``--slice`` compare it: a string as it
+    is, a JSON true/false as ``true``/``false``, a number as written (``3``, ``0.5``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def hash_criteria(dumped: list[dict[str, Any]]) -> str:
