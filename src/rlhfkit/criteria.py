@@ -185,8 +185,9 @@ REFUSAL_PATTERNS = (
     # ...sent on to one, not advice that ends "see a doctor if it gets worse"
     rf"\b(?:you(?:'d|'ll| would| will)? (?:need to|have to|should|want to|be better off)|"
     rf"best to|please|I'd (?:suggest|recommend)) (?:ask(?:ing)?|speak(?:ing)? to|"
-    rf"talk(?:ing)? to|consult(?:ing)?|contact(?:ing)?|check(?:ing)? with|see(?:ing)?) (?:a |an |your |the )?(?:qualified |medical |legal |local "
-    rf"|registered |financial )?{_PROFESSIONAL}(?![^.!?]{{0,40}}\b(?:if|before|when)\b)",
+    rf"talk(?:ing)? to|consult(?:ing)?|contact(?:ing)?|check(?:ing)? with|see(?:ing)?) "
+    rf"(?:a |an |your |the )?(?:qualified |medical |legal |local |registered |financial )?"
+    rf"{_PROFESSIONAL}(?![^.!?]{{0,40}}\b(?:if|before|when)\b)",
     r"\bbest (?:put|asked|directed|left) to\b|, not me\b|\brather than (?:me|us)\b",
     r"\bleave (?:that|this|it)(?: one)? to\b|\bI(?:'ll| will) leave (?:that|this|it)(?: one)?"
     r"(?! (?:with|at|in|on|for|by|until|out))\b",
@@ -390,6 +391,21 @@ class SuccessCriterion(Strict):
         if out.get("applies_to") is None:
             out.pop("applies_to", None)
         return out
+
+
+TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "response_a", "response_b", "text",
+               "messages")  # fmt: skip
+
+
+def prompt_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A data row's columns, as ``applies_to`` and ``--slice`` see them: its string, number
+    and true/false fields other than the texts (``prompt``, ``completion``, ...). Lists and
+    objects (annotation metadata such as ``votes``) are no columns."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in TEXT_FIELDS and (v is None or isinstance(v, str | int | float | bool))
+    }
 
 
 def column_value(value: Any) -> str:

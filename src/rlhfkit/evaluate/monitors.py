@@ -8,9 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.train.monitors import Flag, TextStats, kl_flag, reward_without_criteria, text_flags
+from rlhfkit.train.monitors import (
+    Flag,
+    RefusalScope,
+    TextStats,
+    kl_flag,
+    reward_without_criteria,
+    text_flags,
+)
 
 if TYPE_CHECKING:
+    from rlhfkit.criteria import SuccessCriterion
     from rlhfkit.project import MonitorSettings
 
 
@@ -22,12 +30,18 @@ def compare_flags(
     reward_rise_sd: float | None = None,
     criteria_moves: Mapping[str, float] | None = None,
     kl: float | None = None,
+    columns: Sequence[Mapping[str, Any] | None] | None = None,
+    criteria: Sequence[SuccessCriterion] = (),
 ) -> list[Flag]:
     """The monitors on a trained policy's samples (`after`) against the starting policy's
     (`before`) on the same prompts: text monitors, plus 'reward up, no criterion moved' and
-    KL when those figures are known."""
+    KL when those figures are known. With the prompts' `columns` and the pre-registered
+    `criteria`, declining the criteria want is not flagged, only its spill onto the other
+    prompts (`RefusalScope`)."""
     t = thresholds
-    flags = text_flags(TextStats.of(prompts, after, t), TextStats.of(prompts, before, t), t)
+    scope = RefusalScope.of(criteria)
+    now = TextStats.of(prompts, after, t, columns, scope)
+    flags = text_flags(now, TextStats.of(prompts, before, t, columns, scope), t)
     if reward_rise_sd is not None:
         flags.append(reward_without_criteria(reward_rise_sd, criteria_moves or {}, t))
     if kl is not None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rlhfkit import __version__, stats, strict_json
-from rlhfkit.criteria import JudgeDetector
+from rlhfkit.criteria import JudgeDetector, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.data.io import atomic_open, write_jsonl
 from rlhfkit.errors import UserError, display_path
@@ -131,7 +131,7 @@ def _prepare(cfg: PolicyEvalConfig) -> _Setup:
     prompts_path = cfg.prompts or project.data_path("eval_prompts")
     data = load(prompts_path, expect=PROMPT_FORMATS)
     rows = data.rows[: cfg.limit]
-    columns = [{k: v for k, v in r.items() if k != "prompt"} for r in rows]
+    columns = [prompt_columns(r) for r in rows]
     rates.check_subsets(spec.success_criteria, columns, prompts_path)
     rates.check_slices(cfg.slice_by, columns, prompts_path)
     temperature = cfg.temperature if cfg.temperature is not None else spec.generate.temperature
