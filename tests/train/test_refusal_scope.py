@@ -108,3 +108,33 @@ def test_run_watch_rates_a_criterion_on_its_subset_and_feeds_the_scope(tmp_path)
     assert "refusal" not in [f.name for f in watch.fired]
     watch.check(3, PROMPTS, SPILL, rewards, means, 2.0, COLUMNS)
     assert "refusal" in [f.name for f in watch.fired]
+
+
+def test_ppo_rates_each_criterion_on_its_kind_of_prompt_live(tmp_path):
+    """A tiny PPO run on the decline-off-topic project's prompts: the `kind` column comes
+    through, so each decline criterion's live rate is over its own kind of prompt."""
+    import json
+
+    from rlhfkit.templates import init_project
+    from tests.conftest import run_cli, write_lines
+
+    project = init_project(tmp_path / "p", template="decline-off-topic").root
+    rows = [json.loads(x) for x in (project / "data" / "prompts.jsonl").read_text().splitlines()]
+    data = write_lines(tmp_path / "prompts.jsonl", rows[:8])
+    assert {r["kind"] for r in rows[:8]} == {"on_topic", "off_topic"}
+    (tmp_path / "rules.py").write_text(
+        "def short(prompts, responses):\n    return [-float(len(r)) for r in responses]\n"
+    )
+    out = tmp_path / "out"
+    result = run_cli("train", "ppo", "--model", "tiny-random", "--data", str(data),
+                     "--output-dir", str(out), "--reward", f"{tmp_path / 'rules.py'}:short",
+                     "--precision", "fp32", "--batch-size", "8", "--max-new-tokens", "4",
+                     "--max-steps", "2", "--save-every", "0",
+                     "--project", str(project))  # fmt: skip
+    assert result.code == 0, result.stderr
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2
+    # a rate is logged only where its kind was sampled; a random model declines nothing
+    for m in metrics:
+        assert m["criteria/declines_off_topic"] == 0.0 and m["criteria/refuses_on_topic"] == 0.0
+        assert not any(k.startswith("criteria_n/") for k in m)
