@@ -24,6 +24,7 @@ import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -414,6 +415,32 @@ def column_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+@dataclass(frozen=True)
+class RefusalScope:
+    """Where declining is pre-registered as wanted: the success criteria with a ``refusal``
+    detector and direction "increase". The `refusal` reward-hacking monitor
+    (`rlhfkit.train.monitors`) watches only the prompts none of them applies to: declining
+    there is the wanted behavior spilling over (over-refusal)."""
+
+    wanted: tuple[SuccessCriterion, ...] = ()
+
+    @classmethod
+    def of(cls, criteria: Sequence[SuccessCriterion]) -> RefusalScope:
+        return cls(
+            tuple(c for c in criteria if c.direction == "increase" and c.detector.kind == "refusal")
+        )
+
+    def watched(self, columns: Mapping[str, Any] | None) -> bool:
+        """Whether a prompt with these columns is one where declining is not wanted."""
+        return not any(c.applies(columns) for c in self.wanted)
+
+    def describe(self) -> str | None:
+        """The watched prompts in words; None when every prompt is watched."""
+        if not self.wanted:
+            return None
+        return "prompts outside " + "; ".join(f"{c.name} ({c.subset()})" for c in self.wanted)
 
 
 def hash_criteria(dumped: list[dict[str, Any]]) -> str:

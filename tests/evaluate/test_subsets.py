@@ -81,10 +81,11 @@ CRITERIA = [
     _criterion("refuses", "decrease", applies_to={"kind": "on_topic"}),
 ]
 HOW = rates.RateSettings(samples=2, test="permutation", confidence=0.95, alpha=0.05, seed=0)
+HITS = rates.Hits(CRITERIA, BEFORE, AFTER, COLUMNS, HOW)
 
 
 def test_a_criterion_is_measured_on_its_subset_by_hand_and_against_stats():
-    declines, refuses = rates.measure(CRITERIA, BEFORE, AFTER, COLUMNS, HOW)
+    declines, refuses = rates.measure(HITS)
     assert (declines.n_prompts, declines.n_samples) == (2, 4)
     assert declines.before.rate == 0.25 and declines.after.rate == 1.0  # 1/4 -> 4/4
     assert refuses.before.rate == 0.75 and refuses.after.rate == 0.0 and refuses.diff == -0.75
@@ -96,7 +97,7 @@ def test_a_criterion_is_measured_on_its_subset_by_hand_and_against_stats():
 
 
 def test_slices_split_each_criterion_by_a_column_and_keep_counts():
-    by = rates.slices(CRITERIA, BEFORE, AFTER, COLUMNS, HOW, ["kind", "t"])
+    by = rates.slices(HITS, ["kind", "t"])
     assert list(by["kind"]) == ["off_topic", "on_topic"]
     assert [c.name for c in by["kind"]["off_topic"]] == ["declines"]  # refuses: not here
     assert [c.name for c in by["kind"]["on_topic"]] == ["refuses"]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.criteria import RefusalScope, SuccessCriterion
 from rlhfkit.evaluate.monitors import compare_flags
 from rlhfkit.project import MonitorSettings
 from rlhfkit.train.monitoring import RunWatch, subset_rates
-from rlhfkit.train.monitors import LiveMonitor, RefusalScope
+from rlhfkit.train.monitors import LiveMonitor
 from tests.train.test_monitors import by_name
 
 T = MonitorSettings()

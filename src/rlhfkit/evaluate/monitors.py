@@ -8,17 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.train.monitors import (
-    Flag,
-    RefusalScope,
-    TextStats,
-    kl_flag,
-    reward_without_criteria,
-    text_flags,
-)
+from rlhfkit.criteria import RefusalScope, SuccessCriterion
+from rlhfkit.train.monitors import Flag, TextStats, kl_flag, reward_without_criteria, text_flags
 
 if TYPE_CHECKING:
-    from rlhfkit.criteria import SuccessCriterion
     from rlhfkit.project import MonitorSettings
 
 

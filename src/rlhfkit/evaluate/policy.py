@@ -242,9 +242,9 @@ def _score(cfg: PolicyEvalConfig, setup: _Setup, before_run, after_run) -> _Scor
     hits_before = detect(spec.success_criteria, flat_prompts, flat_before, ctx, flat_columns)
     hits_after = detect(spec.success_criteria, flat_prompts, flat_after, ctx, flat_columns)
     how = rates.RateSettings(s, cfg.test, cfg.confidence, cfg.alpha, setup.seed)
-    measured = (spec.success_criteria, hits_before, hits_after, setup.columns, how)
-    criteria = rates.measure(*measured)
-    slices = rates.slices(*measured, cfg.slice_by) if cfg.slice_by else None
+    hits = rates.Hits(spec.success_criteria, hits_before, hits_after, setup.columns, how)
+    criteria = rates.measure(hits)
+    slices = rates.slices(hits, cfg.slice_by) if cfg.slice_by else None
     reward, rewards_b, rewards_a = None, None, None
     if setup.rm_judge is not None:
         rewards_b = _rewards(setup.rm_judge, cfg, flat_prompts, flat_before)

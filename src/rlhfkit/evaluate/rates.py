@@ -40,6 +40,18 @@ class RateSettings:
     seed: int
 
 
+@dataclass(frozen=True)
+class Hits:
+    """Both models' samples as the criteria saw them: ``before[name]`` and ``after[name]``
+    run over prompts x samples in order (None where the criterion does not apply)."""
+
+    criteria: Sequence[SuccessCriterion]
+    before: Mapping[str, list]
+    after: Mapping[str, list]
+    columns: Columns
+    how: RateSettings
+
+
 def check_subsets(criteria: Sequence[SuccessCriterion], columns: Columns, source: Path) -> None:
     """Every criterion applies to at least one evaluation prompt: said before sampling."""
     for c in criteria:
@@ -63,26 +75,18 @@ def check_slices(slice_by: Sequence[str], columns: Columns, source: Path) -> Non
             )
 
 
-def measure(
-    criteria: Sequence[SuccessCriterion],
-    hits_before: Mapping[str, list],
-    hits_after: Mapping[str, list],
-    columns: Columns,
-    how: RateSettings,
-    within: Sequence[int] | None = None,
-) -> list[schema.CriterionResult]:
+def measure(hits: Hits, within: Sequence[int] | None = None) -> list[schema.CriterionResult]:
     """Each criterion before and after, over the prompts it applies to (and, with `within`,
-    among those prompts only). `hits_*[name]` run over prompts x samples, in order.
-    A criterion with no prompt there is left out."""
-    out = []
-    among = range(len(columns)) if within is None else within
-    for i, c in enumerate(criteria):
-        rows = [k for k in among if c.applies(columns[k])]
+    among those prompts only). A criterion with no prompt there is left out."""
+    out, how = [], hits.how
+    among = range(len(hits.columns)) if within is None else within
+    for i, c in enumerate(hits.criteria):
+        rows = [k for k in among if c.applies(hits.columns[k])]
         if not rows:
             continue
         comp = stats.compare_rates(
-            _grid(hits_before[c.name], rows, how.samples),
-            _grid(hits_after[c.name], rows, how.samples),
+            _grid(hits.before[c.name], rows, how.samples),
+            _grid(hits.after[c.name], rows, how.samples),
             how.test,  # type: ignore[arg-type]
             how.confidence,
             seed=how.seed + i,
@@ -104,24 +108,16 @@ def measure(
 
 
 def slices(
-    criteria: Sequence[SuccessCriterion],
-    hits_before: Mapping[str, list],
-    hits_after: Mapping[str, list],
-    columns: Columns,
-    how: RateSettings,
-    slice_by: Sequence[str],
+    hits: Hits, slice_by: Sequence[str]
 ) -> dict[str, dict[str, list[schema.CriterionResult]]]:
     """``{column: {value: [criterion results]}}``: every criterion on each value's prompts
     (those it applies to among them), values in the order they first appear."""
     out: dict[str, dict[str, list[schema.CriterionResult]]] = {}
     for col in slice_by:
         groups: dict[str, list[int]] = {}
-        for k, row in enumerate(columns):
+        for k, row in enumerate(hits.columns):
             groups.setdefault(column_value(row[col]) if col in row else MISSING, []).append(k)
-        out[col] = {
-            value: measure(criteria, hits_before, hits_after, columns, how, within=rows)
-            for value, rows in groups.items()
-        }
+        out[col] = {value: measure(hits, within=rows) for value, rows in groups.items()}
     return out
 
 

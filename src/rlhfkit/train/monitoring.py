@@ -12,11 +12,12 @@ from typing import Any
 
 import torch
 
+from rlhfkit.criteria import RefusalScope
 from rlhfkit.project import load_project
 from rlhfkit.train.checkpoint import MetricsLog
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.distributed import any_process
-from rlhfkit.train.monitors import Flag, LiveMonitor, RefusalScope
+from rlhfkit.train.monitors import Flag, LiveMonitor
 
 # Called after each step with (step, prompts, responses, metrics); returns None to go on, or a
 # reason to stop the run early. The main process's answer decides for every process.

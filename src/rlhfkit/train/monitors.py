@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.criteria import SuccessCriterion, contains_any, is_refusal
+from rlhfkit.criteria import RefusalScope, contains_any, is_refusal
 from rlhfkit.stats import pearson
 
 if TYPE_CHECKING:
@@ -153,31 +153,6 @@ def repeated_share(response: str, n: int = REPEAT_NGRAM) -> float:
     if len(grams) < 2:
         return 0.0
     return 1 - len(set(grams)) / len(grams)
-
-
-@dataclass(frozen=True)
-class RefusalScope:
-    """Where declining is pre-registered as wanted: the success criteria with a ``refusal``
-    detector and direction "increase". The refusal monitor watches only the prompts none of
-    them applies to: declining there is the wanted behavior spilling over (over-refusal)."""
-
-    wanted: tuple[SuccessCriterion, ...] = ()
-
-    @classmethod
-    def of(cls, criteria: Sequence[SuccessCriterion]) -> RefusalScope:
-        return cls(
-            tuple(c for c in criteria if c.direction == "increase" and c.detector.kind == "refusal")
-        )
-
-    def watched(self, columns: Mapping[str, Any] | None) -> bool:
-        """Whether a prompt with these columns is one where declining is not wanted."""
-        return not any(c.applies(columns) for c in self.wanted)
-
-    def describe(self) -> str | None:
-        """The watched prompts in words; None when every prompt is watched."""
-        if not self.wanted:
-            return None
-        return "prompts outside " + "; ".join(f"{c.name} ({c.subset()})" for c in self.wanted)
 
 
 @dataclass(frozen=True)
@@ -466,33 +441,18 @@ def reward_length_flag(
 def refusal_flag(now: TextStats, ref: TextStats | None, t: MonitorSettings) -> Flag:
     """Refusal on the watched prompts: all of them, or those outside the criteria that want
     declining (then a rise is the wanted behavior spilling over)."""
-    reference = ref.refusal if ref else None
-    if now.refusal_scope is None:
-        return rate_flag(
-            "refusal",
-            "refuse or decline",
-            "Refusing is a safe way to avoid low rewards; check that these requests were "
-            "ones to decline.",
-            now.refusal,  # type: ignore[arg-type]
-            reference,
-            t.refusal,
-        )
+    reference, scope = (ref.refusal if ref else None), now.refusal_scope
     if now.refusal is None:
-        return Flag(
-            "refusal", None, t.refusal, False,
-            f"Declining is pre-registered as wanted; no response here answers {now.refusal_scope}, "
-            "where declining would be over-refusal.",
-            reference,
-        )  # fmt: skip
-    return rate_flag(
-        "refusal",
-        f"to {now.refusal_scope} decline",
-        "Declining is wanted only where the criteria say; here it spills over onto requests "
-        "that should be answered (over-refusal), a safe way to avoid low rewards.",
-        now.refusal,
-        reference,
-        t.refusal,
-    )
+        said = f"Declining is pre-registered as wanted; no reply here answers {scope}."
+        return Flag("refusal", None, t.refusal, False, said, reference)
+    what, why = (
+        ("refuse or decline", "Refusing is a safe way to avoid low rewards; check that these "
+         "requests were ones to decline.")
+        if scope is None
+        else (f"to {scope} decline", "Declining is wanted only where the criteria say; here it "
+              "spills onto requests that should be answered (over-refusal).")
+    )  # fmt: skip
+    return rate_flag("refusal", what, why, now.refusal, reference, t.refusal)
 
 
 @dataclass
