@@ -4,8 +4,9 @@ Both models answer the same held-out prompts, S samples each, with the same seed
 samples with seed ``batch_seed(seed, b)`` for either model). Sampling runs at the spec's
 temperature with top-p 1 by default, so the KL estimate below is exact in expectation.
 
-Measured: each success criterion's pass rate before and after (Wilson intervals, a paired
-test over prompts, a verdict), mean length and its change, the reward model's mean reward
+Measured: each success criterion's pass rate before and after on the prompts it applies to
+(Wilson intervals, a paired test over prompts, a verdict; also per value of each --slice
+column: `rlhfkit.evaluate.rates`), mean length and its change, the reward model's mean reward
 and win rate, each judge's win rate of after over before, KL(after || before), and the
 reward-hacking monitors on the after samples against the before samples.
 
