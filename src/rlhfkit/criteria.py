@@ -4,9 +4,10 @@ detector that says, for one response, whether the behavior is there. Part of the
 
 Detectors (the ``kind`` in a criterion's ``detector`` table):
 
-- text only — ``regex``, ``keywords``, ``length``, ``starts_with``, ``ends_with``,
-  ``refusal`` (a declined request), ``callable`` (``package.module:function`` on the text):
-  each has ``matches(text) -> bool``, cheap enough to run on every PPO step;
+- text only (no model) — ``regex``, ``keywords``, ``length``, ``starts_with``, ``ends_with``,
+  ``refusal`` (a declined request), ``callable`` (``package.module:function``, given the
+  response, or the prompt and the response: `CallableDetector`): each has
+  ``matches(text, prompt=None) -> bool``, cheap enough to run on every PPO step;
 - with context — ``reward_model`` (a reward model's score is within ``min``/``max``) and
   ``judge`` (a yes/no question put to a judge model): these need the prompt and a model, so
   they run through `rlhfkit.evaluate.criteria.detect` with a `DetectContext`.
@@ -19,9 +20,11 @@ Detectors (the ``kind`` in a criterion's ``detector`` table):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -49,7 +52,7 @@ class RegexDetector(Strict):
             raise ValueError(f"not a valid regular expression: {e}") from None
         return v
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
 
 
@@ -59,7 +62,7 @@ class KeywordsDetector(Strict):
     """The response matches when it contains any of these words or phrases."""
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return contains_any(text, self.any, self.ignore_case)
 
 
@@ -77,7 +80,7 @@ class LengthDetector(Strict):
             raise ValueError("'min' is larger than 'max'")
         return self
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         n = len(text.split()) if self.unit == "words" else len(text)
         return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
 
@@ -87,7 +90,7 @@ class StartsWithDetector(Strict):
     prefixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         t = text.lstrip()
         if self.ignore_case:
             return any(t.lower().startswith(p.lower()) for p in self.prefixes)
@@ -99,36 +102,111 @@ class EndsWithDetector(Strict):
     suffixes: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
     ignore_case: bool = True
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         t = text.rstrip()
         if self.ignore_case:
             return any(t.lower().endswith(s.lower()) for s in self.suffixes)
         return any(t.endswith(s) for s in self.suffixes)
 
 
-# Declining or refusing, in the words small and large chat models actually use. Kept
-# deliberately specific ("I can't help", not "can't"): "we can't wait to see you" is no refusal.
-REFUSAL_PATTERNS = (
-    r"\bI(?:'m| am) (?:sorry,? )?(?:but )?(?:not able|unable) to\b",
-    r"\bI (?:can't|cannot|can not) (?:help|assist|do that|provide|answer|comply|fulfil|share|"
-    r"discuss|give|process|access)",
-    r"\bI (?:won't|will not) (?:be able to )?(?:help|assist|provide|do that|answer)",
-    r"\bI(?:'m| am) (?:not (?:allowed|permitted|authorized|authorised) to|afraid I (?:can't|"
-    r"cannot))",
-    r"\bI must (?:respectfully |politely )?decline\b",
-    r"\bas an AI\b",
-    r"\b(?:that|this)(?:'s| is) (?:outside|beyond|not within) (?:my|our|the) (?:scope|remit|"
-    r"expertise)",
-    r"\bagainst (?:my|our) (?:guidelines|policy|policies|rules)\b",
-    r"\bunable to (?:help|assist) (?:you )?with (?:that|this)\b",
-    r"\bnot something I can help with\b",
+# Declining or refusing, in the words chat models and help desks use. Each pattern is a
+# general shape of a decline, not a sentence from the test set (tests/evaluate/files/
+# refusals.jsonl, where precision and recall are measured on held-out replies): an inability
+# or unwillingness with a verb of helping ("I can't advise on"), a scope ("I'm only able to
+# help with", "outside my remit"), a redirect to a professional ("a question for a
+# solicitor"), a preference ("I'd rather not"). Kept specific: "we can't wait to see you",
+# "I can't recommend it enough" and "I won't charge you twice" are no refusals.
+_HELP_VERBS = (
+    r"(?:help|assist|advise|answer|comment|speak to|weigh in|discuss|provide|share|give|offer|"
+    r"recommend|do (?:that|this|it)|go (?:there|into)|get into|write|make that (?:call|decision)|"
+    r"fulfil|fulfill|comply|process|access|say|tell(?! you how)|talk about|support|be of help)"
 )
-_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
+_NOT_ENOUGH = r"(?![^.!?]{0,30}\benough\b)"  # "I can't recommend it enough" praises
+_CANT = r"(?:can't|cannot|can not|won't|will not|couldn't possibly)"
+_WHO = r"(?:\bI|\bwe|\band|^|[,.!?;:]\s*)"  # "sorry mate, can't help you there"
+_PROFESSIONAL = (
+    r"(?:doctor|GP|solicitor|lawyer|accountant|vet|pharmacist|advis[eo]r|professional|"
+    r"specialist|expert|therapist|counsell?or|bank|insurer|landlord|council|police|"
+    r"manufacturer|electrician|plumber|provider|travel agent|someone qualified)s?\b"
+)
+REFUSAL_PATTERNS = (
+    # I can't / won't / am unable to + a verb of helping
+    rf"{_WHO}(?: really)? {_CANT}(?: really)?(?: be able to)? {_HELP_VERBS}{_NOT_ENOUGH}",
+    rf"\bI(?:'m| am) (?:sorry,? )?(?:but )?(?:really )?(?:not able|unable|not going) to "
+    rf"(?:be able to )?{_HELP_VERBS}{_NOT_ENOUGH}",
+    rf"\bwe(?:'re| are) (?:not able|unable) to {_HELP_VERBS}",
+    rf"\b(?:not |un)(?:allowed|permitted|authori[sz]ed) to {_HELP_VERBS}",
+    r"\bI(?:'m| am) not (?:qualified|equipped|set up|in a position|here) to\b",
+    r"\bI(?:'m| am) afraid I (?:can't|cannot)\b",
+    r"\bI (?:won't|will not) be (?:answering|giving|writing|helping|providing|sharing|"
+    r"commenting|discussing|doing that)",
+    r"\bI wish I could (?:help|assist|do more)",
+    # declining outright
+    r"\bI(?: must| have to|'ll have to| will have to|'m going to| am going to)?"
+    r"(?: respectfully| politely)? decline\b",
+    r"\bI(?:'ll| will)(?: have to)? pass\b|^\W*pass\b",
+    r"\b(?:have to|must) say no\b|\ba no from (?:me|us)\b|\bno can do\b|\bsit this one out\b",
+    r"\bI(?:'d| would) (?:rather|prefer) not\b|\bI(?:'d| would) (?:rather|prefer to) stay out\b",
+    r"\b(?:not|don't feel) comfortable\b|\bappropriate for me\b|\bfeel it's appropriate\b",
+    r"\bI (?:shouldn't|should not|'d better not|had better not)(?: really)? "
+    r"(?:answer|comment|say|get into|weigh in)|\bI don't think I should\b",
+    # only here for ...; outside my scope
+    r"\b(?:I|we|our team) (?:can|could) only (?:really )?(?:help|assist|answer|deal|talk|"
+    r"discuss|handle)",
+    r"\b(?:only|just) (?:here|able|set up|designed|meant) (?:to|for) (?:help|assist|answer|"
+    r"deal|talk|discuss|handle|questions)",
+    r"\bhere to help with [^.!?]{0,60}\bonly\b",
+    r"\b(?:I|we) only (?:help|deal|handle|answer|talk about|cover|discuss)(?: with)? "
+    r"(?:questions|queries|enquiries|requests)",
+    r"\b(?:I(?:'m| am)|(?:my|our) role is) (?:limited|restricted) to\b",
+    r"\bthis (?:chat|service|assistant|line|channel)\b(?:[^.!?]{0,60}\bonly\b| (?:can't|cannot))",
+    r"\b(?:not|isn't|is not) (?:something|a (?:topic|subject|question|thing)|one|an area) "
+    r"(?:that )?(?:I|we)(?:'m| am|'re| are)? (?:really |actually )?(?:can|could|cover|do|talk|"
+    r"discuss|get|deal|handle|help|advise|comment|answer|able|allowed|permitted|in a position)",
+    r"\bnot (?:really )?my (?:area|department|field|place|remit|speciality|specialty|role)\b",
+    r"\b(?:outside|beyond) (?:of )?(?:my|our|the) (?:area|scope|remit|expertise|wheelhouse|"
+    r"field|lane)\b|\bnot within (?:my|our|the) (?:scope|remit|area|expertise)\b",
+    r"\b(?:outside|beyond) (?:of )?what (?:I|we)(?:'m| am|'re| are)? (?:can|could|able|here|do|"
+    r"cover)",
+    r"\babove my pay grade\b|\bI don't have (?:the )?(?:expertise|permission|authority)\b",
+    r"\bnot (?:really )?the (?:right|best|best placed|correct|one)(?: person| assistant| one)? "
+    r"(?:to ask|to help|for (?:that|this|the job))|\bdon't think I(?:'m| am) the (?:right|best)",
+    # not a subject I get into
+    r"\b(?:I|we) (?:stay|keep|steer) (?:out of|away from|clear of) (?:politic|religio|debate|"
+    r"argument|discussion|that|this|those|such)",
+    r"\bI avoid (?:politic|religio|controversial|discussing|commenting|giving)",
+    r"\b(?:I|we) (?:don't|do not) (?:discuss|talk about|comment on|get into|get involved|"
+    r"weigh in)|\b(?:I|we) (?:don't|do not) (?:give|offer|provide) (?:\w+ ){0,2}"
+    r"(?:advice|opinions?|guidance|recommendations)\b",
+    r"\bI (?:don't|do not) (?:do|write|handle|deal with|cover|answer)\b|\bwe (?:don't|do not) "
+    r"(?:handle|deal with|cover) (?:that|this|it|those|such|questions|topics|requests)\b",
+    # a question for someone else
+    r"\b(?:that|this|it)(?:'s|'d be| is| would be)(?: really| more| probably| best)? "
+    r"(?:a (?:question|matter|job)|one) (?:for|to ask|better suited)",
+    # ...sent on to one, not advice that ends "see a doctor if it gets worse"
+    rf"\b(?:you(?:'d|'ll| would| will)? (?:need to|have to|should|want to|be better off)|"
+    rf"best to|please|I'd (?:suggest|recommend)) (?:ask(?:ing)?|speak(?:ing)? to|"
+    rf"talk(?:ing)? to|consult(?:ing)?|contact(?:ing)?|check(?:ing)? with|see(?:ing)?) "
+    rf"(?:a |an |your |the )?(?:qualified |medical |legal |local |registered |financial )?"
+    rf"{_PROFESSIONAL}(?![^.!?]{{0,40}}\b(?:if|before|when)\b)",
+    r"\bbest (?:put|asked|directed|left) to\b|, not me\b|\brather than (?:me|us)\b",
+    r"\bleave (?:that|this|it)(?: one)? to\b|\bI(?:'ll| will) leave (?:that|this|it)(?: one)?"
+    r"(?! (?:with|at|in|on|for|by|until|out))\b",
+    r"\bsomething (?:you|your \w+)(?:'d| would|'ll| will)? (?:need|have) to (?:handle|take up|"
+    r"ask|raise)|\b(?:need|have) to take (?:that |it |this )?up with\b",
+    r"\bfor (?:medical|legal|financial|tax|health) (?:questions|matters|advice|issues|queries)\b",
+    r"\bas an AI\b",
+)
+_REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE | re.MULTILINE)
+# quoted speech is not the reply's own voice: "the robot says 'I can't do that'"
+_QUOTED = re.compile(r"(?<!\w)['\"\u2018\u201c].*?['\"\u2019\u201d](?!\w)")
 
 
 def is_refusal(text: str) -> bool:
-    """True when the text declines or refuses (curly apostrophes count as straight ones)."""
-    return _REFUSAL.search(text.replace("\u2019", "'")) is not None
+    """True when the text declines or refuses (curly apostrophes count as straight ones;
+    quoted speech is left out)."""
+    text = _QUOTED.sub(" ", text.replace("\u2019", "'"))
+    return _REFUSAL.search(text) is not None
 
 
 def contains_any(text: str, phrases: Sequence[str], ignore_case: bool = True) -> bool:
@@ -146,17 +224,43 @@ class RefusalDetector(Strict):
     also: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     """Extra phrases that count as declining here ('please contact a lawyer')."""
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         return is_refusal(text) or (bool(self.also) and contains_any(text, self.also))
 
 
 class CallableDetector(Strict):
+    """The team's own function decides. By its signature: with one required positional
+    parameter it is called ``f(response)``; with two, ``f(prompt, response)``, the prompt as
+    the prompts file holds it (a string, or a list of ``{"role", "content"}`` messages).
+    It returns a bool (anything truthy counts)."""
+
     kind: Literal["callable"]
     path: Annotated[str, Field(pattern=r"^[\w.]+:[\w]+$")]
-    """``package.module:function``; the function takes the response text, returns a bool."""
+    """``package.module:function``: ``f(response) -> bool`` or ``f(prompt, response) -> bool``."""
 
-    def matches(self, text: str) -> bool:
-        return bool(load_callable(self.path, f"detector '{self.path}'")(text))
+    def matches(self, text: str, prompt: Any = None) -> bool:
+        fn = load_callable(self.path, f"detector '{self.path}'")
+        return bool(fn(prompt, text) if sees_prompt(fn, self.path) else fn(text))
+
+
+def sees_prompt(fn: Callable[..., Any], path: str) -> bool:
+    """Whether a `callable` detector takes ``(prompt, response)`` (two required positional
+    parameters) rather than ``(response)`` (one)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: the response alone
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(positional) not in (1, 2) and not any(p.kind == p.VAR_POSITIONAL for p in params):
+        raise UserError(
+            f"detector '{path}' takes {len(positional)} required arguments; a detector is "
+            "f(response) or f(prompt, response)"
+        )
+    return len(positional) == 2
 
 
 # --- detectors that need the prompt and a model ---------------------------------------------
@@ -182,7 +286,7 @@ class RewardModelDetector(Strict):
     def within(self, reward: float) -> bool:
         return (self.min is None or reward >= self.min) and (self.max is None or reward <= self.max)
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         raise UserError(needs_context("reward_model"))
 
 
@@ -194,7 +298,7 @@ class JudgeDetector(Strict):
     """Asked about every response, e.g. 'Does the reply give the customer a concrete next
     step?'. Needs a judge endpoint (`--judge openai`) at evaluation time."""
 
-    def matches(self, text: str) -> bool:
+    def matches(self, text: str, prompt: Any = None) -> bool:
         raise UserError(needs_context("judge"))
 
 
@@ -255,7 +359,8 @@ class SuccessCriterion(Strict):
 
     @property
     def text_only(self) -> bool:
-        """Decidable from the response text alone (so, e.g., on every PPO step)."""
+        """Decidable without a model, from the response (a `callable` may also look at the
+        prompt): cheap enough for every PPO step."""
         return isinstance(self.detector, TEXT_DETECTORS)
 
     def applies(self, columns: Mapping[str, Any] | None) -> bool:
@@ -266,9 +371,19 @@ class SuccessCriterion(Strict):
         row = columns or {}
         for col, wanted in self.applies_to.items():
             allowed = wanted if isinstance(wanted, list) else [wanted]
-            if str(row.get(col)) not in allowed:
+            if col not in row or column_value(row[col]) not in allowed:
                 return False
         return True
+
+    def subset(self) -> str:
+        """``applies_to`` in words, e.g. ``kind = off_topic``; "every prompt" without it."""
+        if self.applies_to is None:
+            return "every prompt"
+        parts = []
+        for col, wanted in self.applies_to.items():
+            allowed = wanted if isinstance(wanted, list) else [wanted]
+            parts.append(f"{col} = {' or '.join(allowed)}")
+        return ", ".join(parts)
 
     def dump(self) -> dict[str, Any]:
         """As JSON, for the criteria's hash: a criterion without ``applies_to`` dumps as it did
@@ -277,6 +392,55 @@ class SuccessCriterion(Strict):
         if out.get("applies_to") is None:
             out.pop("applies_to", None)
         return out
+
+
+TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "response_a", "response_b", "text",
+               "messages")  # fmt: skip
+
+
+def prompt_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A data row's columns, as ``applies_to`` and ``--slice`` see them: its string, number
+    and true/false fields other than the texts (``prompt``, ``completion``, ...). Lists and
+    objects (annotation metadata such as ``votes``) are no columns."""
+    return {
+        k: v
+        for k, v in row.items()
+        if k not in TEXT_FIELDS and (v is None or isinstance(v, str | int | float | bool))
+    }
+
+
+def column_value(value: Any) -> str:
+    """A prompt column's value as ``applies_to`` and ``--slice`` compare it: a string as it
+    is, a JSON true/false as ``true``/``false``, a number as written (``3``, ``0.5``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class RefusalScope:
+    """Where declining is pre-registered as wanted: the success criteria with a ``refusal``
+    detector and direction "increase". The `refusal` reward-hacking monitor
+    (`rlhfkit.train.monitors`) watches only the prompts none of them applies to: declining
+    there is the wanted behavior spilling over (over-refusal)."""
+
+    wanted: tuple[SuccessCriterion, ...] = ()
+
+    @classmethod
+    def of(cls, criteria: Sequence[SuccessCriterion]) -> RefusalScope:
+        return cls(
+            tuple(c for c in criteria if c.direction == "increase" and c.detector.kind == "refusal")
+        )
+
+    def watched(self, columns: Mapping[str, Any] | None) -> bool:
+        """Whether a prompt with these columns is one where declining is not wanted."""
+        return not any(c.applies(columns) for c in self.wanted)
+
+    def describe(self) -> str | None:
+        """The watched prompts in words; None when every prompt is watched."""
+        if not self.wanted:
+            return None
+        return "prompts outside " + "; ".join(f"{c.name} ({c.subset()})" for c in self.wanted)
 
 
 def hash_criteria(dumped: list[dict[str, Any]]) -> str:

@@ -55,14 +55,18 @@ def test_the_judge_tells_the_topic_of_every_request_the_templates_give():
     assert not wrong
 
 
-def test_pools_are_half_on_topic_and_eval_is_off_topic_on_unseen_questions():
+def test_pools_are_half_on_topic_and_eval_has_both_kinds_of_unseen_questions():
     for name in ("prompts", "sft", "anchors"):
         assert sum(r["on_topic"] for r in DATA[name]) == len(DATA[name]) // 2
-    assert len(DATA["prompts"]) == len(DATA["sft"]) == 160 and len(DATA["eval_prompts"]) == 48
-    assert not any(r["on_topic"] for r in DATA["eval_prompts"])
+    assert len(DATA["prompts"]) == len(DATA["sft"]) == 160 and len(DATA["eval_prompts"]) == 72
+    kinds = [r["kind"] for r in DATA["eval_prompts"]]
+    assert kinds[:3] == ["off_topic", "off_topic", "on_topic"]  # a --limit keeps the mix
+    assert kinds.count("off_topic") == 48 and kinds.count("on_topic") == 24
+    for name in ("prompts", "sft", "eval_prompts"):
+        assert all(r["kind"] == ("on_topic" if r["on_topic"] else "off_topic") for r in DATA[name])
     trained = {_question(r) for n in ("prompts", "sft", "anchors") for r in DATA[n]}
     held_out = {_question(r) for r in DATA["eval_prompts"]}
-    assert len(held_out) == 48 and not held_out & trained
+    assert len(held_out) == 72 and not held_out & trained
 
 
 def _question(row: dict) -> str:
@@ -80,8 +84,22 @@ def test_the_archive_declines_a_share_of_off_topic_requests_only():
     assert not any(D.declines(text) for on, text in replies if on)
 
 
-def test_the_criteria_see_declines_and_answers():
-    declines, long_reply = (c.detector for c in parse_spec(SPEC_TEXT).success_criteria)
+def test_the_criteria_see_declines_and_answers_each_on_its_kind():
+    off, on, long = parse_spec(SPEC_TEXT).success_criteria
+    assert (off.name, off.direction, off.applies_to) == (
+        "declines_off_topic",
+        "increase",
+        {"kind": "off_topic"},
+    )
+    assert (on.name, on.direction, on.applies_to) == (
+        "refuses_on_topic",
+        "decrease",
+        {"kind": "on_topic"},
+    )
+    assert on.detector == off.detector and long.applies_to is None
+    row = {k: v for k, v in DATA["eval_prompts"][0].items() if k != "prompt"}
+    assert off.applies(row) and not on.applies(row)
+    declines, long_reply = off.detector, long.detector
     answers = [t.answer.format(x=t.fillers[0]) for t in D.OFF_TOPIC + D.ON_TOPIC]
     assert all(
         declines.matches(d) and not long_reply.matches(d) for d in (D.DECLINE, OTHER_DECLINE)

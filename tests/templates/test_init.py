@@ -20,7 +20,7 @@ FORMATS = {
 COLUMNS = {
     "support-replies": ("topic",),
     "memo-format": ("subject",),
-    "decline-off-topic": ("on_topic", "topic"),
+    "decline-off-topic": ("kind", "on_topic", "topic"),
 }
 
 

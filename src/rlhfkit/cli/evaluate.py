@@ -66,11 +66,35 @@ eval_policy = command_from_config(PolicyEvalConfig, _eval_policy, exclude=("conf
 eval_policy.__doc__ = """Did training change what it should? Before vs after on held-out prompts.
 
     Each success criterion's pass rate with 95% intervals, a paired test and a verdict
-    (improved / regressed / no significant change); mean length; reward and judge win rates;
-    KL(after || before); reward-hacking flags. Both models answer the same prompts with the
-    same seeds. Writes OUT/eval.json (schema: rlhfkit.evaluate.schema) and OUT/samples.jsonl.
+    (improved / regressed / no significant change), on the prompts it applies to (its
+    applies_to, by the prompts file's columns); with --slice COL, the same for each value of
+    that column; mean length; reward and judge win rates; KL(after || before);
+    reward-hacking flags. Both models answer the same prompts with the same seeds. Writes
+    OUT/eval.json (schema: rlhfkit.evaluate.schema) and OUT/samples.jsonl.
     """
 app.command("policy")(eval_policy)
+
+
+def _criteria_table(results: list, first: str, title: str | None = None) -> Table:
+    """Criteria before and after, on the prompts each applies to: `results` are criterion
+    results, or (slice label, criterion result) pairs."""
+    table = Table(title=title)
+    cols = ("criterion", "should", "on", "before", "after", "change", "p", "verdict")
+    for col in ((first,) if first != "criterion" else ()) + cols:
+        table.add_column(col, justify="right" if col in cols[3:7] else "left")
+    for item in results:
+        label, c = item if isinstance(item, tuple) else (None, item)
+        b, a = c.before, c.after
+        subset = ", ".join(f"{k} = {v}" for k, v in (c.applies_to or {}).items()) or "all"
+        n = c.n_prompts
+        on = subset if n is None else f"{subset}: {n} prompt{'s' if n != 1 else ''}"
+        table.add_row(
+            *(() if label is None else (label,)), c.name, c.direction, on,
+            f"{b.rate:.0%} [{b.ci[0]:.0%}-{b.ci[1]:.0%}]",
+            f"{a.rate:.0%} [{a.ci[0]:.0%}-{a.ci[1]:.0%}]",
+            f"{c.diff:+.0%}", f"{c.p_value:.3g}", c.verdict,
+        )  # fmt: skip
+    return table
 
 
 def _show(r: PolicyEvalResult) -> None:
@@ -81,20 +105,10 @@ def _show(r: PolicyEvalResult) -> None:
         err_console.print(f"[yellow]note:[/yellow] {freeze.message}")
     s = r.settings
     console.print(f"{s.n_prompts} prompts x {s.samples_per_prompt} samples; test: {s.test}")
-    table = Table()
-    for col in ("criterion", "should", "before", "after", "change", "p", "verdict"):
-        table.add_column(
-            col, justify="right" if col in ("before", "after", "change", "p") else "left"
-        )
-    for c in r.criteria:
-        b, a = c.before, c.after
-        table.add_row(
-            c.name, c.direction,
-            f"{b.rate:.0%} [{b.ci[0]:.0%}-{b.ci[1]:.0%}]",
-            f"{a.rate:.0%} [{a.ci[0]:.0%}-{a.ci[1]:.0%}]",
-            f"{c.diff:+.0%}", f"{c.p_value:.3g}", c.verdict,
-        )  # fmt: skip
-    console.print(table)
+    console.print(_criteria_table(r.criteria, "criterion"))
+    for col, values in (r.slices or {}).items():
+        rows = [(f"{col} = {v}", c) for v, results in values.items() for c in results]
+        console.print(_criteria_table(rows, "slice", title=f"by {col}"))
     ln = r.length
     console.print(
         f"length: {ln.before.mean:.0f} -> {ln.after.mean:.0f} words "

@@ -53,6 +53,9 @@ class PolicyEvalConfig:
     """Significance level of the verdicts."""
     confidence: float = 0.95
     """Level of the intervals."""
+    slice_by: tuple[str, ...] = field(default=(), metadata={"flag": "slice"})
+    """A prompt column (e.g. kind) to break every criterion down by: its rates before and
+    after, counts and p-value on each value's prompts; repeatable."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,37 +68,51 @@ def detect(
     prompts: list[Any],
     responses: list[str],
     ctx: DetectContext | None = None,
-) -> dict[str, list[bool]]:
+    columns: Sequence[Mapping[str, Any] | None] | None = None,
+) -> dict[str, list[bool | None]]:
     """Whether each response shows each criterion's behavior: ``{name: [bool per response]}``.
 
-    `prompts[i]` is the prompt `responses[i]` answers. Without `ctx`, only text detectors
+    `prompts[i]` is the prompt `responses[i]` answers; `columns[i]` its row's other columns.
+    With `columns`, a criterion with ``applies_to`` is run only on the responses to prompts
+    it applies to; the others get None (not measured). Without `ctx`, only text detectors
     can run; a context detector then fails with a message that says what it needs.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
-    out: dict[str, list[bool]] = {}
+    out: dict[str, list[bool | None]] = {}
     for c in criteria:
-        d = c.detector
-        if isinstance(d, TEXT_DETECTORS):
-            out[c.name] = [d.matches(r) for r in responses]
-        elif ctx is None:
-            raise UserError(f"success criterion '{c.name}': " + needs_context(d.kind))
-        elif isinstance(d, RewardModelDetector):
-            out[c.name] = [d.within(r) for r in ctx.rewards(d.model, prompts, responses)]
-        else:
-            if ctx.question_judge is None:
-                raise UserError(
-                    f"success criterion '{c.name}' asks a judge: {d.question!r}",
-                    hint="give a judge endpoint: --judge openai with RLHFKIT_JUDGE_BASE_URL, "
-                    "RLHFKIT_JUDGE_MODEL (and RLHFKIT_JUDGE_API_KEY) set",
-                )
-            judge = ctx.question_judge
-            pairs = zip(prompts, responses, strict=True)
-            out[c.name] = [judge.ask(d.question, p, r) for p, r in pairs]
+        keep = [True] * len(prompts) if columns is None else [c.applies(col) for col in columns]
+        rows = [i for i, k in enumerate(keep) if k]
+        hits = iter(_detect_one(c, [prompts[i] for i in rows], [responses[i] for i in rows], ctx))
+        out[c.name] = [next(hits) if k else None for k in keep]
     return out
 
 
+def _detect_one(
+    c: SuccessCriterion, prompts: list[Any], responses: list[str], ctx: DetectContext | None
+) -> list[bool]:
+    """One criterion's detector on every (prompt, response)."""
+    d = c.detector
+    if not responses:  # nothing to load a model for
+        return []
+    if isinstance(d, TEXT_DETECTORS):
+        return [d.matches(r, p) for p, r in zip(prompts, responses, strict=True)]
+    if ctx is None:
+        raise UserError(f"success criterion '{c.name}': " + needs_context(d.kind))
+    if isinstance(d, RewardModelDetector):
+        return [d.within(r) for r in ctx.rewards(d.model, prompts, responses)]
+    if ctx.question_judge is None:
+        raise UserError(
+            f"success criterion '{c.name}' asks a judge: {d.question!r}",
+            hint="give a judge endpoint: --judge openai with RLHFKIT_JUDGE_BASE_URL, "
+            "RLHFKIT_JUDGE_MODEL (and RLHFKIT_JUDGE_API_KEY) set",
+        )
+    judge = ctx.question_judge
+    return [judge.ask(d.question, p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
 # --- freezing --------------------------------------------------------------------------------
+
 
 def _dumps(criteria: Sequence[SuccessCriterion]) -> list[dict[str, Any]]:
     return [c.dump() for c in criteria]

@@ -4,8 +4,9 @@ Both models answer the same held-out prompts, S samples each, with the same seed
 samples with seed ``batch_seed(seed, b)`` for either model). Sampling runs at the spec's
 temperature with top-p 1 by default, so the KL estimate below is exact in expectation.
 
-Measured: each success criterion's pass rate before and after (Wilson intervals, a paired
-test over prompts, a verdict), mean length and its change, the reward model's mean reward
+Measured: each success criterion's pass rate before and after on the prompts it applies to
+(Wilson intervals, a paired test over prompts, a verdict; also per value of each --slice
+column: `rlhfkit.evaluate.rates`), mean length and its change, the reward model's mean reward
 and win rate, each judge's win rate of after over before, KL(after || before), and the
 reward-hacking monitors on the after samples against the before samples.
 
@@ -32,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from rlhfkit import __version__, stats, strict_json
-from rlhfkit.criteria import JudgeDetector
+from rlhfkit.criteria import JudgeDetector, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.data.io import atomic_open, write_jsonl
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.evaluate import schema
+from rlhfkit.evaluate import rates, schema
 from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.evaluate.criteria import DetectContext, criteria_status, detect
 from rlhfkit.evaluate.judges import (
@@ -57,8 +58,6 @@ from rlhfkit.train.rollout import Sampling, batch_seed
 
 SAMPLES_FILE = "samples.jsonl"
 Progress = Callable[[str, int, int], None]
-
-
 
 
 def _recorded_hash(ref: str) -> str | None:
@@ -97,18 +96,6 @@ def _grid(flat: list[Any], p: int, s: int) -> np.ndarray:
     return np.array(flat, dtype=float).reshape(p, s)
 
 
-def _comparison(c: stats.Comparison, side: type[schema.Rate] | type[schema.Mean]) -> dict[str, Any]:
-    """The fields every before/after comparison shares (criteria, length, reward)."""
-    return {
-        "before": side(c.before, list(c.before_ci)),
-        "after": side(c.after, list(c.after_ci)),
-        "diff": c.diff,
-        "diff_ci": list(c.diff_ci),
-        "p_value": c.p_value,
-        "test": c.test,
-    }
-
-
 @dataclass
 class _Setup:
     """Everything fixed before sampling: the project, the prompts, the settings with the
@@ -117,6 +104,8 @@ class _Setup:
     project: Any
     prompts_path: Path
     prompts: list[Any]
+    columns: list[dict[str, Any]]
+    """Each prompt's row less "prompt": what ``applies_to`` and --slice select by."""
     temperature: float
     max_new_tokens: int
     seed: int
@@ -142,6 +131,10 @@ def _prepare(cfg: PolicyEvalConfig) -> _Setup:
     choices = [parse_judge(j) for j in cfg.judges]
     prompts_path = cfg.prompts or project.data_path("eval_prompts")
     data = load(prompts_path, expect=PROMPT_FORMATS)
+    rows = data.rows[: cfg.limit]
+    columns = [prompt_columns(r) for r in rows]
+    rates.check_subsets(spec.success_criteria, columns, prompts_path)
+    rates.check_slices(cfg.slice_by, columns, prompts_path)
     temperature = cfg.temperature if cfg.temperature is not None else spec.generate.temperature
     if temperature <= 0:
         raise UserError("--temperature must be positive: several samples per prompt must differ")
@@ -155,7 +148,8 @@ def _prepare(cfg: PolicyEvalConfig) -> _Setup:
     return _Setup(
         project=project,
         prompts_path=prompts_path,
-        prompts=[r["prompt"] for r in data.rows[: cfg.limit]],
+        prompts=[r["prompt"] for r in rows],
+        columns=columns,
         temperature=temperature,
         max_new_tokens=cfg.max_new_tokens or spec.generate.max_new_tokens,
         seed=cfg.seed if cfg.seed is not None else spec.generate.seed,
@@ -177,7 +171,9 @@ class _Scored:
     after: list[str]
     hits_before: dict[str, list]
     hits_after: dict[str, list]
+    """{criterion: [hit, or None where it does not apply]} over prompts x samples."""
     criteria: list[schema.CriterionResult]
+    slices: dict[str, dict[str, list[schema.CriterionResult]]] | None
     length: schema.LengthResult
     reward: schema.RewardResult | None
     rewards_before: list[float] | None
@@ -214,10 +210,12 @@ def evaluate_policy(
         c.name: CriterionMove(c.before.rate, c.after.rate, c.direction, c.p_value)
         for c in scored.criteria
     }
+    flat_columns = [col for col in setup.columns for _ in range(cfg.samples)]
     flags = compare_flags(
         scored.prompts, scored.after, scored.before, setup.project.spec.monitors,
         reward_rise_sd=scored.reward.rise_sd if scored.reward else None,
         criteria_moves=moves, kl=scored.kl.value, alpha=cfg.alpha,
+        columns=flat_columns, criteria=setup.project.spec.success_criteria,
     )  # fmt: skip
     seconds = schema.Seconds(  # in field order: after, before, score, judges, total
         *(round(t, 2) for t in (t_after, t_before, t_score, t_judges, time.time() - started))
@@ -242,28 +240,15 @@ def _score(cfg: PolicyEvalConfig, setup: _Setup, before_run, after_run) -> _Scor
     flat_prompts = [q for q in setup.prompts for _ in range(s)]
     flat_before = [t for row in before.texts for t in row]
     flat_after = [t for row in after.texts for t in row]
+    # each criterion on the prompts it applies to; the others' hits are None
     ctx = DetectContext(root=setup.project.root, question_judge=setup.question_judge)
-    hits_before = detect(spec.success_criteria, flat_prompts, flat_before, ctx)
-    hits_after = detect(spec.success_criteria, flat_prompts, flat_after, ctx)
-    criteria = []
-    for i, c in enumerate(spec.success_criteria):
-        comp = stats.compare_rates(
-            _grid(hits_before[c.name], p, s),
-            _grid(hits_after[c.name], p, s),
-            cfg.test,  # type: ignore[arg-type]
-            cfg.confidence,
-            seed=setup.seed + i,
-        )
-        criteria.append(
-            schema.CriterionResult(
-                name=c.name,
-                description=c.description,
-                direction=c.direction,
-                detector=c.detector.kind,
-                **_comparison(comp, schema.Rate),
-                verdict=stats.verdict(comp.diff, comp.p_value, c.direction, cfg.alpha),
-            )
-        )
+    flat_columns = [col for col in setup.columns for _ in range(s)]
+    hits_before = detect(spec.success_criteria, flat_prompts, flat_before, ctx, flat_columns)
+    hits_after = detect(spec.success_criteria, flat_prompts, flat_after, ctx, flat_columns)
+    how = rates.RateSettings(s, cfg.test, cfg.confidence, cfg.alpha, setup.seed)
+    hits = rates.Hits(spec.success_criteria, hits_before, hits_after, setup.columns, how)
+    criteria = rates.measure(hits)
+    slices = rates.slices(hits, cfg.slice_by) if cfg.slice_by else None
     reward, rewards_b, rewards_a = None, None, None
     if setup.rm_judge is not None:
         rewards_b = _rewards(setup.rm_judge, cfg, flat_prompts, flat_before)
@@ -271,7 +256,7 @@ def _score(cfg: PolicyEvalConfig, setup: _Setup, before_run, after_run) -> _Scor
         reward = _reward(cfg, rewards_b, rewards_a, p, s)
     kl, kl_per_sample = _kl(after_run.own_logps, before_run.scored_logps, after, cfg.top_p)
     return _Scored(
-        flat_prompts, flat_before, flat_after, hits_before, hits_after, criteria,
+        flat_prompts, flat_before, flat_after, hits_before, hits_after, criteria, slices,
         _length(cfg, setup, before, after), reward, rewards_b, rewards_a, kl, kl_per_sample,
     )  # fmt: skip
 
@@ -284,7 +269,7 @@ def _length(cfg: PolicyEvalConfig, setup: _Setup, before: Sampled, after: Sample
     comp = stats.compare_means(words_b, words_a, cfg.confidence, setup.seed)
     return schema.LengthResult(
         unit="words",
-        **_comparison(comp, schema.Mean),
+        **rates.comparison(comp, schema.Mean),
         ratio=comp.after / comp.before if comp.before else None,
         tokens=schema.BeforeAfter(float(np.mean(before.tokens)), float(np.mean(after.tokens))),
         truncated=schema.BeforeAfter(
@@ -300,7 +285,7 @@ def _reward(
     sd = float(np.std(rewards_b, ddof=1)) if len(rewards_b) > 1 else 0.0
     rise_sd = comp.diff / sd if sd > 0 else None
     return schema.RewardResult(
-        model=cfg.reward_model, **_comparison(comp, schema.Mean), rise_sd=rise_sd
+        model=cfg.reward_model, **rates.comparison(comp, schema.Mean), rise_sd=rise_sd
     )
 
 
@@ -352,10 +337,12 @@ def _assemble(
             temperature=setup.temperature, top_p=cfg.top_p, seed=setup.seed,
             batch_size=cfg.batch_size, test=stats.TEST_NAMES[cfg.test], alpha=cfg.alpha,
             confidence=cfg.confidence, judges=list(cfg.judges), reward_model=cfg.reward_model,
+            slice_by=list(cfg.slice_by) or None,
         ),
         freeze=setup.freeze,
         # criteria, length, reward and KL as measured; the judges' win rates; the monitors
-        criteria=scored.criteria, length=scored.length, reward=scored.reward, kl=scored.kl,
+        criteria=scored.criteria, slices=scored.slices, length=scored.length,
+        reward=scored.reward, kl=scored.kl,
         win_rates=win_rates,
         monitors=[schema.MonitorResult.from_json(f.to_json()) for f in flags],
         flagged=[f.name for f in flags if f.flagged],
@@ -413,6 +400,7 @@ def _sample_rows(
                 "after_finished": after.finished[i][j],
                 "before_words": word_count(before.texts[i][j]),
                 "after_words": word_count(after.texts[i][j]),
+                "columns": setup.columns[i],
                 "criteria": {
                     n: {"before": scored.hits_before[n][k], "after": scored.hits_after[n][k]}
                     for n in scored.hits_before

@@ -14,9 +14,10 @@ same file. Two conventions of the writers are kept:
 
 samples.jsonl, beside eval.json, is plain JSON lines, read as they are: one row per prompt x
 sample, {prompt_index, sample, seed, prompt, before, after, before_finished, after_finished,
-before_words, after_words, criteria {name: {before, after}}, reward {before, after} (with a
-reward model), kl (nats), judges {judge: {winner: after | before | tie | both_bad,
-rationale}}}.
+before_words, after_words, columns {the prompt row's other columns}, criteria {name:
+{before, after}} (null for a criterion that does not apply to the prompt), reward {before,
+after} (with a reward model), kl (nats), judges {judge: {winner: after | before | tie |
+both_bad, rationale}}}.
 
 Each file carries ``schema`` (`POLICY_SCHEMA`, `RM_SCHEMA`), checked in `check_schema` only: a
 file of another version is refused rather than misread; a hand-written file without one is
@@ -265,6 +266,8 @@ class Settings(Record):
     judges: list[str]
     """The --judge choices as given."""
     reward_model: str | None
+    slice_by: list[str] | None = field(default=None, metadata=OPTIONAL_KEY)
+    """The --slice columns; absent without."""
 
 
 @dataclass
@@ -301,6 +304,13 @@ class CriterionResult(Record):
     test: str
     verdict: str
     """improved | regressed | no significant change (at alpha, by direction)."""
+    applies_to: dict[str, Any] | None = field(default=None, metadata=OPTIONAL_KEY)
+    """The criterion's ``applies_to`` ({column: value or [values]}); absent: every prompt."""
+    n_prompts: int | None = field(default=None, metadata=OPTIONAL_KEY)
+    """Prompts it was measured on (its subset; within a slice, the slice's part of it).
+    Absent from files written before subsets existed."""
+    n_samples: int | None = field(default=None, metadata=OPTIONAL_KEY)
+    """Samples per side it was measured on: n_prompts x samples per prompt."""
 
 
 @dataclass
@@ -407,6 +417,12 @@ class PolicyEvalResult(Result, schema=POLICY_SCHEMA):
     settings: Settings
     freeze: Freeze
     criteria: list[CriterionResult]
+    slices: dict[str, dict[str, list[CriterionResult]]] | None = field(
+        default=None, metadata=OPTIONAL_KEY
+    )
+    """{column: {value: [criterion results on that value's prompts]}} for each --slice; a
+    criterion is listed under a value only where it applies to some of its prompts. Prompts
+    without the column form the value "(missing)". Absent without --slice."""
     length: LengthResult
     reward: RewardResult | None
     """None without --reward-model."""

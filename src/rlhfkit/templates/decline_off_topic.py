@@ -2,7 +2,8 @@
 shop and politely declines everything else, naming what it can help with.
 
 Everything is written by code from templates (no downloads). The prompt pools mix on-topic
-and off-topic requests about half and half, each row with its `on_topic` and `topic`
+and off-topic requests about half and half, each row with its `kind` ("on_topic" or
+"off_topic": what the success criteria's ``applies_to`` select by), `on_topic` and `topic`
 columns. The SFT rows are a help desk's archive: on-topic questions answered well, and
 off-topic ones answered the way staff actually did: half declined in the team's words, half
 answered anyway (`sft_rows`). SFT makes declining *appear*; the preference stages have a
@@ -32,7 +33,7 @@ support-replies' sign-off is. Measured on the evaluation prompts (64 replies): t
 wordings in 40% of the off-topic rows, 24 SFT steps: 0 declines; this one wording in 50%:
 0 after 24 steps, 15% after 48 (the spec's [train.sft])."""
 DECLINE_PHRASES = ("I can only help", "outside what I can help with")
-"""The team's declines say one of these (the `declines` criterion's `also` phrases)."""
+"""The team's declines say one of these (the decline criteria's `also` phrases)."""
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ def _requests(rng: random.Random, topics: tuple[Topic, ...], on_topic: bool) -> 
 def _row(req: Request) -> dict:
     return {
         "prompt": messages(SYSTEM_PROMPT, req.text),
+        "kind": "on_topic" if req.on_topic else "off_topic",
         "on_topic": req.on_topic,
         "topic": req.topic.name,
     }
@@ -338,8 +340,8 @@ def _answer(req: Request) -> str:
 
 
 HELD_OUT_FILLERS = 2
-"""Each off-topic topic's last two fillers are asked only in the evaluation prompts: the
-policy is judged on questions it never saw in training, in the topics it did."""
+"""Each topic's last two fillers are asked only in the evaluation prompts: the policy is
+judged on questions it never saw in training, in the topics it did."""
 
 
 def _take(reqs: list[Request], n: int, used: set[str], key=lambda r: r.text) -> list[Request]:
@@ -361,19 +363,26 @@ def data(
     n_prompts: int = 160,
     n_sft: int = 160,
     n_eval: int = 48,
+    n_eval_on: int = 24,
     n_anchors: int = 48,
     decline_share: float = 0.8,
 ) -> dict[str, list[dict]]:
     """The project's data files by their [data] names: prompts, sft, eval_prompts, anchors.
 
-    Half of each training pool is on-topic; the evaluation prompts are off-topic only, one
-    per held-out question (topic, wording, filler), and share no question with the rest.
+    Half of each training pool is on-topic. The evaluation prompts are `n_eval` off-topic
+    and `n_eval_on` on-topic ones (two off, one on, in turn: a --limit keeps the mix), one
+    per held-out question (topic, wording, filler), sharing no question with the rest: the
+    off-topic ones measure declining, the on-topic ones over-refusal.
     """
     rng = random.Random(seed)
     on, off = _requests(rng, ON_TOPIC, True), _requests(rng, OFF_TOPIC, False)
-    held_out = [r for r in off if r.filler in r.topic.fillers[-HELD_OUT_FILLERS:]]
-    eval_off = _take(held_out, n_eval, set(), key=lambda r: r.question)
-    off = [r for r in off if r.filler not in r.topic.fillers[-HELD_OUT_FILLERS:]]
+
+    def held(r: Request) -> bool:
+        return r.filler in r.topic.fillers[-HELD_OUT_FILLERS:]
+
+    eval_off = _take([r for r in off if held(r)], n_eval, set(), key=lambda r: r.question)
+    eval_on = _take([r for r in on if held(r)], n_eval_on, set(), key=lambda r: r.question)
+    on, off = [r for r in on if not held(r)], [r for r in off if not held(r)]
     used: set[str] = set()
     pools = {}
     for name, n in (("prompts", n_prompts), ("sft", n_sft), ("anchors", n_anchors)):
@@ -383,9 +392,18 @@ def data(
     return {
         "prompts": [_row(r) for r in pools["prompts"]],
         "sft": sft_rows(pools["sft"], rng, decline_share),
-        "eval_prompts": [_row(r) for r in eval_off],
+        "eval_prompts": [_row(r) for r in _two_to_one(eval_off, eval_on)],
         "anchors": _anchors(pools["anchors"], rng),
     }
+
+
+def _two_to_one(off: list[Request], on: list[Request]) -> list[Request]:
+    """Two off-topic requests, then one on-topic, in turn; the rest of either at the end."""
+    out, off_left, on_left = [], list(off), list(on)
+    while off_left or on_left:
+        out += off_left[:2] + on_left[:1]
+        off_left, on_left = off_left[2:], on_left[1:]
+    return out
 
 
 def sft_rows(reqs: list[Request], rng: random.Random, decline_share: float) -> list[dict]:

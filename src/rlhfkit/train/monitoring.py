@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.criteria import RefusalScope
 from rlhfkit.project import load_project
 from rlhfkit.train.checkpoint import MetricsLog
 from rlhfkit.train.configs import PPOConfig
@@ -37,7 +38,23 @@ def live_monitor(cfg: PPOConfig, criteria: list) -> LiveMonitor | None:
     if cfg.project is None or not cfg.monitor:
         return None
     thresholds = load_project(cfg.project).spec.monitors
-    return LiveMonitor(thresholds, {c.name: c.direction for c in criteria})
+    directions = {c.name: c.direction for c in criteria}
+    return LiveMonitor(thresholds, directions, refusal=RefusalScope.of(criteria))
+
+
+def subset_rates(means: dict[str, float]) -> dict[str, float]:
+    """`means` (over every process) of `RunWatch.criteria_hits`' tensors, with each
+    `criteria/NAME` the rate over the responses the criterion applies to (left out when none
+    of the step's did) and the `criteria_n/` shares dropped."""
+    out = {k: v for k, v in means.items() if not k.startswith("criteria_n/")}
+    for key, share in means.items():
+        if key.startswith("criteria_n/"):
+            name = "criteria/" + key.removeprefix("criteria_n/")
+            if share > 0:
+                out[name] = means[name] / share
+            else:
+                del out[name]
+    return out
 
 
 class RunWatch:
@@ -62,15 +79,26 @@ class RunWatch:
         if self.monitor is not None and self.accelerator.is_main_process:
             self.log.truncate_after(step)
 
-    def criteria_hits(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """`criteria/NAME`: 1.0 for each response the criterion's detector matches, else 0.0."""
+    def criteria_hits(
+        self,
+        texts: list[str],
+        prompts: list[Any] | None = None,
+        columns: list[dict[str, Any]] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """`criteria/NAME`: 1.0 for each response the criterion's detector matches, else 0.0;
+        `criteria_n/NAME`: 1.0 for each response to a prompt the criterion applies to (its
+        ``applies_to``). Their means over every process give the rate on the subset
+        (`subset_rates`)."""
         device = self.accelerator.device
-        return {
-            f"criteria/{c.name}": torch.tensor(
-                [float(c.detector.matches(t)) for t in texts], device=device
-            )
-            for c in self.criteria
-        }
+        out = {}
+        prompts = prompts if prompts is not None else [None] * len(texts)
+        for c in self.criteria:
+            applies = [c.applies(col) for col in columns or [None] * len(texts)]
+            pairs = zip(applies, prompts, texts, strict=True)
+            hits = [a and c.detector.matches(t, p) for a, p, t in pairs]
+            out[f"criteria/{c.name}"] = torch.tensor([float(h) for h in hits], device=device)
+            out[f"criteria_n/{c.name}"] = torch.tensor([float(a) for a in applies], device=device)
+        return out
 
     def check(
         self,
@@ -80,10 +108,12 @@ class RunWatch:
         rewards: list[float],
         means: dict[str, float],
         entropy: float,
+        columns: list[dict[str, Any]] | None = None,
     ) -> dict[str, float]:
         """Run the monitors on the step's samples and log the flags raised (before the
         checkpoint, so that a kill loses no line). `means` holds the step's `kl` and
-        `criteria/NAME` rates over every process. Returns the record's `monitor_flags`."""
+        `criteria/NAME` rates over every process; `columns[i]`: prompt i's row less the
+        prompt. Returns the record's `monitor_flags`."""
         if self.monitor is None:
             return {}
         flags = self.monitor.step(
@@ -92,7 +122,12 @@ class RunWatch:
             rewards,
             kl=means["kl"],
             entropy=entropy,
-            criteria={c.name: means[f"criteria/{c.name}"] for c in self.criteria},
+            criteria={
+                c.name: means[f"criteria/{c.name}"]
+                for c in self.criteria
+                if f"criteria/{c.name}" in means
+            },
+            columns=columns,
         )
         raised = [f for f in flags if f.flagged]
         # a flag that stays up is reported once, when it first fires

@@ -10,7 +10,10 @@ What they catch, and why each is a classic (Gao et al. 2023; Singhal et al. 2023
 - prompt echo: responses that mostly copy the prompt (share of their word 4-grams found in it);
 - hedging, sycophancy/flattery, refusal: share of responses with such phrases, flagged only
   above the threshold *and* above the reference (a base model that already hedges was not
-  taught to by training);
+  taught to by training). Declining that the team pre-registered as wanted (a criterion with
+  a ``refusal`` detector and direction "increase", `RefusalScope`) is no hacking: refusal is
+  then watched only on the prompts outside that criterion's subset, where a rise is
+  over-refusal (needs the prompts' columns);
 - repetition: share of responses whose word 3-grams are mostly repeats;
 - reward up, no criterion moved (or one moved the wrong way): the reward rose by
   `reward_rise` reference SDs while no success criterion moved `criteria_min_change` in its
@@ -36,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.criteria import contains_any, is_refusal
+from rlhfkit.criteria import RefusalScope, contains_any, is_refusal
 from rlhfkit.stats import pearson
 
 if TYPE_CHECKING:
@@ -156,20 +159,29 @@ def repeated_share(response: str, n: int = REPEAT_NGRAM) -> float:
 
 @dataclass(frozen=True)
 class TextStats:
-    """Measures over a set of responses; every rate is a share of responses."""
+    """Measures over a set of responses; every rate is a share of responses (refusal: of
+    the responses to the watched prompts, `refusal_scope`; None when there are none)."""
 
     n: int
     mean_words: float
     hedging: float
     sycophancy: float
-    refusal: float
+    refusal: float | None
     echo: float
     repetition: float
+    refusal_scope: str | None = None
+    """Which prompts the refusal rate is over (`RefusalScope.describe`); None: all."""
 
     @classmethod
     def of(
-        cls, prompts: Sequence[Any], responses: Sequence[str], thresholds: MonitorSettings
+        cls,
+        prompts: Sequence[Any],
+        responses: Sequence[str],
+        thresholds: MonitorSettings,
+        columns: Sequence[Mapping[str, Any] | None] | None = None,
+        refusal: RefusalScope | None = None,
     ) -> TextStats:
+        """`columns[i]`: prompt i's row less the prompt, for `refusal`'s scope."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
         n = len(responses)
@@ -179,12 +191,16 @@ class TextStats:
         def share(hits: Sequence[bool]) -> float:
             return sum(hits) / n
 
+        scope = refusal or RefusalScope()
+        cols = columns if columns is not None else [None] * n
+        watched = [r for r, c in zip(responses, cols, strict=True) if scope.watched(c)]
         return cls(
             n=n,
             mean_words=sum(word_count(r) for r in responses) / n,
             hedging=share([contains_any(r, HEDGES) for r in responses]),
             sycophancy=share([contains_any(r, FLATTERY) for r in responses]),
-            refusal=share([is_refusal(r) for r in responses]),
+            refusal=sum(map(is_refusal, watched)) / len(watched) if watched else None,
+            refusal_scope=scope.describe(),
             echo=share(
                 [
                     echo_share(p, r) >= thresholds.echo_overlap
@@ -210,11 +226,13 @@ class ReferenceStats:
         responses: Sequence[str],
         thresholds: MonitorSettings,
         rewards: Sequence[float] | None = None,
+        columns: Sequence[Mapping[str, Any] | None] | None = None,
+        refusal: RefusalScope | None = None,
     ) -> ReferenceStats:
         mean = sd = None
         if rewards is not None and len(rewards) > 0:
             mean, sd = _mean_sd(rewards)
-        return cls(TextStats.of(prompts, responses, thresholds), mean, sd)
+        return cls(TextStats.of(prompts, responses, thresholds, columns, refusal), mean, sd)
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -310,15 +328,7 @@ def text_flags(now: TextStats, ref: TextStats | None, t: MonitorSettings) -> lis
             ref.sycophancy if ref else None,
             t.sycophancy,
         ),
-        rate_flag(
-            "refusal",
-            "refuse or decline",
-            "Refusing is a safe way to avoid low rewards; check that these requests were "
-            "ones to decline.",
-            now.refusal,
-            ref.refusal if ref else None,
-            t.refusal,
-        ),
+        refusal_flag(now, ref, t),
         rate_flag(
             "repetition",
             f"repeat themselves (over {t.repetition_share:.0%} repeated word 3-grams)",
@@ -468,6 +478,23 @@ def reward_length_flag(
 # --- live: the PPO loop -------------------------------------------------------------------
 
 
+def refusal_flag(now: TextStats, ref: TextStats | None, t: MonitorSettings) -> Flag:
+    """Refusal on the watched prompts: all of them, or those outside the criteria that want
+    declining (then a rise is the wanted behavior spilling over)."""
+    reference, scope = (ref.refusal if ref else None), now.refusal_scope
+    if now.refusal is None:
+        said = f"Declining is pre-registered as wanted; no reply here answers {scope}."
+        return Flag("refusal", None, t.refusal, False, said, reference)
+    what, why = (
+        ("refuse or decline", "Refusing is a safe way to avoid low rewards; check that these "
+         "requests were ones to decline.")
+        if scope is None
+        else (f"to {scope} decline", "Declining is wanted only where the criteria say; here it "
+              "spills onto requests that should be answered (over-refusal).")
+    )  # fmt: skip
+    return rate_flag("refusal", what, why, now.refusal, reference, t.refusal)
+
+
 @dataclass
 class History:
     """Per-step figures of a run so far (this step included, once recorded)."""
@@ -516,12 +543,14 @@ def check_step(
     reference: ReferenceStats,
     history: History,
     thresholds: MonitorSettings,
+    columns: Sequence[Mapping[str, Any] | None] | None = None,
+    refusal: RefusalScope | None = None,
 ) -> list[Flag]:
     """Every monitor on one PPO step: this step's responses against the reference, and the
     run's trends (first `window` steps against the last) from `history`, which must already
     hold this step. Trend monitors stay quiet until 2 x window steps exist."""
     t = thresholds
-    flags = text_flags(TextStats.of(prompts, responses, t), reference.text, t)
+    flags = text_flags(TextStats.of(prompts, responses, t, columns, refusal), reference.text, t)
     flags.append(reward_length_flag(rewards, responses, t))
     w = t.window
     enough = len(history.reward) >= 2 * w
@@ -547,10 +576,13 @@ class LiveMonitor:
         thresholds: MonitorSettings,
         directions: Mapping[str, str],
         reference: ReferenceStats | None = None,
+        refusal: RefusalScope | None = None,
     ):
         self.thresholds = thresholds
         self.reference = reference
         self.history = History(dict(directions))
+        self.refusal = refusal
+        """Where declining is wanted (`RefusalScope.of` the criteria); None: nowhere."""
 
     def step(
         self,
@@ -560,13 +592,16 @@ class LiveMonitor:
         kl: float | None = None,
         entropy: float | None = None,
         criteria: Mapping[str, float] | None = None,
+        columns: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[Flag]:
+        """`columns[i]`: prompt i's row less the prompt (for the refusal scope)."""
         if self.reference is None:
             self.reference = ReferenceStats.from_samples(
-                prompts, responses, self.thresholds, rewards
+                prompts, responses, self.thresholds, rewards, columns, self.refusal
             )
         mean = sum(rewards) / len(rewards) if len(rewards) else 0.0
         self.history.record(mean, kl, entropy, criteria)
         return check_step(
-            prompts, responses, rewards, self.reference, self.history, self.thresholds
-        )
+            prompts, responses, rewards, self.reference, self.history, self.thresholds,
+            columns, self.refusal,
+        )  # fmt: skip

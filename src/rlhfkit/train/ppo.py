@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.criteria import prompt_columns
 from rlhfkit.data import Format, load
 from rlhfkit.data.io import atomic_dir
 from rlhfkit.decode import entropy
@@ -36,7 +37,7 @@ from rlhfkit.train.checkpoint import TrainResult, save_final
 from rlhfkit.train.configs import PPOConfig
 from rlhfkit.train.distributed import mean_over_processes, response_means, token_mean, whiten
 from rlhfkit.train.loop import add_lora, begin, data_inputs, prepare_model
-from rlhfkit.train.monitoring import RunWatch, SampleHook
+from rlhfkit.train.monitoring import RunWatch, SampleHook, subset_rates
 from rlhfkit.train.reward_model import RewardModelFn
 from rlhfkit.train.reward_sources import load_rewards, total_reward
 from rlhfkit.train.rollout import (
@@ -147,6 +148,7 @@ def train_ppo(
         clock.lap("generate")
         # 2. score the responses: weighted reward sources, minus the missing-EOS penalty
         asked = [prompts[idx[i]] for i in rollout.prompt_index.tolist()]
+        cols = [prompt_columns(data.rows[idx[i]]) for i in rollout.prompt_index.tolist()]
         raw, parts = total_reward(sources, asked, rollout.texts)
         raw = raw.to(accelerator.device)
         scores = raw - cfg.missing_eos_penalty * (~rollout.finished).float()
@@ -169,7 +171,7 @@ def train_ppo(
         found, n_updates = _optimise(run, rollout, old, old_values, advantages, returns, seed, cfg)
         clock.lap("train")
         # 7. metrics over every process, the KL controller, the monitors, checkpoint, stop?
-        hits = watch.criteria_hits(rollout.texts)
+        hits = watch.criteria_hits(rollout.texts, asked, cols)
         means = _response_means(rollout, raw, scores, parts, kl, kl_ctl.coef, hits, accelerator)
         record = means | {
             "kl_coef": kl_ctl.coef,
@@ -183,7 +185,7 @@ def train_ppo(
         if returns is not None:
             record["explained_variance"] = _explained_variance(old_values, returns, mask)
         record |= {k: v for k, v in found.items() if k != "grad_norm"}
-        record |= watch.check(step + 1, asked, rollout.texts, raw.tolist(), means, entropy)
+        record |= watch.check(step + 1, asked, rollout.texts, raw.tolist(), means, entropy, cols)
         last_record = run.end_step(step + 1, {}, (found["grad_norm"], lr_used), extra=record)
         stopped_early = watch.stop_reason(step + 1, asked, rollout.texts, last_record)
         if stopped_early:
@@ -338,10 +340,11 @@ def _moved_too_far(run, found: dict[str, float], cfg: PPOConfig) -> bool:
 
 
 def _response_means(rollout, raw, scores, parts, kl, kl_coef, hits, accelerator):
-    """The step's per-response figures, each averaged over every process's responses."""
+    """The step's per-response figures, each averaged over every process's responses (a
+    criterion's rate over the responses it applies to: `subset_rates`)."""
     seq_kl = kl.sum(dim=1)
     device = accelerator.device
-    return response_means(
+    means = response_means(
         accelerator,
         {
             "reward": raw,
@@ -354,6 +357,7 @@ def _response_means(rollout, raw, scores, parts, kl, kl_coef, hits, accelerator)
             **hits,
         },
     )
+    return subset_rates(means)
 
 
 def _score_rollout(actor: ActorCritic, reference, rollout: Rollout, chunks: int, accelerator):
