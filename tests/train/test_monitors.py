@@ -8,13 +8,10 @@ from rlhfkit.train.monitors import (
     CriterionMove,
     History,
     LiveMonitor,
-    ReferenceStats,
-    TextStats,
     check_step,
-    echo_share,
-    repeated_share,
     reward_without_criteria,
 )
+from rlhfkit.train.text_stats import ReferenceStats, TextStats, echo_share, repeated_share
 
 T = MonitorSettings()
 EMAIL = "My kettle from order 4821 arrived broken and the lid is cracked. What can you do?"

@@ -94,6 +94,12 @@ def label_table(conn: Connection) -> LabelTable:
     return LabelTable(*[list(c) for c in columns], gold=gold)
 
 
+def simulated_by(conn: Connection) -> dict[str, Any] | None:
+    """A pilot store's simulated panel (`rlhfkit annotate pilot` records it): its judge."""
+    row = conn.execute(select(m.Event.detail).where(m.Event.kind == "simulated_pilot")).first()
+    return None if row is None else {"judge": row.detail.get("judge")}
+
+
 def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any]:
     """Everything the admin dashboard and `rlhfkit annotate status` show, JSON-able."""
     with store.read() as conn:
@@ -112,9 +118,7 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         gate = gate_summary(rounds, gate_open(conn), policy, round_openers(conn))
         gate["disagreement"] = disagreement(conn, policy, gate)
         tokens = token_events(conn)
-        simulated = conn.execute(
-            select(m.Event.detail).where(m.Event.kind == "simulated_pilot")
-        ).first()
+        simulated = simulated_by(conn)
     main_items = kinds.get(m.MAIN, 0) + kinds.get(m.CALIBRATION, 0)
     out: dict[str, Any] = {
         "progress": {
@@ -131,7 +135,7 @@ def status(store: Store, policy: Policy, replicates: int = 200) -> dict[str, Any
         "rubric_version": policy.rubric_version,
         "token_events": tokens,
         # a pilot store (`rlhfkit annotate pilot`): every label is a simulated annotator's
-        "simulated": None if simulated is None else {"judge": simulated.detail.get("judge")},
+        "simulated": simulated,
     }
     if simulated is None:
         out["simulated_note"] = "people's labels: no simulated pilot wrote this store"

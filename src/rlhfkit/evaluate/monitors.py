@@ -12,11 +12,11 @@ from rlhfkit.criteria import RefusalScope, SuccessCriterion
 from rlhfkit.train.monitors import (
     CriterionMove,
     Flag,
-    TextStats,
     kl_flag,
     reward_without_criteria,
     text_flags,
 )
+from rlhfkit.train.text_stats import TextStats
 
 if TYPE_CHECKING:
     from rlhfkit.project import MonitorSettings

@@ -53,8 +53,9 @@ from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, weights_identity, write_manifest
 from rlhfkit.models import MANIFEST
 from rlhfkit.project import load_project
-from rlhfkit.train.monitors import CriterionMove, word_count
+from rlhfkit.train.monitors import CriterionMove
 from rlhfkit.train.rollout import Sampling, batch_seed
+from rlhfkit.train.text_stats import word_count
 
 SAMPLES_FILE = "samples.jsonl"
 Progress = Callable[[str, int, int], None]
