@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit.criteria import RefusalDetector, SuccessCriterion, is_refusal
+from rlhfkit.criteria import RefusalScope, SuccessCriterion, is_refusal
 from rlhfkit.data import load
 from rlhfkit.doctor.verdict import Check, missing, pct
 from rlhfkit.evaluate.schema import PolicyEvalResult
@@ -126,12 +126,6 @@ def check_kl(name: str, ev: PolicyEvalResult, kl_max: float, trained: float | No
     return Check(check, STAGE, title, "ok", evidence, "", numbers)
 
 
-def _declining(criteria: Sequence[SuccessCriterion]) -> list[SuccessCriterion]:
-    return [
-        c for c in criteria if isinstance(c.detector, RefusalDetector) and c.direction == "increase"
-    ]
-
-
 def prompt_columns(ev: PolicyEvalResult, samples: list[dict[str, Any]]) -> list[dict] | None:
     """Each sample's prompt columns: the sample's own ``columns`` when it carries them, else
     its row of the evaluation's prompts file (by ``prompt_index``); None when neither is
@@ -157,7 +151,8 @@ def check_over_refusal(
     criteria: Sequence[SuccessCriterion],
 ) -> Check:
     check, title = f"over_refusal:{name}", f"{name}: no declining where it is not wanted"
-    declining = _declining(criteria)
+    scope = RefusalScope.of(criteria)  # the refusal monitor's scope: one definition
+    declining = scope.wanted
     if any(c.applies_to is None for c in declining):
         everywhere = next(c.name for c in declining if c.applies_to is None)
         return missing(check, STAGE, title, f"'{everywhere}' asks for declines on every prompt")
@@ -166,11 +161,7 @@ def check_over_refusal(
     columns = prompt_columns(ev, samples)
     if columns is None:
         return missing(check, STAGE, title, f"the prompts file {ev.settings.prompts} is not there")
-    outside = [
-        s
-        for s, cols in zip(samples, columns, strict=True)
-        if not any(c.applies(cols) for c in declining)
-    ]
+    outside = [s for s, cols in zip(samples, columns, strict=True) if scope.watched(cols)]
     if not outside:
         return missing(check, STAGE, title, "every evaluation prompt is in the declining subset")
 
