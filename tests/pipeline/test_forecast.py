@@ -92,8 +92,12 @@ def _rarest_word(samples_file: Path) -> tuple[str, int]:
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
-    """A project with 32 held-out prompts, planned once (timing on) on the tiny model."""
+    """A project with 32 held-out prompts and conversational training prompts, planned once
+    (timing on) on the tiny model."""
     project = make_project(tmp_path_factory.mktemp("plan") / "p")
+    # conversations, as the bundled templates' prompts are: the stand-in pairs must be too
+    chats = [{"prompt": [{"role": "user", "content": f"What is {i} minus 1?"}]} for i in range(20)]
+    write_lines(project / "data" / "prompts.jsonl", chats)
     write_lines(
         project / "data" / "eval.jsonl", [{"prompt": f"What is {i} times 3?"} for i in range(40)]
     )
@@ -170,3 +174,12 @@ def test_a_bad_setting_fails_with_its_line_before_any_model_loads(tmp_path):
     bad = run_cli("plan", "--project", str(project), "--set", "eval.samplez=2")
     assert bad.code == 2 and "eval.samplez: unknown setting; did you mean samples?" in bad.stderr
     assert "Traceback" not in bad.stderr and not (project / "artifacts" / "plan").exists()
+
+
+def test_init_suggests_plan_before_the_run(tmp_path):
+    result = run_cli("init", str(tmp_path / "shop"))
+    assert result.code == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert f"rlhfkit plan --project {tmp_path / 'shop'}" in out
+    assert out.index("rlhfkit plan") < out.index("rlhfkit run --project")
+    assert "`rlhfkit plan --project .`" in (tmp_path / "shop" / "README.md").read_text()

@@ -12,7 +12,7 @@ from rich.table import Table
 from rlhfkit import strict_json
 from rlhfkit.cli.common import StepProgress, console
 from rlhfkit.cli.run import SET_HELP, parse_settings
-from rlhfkit.errors import display_path
+from rlhfkit.errors import UserError, display_path
 
 
 def plan(
@@ -143,7 +143,11 @@ def show_summary_line(composed: Any) -> None:
     from rlhfkit.pipeline.forecast import cached_forecast  # lazy: detectors, pydantic
 
     where = display_path(composed.project.root)
-    found = cached_forecast(composed)
+    try:
+        found = cached_forecast(composed)
+    except UserError as e:  # a detector that fails on the kept samples: plan will say so
+        console.print(f"Power and cost: not shown ({escape(str(e))}).", soft_wrap=True)
+        return
     if found is None:
         console.print(
             f"Power and cost: not measured yet. `rlhfkit plan --project {where}` says what the "

@@ -43,7 +43,8 @@ from rlhfkit.pipeline.compose import effective
 from rlhfkit.pipeline.plan import Plan, Progress, Stage
 
 TRAINING = ("sft", "rm", "dpo", "ppo")
-PATH_KEYS = ("model", "data", "output_dir", "project", "resume", "reward", "prompts", "out")
+IGNORED = ("model", "data", "output_dir", "project", "resume", "reward", "prompts", "out")
+"""Paths: left out of a measurement's key (the same settings elsewhere run as fast)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _measurable(stage: Stage) -> bool:
 def _stage_key(plan: Plan, stage: Stage) -> str:
     config = effective(stage.config) if stage.config is not None else None
     if config is not None:
-        config = {k: v for k, v in config.items() if k not in PATH_KEYS}
+        config = {k: v for k, v in config.items() if k not in IGNORED}
     gen = plan.project.spec.generate
     return config_hash(
         {"host": host(), "model": plan.base, "config": config, "rlhfkit": __version__,
@@ -120,6 +121,8 @@ class _Scratch:
             out = []
             for i, row in enumerate(rows):
                 texts = [f"{pool[(i * replies + j) % len(pool)]} ({j})" for j in range(replies)]
+                if isinstance(row["prompt"], list):  # a conversation's replies are messages
+                    texts = [[{"role": "assistant", "content": t}] for t in texts]
                 for a in range(replies):
                     for b in range(a + 1, replies):
                         out.append(
