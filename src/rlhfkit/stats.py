@@ -22,6 +22,7 @@ rate or a mean gets the percentile interval of the paired bootstrap over prompts
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any, Literal
@@ -315,3 +316,200 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     if not _correlatable(x, y):
         return None
     return pearson(ranks(x), ranks(y))
+
+
+# --- power: what a planned evaluation can detect ---------------------------------------------
+#
+# Before training, a criterion's rate on the starting model's samples is the base rate p0. For
+# an after-rate p1, the power is the chance that the evaluation's own test calls the change
+# significant at `alpha`, in the criterion's direction. The model behind every number below:
+# each of the P x S samples shows the behavior independently, at p0 before and p1 after (no
+# prompt easier than another). Where prompts differ, pairing helps a change spread over many
+# prompts and hurts one concentrated on a few.
+
+POWER = 0.8
+POWER_SIMULATIONS = 2000
+EXACT_NULL_UP_TO = 60
+"""Non-zero prompts up to which the sign-flip test's null distribution is convolved exactly;
+beyond, its normal limit (mean 0, variance sum of d_i^2) is within a hair of it."""
+MAX_PROMPTS = 100_000
+"""`prompts_needed` gives up beyond this many prompts."""
+
+
+def z_test_power(effect_size: float, nobs: float, alpha: float = 0.05, ratio: float = 1.0) -> float:
+    """Power of the two-sided z-test of a standardized effect, as statsmodels' NormalIndPower:
+    `ratio` 0 is the one-sample (paired) test over `nobs`; otherwise two samples of `nobs` and
+    `nobs * ratio` (Cohen 1988, ch. 6; the power is Phi(|es| sqrt(n) - z) + Phi(-|es| sqrt(n)
+    - z), n the effective sample size)."""
+    n = nobs if ratio == 0 else 1 / (1 / nobs + 1 / (nobs * ratio))
+    z, shift = NormalDist().inv_cdf(1 - alpha / 2), abs(effect_size) * np.sqrt(n)
+    return float(NormalDist().cdf(shift - z) + NormalDist().cdf(-shift - z))
+
+
+def proportion_effect_size(p1: float, p0: float) -> float:
+    """Cohen's h, 2 asin(sqrt p1) - 2 asin(sqrt p0): the effect size of two proportions."""
+    return float(2 * np.arcsin(np.sqrt(p1)) - 2 * np.arcsin(np.sqrt(p0)))
+
+
+def _binom_pmf(n: int, p: float) -> np.ndarray:
+    """P(X = k) for k = 0..n, X ~ Binomial(n, p)."""
+    k = np.arange(n + 1)
+    if p <= 0 or p >= 1:
+        return (k == (0 if p <= 0 else n)).astype(float)
+    log_choose = np.array(
+        [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in k]
+    )
+    return np.exp(log_choose + k * np.log(p) + (n - k) * np.log1p(-p))
+
+
+def _wanted(diff: np.ndarray, direction: str) -> np.ndarray:
+    return diff > 0 if direction == "increase" else diff < 0
+
+
+def two_proportion_power(p0: float, p1: float, n: int, alpha: float, direction: str) -> float:
+    """Power of the pooled two-proportion z-test (`two_proportion_p`) with `n` samples a side,
+    exactly: every pair of counts (before, after), weighted by its binomial probability."""
+    pb, pa = _binom_pmf(n, p0), _binom_pmf(n, p1)
+    keep_b, keep_a = np.flatnonzero(pb > 1e-15), np.flatnonzero(pa > 1e-15)
+    xb, xa = np.meshgrid(keep_b, keep_a, indexing="ij")
+    pooled = (xb + xa) / (2 * n)
+    var = pooled * (1 - pooled) * (2 / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(var > 0, (xa - xb) / n / np.sqrt(np.where(var > 0, var, 1)), 0.0)
+    p = 2 * (1 - np.vectorize(NormalDist().cdf)(np.abs(z)))
+    reject = (var > 0) & (p < alpha) & _wanted(xa - xb, direction)
+    return float(np.sum(np.outer(pb[keep_b], pa[keep_a]) * reject))
+
+
+def _diff_pmf(p0: float, p1: float, s: int) -> np.ndarray:
+    """The distribution of one prompt's after-hits minus before-hits, values -s..s."""
+    return np.convolve(_binom_pmf(s, p1), _binom_pmf(s, p0)[::-1])
+
+
+def sign_flip_null_p(nonzero: np.ndarray, total: int) -> float:
+    """`sign_flip_p` of integer per-prompt differences, from their counts: `nonzero[k-1]`
+    prompts differ by +-k, their sum is `total`. Exact (the null is a convolution of scaled
+    binomials, 2 Bin(n_k, 1/2) - n_k times k) up to EXACT_NULL_UP_TO prompts, else normal."""
+    n = [int(c) for c in nonzero]
+    if sum(n) == 0:
+        return 1.0
+    if sum(n) > EXACT_NULL_UP_TO:
+        sd = math.sqrt(sum((k + 1) ** 2 * c for k, c in enumerate(n)))
+        return min(
+            1.0, 2 * (1 - NormalDist().cdf((abs(total) - 1) / sd))
+        )  # continuity: lattice step 2
+    pmf = np.ones(1)
+    for k, c in enumerate(n, start=1):
+        term = np.zeros(2 * k * c + 1)  # values -k c .. k c
+        term[:: 2 * k] = _binom_pmf(c, 0.5)
+        pmf = np.convolve(pmf, term)
+    values = np.arange(len(pmf)) - (len(pmf) - 1) // 2
+    return float(min(1.0, pmf[np.abs(values) >= abs(total)].sum()))
+
+
+def sign_flip_power(
+    p0: float, p1: float, prompts: int, samples: int, alpha: float, direction: str,
+    simulations: int = POWER_SIMULATIONS, seed: int = 0,
+) -> float:  # fmt: skip
+    """Power of the paired sign-flip test (`sign_flip_p`) over `prompts` x `samples`, by
+    simulation with a fixed seed: each simulated evaluation draws every prompt's (after -
+    before) hit count, and is tested with its exact p-value (`sign_flip_null_p`)."""
+    pmf = _diff_pmf(p0, p1, samples)
+    counts = np.random.default_rng(seed).multinomial(prompts, pmf / pmf.sum(), size=simulations)
+    values = np.arange(-samples, samples + 1)
+    totals = counts @ values
+    magnitudes = counts[:, samples + 1 :] + counts[:, samples - 1 :: -1][:, :samples]
+    found: dict[tuple, float] = {}
+    hits = 0
+    for row, total in zip(magnitudes, totals, strict=True):
+        if not _wanted(np.array(total), direction):
+            continue
+        key = (tuple(row), abs(int(total)))
+        if key not in found:
+            found[key] = sign_flip_null_p(row, int(total))
+        hits += found[key] < alpha
+    return hits / simulations
+
+
+def change_power(
+    test: str, p0: float, p1: float, prompts: int, samples: int, alpha: float, seed: int = 0
+) -> float:
+    """The chance that `test` (as `compare_rates` runs it) calls a move from p0 to p1
+    significant in its own direction, over `prompts` x `samples`."""
+    direction = "increase" if p1 > p0 else "decrease"
+    if p1 == p0:
+        return 0.0
+    if test == "two_proportion":
+        return two_proportion_power(p0, p1, prompts * samples, alpha, direction)
+    if test == "bootstrap":  # no closed form; its p-value follows the paired z-test's
+        sd = math.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / samples)
+        return z_test_power((p1 - p0) / sd, prompts, alpha, ratio=0)
+    return sign_flip_power(p0, p1, prompts, samples, alpha, direction, seed=seed)
+
+
+@dataclass(frozen=True)
+class Detectable:
+    """What a planned evaluation can show of one criterion (see `detectable_change`)."""
+
+    base_rate: float
+    direction: str
+    rate_after: float | None
+    """The nearest after-rate, in the criterion's direction, detected with `power`; None when
+    even the extreme (0 for a decrease, 1 for an increase) is not."""
+    power_at_extreme: float
+    """The chance of a significant result if the rate went all the way to 0 or 1."""
+    power: float = POWER
+
+    @property
+    def smallest_change(self) -> float | None:
+        return None if self.rate_after is None else self.rate_after - self.base_rate
+
+
+def detectable_change(
+    base_rate: float, direction: str, prompts: int, samples: int, test: str = "permutation",
+    alpha: float = 0.05, power: float = POWER, seed: int = 0,
+) -> Detectable:  # fmt: skip
+    """The smallest move of a rate from `base_rate` in `direction` that the evaluation's test
+    detects with `power` at `alpha` (the minimal detectable change), by bisection on the
+    after-rate to within half a percentage point."""
+    extreme = 0.0 if direction == "decrease" else 1.0
+    at_extreme = change_power(test, base_rate, extreme, prompts, samples, alpha, seed)
+    if at_extreme < power:
+        return Detectable(base_rate, direction, None, at_extreme, power)
+    near, far = base_rate, extreme  # power(near) < target <= power(far)
+    while abs(far - near) > 0.005:
+        mid = (near + far) / 2
+        if change_power(test, base_rate, mid, prompts, samples, alpha, seed) >= power:
+            far = mid
+        else:
+            near = mid
+    return Detectable(base_rate, direction, round(far, 4), at_extreme, power)
+
+
+def prompts_needed(
+    test: str, p0: float, p1: float, samples: int, alpha: float = 0.05, power: float = POWER,
+    seed: int = 0,
+) -> int | None:  # fmt: skip
+    """The fewest prompts (at `samples` each) whose evaluation detects p0 -> p1 with `power`;
+    None beyond MAX_PROMPTS. Starts from the normal formula, n = ((z_a/2 + z_b) sd / d)^2
+    with sd^2 = (p0 q0 + p1 q1) / S, then searches with the test's own power."""
+    if p1 == p0:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    sd2 = (p0 * (1 - p0) + p1 * (1 - p1)) / samples
+    guess = max(2, math.ceil(z * z * sd2 / (p1 - p0) ** 2))
+
+    def enough(n: int) -> bool:
+        return change_power(test, p0, p1, n, samples, alpha, seed) >= power
+
+    lo, hi = max(1, guess // 2), guess
+    while lo > 1 and enough(lo):
+        lo, hi = lo // 2, lo
+    while not enough(hi):
+        lo, hi = hi, hi * 2
+        if hi > MAX_PROMPTS:
+            return None
+    while hi - lo > max(1, hi // 100):  # to 1%: the model behind it is no finer
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi

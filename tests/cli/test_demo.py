@@ -71,7 +71,7 @@ def test_its_summary_and_report_say_what_happened(quick):
     assert isinstance(summary["flagged_annotators"], list)
     for policy in ("ppo", "dpo"):
         ev = summary[policy]
-        assert set(ev["criteria"]) == {"signs_off", "hedging", "concise"}
+        assert set(ev["criteria"]) == {"signs_off", "no_next_step", "concise"}
         for c in ev["criteria"].values():
             assert 0.0 <= c["before"] <= 1.0 and 0.0 <= c["after"] <= 1.0
             assert 0.0 < c["p_value"] <= 1.0

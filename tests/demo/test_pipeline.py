@@ -109,7 +109,7 @@ def test_summary_json_has_the_promised_keys(run):
     assert set(on_disk["calibration_gate"]) >= {"statistic", "value", "threshold", "passed"}
     for policy in ("ppo", "dpo"):
         ev = on_disk[policy]
-        assert set(ev["criteria"]) == {"signs_off", "hedging", "concise"}
+        assert set(ev["criteria"]) == {"signs_off", "no_next_step", "concise"}
         for c in ev["criteria"].values():
             assert {"before", "after", "p_value", "verdict"} <= set(c)
         # same tokenizer: the KL estimate exists, the mean of the per-sample log-ratios

@@ -24,6 +24,7 @@ from rlhfkit.cli import doctor as doctor_cmds
 from rlhfkit.cli import evaluate as evaluate_cmds
 from rlhfkit.cli import generate as generate_cmds
 from rlhfkit.cli import models as models_cmds
+from rlhfkit.cli import plan as plan_cmds
 from rlhfkit.cli import project as project_cmds
 from rlhfkit.cli import report as report_cmds
 from rlhfkit.cli import run as run_cmds
@@ -44,6 +45,7 @@ HELP = (
 ORDER = [
     "init",
     "project",
+    "plan",
     "data",
     "models",
     "generate",
@@ -101,6 +103,7 @@ app.command("init", rich_help_panel=DESIGN)(project_cmds.init)
 project_app = typer.Typer(help="Check a project before a long step.", no_args_is_help=True)
 project_app.command("check")(run_cmds.check)
 app.add_typer(project_app, name="project", cls=Group, rich_help_panel=DESIGN)
+app.command("plan", rich_help_panel=DESIGN)(plan_cmds.plan)
 app.add_typer(data_cmds.app, name="data", cls=Group, rich_help_panel=INPUTS)
 app.add_typer(models_cmds.app, name="models", cls=Group, rich_help_panel=INPUTS)
 app.command("generate", rich_help_panel=COLLECT)(generate_cmds.generate)

@@ -49,7 +49,8 @@ def init(
         + "."
     )
     console.print(
-        f"Next: check the spec and its files with `rlhfkit project check {shown}`, then run "
-        f"every stage with `rlhfkit run --project {shown}` (it stops at annotation and says "
-        "what to do)."
+        f"Next: check the spec and its files with `rlhfkit project check {shown}`; see what the "
+        f"evaluation can detect and what each stage costs here with `rlhfkit plan --project "
+        f"{shown}`; then run every stage with `rlhfkit run --project {shown}` (it stops at "
+        "annotation and says what to do)."
     )

@@ -85,6 +85,9 @@ def run(
     if dry_run:
         result = run_pipeline(plan, until=until, start_at=start_at, dry_run=True)
         show_plan(plan, result.status)
+        from rlhfkit.cli.plan import show_summary_line  # lazy: its forecast reads the samples
+
+        show_summary_line(plan)
         return
     with RunDisplay() as display:
         result = run_pipeline(

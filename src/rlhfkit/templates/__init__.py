@@ -94,6 +94,8 @@ rubric, the success criteria written down before training, and each stage's sett
 - `artifacts/`: the annotation store people label in, and what the single commands write
   (`rlhfkit generate`, the frozen success criteria).
 
-Check the spec and its files with `rlhfkit project check .`, then run every stage with
-`rlhfkit run --project .`; it stops at annotation and says what to do.
+Check the spec and its files with `rlhfkit project check .`; see what the evaluation can
+detect of each success criterion, and what each stage costs on this machine, with
+`rlhfkit plan --project .` (before training, while the criteria can still change); then run
+every stage with `rlhfkit run --project .`; it stops at annotation and says what to do.
 """
