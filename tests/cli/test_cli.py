@@ -20,8 +20,8 @@ def test_help_is_fast_and_follows_the_pipeline():
     assert elapsed < 1.5, f"rlhfkit --help took {elapsed:.2f} s"
     listed = re.findall(r"^  (\w+)  ", result.stdout, flags=re.M)  # name, then its help
     assert listed == [
-        "init", "project", "data", "models", "generate", "annotate", "agreement", "train",
-        "eval", "report", "doctor", "run", "demo",
+        "init", "project", "plan", "data", "models", "generate", "annotate", "agreement",
+        "train", "eval", "report", "doctor", "run", "demo",
     ]  # fmt: skip
 
 

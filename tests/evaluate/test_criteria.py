@@ -1,6 +1,7 @@
 """Detectors by hand, context detectors through `detect`, and freezing the criteria."""
 
 import json
+import re
 
 import pytest
 
@@ -85,7 +86,14 @@ def test_new_detectors_parse_from_the_spec_and_bad_ones_name_their_field(tmp_pat
     text = (root / "rlhfkit.toml").read_text()
     new = text.replace(
         'kind = "length", unit = "words", max = 60', 'kind = "judge", question = "Helpful?"'
-    ).replace('detector = { kind = "keywords"', 'detector = { kind = "refusal" }\n#')
+    )
+    # the second criterion (no_next_step, a regex written over two keys) becomes a refusal
+    new, swapped = re.subn(
+        r'detector\.kind = "regex"\n(?:#.*\n)*detector\.pattern = .*\n',
+        'detector = { kind = "refusal" }\n',
+        new,
+    )
+    assert swapped == 1
     spec = parse_spec(new)
     assert [c.detector.kind for c in spec.success_criteria] == ["regex", "refusal", "judge"]
     assert [c.text_only for c in spec.success_criteria] == [True, True, False]
