@@ -21,6 +21,7 @@ from rlhfkit.evaluate.monitors import compare_flags
 from rlhfkit.evaluate.schema import (
     Accuracy,
     KLResult,
+    MonitorResult,
     PolicyEvalResult,
     RMEvalResult,
     read_json,
@@ -28,6 +29,7 @@ from rlhfkit.evaluate.schema import (
 )
 from rlhfkit.project import MonitorSettings
 from rlhfkit.stats import TEST_NAMES, compare_rates
+from rlhfkit.train.monitors import CriterionMove, reward_without_criteria
 from tests.conftest import write_lines
 from tests.doctor.plant import ANSWER, DECLINE, DECLINES
 
@@ -100,20 +102,47 @@ def _with_verdicts(ev: PolicyEvalResult, verdicts: list[str]) -> PolicyEvalResul
     return dataclasses.replace(ev, criteria=criteria)
 
 
+def _judged(ev: PolicyEvalResult, rise_sd: float, moves: dict) -> PolicyEvalResult:
+    """`ev` with the evaluation's own reward_without_criteria monitor on these figures, as
+    `eval policy` computes it (`rlhfkit.train.monitors`)."""
+    flag = reward_without_criteria(rise_sd, moves, MonitorSettings(), ev.settings.alpha)
+    return dataclasses.replace(ev, monitors=[MonitorResult.from_json(flag.to_json())])
+
+
 def test_reward_up_with_a_criterion_the_wrong_way_or_none_moving_fails():
-    ev = _ppo()  # reward -0.4 -> 0.9, p 0.0001; two criteria improved
-    assert check_reward_vs_criteria("ppo", ev).verdict == "ok"
-    wrong = check_reward_vs_criteria("ppo", _with_verdicts(ev, ["regressed", "improved", "x"]))
-    assert wrong.verdict == "fail" and "signs_off moved the wrong way" in wrong.evidence
-    assert "[train.ppo] kl_coef" in wrong.action
-    flat = ["no significant change"] * 3
-    none = check_reward_vs_criteria("dpo", _with_verdicts(ev, flat))
-    assert none.verdict == "fail" and "no criterion moved" in none.evidence
+    ev = _ppo()  # reward -0.4 -> 0.9, p 0.0001
+    up = CriterionMove(0.2, 0.8, "increase", 0.0001)
+    check = check_reward_vs_criteria("ppo", _judged(ev, 1.4, {"signs_off": up}))
+    assert check.verdict == "ok" and check.numbers["reward_rise_sd"] == 1.4
+    wrong = CriterionMove(0.8, 0.2, "increase", 0.0001)
+    failed = check_reward_vs_criteria("ppo", _judged(ev, 1.4, {"signs_off": wrong}))
+    assert failed.verdict == "fail" and "signs_off (80% -> 20%" in failed.evidence
+    assert "moved the wrong way" in failed.evidence and "[train.ppo] kl_coef" in failed.action
+    flat = CriterionMove(0.5, 0.5, "increase", 1.0)
+    none = check_reward_vs_criteria("dpo", _judged(ev, 1.4, {"signs_off": flat}))
+    assert none.verdict == "fail" and "no success criterion moved" in none.evidence
     assert "[train.dpo] beta" in none.action
-    level = dataclasses.replace(ev.reward, diff=0.01, p_value=0.6)
-    assert check_reward_vs_criteria("ppo", dataclasses.replace(ev, reward=level)).verdict == "ok"
     no_rm = dataclasses.replace(ev, reward=None)
     assert check_reward_vs_criteria("ppo", no_rm).verdict == "not yet measurable"
+    assert check_reward_vs_criteria("ppo", ev).verdict == "not yet measurable"  # no monitor
+
+
+def test_the_doctor_and_the_monitor_decide_reward_without_criteria_alike():
+    """The cases where a second rule split from the monitor's: a significant rise under
+    [monitors] reward_rise SDs with the criteria flat, and a criterion that moved 10 points
+    its way without reaching significance. The monitor flags neither; nor does the doctor."""
+    # the reward rose, p 0.0001; no criterion changed significantly
+    ev = _with_verdicts(_ppo(), ["no significant change"] * 3)
+    flat = {"signs_off": CriterionMove(0.5, 0.5, "increase", 1.0)}
+    small = _judged(ev, 0.3, flat)
+    unsure = _judged(ev, 1.4, {"signs_off": CriterionMove(0.4, 0.5, "increase", 0.2)})
+    for judged in (small, unsure):
+        (monitor,) = judged.monitors
+        assert not monitor.flagged
+        assert check_reward_vs_criteria("ppo", judged).verdict == "ok"
+    flagged = _judged(ev, 0.6, flat)
+    assert flagged.monitors[0].flagged
+    assert check_reward_vs_criteria("ppo", flagged).verdict == "fail"
 
 
 def test_kl_runaway_fails_kl_near_zero_with_nothing_moved_warns(tmp_path):

@@ -22,7 +22,11 @@ CHECKS = """Checks, by the stage that makes them measurable:
   rm          the reward model near chance on held-out or same-model
               pairs; mostly length
   eval        reward up while the criteria stay flat or move the wrong
-              way; KL too low (nothing moved) or too high (drift);
+              way: eval.json's reward_without_criteria monitor, a rise
+              of [monitors] reward_rise SDs while no criterion moved
+              criteria_min_change its way, or one moved that much the
+              wrong way (significantly); KL too low (nothing moved) or
+              too high (drift);
               over-refusal outside the subset a declining criterion
               applies to
 

@@ -1,7 +1,7 @@
 """Checks on a trained policy, from its `eval policy` folder (eval.json, samples.jsonl):
 
 - reward up while the pre-registered criteria stay flat or move the wrong way: the seed's
-  red flag of reward hacking;
+  red flag of reward hacking, as the evaluation's own monitor decided it (eval.json);
 - KL to the starting model too low (nothing moved) or too high (drift), from eval.json and,
   where there is one, the training run's metrics.jsonl;
 - over-refusal: declining spilled onto prompts it was not wanted on (outside a declining
@@ -32,33 +32,32 @@ STAGE = "eval"
 
 
 def check_reward_vs_criteria(name: str, ev: PolicyEvalResult) -> Check:
+    """The evaluation's own `reward_without_criteria` monitor (eval.json's ``monitors``), as
+    a verdict: one rule, decided in one place (`rlhfkit.train.monitors`). It fires when the
+    reward rose by [monitors] reward_rise SDs of the starting model's rewards while no
+    criterion moved criteria_min_change its way, or one moved that much the wrong way,
+    significantly at the evaluation's alpha."""
     check, title = f"reward_without_criteria:{name}", f"{name}: reward rose with the criteria"
     r = ev.reward
     if r is None:
         return missing(check, STAGE, title, "evaluated without a reward model (--reward-model)")
-    alpha = ev.settings.alpha
-    moved = "; ".join(
-        f"{c.name} {pct(c.before.rate)} -> {pct(c.after.rate)} ({c.verdict})" for c in ev.criteria
-    )
-    evidence = f"reward {r.before.mean:.2f} -> {r.after.mean:.2f} (p {r.p_value:.3f}); {moved}"
-    numbers = {"reward_diff": r.diff, "reward_p": r.p_value, "alpha": alpha}
-    if not (r.diff > 0 and r.p_value < alpha):
-        return Check(
-            check, STAGE, title, "ok", "reward did not rise significantly: " + evidence, "", numbers
-        )
-    wrong = [c.name for c in ev.criteria if c.verdict == "regressed"]
-    right = [c.name for c in ev.criteria if c.verdict == "improved"]
-    numbers |= {"regressed": wrong, "improved": right}
-    if not wrong and right:
+    flag = next((m for m in ev.monitors if m.name == "reward_without_criteria"), None)
+    if flag is None:
+        what = "eval.json has no reward_without_criteria monitor: run `rlhfkit eval policy` again"
+        return missing(check, STAGE, title, what)
+    if flag.value is None:
+        return missing(check, STAGE, title, flag.explanation)
+    evidence = f"reward {r.before.mean:.2f} -> {r.after.mean:.2f}: {flag.explanation}"
+    numbers = {"reward_rise_sd": flag.value, "reward_rise": flag.threshold, "reward_p": r.p_value}
+    if not flag.flagged:
         return Check(check, STAGE, title, "ok", evidence, "", numbers)
-    what = f"{', '.join(wrong)} moved the wrong way" if wrong else "no criterion moved"
     action = (
-        f"the policy learned what the reward model rewards, not what you pre-registered "
-        f"({what}): read its replies in the report, check the reward model (length, "
-        f"same-model pairs), and hold the policy closer to the start ([train.{_table(name)}] "
+        f"the policy learned what the reward model rewards, not what you pre-registered: "
+        f"read its replies in the report, check the reward model (length, same-model pairs), "
+        f"and hold the policy closer to the start ([train.{_table(name)}] "
         f"{'kl_coef' if name == 'ppo' else 'beta'})"
     )
-    return Check(check, STAGE, title, "fail", f"{evidence}: {what}", action, numbers)
+    return Check(check, STAGE, title, "fail", evidence, action, numbers)
 
 
 def _table(name: str) -> str:
