@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlhfkit.criteria import SuccessCriterion
 from rlhfkit.doctor.candidates import check_candidates, similarity
+from rlhfkit.errors import UserError
 from rlhfkit.lineage import manifest_path
 from tests.doctor.plant import ANSWER, DECLINE, DECLINES, candidates, verdicts
 
@@ -119,6 +122,9 @@ def test_the_trained_model_is_the_one_the_manifest_names_not_the_first_row(tmp_p
     # read from the first row, the starting model (declining every time) would pass as trained
     assert check.numbers["trained"] == [0, 4] and check.numbers["start"] == [6, 6]
     assert check.verdict == "fail"
+    manifest_path(path).write_text("{}")
+    with pytest.raises(UserError, match="not a candidates manifest"):
+        check_candidates(path, [DECLINES])
     manifest_path(path).unlink()  # who wrote what is no longer known: not guessed
     unknown = check_candidates(path, [DECLINES])[0]
     assert unknown.verdict == "not yet measurable" and "manifest" in unknown.evidence
