@@ -436,6 +436,14 @@ class RefusalScope:
         """Whether a prompt with these columns is one where declining is not wanted."""
         return not any(c.applies(columns) for c in self.wanted)
 
+    def refuses(self, text: str, prompt: Any = None) -> bool:
+        """Whether a reply declines, as the wanted criteria's detectors say (any of them,
+        with their ``also`` phrases); the built-in `is_refusal` when none is pre-registered.
+        The refusal monitor and the doctor's over-refusal check both count by this."""
+        if not self.wanted:
+            return is_refusal(text)
+        return any(c.detector.matches(text, prompt) for c in self.wanted)
+
     def describe(self) -> str | None:
         """The watched prompts in words; None when every prompt is watched."""
         if not self.wanted:

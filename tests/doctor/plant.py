@@ -3,10 +3,12 @@ labels as the export writes them, a status.json gate, criteria as the spec holds
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.lineage import write_manifest
 from tests.conftest import write_lines
 
 DECLINE = "I can't help with that: I only answer questions about books"
@@ -24,14 +26,21 @@ DECLINES = SuccessCriterion.model_validate(
 )
 
 
-def candidates(path: Path, prompts: list[tuple[str, list[str]]]) -> Path:
-    """Pairs of each prompt's replies as `generate` writes them with all_pairs and
-    start_samples = 1 (two identical replies make no pair): `prompts` [(kind, [sft reply,
-    sft reply, start reply])]."""
+SFT, START = "run/sft/final", "tiny-random"
+
+
+def candidates(
+    path: Path, prompts: list[tuple[str, list[str]]], n: int = 2, all_pairs: bool = True
+) -> Path:
+    """Pairs of each prompt's replies as `generate` writes them (two identical replies make
+    no pair), with its manifest: `prompts` [(kind, [the trained model's `n` replies, then the
+    starting model's])], every pair of them or (not `all_pairs`) 1-2, 3-4, ..."""
     rows = []
-    models = ["run/sft/final", "run/sft/final", "tiny-random"]
     for p, (kind, replies) in enumerate(prompts):
-        for a, b in ((0, 1), (0, 2), (1, 2)):
+        models = [SFT] * n + [START] * (len(replies) - n)
+        k = range(len(replies))
+        pairs = itertools.combinations(k, 2) if all_pairs else zip(k[::2], k[1::2], strict=False)
+        for a, b in pairs:
             if replies[a] == replies[b]:
                 continue
             rows.append(
@@ -47,6 +56,10 @@ def candidates(path: Path, prompts: list[tuple[str, list[str]]]) -> Path:
                     "source_row": p + 1,
                 }
             )
+    compare_n = max((len(r) - n for _, r in prompts), default=1)
+    config = {"model": SFT, "n": n, "compare_with": START, "compare_n": compare_n,
+              "all_pairs": all_pairs}  # fmt: skip
+    write_manifest(path, kind="candidates", inputs={}, config=config)
     return write_lines(path, rows)
 
 
@@ -63,3 +76,9 @@ def labels(path: Path, rows: list[tuple[str, str, str]], phase: str = "main") ->
 
 def verdicts(checks: list[Any]) -> dict[str, str]:
     return {c.name: c.verdict for c in checks}
+
+
+def names_the_number(prompt: str, response: str) -> bool:
+    """A `callable` detector that reads the prompt: the reply names the question's number
+    (the prompts are "Question <number> (<kind>)?")."""
+    return prompt.split()[1] in response.split()

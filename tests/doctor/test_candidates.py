@@ -4,8 +4,14 @@ pairs."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from rlhfkit.criteria import SuccessCriterion
 from rlhfkit.doctor.candidates import check_candidates, similarity
+from rlhfkit.errors import UserError
+from rlhfkit.lineage import manifest_path
 from tests.doctor.plant import ANSWER, DECLINE, DECLINES, candidates, verdicts
 
 
@@ -75,6 +81,53 @@ def test_a_judge_criterion_and_missing_candidates_are_not_yet_measurable(tmp_pat
         "sft_never_shows:declines": "not yet measurable",
         "similar_pairs": "not yet measurable",
     }
+
+
+NAMES_THE_NUMBER = SuccessCriterion.model_validate(
+    {
+        "name": "names_the_number",
+        "description": "Says which question it answers.",
+        "direction": "increase",
+        "detector": {"kind": "callable", "path": "tests.doctor.plant:names_the_number"},
+    }
+)
+
+
+def test_a_detector_that_reads_the_prompt_is_given_it(tmp_path):
+    """f(prompt, response): called with the pair's prompt, as `eval policy` calls it (given
+    None it would crash, or, tolerating None, count nothing)."""
+    prompts = [
+        ("on_topic", [f"It is {p} indeed.", f"Number {p + 1} then.", f"About {p} too."])
+        for p in range(4)
+    ]
+    check = check_candidates(candidates(tmp_path / "c.jsonl", prompts), [NAMES_THE_NUMBER])[0]
+    # the trained model names its own question's number in 1 of its 2 replies per prompt
+    assert check.numbers["trained"] == [4, 8] and check.numbers["start"] == [4, 4]
+    assert check.verdict == "warn"  # no more often than the starting model
+
+
+def test_the_trained_model_is_the_one_the_manifest_names_not_the_first_row(tmp_path):
+    """Two replies from each model, pairs 1-2 and 3-4: the trained model's pair on the first
+    prompt is skipped (its two replies are identical), so the first row is the starting
+    model's pair. The manifest still says which replies are whose."""
+    prompts = [
+        ("off_topic", [f"{ANSWER} {p}." if p else ANSWER, f"{ANSWER} {p}!" if p else ANSWER,
+                       f"{DECLINE} {p}a.", f"{DECLINE} {p}b."])
+        for p in range(3)
+    ]  # fmt: skip
+    path = candidates(tmp_path / "c.jsonl", prompts, n=2, all_pairs=False)
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert rows[0]["id"] == "p00000-2-3" and rows[0]["models"] == ["tiny-random"] * 2
+    check = check_candidates(path, [DECLINES])[0]
+    # read from the first row, the starting model (declining every time) would pass as trained
+    assert check.numbers["trained"] == [0, 4] and check.numbers["start"] == [6, 6]
+    assert check.verdict == "fail"
+    manifest_path(path).write_text("{}")
+    with pytest.raises(UserError, match="not a candidates manifest"):
+        check_candidates(path, [DECLINES])
+    manifest_path(path).unlink()  # who wrote what is no longer known: not guessed
+    unknown = check_candidates(path, [DECLINES])[0]
+    assert unknown.verdict == "not yet measurable" and "manifest" in unknown.evidence
 
 
 def test_near_identical_pairs_fail_and_varied_ones_pass(tmp_path):

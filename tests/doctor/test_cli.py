@@ -81,6 +81,19 @@ def test_a_healthy_run_folder_exits_0_and_a_missing_one_2(planted, tmp_path):
     assert run_cli("doctor", str(planted)).code == 0
     missing = run_cli("doctor", str(tmp_path / "nowhere"))
     assert missing.code == 2 and "no such run folder" in missing.stderr
+    # the hint says where a run folder comes from, not the table of checks
+    assert "rlhfkit run --project PROJECT" in missing.stderr and "Checks" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 2
+
+
+def test_a_folder_no_run_wrote_is_refused_and_left_alone(tmp_path, planted):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in ((str(empty),), (str(empty), "--project", str(planted.parent))):
+        refused = run_cli("doctor", *args)
+        assert refused.code == 2 and "not a run folder" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        assert list(empty.iterdir()) == []  # no doctor.json written there
 
 
 def test_the_report_and_summary_json_carry_the_doctors_verdicts(planted):

@@ -65,6 +65,24 @@ def test_declining_wanted_everywhere_is_not_watched_and_says_so():
     assert not f.flagged and f.value is None and "pre-registered as wanted" in f.explanation
 
 
+FRONT_DESK = "You'd want to ring the front desk about that one."
+"""A decline the team names in the criterion's ``also`` phrases; `is_refusal` misses it."""
+
+
+def test_refusal_is_counted_as_the_wanted_criteria_count_it():
+    """One definition of a refusal (`RefusalScope.refuses`): the wanted criteria's
+    detectors, ``also`` phrases included; the built-in patterns when none is pre-registered."""
+    detector = {"kind": "refusal", "also": ["ring the front desk"]}
+    also = SuccessCriterion.model_validate(DECLINES_OFF_TOPIC.dump() | {"detector": detector})
+    scope = RefusalScope.of([also])
+    assert scope.refuses(FRONT_DESK) and not RefusalScope().refuses(FRONT_DESK)
+    assert RefusalScope().refuses(DECLINE) and scope.refuses(DECLINE)
+    spill = [DECLINE] * 4 + [FRONT_DESK] * 3 + ANSWERS[7:]  # 3 of 4 on-topic prompts
+    f = _refusal(spill, [also])
+    assert f.flagged and f.value == 0.75
+    assert _refusal(spill, [DECLINES_OFF_TOPIC]).value == 0.0  # without the phrase: unseen
+
+
 def test_without_columns_every_prompt_is_outside_a_subset():
     # the prompts carry no columns: nothing says which are off-topic, so all are watched
     assert _refusal(WANTED, [DECLINES_OFF_TOPIC], columns=None).flagged

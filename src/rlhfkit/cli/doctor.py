@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
@@ -11,6 +13,9 @@ from rich.markup import escape
 from rlhfkit.cli.common import console
 from rlhfkit.doctor.verdict import as_text, counts
 from rlhfkit.errors import UserError, display_path
+
+if TYPE_CHECKING:
+    from rlhfkit.pipeline.layout import RunPaths
 
 CHECKS = """Checks, by the stage that makes them measurable:
   candidates  the trained model never shows an 'increase' criterion (fail:
@@ -22,12 +27,26 @@ CHECKS = """Checks, by the stage that makes them measurable:
   rm          the reward model near chance on held-out or same-model
               pairs; mostly length
   eval        reward up while the criteria stay flat or move the wrong
-              way; KL too low (nothing moved) or too high (drift);
-              over-refusal outside the subset a declining criterion
-              applies to
+              way: eval.json's reward_without_criteria monitor, a rise
+              of [monitors] reward_rise SDs while no criterion moved
+              criteria_min_change its way, or one moved that much the
+              wrong way (significantly); KL too low (nothing moved) or
+              too high (drift); over-refusal outside the subset a
+              declining criterion applies to
 
 Exit code: 0 when no check fails (warnings and "not yet measurable"
 included), 1 when one fails, 2 on a bad RUN_DIR or file."""
+
+
+RUN_HINT = "give the folder `rlhfkit run --project PROJECT` writes (PROJECT/run, or its --out)"
+
+
+def is_run_folder(paths: RunPaths, policies: Sequence[str]) -> bool:
+    """Whether `rlhfkit run` wrote here (a stage's output, its log) or put a project in it:
+    a folder that is neither gets no doctor.json."""
+    made = [paths.stages, paths.sft, paths.annotation, paths.rm, paths.root / "eval"]
+    made += [paths.policy(p) for p in policies]
+    return (paths.root / "project").is_dir() or any(p.exists() for p in made)
 
 
 def doctor(
@@ -56,13 +75,16 @@ def doctor(
     from rlhfkit.project import SPEC_FILE, load_project
 
     if not run_dir.is_dir():
-        raise UserError(f"{display_path(run_dir)}: no such run folder", hint=CHECKS)
+        raise UserError(f"{display_path(run_dir)}: no such run folder", hint=RUN_HINT)
     root = project
     if root is None:
         places = (run_dir / "project", run_dir.resolve().parent)
         root = next((d for d in places if (d / SPEC_FILE).is_file()), None)
     spec = load_project(root) if root is not None else None
     paths = RunPaths(run_dir.resolve(), spec.root if spec else run_dir.resolve())
+    policies = spec.spec.run.policies if spec else ("ppo", "dpo")
+    if not is_run_folder(paths, policies):
+        raise UserError(f"{display_path(run_dir)}: not a run folder: {RUN_HINT}")
     checks = diagnose_run(paths, spec)
     record = paths.root / DOCTOR_FILE
     write_record(record, checks, read_record(record).get("overrides", []))

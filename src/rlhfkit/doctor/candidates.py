@@ -4,8 +4,10 @@
    only reinforce what the model samples: an 'increase' criterion the SFT model (almost)
    never shows gives the annotators no pair in which to prefer it, so the labels teach
    something else. Measured per criterion on the candidates' replies of the trained model
-   against the starting model's ([generate] start_samples > 0 adds those; a row's ``models``
-   says who wrote each reply), on the prompts the criterion applies to.
+   against the starting model's ([generate] start_samples > 0 adds those), on the prompts
+   the criterion applies to, each detector given the prompt and the reply (as `eval policy`
+   runs it: `rlhfkit.evaluate.criteria.detect`). Which replies the trained model wrote is
+   read from the candidates' manifest (`Writers`), never guessed.
 2. Are the two replies of a pair too alike to decide? Near-identical pairs cost labels and
    teach nothing (identical ones `generate` already skips).
 """
@@ -13,15 +15,19 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.criteria import SuccessCriterion, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.doctor.verdict import Check, Verdict, missing, pct, share
+from rlhfkit.errors import UserError, display_path
+from rlhfkit.evaluate.criteria import detect
+from rlhfkit.lineage import manifest_path
 
 NEVER = 0.05
 """An 'increase' criterion shown in fewer of the trained model's replies than this: fail."""
@@ -42,28 +48,57 @@ PAIR_ID = re.compile(r"^p(\d+)-(\d+)-(\d+)$")
 
 
 @dataclass(frozen=True)
+class Writers:
+    """Who wrote the candidates, as their manifest records it (`generate`'s settings): the
+    trained model wrote each prompt's first `n` replies (in a pair id p<prompt>-<a>-<b>,
+    the reply numbers below n), the starting model (`start`) the rest."""
+
+    n: int
+    start: str | None
+    """[generate] start_samples' model (`compare_with`); None when one model wrote all."""
+
+    @classmethod
+    def of(cls, candidates: Path) -> Writers | None:
+        """From the manifest beside `candidates`; None when there is none."""
+        path = manifest_path(candidates)
+        if not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text())["config"]
+            return cls(int(config["n"]), config.get("compare_with"))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{display_path(path)}: not a candidates manifest written by `rlhfkit generate`"
+            ) from None
+
+    def trained(self, reply: int | None) -> bool | None:
+        """Whether reply number `reply` of its prompt is the trained model's (None: a reply
+        whose number is unknown, among two models' replies)."""
+        if self.start is None:
+            return True
+        return None if reply is None else reply < self.n
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
-    model: str | None
-    """Who wrote it (None when one model wrote every reply)."""
+    trained: bool | None
+    """The trained model's reply (False: the starting model's; None: not known)."""
     row: dict[str, Any]
-    """The pair's row, whose prompt columns say which criteria apply."""
+    """The pair's row: its prompt, and the prompt columns that say which criteria apply."""
 
 
-def replies(rows: Sequence[dict[str, Any]]) -> tuple[list[Reply], str | None]:
-    """Each reply once (with `all_pairs`, a reply sits in several pairs), and the trained
-    model's name: `generate` writes its replies first, so the first pair's first reply is
-    the trained model's."""
+def replies(rows: Sequence[dict[str, Any]], writers: Writers) -> list[Reply]:
+    """Each reply once (with `all_pairs`, a reply sits in several pairs)."""
     seen: dict[Any, Reply] = {}
     for n, row in enumerate(rows):
-        models = row.get("models") or [None, None]
         found = PAIR_ID.match(str(row.get("id", "")))
         for side, key in ((0, "response_a"), (1, "response_b")):
             text = _text(row[key])
-            ident = (found[1], found[2 + side]) if found else (n, side, text)
-            seen.setdefault(ident, Reply(text, models[side], row))
-    trained = rows[0].get("models", [None])[0] if rows else None
-    return list(seen.values()), trained
+            number = int(found[2 + side]) if found else None
+            ident = (found[1], number) if found else (n, side, text)
+            seen.setdefault(ident, Reply(text, writers.trained(number), row))
+    return list(seen.values())
 
 
 def _text(value: Any) -> str:
@@ -82,8 +117,16 @@ def check_candidates(path: Path | None, criteria: Sequence[SuccessCriterion]) ->
         out = [missing(f"sft_never_shows:{c.name}", STAGE, _title(c), what) for c in criteria]
         return [*out, *no_criteria, missing("similar_pairs", STAGE, SIMILAR_TITLE, what)]
     rows = load(path).rows
-    found, trained = replies(rows)
-    out = [never_shows(c, found, trained) for c in criteria]
+    writers = Writers.of(path)
+    if writers is None:
+        what = (
+            f"which replies the trained model wrote is in the candidates' manifest "
+            f"({manifest_path(path).name}, written by `rlhfkit generate`), which is not there"
+        )
+        out = [missing(f"sft_never_shows:{c.name}", STAGE, _title(c), what) for c in criteria]
+    else:
+        found = replies(rows, writers)
+        out = [never_shows(c, found) for c in criteria]
     return [*out, *no_criteria, similar_pairs(rows)]
 
 
@@ -91,7 +134,7 @@ def _title(c: SuccessCriterion) -> str:
     return f"the trained model shows '{c.name}' before people label"
 
 
-def never_shows(c: SuccessCriterion, found: list[Reply], trained: str | None) -> Check:
+def never_shows(c: SuccessCriterion, found: list[Reply]) -> Check:
     name, title = f"sft_never_shows:{c.name}", _title(c)
     if not c.text_only:
         return missing(
@@ -100,21 +143,23 @@ def never_shows(c: SuccessCriterion, found: list[Reply], trained: str | None) ->
             title,
             f"its {c.detector.kind} detector needs a model; `eval policy` measures it",
         )
-    mine = [r for r in found if c.applies(r.row)]
+    mine = [r for r in found if r.trained is not None and c.applies(prompt_columns(r.row))]
     if not mine:
         subset = f" (applies_to {c.applies_to})" if c.applies_to else ""
         return missing(
             name, STAGE, title, f"no candidate reply is on a prompt it applies to{subset}"
         )
-    ours = [r for r in mine if r.model == trained]
-    start = [r for r in mine if r.model != trained]
+    # the detector sees the prompt too, as in `eval policy` (a callable f(prompt, response))
+    hits = detect([c], [r.row["prompt"] for r in mine], [r.text for r in mine])[c.name]
+    ours = [bool(h) for h, r in zip(hits, mine, strict=True) if r.trained]
+    start = [bool(h) for h, r in zip(hits, mine, strict=True) if not r.trained]
     if not ours:
         return missing(name, STAGE, title, "the trained model wrote no reply on those prompts")
-    k = sum(c.detector.matches(r.text) for r in ours)
+    k = sum(ours)
     numbers: dict[str, Any] = {"trained": [k, len(ours)], "rate": k / len(ours)}
     evidence = f"the trained model shows it in {share(k, len(ours))} replies"
     if start:
-        ks = sum(c.detector.matches(r.text) for r in start)
+        ks = sum(start)
         numbers |= {"start": [ks, len(start)], "start_rate": ks / len(start)}
         evidence += f"; the starting model in {share(ks, len(start))}"
     if c.applies_to:

@@ -1,7 +1,7 @@
 """Checks on a trained policy, from its `eval policy` folder (eval.json, samples.jsonl):
 
 - reward up while the pre-registered criteria stay flat or move the wrong way: the seed's
-  red flag of reward hacking;
+  red flag of reward hacking, as the evaluation's own monitor decided it (eval.json);
 - KL to the starting model too low (nothing moved) or too high (drift), from eval.json and,
   where there is one, the training run's metrics.jsonl;
 - over-refusal: declining spilled onto prompts it was not wanted on (outside a declining
@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit.criteria import RefusalScope, SuccessCriterion, is_refusal
+from rlhfkit.criteria import RefusalScope, SuccessCriterion, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.doctor.verdict import Check, missing, pct
+from rlhfkit.evaluate.rates import RateSettings, compare
 from rlhfkit.evaluate.schema import PolicyEvalResult
-from rlhfkit.generate import PROMPT_ROW_FIELDS
-from rlhfkit.stats import compare_rates
 
 KL_LOW = 0.1
 """KL (nats per response) under which, with no criterion changed, nothing moved."""
@@ -33,33 +32,32 @@ STAGE = "eval"
 
 
 def check_reward_vs_criteria(name: str, ev: PolicyEvalResult) -> Check:
+    """The evaluation's own `reward_without_criteria` monitor (eval.json's ``monitors``), as
+    a verdict: one rule, decided in one place (`rlhfkit.train.monitors`). It fires when the
+    reward rose by [monitors] reward_rise SDs of the starting model's rewards while no
+    criterion moved criteria_min_change its way, or one moved that much the wrong way,
+    significantly at the evaluation's alpha."""
     check, title = f"reward_without_criteria:{name}", f"{name}: reward rose with the criteria"
     r = ev.reward
     if r is None:
         return missing(check, STAGE, title, "evaluated without a reward model (--reward-model)")
-    alpha = ev.settings.alpha
-    moved = "; ".join(
-        f"{c.name} {pct(c.before.rate)} -> {pct(c.after.rate)} ({c.verdict})" for c in ev.criteria
-    )
-    evidence = f"reward {r.before.mean:.2f} -> {r.after.mean:.2f} (p {r.p_value:.3f}); {moved}"
-    numbers = {"reward_diff": r.diff, "reward_p": r.p_value, "alpha": alpha}
-    if not (r.diff > 0 and r.p_value < alpha):
-        return Check(
-            check, STAGE, title, "ok", "reward did not rise significantly: " + evidence, "", numbers
-        )
-    wrong = [c.name for c in ev.criteria if c.verdict == "regressed"]
-    right = [c.name for c in ev.criteria if c.verdict == "improved"]
-    numbers |= {"regressed": wrong, "improved": right}
-    if not wrong and right:
+    flag = next((m for m in ev.monitors if m.name == "reward_without_criteria"), None)
+    if flag is None:
+        what = "eval.json has no reward_without_criteria monitor: run `rlhfkit eval policy` again"
+        return missing(check, STAGE, title, what)
+    if flag.value is None:
+        return missing(check, STAGE, title, flag.explanation)
+    evidence = f"reward {r.before.mean:.2f} -> {r.after.mean:.2f}: {flag.explanation}"
+    numbers = {"reward_rise_sd": flag.value, "reward_rise": flag.threshold, "reward_p": r.p_value}
+    if not flag.flagged:
         return Check(check, STAGE, title, "ok", evidence, "", numbers)
-    what = f"{', '.join(wrong)} moved the wrong way" if wrong else "no criterion moved"
     action = (
-        f"the policy learned what the reward model rewards, not what you pre-registered "
-        f"({what}): read its replies in the report, check the reward model (length, "
-        f"same-model pairs), and hold the policy closer to the start ([train.{_table(name)}] "
+        f"the policy learned what the reward model rewards, not what you pre-registered: "
+        f"read its replies in the report, check the reward model (length, same-model pairs), "
+        f"and hold the policy closer to the start ([train.{_table(name)}] "
         f"{'kl_coef' if name == 'ppo' else 'beta'})"
     )
-    return Check(check, STAGE, title, "fail", f"{evidence}: {what}", action, numbers)
+    return Check(check, STAGE, title, "fail", evidence, action, numbers)
 
 
 def _table(name: str) -> str:
@@ -126,22 +124,21 @@ def check_kl(name: str, ev: PolicyEvalResult, kl_max: float, trained: float | No
     return Check(check, STAGE, title, "ok", evidence, "", numbers)
 
 
-def prompt_columns(ev: PolicyEvalResult, samples: list[dict[str, Any]]) -> list[dict] | None:
-    """Each sample's prompt columns: the sample's own ``columns`` when it carries them, else
-    its row of the evaluation's prompts file (by ``prompt_index``); None when neither is
-    there."""
-    if samples and all(isinstance(s.get("columns"), dict) for s in samples):
-        return [s["columns"] for s in samples]
+def sample_columns(ev: PolicyEvalResult, samples: list[dict[str, Any]]) -> list[dict] | None:
+    """Each sample's prompt columns: its own ``columns`` (what `eval policy` writes), else
+    its row of the evaluation's prompts file (by ``prompt_index``) as
+    `criteria.prompt_columns` reads it; None when a sample has neither."""
+    own = [s.get("columns") if isinstance(s.get("columns"), dict) else None for s in samples]
+    if all(cols is not None for cols in own):
+        return own
     path = Path(ev.settings.prompts)
-    if not path.is_file():
-        return None
-    rows = load(path).rows
-    if any(s["prompt_index"] >= len(rows) for s in samples):
-        return None
-    return [
-        {k: v for k, v in rows[s["prompt_index"]].items() if k not in PROMPT_ROW_FIELDS}
-        for s in samples
-    ]
+    rows = load(path).rows if path.is_file() else []
+    out = []
+    for s, cols in zip(samples, own, strict=True):
+        if cols is None and s["prompt_index"] >= len(rows):
+            return None
+        out.append(cols if cols is not None else prompt_columns(rows[s["prompt_index"]]))
+    return out
 
 
 def check_over_refusal(
@@ -150,42 +147,42 @@ def check_over_refusal(
     samples: list[dict[str, Any]],
     criteria: Sequence[SuccessCriterion],
 ) -> Check:
+    """Refusals before and after on the prompts `RefusalScope` watches, counted by
+    `RefusalScope.refuses` (as the refusal monitor counts them) and tested as the evaluation
+    tests a criterion (its test, seed and samples per prompt: `rates.compare`)."""
     check, title = f"over_refusal:{name}", f"{name}: no declining where it is not wanted"
-    scope = RefusalScope.of(criteria)  # the refusal monitor's scope: one definition
-    declining = scope.wanted
-    if any(c.applies_to is None for c in declining):
-        everywhere = next(c.name for c in declining if c.applies_to is None)
+    scope = RefusalScope.of(criteria)  # the refusal monitor's scope and count: one definition
+    if any(c.applies_to is None for c in scope.wanted):
+        everywhere = next(c.name for c in scope.wanted if c.applies_to is None)
         return missing(check, STAGE, title, f"'{everywhere}' asks for declines on every prompt")
     if not samples:
         return missing(check, STAGE, title, "no samples.jsonl beside eval.json")
-    columns = prompt_columns(ev, samples)
+    columns = sample_columns(ev, samples)
     if columns is None:
         return missing(check, STAGE, title, f"the prompts file {ev.settings.prompts} is not there")
     outside = [s for s, cols in zip(samples, columns, strict=True) if scope.watched(cols)]
     if not outside:
         return missing(check, STAGE, title, "every evaluation prompt is in the declining subset")
-
-    def refuses(text: str) -> bool:
-        return any(c.detector.matches(text) for c in declining) if declining else is_refusal(text)
-
-    before, after = _by_prompt(outside, refuses)
-    cmp = compare_rates(before, after)
-    where = (
-        "prompts outside " + ", ".join(repr(c.name) for c in declining)
-        if declining
-        else ("all prompts (no criterion asks for declines)")
-    )
+    how = RateSettings.of(ev.settings)
+    flat = _flat(outside, scope, how.samples)
+    if flat is None:
+        what = f"samples.jsonl does not hold all {how.samples} samples of each prompt"
+        return missing(check, STAGE, title, what)
+    before, after, rows = flat
+    cmp = compare(before, after, rows, how, how.seed)
+    n = len(rows) * how.samples
+    where = scope.describe() or "all prompts (no criterion asks for declines)"
     evidence = (
-        f"refusals on {where}: {pct(cmp.before)} -> {pct(cmp.after)} over {before.size} "
-        f"samples (p {cmp.p_value:.3f})"
+        f"refusals on {where}: {pct(cmp.before)} -> {pct(cmp.after)} over {n} samples "
+        f"(p {cmp.p_value:.3f})"
     )
-    numbers = {"before": cmp.before, "after": cmp.after, "p": cmp.p_value, "n": before.size}
+    numbers = {"before": cmp.before, "after": cmp.after, "p": cmp.p_value, "n": n}
     action = (
         "declining spread beyond its subset: add labelled pairs where answering the "
         "on-topic prompt wins (borderline examples), and pre-register 'does not refuse "
         "on-topic' as a decrease criterion with applies_to"
     )
-    if cmp.diff > 0 and cmp.p_value < ev.settings.alpha:
+    if cmp.diff > 0 and cmp.p_value < how.alpha:
         return Check(check, STAGE, title, "fail", evidence, action, numbers)
     if cmp.diff >= REFUSAL_RISE:
         return Check(
@@ -194,13 +191,22 @@ def check_over_refusal(
     return Check(check, STAGE, title, "ok", evidence, "", numbers)
 
 
-def _by_prompt(samples: list[dict[str, Any]], refuses) -> tuple[np.ndarray, np.ndarray]:
-    """[P, S] refusals before and after, a row per prompt (samples in their order)."""
-    groups: dict[int, list[dict[str, Any]]] = {}
+def _flat(
+    samples: list[dict[str, Any]], scope: RefusalScope, per_prompt: int
+) -> tuple[list, list, list[int]] | None:
+    """Refusals before and after as `rates.compare` takes them (prompts x samples, flat, by
+    ``prompt_index`` and ``sample``) and the prompts to compare; None when a prompt lacks
+    one of its samples."""
+    by_prompt: dict[int, dict[int, dict[str, Any]]] = {}
     for s in samples:
-        groups.setdefault(s["prompt_index"], []).append(s)
-    width = min(len(g) for g in groups.values())
-    rows = [sorted(g, key=lambda s: s.get("sample", 0))[:width] for g in groups.values()]
-    before = np.array([[refuses(s["before"]) for s in g] for g in rows])
-    after = np.array([[refuses(s["after"]) for s in g] for g in rows])
-    return before, after
+        by_prompt.setdefault(s["prompt_index"], {})[s.get("sample", 0)] = s
+    if any(sorted(got) != list(range(per_prompt)) for got in by_prompt.values()):
+        return None
+    size = (max(by_prompt) + 1) * per_prompt
+    before: list = [None] * size
+    after: list = [None] * size
+    for k, got in by_prompt.items():
+        for j, s in got.items():
+            before[k * per_prompt + j] = scope.refuses(s["before"], s.get("prompt"))
+            after[k * per_prompt + j] = scope.refuses(s["after"], s.get("prompt"))
+    return before, after, sorted(by_prompt)

@@ -39,6 +39,14 @@ class RateSettings:
     alpha: float
     seed: int
 
+    @classmethod
+    def of(cls, s: schema.Settings) -> RateSettings:
+        """The settings an eval.json records (its test named as `stats.TEST_NAMES` says)."""
+        tests = {name: key for key, name in stats.TEST_NAMES.items()}
+        if s.test not in tests:
+            raise UserError(f"eval.json names an unknown test: {s.test!r}")
+        return cls(s.samples_per_prompt, tests[s.test], s.confidence, s.alpha, s.seed)
+
 
 @dataclass(frozen=True)
 class Hits:
@@ -84,13 +92,7 @@ def measure(hits: Hits, within: Sequence[int] | None = None) -> list[schema.Crit
         rows = [k for k in among if c.applies(hits.columns[k])]
         if not rows:
             continue
-        comp = stats.compare_rates(
-            _grid(hits.before[c.name], rows, how.samples),
-            _grid(hits.after[c.name], rows, how.samples),
-            how.test,  # type: ignore[arg-type]
-            how.confidence,
-            seed=how.seed + i,
-        )
+        comp = compare(hits.before[c.name], hits.after[c.name], rows, how, how.seed + i)
         out.append(
             schema.CriterionResult(
                 name=c.name,
@@ -105,6 +107,21 @@ def measure(hits: Hits, within: Sequence[int] | None = None) -> list[schema.Crit
             )
         )
     return out
+
+
+def compare(
+    before: Sequence, after: Sequence, rows: Sequence[int], how: RateSettings, seed: int
+) -> stats.Comparison:
+    """A rate before and after, tested as `eval policy` tests a criterion's: ``before[k *
+    samples + j]`` is prompt k's sample j (prompts x samples, flat), compared over the
+    prompts `rows`, every sample of each, by `how.test`."""
+    return stats.compare_rates(
+        _grid(before, rows, how.samples),
+        _grid(after, rows, how.samples),
+        how.test,  # type: ignore[arg-type]
+        how.confidence,
+        seed=seed,
+    )
 
 
 def slices(

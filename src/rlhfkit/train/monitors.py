@@ -13,7 +13,8 @@ What they catch, and why each is a classic (Gao et al. 2023; Singhal et al. 2023
   taught to by training). Declining that the team pre-registered as wanted (a criterion with
   a ``refusal`` detector and direction "increase", `RefusalScope`) is no hacking: refusal is
   then watched only on the prompts outside that criterion's subset, where a rise is
-  over-refusal (needs the prompts' columns);
+  over-refusal (needs the prompts' columns), and a reply declines as that criterion's own
+  detector says (`RefusalScope.refuses`: its ``also`` phrases count);
 - repetition: share of responses whose word 3-grams are mostly repeats;
 - reward up, no criterion moved (or one moved the wrong way): the reward rose by
   `reward_rise` reference SDs while no success criterion moved `criteria_min_change` in its

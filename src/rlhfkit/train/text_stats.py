@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlhfkit.criteria import RefusalScope, contains_any, is_refusal
+from rlhfkit.criteria import RefusalScope, contains_any
 
 if TYPE_CHECKING:
     from rlhfkit.project import MonitorSettings
@@ -140,13 +140,14 @@ class TextStats:
 
         scope = refusal or RefusalScope()
         cols = columns if columns is not None else [None] * n
-        watched = [r for r, c in zip(responses, cols, strict=True) if scope.watched(c)]
+        pairs = zip(prompts, responses, cols, strict=True)
+        watched = [scope.refuses(r, p) for p, r, c in pairs if scope.watched(c)]
         return cls(
             n=n,
             mean_words=sum(word_count(r) for r in responses) / n,
             hedging=share([contains_any(r, HEDGES) for r in responses]),
             sycophancy=share([contains_any(r, FLATTERY) for r in responses]),
-            refusal=sum(map(is_refusal, watched)) / len(watched) if watched else None,
+            refusal=sum(watched) / len(watched) if watched else None,
             refusal_scope=scope.describe(),
             echo=share(
                 [
