@@ -145,6 +145,7 @@ def run_pilot(
             f"({policy.overlap}): no pair would get its labels; give --annotators {policy.overlap}"
         )
     _refuse_the_teams_store(project, cfg.out)
+    judge.see_pairs(rows)
     borderline = borderline_check(judge, project)
     cfg.out.mkdir(parents=True, exist_ok=True)
     for stale in [*cfg.out.glob("annotations.sqlite*"), cfg.out / "pilot.json"]:
