@@ -399,14 +399,17 @@ def test_an_order_that_repeats_or_skips_a_value_is_refused(order):
 
 
 def test_many_problems_end_with_how_many_more(tmp_path):
-    path = write_lines(
-        tmp_path / "bad.jsonl", [{"item": i, "annotator": "x", "label": "NaN"} for i in range(25)]
-    )
-    result = run_cli("agreement", str(path))
+    rows = [{"item": i, "annotator": "x", "label": "NaN"} for i in range(25)]
+    rows += [{"item": i, "annotator": "x", "label": chr(0xDC00 + i)} for i in range(40)]
+    result = run_cli("agreement", str(write_lines(tmp_path / "bad.jsonl", rows)))
     assert result.code == 2
-    assert "bad.jsonl:20: label is not a finite number (NaN)" in result.stderr
-    assert "bad.jsonl:21:" not in result.stderr
-    assert "bad.jsonl: ... and 5 more problems" in result.stderr
+    # one reason on 25 rows: three of them and a count, not 25 lines alike
+    assert "bad.jsonl:3: label is not a finite number (NaN)" in result.stderr
+    assert "bad.jsonl:4:" not in result.stderr
+    assert "bad.jsonl: ... and 22 more lines with the same problem as line 3" in result.stderr
+    # 40 different reasons (each lone surrogate its own): 20 lines, then how many are left
+    lines = result.stderr.strip().splitlines()
+    assert "bad.jsonl: ... and " in lines[-1] and "more problems" in lines[-1], lines
 
 
 def test_ids_that_look_like_markup_print_as_they_are(tmp_path):
