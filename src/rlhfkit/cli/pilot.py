@@ -37,11 +37,18 @@ def pilot(
         help="Comparison rows to draw the pilot's pairs from (default: "
         "PROJECT/artifacts/candidates.jsonl, as `rlhfkit generate` writes them).",
     ),
-    n: int = typer.Option(60, "--n", help="Pairs in the pilot round, calibration included."),
-    annotators: int = typer.Option(
-        None, help="Simulated annotators (default: 3, or the spec's overlap if higher)."
+    n: int = typer.Option(
+        60, "--n", help="Pairs in the pilot round, calibration included (at least 2)."
     ),
-    noise: float = typer.Option(0.05, help="Each annotator's share of flipped answers."),
+    annotators: int = typer.Option(
+        None,
+        help="Simulated annotators (default: [run] simulated_annotators, 3, or "
+        "annotation.overlap if higher; as the run's pilot stage).",
+    ),
+    noise: float = typer.Option(
+        None,
+        help="Each annotator's share of flipped answers (default: [run] simulated_noise, 0.05).",
+    ),
     position_bias: float = typer.Option(
         0.0, help="Each annotator's share of lapses: the reply shown first, unread."
     ),
@@ -96,9 +103,12 @@ def pilot(
         return
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
-    failings = {"noise": noise, "position_bias": position_bias, "length_bias": length_bias}
-    k = annotators or max(3, proj.spec.annotation.overlap)
-    panel = PanelSettings(k, failings, tuple(annotator))
+    shares = {"noise": noise, "position_bias": position_bias, "length_bias": length_bias}
+    for name, share in shares.items():
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} {share}: give a share within [0, 1]")
+    failings = {k: v for k, v in shares.items() if v is not None}
+    panel = PanelSettings.for_project(proj, annotators, failings, tuple(annotator))
     folder, source = out or proj.artifacts("pilot"), pairs or proj.artifacts("candidates.jsonl")
     cfg = PilotConfig(folder, source, n, panel, seed, train_rm, model, precision)
     with StepProgress("pilot", "SIMULATED panel labelling through the app") as progress:

@@ -76,13 +76,10 @@ def _candidates(plan: Plan, stage: Stage, progress: Progress | None) -> Any:
 
 def _pilot(plan: Plan, progress: Progress | None) -> dict[str, Any]:
     """`rlhfkit annotate pilot` on the run's candidates, in the run's pilot/ folder."""
-    spec = plan.project.spec
-    k = max(spec.run.simulated_annotators, spec.annotation.overlap)
-    panel = PanelSettings(k, {"noise": spec.run.simulated_noise})
     cfg = PilotConfig(
         out=plan.paths.root / "pilot",
         pairs=plan.paths.candidates,
-        panel=panel,
+        panel=PanelSettings.for_project(plan.project),
         seed=plan.options.seed,
         model=plan.base,
         precision=plan.options.precision,
