@@ -426,3 +426,23 @@ def test_run_pilots_the_rubric_before_people_label_and_leaves_their_store_alone(
     with sqlite3.connect(project / "artifacts" / "annotations.sqlite") as db:
         assert db.execute("select count(*) from labels").fetchone() == (0,)
         assert db.execute("select count(*) from annotators").fetchone() == (0,)
+
+
+def test_summary_carries_the_runs_pilot_and_the_deciding_rounds_gate(tmp_path):
+    from rlhfkit.pipeline.layout import RunPaths
+    from rlhfkit.pipeline.summary import summary
+
+    paths = RunPaths(tmp_path / "run", tmp_path)
+    (paths.root / "pilot").mkdir(parents=True)
+    (paths.root / "pilot" / "pilot.json").write_text('{"simulated": true, "gate": {"value": 0.8}}')
+    paths.annotation.mkdir()
+    gate = {"statistic": "percent_agreement", "value": 0.7, "threshold": 0.65, "passed": True,
+            "verdict": "passed", "round": 1, "overridden": False, "main_queue_open": True,
+            "rounds": [{"id": 1}, {"id": 2}]}  # fmt: skip
+    (paths.annotation / "status.json").write_text(json.dumps({"gate": gate}))
+    found = summary(paths, {"pilot": 1.0}, pilot=True)
+    assert found["pilot"] == {"simulated": True, "gate": {"value": 0.8}}
+    # round 2 waits for its second annotator: round 1 decides, and the summary says so
+    assert found["calibration_gate"]["round"] == 1 and found["calibration_gate"]["rounds"] == 2
+    # a pilot/ left by an earlier configuration says nothing of a run without the stage
+    assert summary(paths, {}, pilot=False)["pilot"] is None
