@@ -457,7 +457,9 @@ def _bootstrap_tails_exact(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     length = 2 * reach + 1
     law = np.zeros((len(counts), length))
     law[:, np.arange(-samples, samples + 1) % length] = counts / prompts
-    pmf = np.fft.irfft(np.fft.rfft(law, axis=1) ** prompts, n=length, axis=1)
+    with np.errstate(divide="ignore"):  # |phi| <= 1: exp(P log phi) is phi^P, twice as fast
+        power = np.exp(prompts * np.log(np.fft.rfft(law, axis=1)))
+    pmf = np.fft.irfft(power, n=length, axis=1)
     below = pmf[:, 0] + pmf[:, length - reach :].sum(axis=1)  # T = 0 and T = -reach .. -1
     return below, pmf[:, : reach + 1].sum(axis=1)
 
@@ -476,7 +478,9 @@ def bootstrap_null_p(counts: np.ndarray, exact_up_to: int = EXACT_BOOTSTRAP_UP_T
     sd = np.sqrt(np.maximum(var, 1e-300))  # var 0: every prompt differs alike, T = mean
     normal = np.vectorize(NormalDist().cdf)
     below, above = normal((0.5 - mean) / sd), normal((mean + 0.5) / sd)
-    exact = np.flatnonzero(prompts - counts[:, samples] <= exact_up_to)
+    nonzero = prompts - counts[:, samples]
+    exact = np.flatnonzero(nonzero <= exact_up_to)
+    exact = exact[np.argsort(nonzero[exact], kind="stable")]  # alike windows share a chunk
     for start in range(0, len(exact), 256):  # in chunks: each row is a window of floats
         rows = exact[start : start + 256]
         below[rows], above[rows] = _bootstrap_tails_exact(counts[rows])
