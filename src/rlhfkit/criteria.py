@@ -401,11 +401,12 @@ TEXT_FIELDS = ("prompt", "completion", "chosen", "rejected", "response_a", "resp
 def prompt_columns(row: Mapping[str, Any]) -> dict[str, Any]:
     """A data row's columns, as ``applies_to`` and ``--slice`` see them: its string, number
     and true/false fields other than the texts (``prompt``, ``completion``, ...). Lists and
-    objects (annotation metadata such as ``votes``) are no columns."""
+    objects (annotation metadata such as ``votes``) are no columns, and a null is a missing
+    column (``--slice`` files it under "(missing)", ``applies_to`` does not match it)."""
     return {
         k: v
         for k, v in row.items()
-        if k not in TEXT_FIELDS and (v is None or isinstance(v, str | int | float | bool))
+        if k not in TEXT_FIELDS and isinstance(v, str | int | float | bool)
     }
 
 

@@ -1,6 +1,7 @@
 """`rlhfkit agreement` through the real CLI, on the label files in tests/agreement/files."""
 
 import json
+import random
 from pathlib import Path
 
 import krippendorff
@@ -399,14 +400,17 @@ def test_an_order_that_repeats_or_skips_a_value_is_refused(order):
 
 
 def test_many_problems_end_with_how_many_more(tmp_path):
-    path = write_lines(
-        tmp_path / "bad.jsonl", [{"item": i, "annotator": "x", "label": "NaN"} for i in range(25)]
-    )
-    result = run_cli("agreement", str(path))
+    rows = [{"item": i, "annotator": "x", "label": "NaN"} for i in range(25)]
+    rows += [{"item": i, "annotator": "x", "label": chr(0xDC00 + i)} for i in range(40)]
+    result = run_cli("agreement", str(write_lines(tmp_path / "bad.jsonl", rows)))
     assert result.code == 2
-    assert "bad.jsonl:20: label is not a finite number (NaN)" in result.stderr
-    assert "bad.jsonl:21:" not in result.stderr
-    assert "bad.jsonl: ... and 5 more problems" in result.stderr
+    # one reason on 25 rows: three of them and a count, not 25 lines alike
+    assert "bad.jsonl:3: label is not a finite number (NaN)" in result.stderr
+    assert "bad.jsonl:4:" not in result.stderr
+    assert "bad.jsonl: ... and 22 more lines with the same problem as line 3" in result.stderr
+    # 40 different reasons (each lone surrogate its own): 20 lines, then how many are left
+    lines = result.stderr.strip().splitlines()
+    assert "bad.jsonl: ... and " in lines[-1] and "more problems" in lines[-1], lines
 
 
 def test_ids_that_look_like_markup_print_as_they_are(tmp_path):
@@ -437,3 +441,55 @@ def test_names_that_look_like_mathtext_plot_as_they_are(tmp_path):
     assert result.code == 0, result.stderr
     assert (tmp_path / "plots" / "agreement.png").exists()
     assert (tmp_path / "plots" / "anchors.png").exists()
+
+
+def test_agreement_reads_the_projects_threshold_from_the_export_as_status_does(tmp_path):
+    """agreement_threshold 0.7, and a calibration round at 2/3: `annotate status` says the
+    gate failed, and so does `rlhfkit agreement` on the exported labels (not 0.65's pass)."""
+    # lazy: tests.annotate.test_gate_actions imports this module
+    from rlhfkit.annotate import Policy, add_annotator, import_items, open_store
+    from rlhfkit.project import load_project
+    from tests.annotate.conftest import pairs, write_project
+    from tests.annotate.conftest import write_jsonl as write_items
+    from tests.annotate.test_gate_actions import label_round
+    from tests.annotate.test_rounds import annotator_id
+
+    project = write_project(tmp_path / "p", overlap=3, calibration_size=10, agreement_threshold=0.7)
+    policy = Policy.from_project(load_project(project))
+    db = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    store = open_store(db, create=True)
+    try:
+        import_items(store, policy, items=write_items(tmp_path / "items.jsonl", pairs(10)))
+        for name in ("ann1", "ann2", "ann3"):
+            add_annotator(store, name)
+        ids = {n: annotator_id(store, n) for n in ("ann1", "ann2", "ann3")}
+        rng = random.Random(0)
+        label_round(store, policy, ids["ann1"], "A", rng)
+        label_round(store, policy, ids["ann2"], "A", rng)
+        # ann3 sides with them on 5 pairs and not on 5: (5 x 1 + 5 x 1/3) / 10 = 2/3
+        label_round(store, policy, ids["ann3"], "A", rng, limit=5)
+        label_round(store, policy, ids["ann3"], "B", rng)
+    finally:
+        store.close()
+    where = ("--project", str(project), "--db", db)
+    status = run_cli("annotate", "status", *where, "--json")
+    assert status.code == 0, status.stderr
+    gate = json.loads(status.stdout)["gate"]
+    assert gate["value"] == pytest.approx(2 / 3) and gate["verdict"] == "failed"
+    labels = tmp_path / "labels.jsonl"
+    exported = run_cli(
+        "annotate", "export", str(tmp_path / "prefs.jsonl"), "--labels", str(labels), *where
+    )
+    assert exported.code == 0, exported.stderr
+    found = json.loads(run_cli("agreement", str(labels), "--json").stdout)["calibration_gate"]
+    assert found["value"] == pytest.approx(2 / 3) and found["threshold"] == 0.7
+    assert found["passed"] is False and "labels.jsonl.manifest.json" in found["threshold_source"]
+    shown = " ".join(run_cli("agreement", str(labels)).stdout.split())
+    assert "vs threshold 0.70 (the project's, from labels.jsonl.manifest.json): fails" in shown
+    # an explicit --threshold still wins; a copy without its manifest says it uses the default
+    given = json.loads(run_cli("agreement", str(labels), "--threshold", "0.65", "--json").stdout)
+    assert given["calibration_gate"]["passed"] is True
+    (tmp_path / "copy").mkdir()
+    copy = write_lines(tmp_path / "copy" / "labels.jsonl", labels.read_text().splitlines())
+    alone = json.loads(run_cli("agreement", str(copy), "--json").stdout)["calibration_gate"]
+    assert alone["threshold"] == 0.65 and "give --threshold" in alone["threshold_source"]

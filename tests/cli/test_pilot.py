@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from rlhfkit.pipeline.pilot import PanelSettings
+from rlhfkit.project import Project, load_project
+from tests.conftest import run_cli, write_lines
 from tests.pipeline.test_pilot import make_pilot_project
 
 
@@ -44,14 +46,45 @@ def test_pilot_shows_the_rubric_prompt_and_refuses_bad_input_in_one_line(tmp_pat
     shown = run_cli("annotate", "pilot", "--project", str(root), "--show-prompt")
     assert shown.code == 0 and "- short: One sentence." in shown.stdout
     assert "The team's answer: A, because Shorter." in shown.stdout
+    missing = ["--pairs", str(tmp_path / "none.jsonl")]  # the settings are checked first
+    bad_pairs = write_lines(  # a second reply missing on every row
+        tmp_path / "bad.jsonl", [{"prompt": f"Q{i}", "response_a": "A"} for i in range(40)]
+    )
+    prompts = write_lines(tmp_path / "prompts.jsonl", [{"prompt": "Q"}])
     for args, message in (
         (["--judge", "nonsense"], "--judge nonsense: give rule"),
-        (["--annotator", "sim-2:speed=3"], "'speed' is not one of noise"),
-        (["--pairs", str(tmp_path / "none.jsonl")], "none.jsonl: no such file"),
+        (["--annotator", "sim-2:speed=3", *missing], "'speed' is not one of noise"),
+        (missing, "none.jsonl: no such file"),
         (["--precision", "fp8"], "--precision is"),
+        (["--n", "0", *missing], "--n 0: a pilot needs at least 2 pairs"),
+        (["--annotators", "0", *missing], "--annotators 0: a panel needs at least 1 annotator"),
+        (["--annotators", "2", *missing], "fewer than annotation.overlap (3)"),
+        (["--noise", "1.5", *missing], "--noise 1.5: give a share within [0, 1]"),
+        (["--pairs", str(bad_pairs)], "... and 37 more lines with the same problem as line 3"),
+        (["--pairs", str(prompts)], "prompts.jsonl: this is prompt_only (standard); expected"),
     ):
         result = run_cli("annotate", "pilot", "--project", str(root), "--no-train-rm", *args)
         assert result.code == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 5, result.stderr  # not a line a row
     # checked before the pilot's folder is touched: the last pilot stays as it was
     assert (root / "artifacts" / "pilot" / "pilot.json").read_text() == before
+
+
+def test_pilot_and_the_runs_pilot_stage_get_the_same_panel(tmp_path):
+    # one definition (PanelSettings.for_project): [run] simulated_annotators and
+    # simulated_noise, the panel raised to annotation.overlap; the flags override them
+    root = make_pilot_project(tmp_path / "p", pairs=10)
+    spec = root / "rlhfkit.toml"
+    spec.write_text(spec.read_text() + "\n[run]\nsimulated_annotators = 4\nsimulated_noise = 0.1\n")
+    project = load_project(root)
+    assert PanelSettings.for_project(project) == PanelSettings(4, {"noise": 0.1})
+    assert PanelSettings.for_project(project, 5, {"noise": 0.0}).failings == {"noise": 0.0}
+    overlap = project.spec.model_copy(
+        update={"annotation": project.spec.annotation.model_copy(update={"overlap": 6})}
+    )
+    assert PanelSettings.for_project(Project(root, overlap)).annotators == 6
+    result = run_cli("annotate", "pilot", "--project", str(root), "--no-train-rm", "--json")
+    assert result.code == 0, result.stderr
+    panel = json.loads(result.stdout)["annotators"]
+    assert [(a["name"], a["noise"]) for a in panel] == [(f"sim-{i}", 0.1) for i in (1, 2, 3, 4)]

@@ -36,6 +36,31 @@ def test_every_bad_line_is_reported_with_its_number(tmp_path):
     )
 
 
+def test_a_mistake_on_every_row_is_shown_three_times_and_counted(tmp_path):
+    # a pairs file without its second reply, 40 rows: 4 lines, not 40 alike
+    rows = [{"prompt": f"Q{i}", "response_a": "A"} for i in range(40)] + ["{oops"]
+    path = write_lines(tmp_path / "pairs.jsonl", rows)
+    with pytest.raises(UserError) as e:
+        load(path)
+    shown = [str(p).split("pairs.jsonl")[1] for p in e.value.problems]
+    reason = shown[0].split(": ", 1)[1]
+    assert len(shown) == 5 and shown[:3] == [f":{i}: {reason}" for i in (1, 2, 3)]
+    assert shown[3] == ": ... and 37 more lines with the same problem as line 3"
+    assert shown[4].startswith(":41: bad JSON")
+    # the same in `data validate`; --json lists every row
+    result = run_cli("data", "validate", str(path))
+    assert result.code == 2 and "pairs.jsonl:4:" not in result.stderr
+    assert "pairs.jsonl: ... and 37 more lines with the same problem as line 3" in result.stderr
+    listed = json.loads(run_cli("data", "validate", "--json", str(path)).stdout)["problems"]
+    assert len(listed) == 41
+    # many different problems: the first 50, then how many are left
+    many = write_lines(tmp_path / "many.jsonl", ["{" + " " * i + "x" for i in range(60)])
+    with pytest.raises(UserError) as e:  # bad JSON at column 2, 3, ...: 60 different reasons
+        load(many)
+    assert len(e.value.problems) == 51
+    assert str(e.value.problems[-1]).endswith("many.jsonl: ... and 10 more problems")
+
+
 def test_not_utf8(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\xff"}\n')

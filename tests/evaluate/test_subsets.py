@@ -62,6 +62,16 @@ def test_columns_are_the_rows_scalar_fields_besides_its_texts():
     assert flagged.applies({"ok": True, "n": 3}) and not flagged.applies({"ok": False, "n": 3})
 
 
+def test_a_null_column_is_a_missing_one():
+    rows = [{"prompt": "p", "kind": None, "t": "x"}, {"prompt": "q", "kind": "off_topic"}]
+    columns = [prompt_columns(r) for r in rows]
+    assert columns == [{"t": "x"}, {"kind": "off_topic"}]
+    assert not _criterion("c", applies_to={"kind": "None"}).applies(columns[0])
+    hits = rates.Hits([_criterion("all")], {"all": [0, 1, 1, 1]}, {"all": [1, 1, 0, 0]},
+                      columns, HOW)  # fmt: skip
+    assert list(rates.slices(hits, ["kind"])["kind"]) == [rates.MISSING, "off_topic"]
+
+
 def test_detect_runs_a_criterion_only_where_it_applies():
     off = _criterion("off", applies_to={"kind": "off_topic"})
     columns = [{"kind": "off_topic"}, {"kind": "on_topic"}, {}]

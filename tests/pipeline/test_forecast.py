@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -157,6 +158,31 @@ def test_plan_warns_on_a_planted_rare_criterion_and_dry_run_repeats_it(planned):
     dry = run_cli("run", "--project", str(project), "--dry-run", *EVAL)
     line = " ".join(dry.stdout.split()).split("CANNOT MOVE: ")[1]
     assert "planted (undetectable)" in line.split(";")[0]
+
+
+def test_plan_reads_a_prompts_columns_as_eval_policy_does(planned, tmp_path):
+    # one definition (criteria.prompt_columns): a null column is a missing one, so a criterion
+    # on `kind = "None"` applies nowhere, in the plan as in the evaluation
+    project = tmp_path / "p"
+    shutil.copytree(planned[0], project)  # the cached samples: the prompts are the same
+    kinds = ["a", None, "absent"]
+    rows = []
+    for i in range(40):
+        row = {"prompt": f"What is {i} times 3?", "kind": kinds[i % 3]}
+        rows.append({k: v for k, v in row.items() if v != "absent"})
+    write_lines(project / "data" / "eval.jsonl", rows)
+    spec = project / "rlhfkit.toml"
+    extra = "".join(
+        f'[[success_criteria]]\nname = "{name}"\ndescription = "d"\ndirection = "decrease"\n'
+        f'detector = {{ kind = "length", min = 1 }}\napplies_to = {{ kind = "{kind}" }}\n\n'
+        for name, kind in (("on_a", "a"), ("on_null", "None"))
+    )
+    spec.write_text(spec.read_text().replace("[annotation]", extra + "[annotation]"))
+    result = run_cli("plan", "--project", str(project), *EVAL, "--no-timing", "--json")
+    assert result.code == 0, result.stderr
+    found = {c["name"]: c for c in json.loads(result.stdout)["criteria"]}
+    assert found["on_a"]["prompts"] == len(range(0, 32, 3)) == 11
+    assert found["on_null"]["prompts"] == 0 and found["on_null"]["status"] == "not measured"
 
 
 def test_dry_run_without_a_plan_says_how_to_get_one(tmp_path):

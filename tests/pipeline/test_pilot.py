@@ -228,6 +228,52 @@ def test_the_rule_judge_counts_the_criteria_each_reply_meets_on_hand_built_pairs
     assert judge("Something new", decline, answer)[0] == "tie"
 
 
+def test_the_rule_judge_reads_a_pairs_own_columns_before_the_prompts_files():
+    judge = _rule_judge()
+    decline, answer = "I can't help with that.", "Claim the expense on line 4."
+    judge.see_pairs(
+        [
+            # the pair row says books: its own column wins over the prompts file's off_topic
+            {"prompt": "Fix my tax return", "response_a": decline, "response_b": answer,
+             "kind": "books"},
+            # two prompts with the same text keep their own columns
+            {"prompt": "Same words", "response_a": decline, "response_b": answer,
+             "kind": "off_topic"},
+            {"prompt": "Same words", "response_a": "No.", "response_b": answer, "kind": "books"},
+            # a null column is a missing one: the prompts file's fills it
+            {"prompt": "Who wrote Emma?", "response_a": decline, "response_b": answer,
+             "kind": None},
+        ]
+    )  # fmt: skip
+    assert judge.columns_for("Fix my tax return", answer, decline) == {"kind": "books"}
+    assert judge("Fix my tax return", decline, answer)[0] == "tie"  # applies_to: not here
+    assert judge("Same words", answer, decline)[0] == "b"  # off_topic: declining wins
+    assert judge.columns_for("Same words", "No.", answer) == {"kind": "books"}
+    assert judge.columns_for("Who wrote Emma?", decline, answer) == {"kind": "books"}
+    # a pair the pilot did not draw (a borderline example): the prompts file's columns
+    assert judge.columns_for("Fix my tax return", "x", "y") == {"kind": "off_topic"}
+
+
+def test_the_rule_judge_pilots_pairs_whose_prompts_the_prompts_file_lacks(tmp_path):
+    root = make_pilot_project(tmp_path / "p")
+    spec = root / "rlhfkit.toml"
+    short = 'detector = { kind = "length", unit = "words", max = 6 }\n'
+    assert short in spec.read_text()
+    spec.write_text(spec.read_text().replace(short, short + 'applies_to = { kind = "quiz" }\n'))
+    rows = []
+    for i in range(20):  # drawn from elsewhere: none of these prompts is in prompts.jsonl
+        short_reply, long_reply = f"{3 * i}.", f"Well, three times {i} is {3 * i}, I think."
+        rows.append({"id": f"q{i}", "prompt": f"Quiz {i}: 3 times {i}?", "kind": "quiz",
+                     "response_a": long_reply, "response_b": short_reply})  # fmt: skip
+    write_lines(root / "artifacts" / "candidates.jsonl", rows)
+    s = _pilot(root, judge="rule", n=20)
+    # 'short' applies (the pair rows say quiz), so the short reply wins; read from the
+    # prompts file alone it would apply nowhere and every pair would be a tie
+    assert s["tie_rate"] == 0.0 and s["agreement"]["percent"] == 1.0
+    labels = _lines(root / "artifacts" / "pilot" / "preferences.jsonl")
+    assert labels and all(len(r["chosen"].split()) <= 6 for r in labels if "Quiz" in r["prompt"])
+
+
 def test_the_rule_judge_needs_a_criterion_it_can_measure_from_text():
     only_judge = [c for c in _criteria() if c.name == "judged_polite"]
     with pytest.raises(UserError, match="needs a success criterion with a text detector"):
@@ -380,3 +426,23 @@ def test_run_pilots_the_rubric_before_people_label_and_leaves_their_store_alone(
     with sqlite3.connect(project / "artifacts" / "annotations.sqlite") as db:
         assert db.execute("select count(*) from labels").fetchone() == (0,)
         assert db.execute("select count(*) from annotators").fetchone() == (0,)
+
+
+def test_summary_carries_the_runs_pilot_and_the_deciding_rounds_gate(tmp_path):
+    from rlhfkit.pipeline.layout import RunPaths
+    from rlhfkit.pipeline.summary import summary
+
+    paths = RunPaths(tmp_path / "run", tmp_path)
+    (paths.root / "pilot").mkdir(parents=True)
+    (paths.root / "pilot" / "pilot.json").write_text('{"simulated": true, "gate": {"value": 0.8}}')
+    paths.annotation.mkdir()
+    gate = {"statistic": "percent_agreement", "value": 0.7, "threshold": 0.65, "passed": True,
+            "verdict": "passed", "round": 1, "overridden": False, "main_queue_open": True,
+            "rounds": [{"id": 1}, {"id": 2}]}  # fmt: skip
+    (paths.annotation / "status.json").write_text(json.dumps({"gate": gate}))
+    found = summary(paths, {"pilot": 1.0}, pilot=True)
+    assert found["pilot"] == {"simulated": True, "gate": {"value": 0.8}}
+    # round 2 waits for its second annotator: round 1 decides, and the summary says so
+    assert found["calibration_gate"]["round"] == 1 and found["calibration_gate"]["rounds"] == 2
+    # a pilot/ left by an earlier configuration says nothing of a run without the stage
+    assert summary(paths, {}, pilot=False)["pilot"] is None

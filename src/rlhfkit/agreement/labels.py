@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhfkit.data.io import iter_raw_rows, iter_text_lines
+from rlhfkit.data.io import iter_raw_rows, iter_text_lines, shown_problems
 from rlhfkit.errors import Problem, UserError, display_path
 
 REQUIRED = ("item", "annotator", "label")
@@ -540,7 +540,4 @@ CANONICAL = {
 def _raise(problems: list[Problem]) -> None:
     if problems:
         problems.sort(key=lambda p: p.line or 0)
-        shown, extra = problems[:MAX_PROBLEMS], len(problems) - MAX_PROBLEMS
-        if extra > 0:
-            shown.append(Problem(problems[0].source, None, f"... and {extra} more problems"))
-        raise UserError(shown)
+        raise UserError(shown_problems(problems, MAX_PROBLEMS))

@@ -15,7 +15,8 @@ Aggregation, per item (main and calibration items; anchors are tests, not traini
    of 3; the reward model's Llama-2-style margin term reads it.
 
 The manifest beside the export records the gate's history, including any override and its
-reason, the excluded annotators, every count above, and every token revoked or rotated.
+reason, the excluded annotators, every count above, and every token revoked or rotated. The
+labels file gets one too, with the gate and its threshold (what `rlhfkit agreement` reads).
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ def export(
     result.rows = write_jsonl(out, rows)
     if labels_out is not None:
         result.labels = _write_labels(Path(labels_out), table, marks)
+        write_manifest(  # the gate, threshold included: `rlhfkit agreement` judges as the store
+            Path(labels_out),
+            kind="labels",
+            inputs={},
+            config={"agreement_threshold": policy.agreement_threshold},
+            annotation={"store": shown_url(store.url), "gate": gate},
+        )
     if gold_out is not None:
         _write_gold(Path(gold_out), items)
     write_manifest(

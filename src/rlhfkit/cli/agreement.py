@@ -11,6 +11,7 @@ from rich.table import Table
 from rlhfkit import strict_json
 from rlhfkit.cli.common import console
 from rlhfkit.errors import UserError
+from rlhfkit.lineage import manifest_path
 
 
 def agreement(
@@ -33,10 +34,11 @@ def agreement(
         None, help="Comma-separated label values in order, for ordinal string labels."
     ),
     threshold: float = typer.Option(
-        0.65,
+        None,
         help="Percent agreement the calibration gate requires (the article: 0.65 is "
-        "the floor, 0.70-0.75 the target). For the store's verdict, give the project's "
-        "[annotation] agreement_threshold.",
+        "the floor, 0.70-0.75 the target). Default: the project's [annotation] "
+        "agreement_threshold, read from the manifest `annotate export --labels` writes "
+        "beside the file, so the verdict is the store's; 0.65 without one.",
     ),
     anchor_threshold: float = typer.Option(0.7, help="Anchor accuracy below this alerts."),
     window: int = typer.Option(20, help="Anchor labels per drift window."),
@@ -61,7 +63,9 @@ def agreement(
     values = _check(level, threshold, anchor_threshold, window, bootstrap, order)
     data = _read(labels, level, values)
     gold = read_gold(anchors, data) if anchors else None
+    threshold, source = _threshold(labels, threshold, marked=data.gate is not None)
     summary = summarise(data, level, gold, threshold, bootstrap, anchor_threshold, window)
+    summary["calibration_gate"]["threshold_source"] = source
     if plots:
         summary["plots"] = _plot(data, gold, plots, window, anchor_threshold)
     if as_json:
@@ -72,7 +76,7 @@ def agreement(
 
 def _check(
     level: str,
-    threshold: float,
+    threshold: float | None,
     anchor_threshold: float,
     window: int,
     bootstrap: int,
@@ -84,7 +88,7 @@ def _check(
     if level not in LEVELS:
         raise UserError(f"--level is one of {', '.join(LEVELS)}")
     for option, value in (("--threshold", threshold), ("--anchor-threshold", anchor_threshold)):
-        if not 0.0 <= value <= 1.0:  # also refuses nan, which compares false
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses nan
             raise UserError(f"{option} is a share: a finite number from 0 to 1, not {value}")
     if window < 1 or bootstrap < 0:
         raise UserError("--window is at least 1 and --bootstrap at least 0")
@@ -92,6 +96,33 @@ def _check(
     if values is not None and ("" in values or len(set(values)) < len(values)):
         raise UserError(f"--order lists each label value once, comma-separated: not {order!r}")
     return values
+
+
+DEFAULT_THRESHOLD = 0.65
+"""The gate's threshold where neither --threshold nor an export manifest gives one."""
+
+
+def _threshold(labels: Path, given: float | None, marked: bool) -> tuple[float, str]:
+    """The calibration gate's threshold, and where it came from: --threshold; else the
+    project's, from the manifest `annotate export --labels` writes beside the file; else
+    DEFAULT_THRESHOLD (said, where the rows mark the store's gate: the verdict may differ)."""
+    if given is not None:
+        return given, "--threshold"
+    manifest = manifest_path(labels)
+    found = None
+    if manifest.is_file():
+        try:
+            found = strict_json.loads(manifest.read_text())["config"]["agreement_threshold"]
+        except (ValueError, KeyError, TypeError):
+            found = None  # not an export's manifest: as if there were none
+    if isinstance(found, int | float) and 0.0 <= found <= 1.0:
+        return float(found), f"the project's, from {manifest.name}"
+    if marked:
+        return DEFAULT_THRESHOLD, (
+            "the default: no export manifest beside the file says the project's; give "
+            "--threshold for the store's verdict"
+        )
+    return DEFAULT_THRESHOLD, "the default"
 
 
 def _read(labels: Path, level: str, values: list[str] | None):
@@ -202,7 +233,7 @@ def _print_gate(s: dict) -> None:
     )
     console.print(
         f"calibration gate: percent agreement {_fmt(gate['value'])} {scope} vs threshold "
-        f"{gate['threshold']:.2f}: {verdict}"
+        f"{gate['threshold']:.2f} ({escape(gate['threshold_source'])}): {verdict}"
     )
     if gate["value_note"]:
         console.print(f"  ({escape(gate['value_note'])})")

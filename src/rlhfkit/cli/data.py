@@ -11,7 +11,7 @@ from rlhfkit.cli.common import console, err_console
 from rlhfkit.data import convert_rows, load, write
 from rlhfkit.data import validate as validate_file
 from rlhfkit.data.convert import CONVERSIONS, ambiguous_rows
-from rlhfkit.data.io import is_hf_dataset_dir
+from rlhfkit.data.io import is_hf_dataset_dir, shown_problems
 from rlhfkit.errors import UserError, display_path
 
 app = typer.Typer(
@@ -36,14 +36,17 @@ def validate(
     split: str = typer.Option("train", help="Split to read from a saved DatasetDict."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file."),
 ) -> None:
-    """Report each file's format and row count, or every bad row as FILE:LINE: reason."""
+    """Report each file's format and row count, or every bad row as FILE:LINE: reason (a
+    reason on many rows: its first lines and a count; --json lists them all)."""
 
     failed = False
     for path in files:
         try:
             dataset, problems = validate_file(path, max_chars=max_chars, split=split)
+            listed = shown_problems(problems, limit=len(problems))  # a repeat: once, counted
         except UserError as e:  # a missing or unreadable file: report it, check the rest
             dataset, problems = None, e.problems or [str(e)]
+            listed = problems
         if as_json:
             record = {"file": str(path), "ok": not problems}
             if dataset is not None:
@@ -62,7 +65,7 @@ def validate(
                 + (f"; metadata: {', '.join(meta)}" if meta else "")
             )
         else:
-            for p in problems:
+            for p in listed:
                 err_console.print(str(p), soft_wrap=True, markup=False)
         failed |= bool(problems)
     if failed:

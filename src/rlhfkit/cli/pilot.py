@@ -23,6 +23,13 @@ JUDGE_HELP = (
     "(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad')."
 )
 
+ANNOTATORS_HELP = (
+    "Simulated annotators, at least 1 (default: [run] simulated_annotators, 3, raised to "
+    "annotation.overlap; the run's pilot stage has the same panel)."
+)
+
+NOISE_HELP = "Each annotator's share of flipped answers (default: [run] simulated_noise, 0.05)."
+
 ANNOTATOR_HELP = (
     "One annotator's own failings, NAME:KEY=VALUE,... with keys noise, position_bias, "
     "length_bias, drift_after, drift_noise: --annotator sim-3:noise=0.5 (a careless one), "
@@ -38,10 +45,8 @@ def pilot(
         "PROJECT/artifacts/candidates.jsonl, as `rlhfkit generate` writes them).",
     ),
     n: int = typer.Option(60, "--n", help="Pairs in the pilot round, calibration included."),
-    annotators: int = typer.Option(
-        None, help="Simulated annotators (default: 3, or the spec's overlap if higher)."
-    ),
-    noise: float = typer.Option(0.05, help="Each annotator's share of flipped answers."),
+    annotators: int = typer.Option(None, help=ANNOTATORS_HELP),
+    noise: float = typer.Option(None, help=NOISE_HELP),
     position_bias: float = typer.Option(
         0.0, help="Each annotator's share of lapses: the reply shown first, unread."
     ),
@@ -96,9 +101,8 @@ def pilot(
         return
     if precision is not None and precision not in PRECISIONS:
         raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
-    failings = {"noise": noise, "position_bias": position_bias, "length_bias": length_bias}
-    k = annotators or max(3, proj.spec.annotation.overlap)
-    panel = PanelSettings(k, failings, tuple(annotator))
+    failings = _failings(noise=noise, position_bias=position_bias, length_bias=length_bias)
+    panel = PanelSettings.for_project(proj, annotators, failings, tuple(annotator))
     folder, source = out or proj.artifacts("pilot"), pairs or proj.artifacts("candidates.jsonl")
     cfg = PilotConfig(folder, source, n, panel, seed, train_rm, model, precision)
     with StepProgress("pilot", "SIMULATED panel labelling through the app") as progress:
@@ -107,6 +111,14 @@ def pilot(
         print(strict_json.dumps(strict_json.nulled(summary)))
         return
     show_pilot(summary, cfg.out)
+
+
+def _failings(**shares: float | None) -> dict[str, float]:
+    """The shares given on the command line, each within [0, 1]."""
+    for name, share in shares.items():
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise UserError(f"--{name.replace('_', '-')} {share}: give a share within [0, 1]")
+    return {k: v for k, v in shares.items() if v is not None}
 
 
 def _fmt(x: float | None) -> str:

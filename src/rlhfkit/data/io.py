@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from rlhfkit.data.formats import (
 from rlhfkit.errors import Problem, UserError, display_path
 
 MAX_PROBLEMS_SHOWN = 50
+SAME_SHOWN = 3
+"""Lines shown of one problem that repeats (the same reason on many rows); the rest counted."""
 
 
 @dataclass
@@ -191,16 +194,31 @@ def load(
     """Read and validate a dataset, raising `UserError` listing every bad row."""
     dataset, problems = validate(path, max_chars=max_chars, split=split, expect=expect)
     if problems:
-        raise UserError(problems[:MAX_PROBLEMS_SHOWN] + _overflow(problems))
+        raise UserError(shown_problems(problems))
     assert dataset is not None
     return dataset
 
 
-def _overflow(problems: list[Problem]) -> list[Problem]:
-    extra = len(problems) - MAX_PROBLEMS_SHOWN
-    if extra <= 0:
-        return []
-    return [Problem(problems[0].source, None, f"... and {extra} more problems")]
+def shown_problems(problems: list[Problem], limit: int = MAX_PROBLEMS_SHOWN) -> list[Problem]:
+    """The problems as a person reads them: the first SAME_SHOWN lines with one reason, then
+    one line counting the rest (a file with the same mistake on every row says so in four
+    lines, not one a row), and at most `limit` lines before a count of what is left."""
+    total = Counter(p.reason for p in problems)
+    seen: Counter[str] = Counter()
+    lines: list[tuple[Problem, int]] = []  # a line, and how many problems it stands for
+    for p in problems:
+        seen[p.reason] += 1
+        if seen[p.reason] <= SAME_SHOWN:
+            lines.append((p, 1))
+        if seen[p.reason] == SAME_SHOWN and total[p.reason] > SAME_SHOWN:
+            rest = total[p.reason] - SAME_SHOWN
+            why = f"... and {rest} more lines with the same problem as line {p.line}"
+            lines.append((Problem(p.source, None, why), rest))
+    shown = [p for p, _ in lines[:limit]]
+    left = sum(n for _, n in lines[limit:])
+    if left:
+        shown.append(Problem(problems[0].source, None, f"... and {left} more problems"))
+    return shown
 
 
 @contextlib.contextmanager

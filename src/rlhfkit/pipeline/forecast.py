@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit import __version__, stats, strict_json
-from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.criteria import SuccessCriterion, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError
@@ -134,7 +134,7 @@ def _forecast(plan: Plan, *, measure: bool, timing: bool, progress: Progress | N
         found = _sample(plan, cfg, [r["prompt"] for r in chosen], progress)
         with atomic_open(cache) as f:  # creates the folder
             strict_json.dump(found, f)
-    columns = [{k: v for k, v in r.items() if k != "prompt"} for r in chosen]
+    columns = [prompt_columns(r) for r in chosen]
     criteria = [
         criterion_plan(c, cfg, [r["prompt"] for r in chosen], found["texts"], columns, len(rows))
         for c in plan.project.spec.success_criteria

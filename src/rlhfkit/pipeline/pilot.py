@@ -35,6 +35,7 @@ from typing import Any
 
 from rlhfkit import strict_json
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
+from rlhfkit.annotate.importing import PAIR_FORMATS
 from rlhfkit.annotate.models import ANCHOR
 from rlhfkit.annotate.server import serve_in_background
 from rlhfkit.annotate.settings import db_url_for, normalise_url
@@ -68,6 +69,24 @@ class PanelSettings:
     overrides: tuple[str, ...] = ()
     """Per-annotator settings, 'sim-3:noise=0.45,position_bias=0.1' (a new sim- name adds
     an annotator): one careless annotator, one that drifts after 20 labels, ..."""
+
+    @classmethod
+    def for_project(
+        cls,
+        project: Project,
+        annotators: int | None = None,
+        failings: dict[str, float] | None = None,
+        overrides: tuple[str, ...] = (),
+    ) -> PanelSettings:
+        """A pilot's panel, one definition for `rlhfkit annotate pilot` and the run's pilot
+        stage: `annotators` (default: [run] simulated_annotators, raised to
+        annotation.overlap so that every pair gets its labels), each with `failings` (noise
+        default: [run] simulated_noise)."""
+        run, overlap = project.spec.run, project.spec.annotation.overlap
+        if annotators is not None and annotators < 1:
+            raise UserError(f"--annotators {annotators}: a panel needs at least 1 annotator")
+        k = max(run.simulated_annotators, overlap) if annotators is None else annotators
+        return cls(k, {"noise": run.simulated_noise} | (failings or {}), overrides)
 
     def panel(self, judge: PilotJudge, seed: int) -> list[JudgeAnnotator]:
         base = dict(self.failings)
@@ -117,7 +136,7 @@ class PilotConfig:
     pairs: Path
     """Comparison rows to draw the pilot's pairs from (the candidates)."""
     n: int = 60
-    """Pairs in the pilot round (calibration included; anchors come on top)."""
+    """Pairs in the pilot round (calibration included; anchors come on top); at least 2."""
     panel: PanelSettings = field(default_factory=PanelSettings)
     seed: int = 0
     train_rm: bool | None = None
@@ -135,16 +154,21 @@ def run_pilot(
     project: Project, judge: PilotJudge, cfg: PilotConfig, progress: Progress | None = None
 ) -> dict[str, Any]:
     """The pilot round, start to end (see the module's docstring); returns pilot.json."""
-    rows = pick_pairs(cfg.pairs, cfg.n, cfg.seed)  # every check before the folder is touched
-    pilot_project = _pilot_project(project, len(rows))
-    policy = Policy.from_project(pilot_project)
+    # every check before the folder is touched; the settings before the pairs are read
+    if cfg.n < 2:
+        raise UserError(f"--n {cfg.n}: a pilot needs at least 2 pairs")
     panel = cfg.panel.panel(judge, cfg.seed)
-    if len(panel) < policy.overlap:
+    overlap = project.spec.annotation.overlap
+    if len(panel) < overlap:
         raise UserError(
             f"the pilot's panel has {len(panel)} annotators, fewer than annotation.overlap "
-            f"({policy.overlap}): no pair would get its labels; give --annotators {policy.overlap}"
+            f"({overlap}): no pair would get its labels; give --annotators {overlap}"
         )
+    rows = pick_pairs(cfg.pairs, cfg.n, cfg.seed)
+    pilot_project = _pilot_project(project, len(rows))
+    policy = Policy.from_project(pilot_project)
     _refuse_the_teams_store(project, cfg.out)
+    judge.see_pairs(rows)
     borderline = borderline_check(judge, project)
     cfg.out.mkdir(parents=True, exist_ok=True)
     for stale in [*cfg.out.glob("annotations.sqlite*"), cfg.out / "pilot.json"]:
@@ -185,9 +209,7 @@ def pick_pairs(source: Path, n: int, seed: int) -> list[dict[str, Any]]:
             f"{display_path(source)}: no such file; give the pairs to pilot (--pairs)",
             hint="sample candidates first: `rlhfkit generate --project DIR`",
         )
-    rows = load(source).rows
-    if n < 2:
-        raise UserError(f"--pairs-n {n}: a pilot needs at least 2 pairs")
+    rows = load(source, expect=PAIR_FORMATS).rows  # as the import reads them, before any write
     if len(rows) <= n:
         return rows
     keep = sorted(random.Random(seed).sample(range(len(rows)), n))

@@ -22,7 +22,7 @@ from typing import Any
 
 from rlhfkit import strict_json
 from rlhfkit.callables import load_callable
-from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.criteria import SuccessCriterion, prompt_columns
 from rlhfkit.data import load
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate.criteria import detect
@@ -34,6 +34,7 @@ from rlhfkit.evaluate.judges import (
     parse_preference,
     swapped,
 )
+from rlhfkit.pipeline.simulated import response_text
 from rlhfkit.project import Project
 
 JUDGE_HELP = (
@@ -60,6 +61,11 @@ class PilotJudge:
     def counts(self) -> dict[str, int]:
         """Requests, cache hits, retries, unreadable answers (an endpoint's judge)."""
         return {}
+
+    def see_pairs(self, rows: Sequence[dict[str, Any]]) -> None:
+        """The pair rows it is about to judge (the pilot's draw), before the panel starts.
+        The app shows an annotator the prompt and the replies only; a judge that reads more
+        of a row (the rule judge: its prompt columns) takes it from here."""
 
 
 def make_pilot_judge(
@@ -97,11 +103,12 @@ class CodeJudge(PilotJudge):
 
 class RuleJudge(PilotJudge):
     """The spec's pre-registered success criteria as a rubric: a reply scores one point for
-    each criterion that applies to the prompt (``applies_to``, by the prompt's columns in
-    the prompts file) and that it satisfies in its direction (shows an 'increase' behavior,
-    avoids a 'decrease' one). The higher score wins; the same score is a tie, or 'both bad'
-    when both replies fail a criterion and the rubric allows 'both bad'. Criteria whose
-    detector needs a model (reward_model, judge) are left out and named."""
+    each criterion that applies to the prompt (``applies_to``, by the prompt columns its pair
+    row carries, as `rlhfkit generate` copies them; a column the row lacks from the prompt's
+    row in the prompts file) and that it satisfies in its direction (shows an 'increase'
+    behavior, avoids a 'decrease' one). The higher score wins; the same score is a tie, or
+    'both bad' when both replies fail a criterion and the rubric allows 'both bad'. Criteria
+    whose detector needs a model (reward_model, judge) are left out and named."""
 
     kind = "rule"
     name = "rule (success criteria)"
@@ -122,6 +129,9 @@ class RuleJudge(PilotJudge):
                 hint="give --judge openai or a module:function rubric instead",
             )
         self.columns = columns or {}
+        """The prompts file's columns, by `_prompt_key`: where a pair row lacks one."""
+        self.pair_columns: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
+        """Each pair row's own columns, by its prompt and its two replies (`see_pairs`)."""
         self.allow_both_bad = allow_both_bad
 
     @classmethod
@@ -131,9 +141,20 @@ class RuleJudge(PilotJudge):
         prompts = project.data_path("prompts")
         if prompts.exists():  # the prompts' columns, for criteria with applies_to
             for row in load(prompts).rows:
-                key = strict_json.dumps(row.get("prompt"), sort_keys=True)
-                columns[key] = {k: v for k, v in row.items() if k != "prompt"}
+                columns[_prompt_key(row.get("prompt"))] = prompt_columns(row)
         return cls(spec.success_criteria, columns, spec.rubric.both_bad_policy == "allow")
+
+    def see_pairs(self, rows: Sequence[dict[str, Any]]) -> None:
+        for row in rows:
+            replies = frozenset(response_text(row.get(k)) for k in ("response_a", "response_b"))
+            self.pair_columns[(_prompt_key(row.get("prompt")), replies)] = prompt_columns(row)
+
+    def columns_for(self, prompt: Any, response_a: str, response_b: str) -> dict[str, Any]:
+        """The prompt's columns: its pair row's, then the prompts file's where it has none.
+        Keyed by the pair, so two prompts with the same text keep their own."""
+        key = _prompt_key(prompt)
+        own = self.pair_columns.get((key, frozenset((response_a, response_b))), {})
+        return self.columns.get(key, {}) | own
 
     def describe(self) -> dict[str, Any]:
         used = [f"{c.name} ({c.direction})" for c in self.criteria]
@@ -141,8 +162,8 @@ class RuleJudge(PilotJudge):
 
     def score(self, prompt: Any, response_a: str, response_b: str) -> tuple[list[int], list]:
         """Each reply's points, and each reply's failed criteria (names)."""
-        key = strict_json.dumps(prompt, sort_keys=True)
-        applying = [c for c in self.criteria if c.applies(self.columns.get(key))]
+        columns = self.columns_for(prompt, response_a, response_b)
+        applying = [c for c in self.criteria if c.applies(columns)]
         shows = detect(applying, [prompt, prompt], [response_a, response_b])
         points, failed = [0, 0], [[], []]
         for c in applying:
@@ -163,6 +184,11 @@ class RuleJudge(PilotJudge):
         if fa and fb and self.allow_both_bad:
             return "both_bad", why
         return "tie", why
+
+
+def _prompt_key(prompt: Any) -> str:
+    """A prompt (text or chat messages) as a dict key."""
+    return strict_json.dumps(prompt, sort_keys=True)
 
 
 # --- an LLM prompted with the rubric ---------------------------------------------------------

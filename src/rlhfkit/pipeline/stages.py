@@ -50,10 +50,7 @@ def run_stage(plan: Plan, stage: Stage, progress: Progress | None, seconds: dict
         return evaluate_policy(stage.config, progress).to_json()
     if stage.name == "report":
         written = write_report(load_run(p.root, project=plan.project.root), p.report)
-        found = summary(p, seconds)
-        if "pilot" in plan.names:  # [run] pilot: SIMULATED, and its pilot.json says so
-            found["pilot"] = strict_json.loads((p.root / "pilot" / "pilot.json").read_text())
-        write_json(p.root / "summary.json", found)
+        write_json(p.root / "summary.json", summary(p, seconds, pilot="pilot" in plan.names))
         return written.html
     raise ValueError(f"no such stage: {stage.name}")
 
@@ -76,13 +73,10 @@ def _candidates(plan: Plan, stage: Stage, progress: Progress | None) -> Any:
 
 def _pilot(plan: Plan, progress: Progress | None) -> dict[str, Any]:
     """`rlhfkit annotate pilot` on the run's candidates, in the run's pilot/ folder."""
-    spec = plan.project.spec
-    k = max(spec.run.simulated_annotators, spec.annotation.overlap)
-    panel = PanelSettings(k, {"noise": spec.run.simulated_noise})
     cfg = PilotConfig(
         out=plan.paths.root / "pilot",
         pairs=plan.paths.candidates,
-        panel=panel,
+        panel=PanelSettings.for_project(plan.project),
         seed=plan.options.seed,
         model=plan.base,
         precision=plan.options.precision,

@@ -4,8 +4,12 @@ Keys: ``simulated_annotators`` (whether a simulated labeler stood in for people)
 ``rm_heldout_accuracy`` and ``rm_heldout_pairs``, ``rm_heldout_by_pairing``
 {"same model" | "across models": {accuracy, pairs}} (two SFT replies, or an SFT reply
 against the starting model's);
-``calibration_gate`` {statistic, value, threshold, passed, overridden, main_queue_open,
-rounds} of the latest calibration round; ``agreement`` {percent_agreement,
+``calibration_gate`` {statistic, value, threshold, passed, verdict, round, overridden,
+main_queue_open, rounds}: the store's one gate number and verdict, from its deciding round
+(the latest evaluated or overridden one; a round still waiting for its second annotator does
+not decide), as `annotate status` shows it; ``rounds``: how many there were;
+``pilot``: the SIMULATED pilot's pilot.json ([run] pilot: its judge, panel, gate,
+agreement, reward model; null in a run without a pilot stage); ``agreement`` {percent_agreement,
 krippendorff_alpha, fleiss_kappa}; ``flagged_annotators`` (drift alerts or anchor accuracy
 under the threshold, with why); ``panel`` (the simulated annotators and their label counts);
 for ``ppo`` and ``dpo``: ``criteria`` {name: {direction, before, after, p_value, test,
@@ -26,7 +30,9 @@ from rlhfkit.evaluate.schema import PolicyEvalResult, RMEvalResult, read_json
 from rlhfkit.pipeline.layout import RunPaths
 
 
-def summary(paths: RunPaths, seconds: dict[str, float]) -> dict[str, Any]:
+def summary(paths: RunPaths, seconds: dict[str, float], pilot: bool = False) -> dict[str, Any]:
+    """summary.json (see the module's docstring); `pilot`: the run has a pilot stage (a run
+    folder may hold an earlier configuration's pilot/, which says nothing of this run)."""
     annotation = paths.annotation
     status = _read(annotation / "status.json")
     agreement = _read(annotation / "agreement.json")
@@ -41,6 +47,7 @@ def summary(paths: RunPaths, seconds: dict[str, float]) -> dict[str, Any]:
             for k, v in (rm.slices if rm else {}).get("pairing", {}).items()
         },
         "calibration_gate": _gate(status),
+        "pilot": (_read(paths.root / "pilot" / "pilot.json") or None) if pilot else None,
         "agreement": {
             k: agreement.get(k) for k in ("percent_agreement", "krippendorff_alpha", "fleiss_kappa")
         },
