@@ -168,6 +168,9 @@ def test_run_takes_a_new_project_from_its_spec_to_the_report(first_run):
     # the rubric's pilot (here the rule judge) ran before annotate, and says it was simulated
     assert summary["pilot"]["simulated"] is True and summary["pilot"]["gate"]["value"] is not None
     assert "SIMULATED pilot (no person labelled): judge rule" in result.stdout
+    # the stage doctor's verdicts, counted as summary.json counts them, close the output
+    c = summary["doctor"]["counts"]
+    assert f"stage doctor: {c['fail']} fail, {c['warn']} warn, {c['ok']} ok" in result.stdout
     assert set(summary["dpo"]["criteria"]) == {"short", "rambles"}
     assert (run_dir / "report.html").exists() and (run_dir / "rm" / "eval_rm.json").exists()
     panel = json.loads((run_dir / "annotation" / "panel.json").read_text())

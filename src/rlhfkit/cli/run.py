@@ -174,7 +174,7 @@ def show_result(result: Any, wall: float) -> None:
         return
     summary_path = paths.root / "summary.json"
     if result.status.get("report") and summary_path.exists():
-        show_summary(json.loads(summary_path.read_text()))
+        show_summary(json.loads(summary_path.read_text()), display_path(paths.root))
     stages = Table(title="stages")
     for col in ("stage", "status", "seconds"):
         stages.add_column(col, justify="right" if col == "seconds" else "left")
@@ -189,13 +189,20 @@ def show_result(result: Any, wall: float) -> None:
         console.print(f"The report ({display_path(paths.report)}) is from an earlier run.")
 
 
-def show_summary(s: dict[str, Any]) -> None:
-    """The gate, the reward model and each policy's criteria, from summary.json."""
-    from rlhfkit.cli.summary import show_annotation, show_policies, show_reward_model
+def show_summary(s: dict[str, Any], run_dir: str = "RUN_DIR") -> None:
+    """The gate, the reward model, each policy's criteria and the stage doctor's verdicts,
+    from summary.json."""
+    from rlhfkit.cli.summary import (
+        show_annotation,
+        show_doctor_summary,
+        show_policies,
+        show_reward_model,
+    )
 
     show_annotation(s)
     show_reward_model(s)
     show_policies(s)
+    show_doctor_summary(s, run_dir)
 
 
 def check(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from rlhfkit.cli.common import console
@@ -84,3 +85,23 @@ def show_policies(s: dict[str, Any]) -> None:
                 f"{policy}: KL to the SFT model {kl}; length {ev['length']['before']:.0f} -> "
                 f"{ev['length']['after']:.0f} words; hacking flags: {flags}"
             )
+
+
+def show_doctor_summary(s: dict[str, Any], run_dir: str) -> None:
+    """The stage doctor's counts, and each check that did not pass, from summary.json."""
+    doctor = s.get("doctor")
+    if not doctor:
+        return
+    c = doctor["counts"]
+    console.print(
+        f"stage doctor: {c['fail']} fail, {c['warn']} warn, {c['ok']} ok, "
+        f"{c['not yet measurable']} not yet measurable (`rlhfkit doctor {run_dir}` for each)",
+        soft_wrap=True,
+    )
+    for name, check in doctor["checks"].items():
+        if check["verdict"] in ("fail", "warn"):
+            console.print(
+                escape(f"  {check['verdict']}  {name}: {check['evidence']}. {check['action']}"),
+                soft_wrap=True,
+            )
+
