@@ -298,6 +298,17 @@ def _write_gold(path: Path, items: dict) -> int:
     return write_jsonl(path, rows)
 
 
+def _closed(gate: dict) -> str:
+    """Why the latest round keeps the main queue closed."""
+    latest = gate["rounds"][-1]
+    if latest["passed"] is None:
+        return f"round {latest['round']} waits for a second annotator to finish it"
+    return (
+        f"round {latest['round']}: percent agreement {latest['percent_agreement']:.2f}, "
+        f"below {gate['threshold']:.2f}"
+    )
+
+
 def _nothing_to_export(
     r: ExportResult,
     table: Any,
@@ -361,16 +372,9 @@ def _nothing_to_export(
             "fix them, or lower anchor_accuracy_threshold in the spec's [annotation] table"
         )
     if not gate["main_queue_open"] and gate["rounds"]:
-        latest = gate["rounds"][-1]
-        if latest["passed"] is None:
-            why = f"round {latest['round']} waits for a second annotator to finish it"
-        else:
-            why = (
-                f"round {latest['round']}: percent agreement {latest['percent_agreement']:.2f}, "
-                f"below {gate['threshold']:.2f}"
-            )
         reasons.append(
-            f"the calibration gate is closed ({why}), so only calibration pairs have labels"
+            f"the calibration gate is closed ({_closed(gate)}), so only calibration pairs have "
+            "labels"
         )
         hints.append(
             "the main queue opens when a round passes, or with `rlhfkit annotate override-gate "
@@ -378,8 +382,7 @@ def _nothing_to_export(
         )
     if len(hints) < 2:
         hints.append("`rlhfkit annotate status` shows where annotation stands")
+    done = "nothing written"
     if written:  # `rlhfkit agreement` reads the labels of a failed round
         done = f"no preferences written; written all the same: {', '.join(written)}"
-    else:
-        done = "nothing written"
     return UserError(f"nothing to export: {'; '.join(reasons)}; {done}", hint="; ".join(hints))
