@@ -125,13 +125,14 @@ def test_the_rule_judge_pilots_the_decline_template_by_each_pairs_own_columns(tm
             for r in anchors]  # fmt: skip
     assert [s.upper() for s in said] == [r["label"] for r in anchors]  # 48 of 48
     result = run_cli(
-        "annotate", "pilot", "--project", str(root), "--pairs", str(pairs), "--n", "30",
-        "--noise", "0", "--no-train-rm",
+        "annotate", "pilot", "--project", str(root), "--pairs", str(pairs), "--n", "80",
+        "--noise", "0", "--model", "tiny-random", "--precision", "fp32",
     )  # fmt: skip
     assert result.code == 0, result.stderr
     pilot = json.loads((root / "artifacts" / "pilot" / "pilot.json").read_text())
     assert pilot["anchor_accuracy"] == 1.0 and pilot["anchor_labels"] >= 5
     assert pilot["export"]["rows"] > 0 and not any("anchor" in w for w in pilot["warnings"])
+    assert pilot["reward_model"]["trained"] is True  # on the tiny random model, from 80 pairs
     # the spec's borderline examples have no columns: criteria with applies_to leave them,
     # and the pilot says so beside the check
     assert pilot["borderline_examples"]["left_out"] == ["declines_off_topic", "refuses_on_topic"]
