@@ -16,8 +16,9 @@ from rlhfkit.cli.common import StepProgress, console, err_console
 from rlhfkit.errors import UserError, display_path
 
 JUDGE_HELP = (
-    "Who labels: rule (the spec's success criteria decide: the reply that meets more of "
-    "them, each in its direction, wins), openai (an LLM over an OpenAI-compatible API, "
+    "Who labels: rule (the spec's success criteria decide, by each pair's own columns: the "
+    "reply that meets more of them, each in its direction, wins; at the same count, the "
+    "criterion listed first that only one meets), openai (an LLM over an OpenAI-compatible API, "
     "prompted with the spec's rubric; set RLHFKIT_JUDGE_BASE_URL, RLHFKIT_JUDGE_MODEL, "
     "RLHFKIT_JUDGE_API_KEY), or module:function / FILE.py:function (the rubric in code: "
     "(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad')."
