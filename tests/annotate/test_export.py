@@ -152,6 +152,32 @@ def test_export_refuses_a_non_jsonl_target_and_an_empty_result(team, tmp_path):
     assert not (tmp_path / "prefs.jsonl").exists()
 
 
+def test_a_closed_gate_exports_no_preference_but_writes_the_labels_for_agreement(team, tmp_path):
+    # a calibration round of 2 pairs on which the three disagree: the gate fails (percent
+    # agreement 0), the main queue stays closed, and no calibration pair has a majority
+    store, ids = team
+    policy = Policy(**{**POLICY.__dict__, "calibration_size": 2, "agreement_threshold": 0.65})
+    import_items(store, policy, items=write_jsonl(tmp_path / "items.jsonl", pairs(4)))
+    for name, answer in (("ann1", "A"), ("ann2", "B"), ("ann3", "tie")):
+        labels_by(store, policy, ids[name], {q(i): answer for i in range(4)})
+    gate = status(store, policy)["gate"]
+    assert gate["passed"] is False and gate["main_queue_open"] is False
+    prefs, labels, gold = (tmp_path / f for f in ("prefs.jsonl", "labels.jsonl", "gold.jsonl"))
+    with pytest.raises(UserError) as refused:
+        export(store, policy, prefs, labels, gold)
+    message = str(refused.value)
+    assert "the calibration gate is closed" in message
+    assert f"no preferences written; written all the same: {labels} (6 labels)" in message
+    assert not prefs.exists()  # labels are no training data: those are written, prefs not
+    rows = [json.loads(x) for x in labels.read_text().splitlines()]
+    given = sorted((r["annotator"], r["label"]) for r in rows)  # the labels as given
+    assert given == [("ann1", "A")] * 2 + [("ann2", "B")] * 2 + [("ann3", "tie")] * 2
+    assert all(r["gate"] and r["round"] == 1 for r in rows)
+    manifest = json.loads((tmp_path / "labels.jsonl.manifest.json").read_text())
+    assert manifest["annotation"]["gate"]["passed"] is False  # what `rlhfkit agreement` reads
+    assert gold.read_text() == ""  # no anchors here: an empty file, written all the same
+
+
 def test_chat_pairs_round_trip_as_conversational_preferences(sqlite_url, tmp_path):
     """Pairs as `rlhfkit generate` writes them for a chat model: messages, extra fields."""
     store = open_store(sqlite_url, create=True)

@@ -115,7 +115,7 @@ def test_a_noiseless_rubric_in_code_agrees_fully_and_passes_the_gate(tmp_path):
     assert s["agreement"]["krippendorff_alpha"] == 1.0 and s["agreement"]["cohen_kappa"] == 1.0
     assert s["anchor_accuracy"] == 1.0 and s["anchor_labels"] > 0  # the anchors' answer: shorter
     assert s["tie_rate"] == 0.0 and s["both_bad_rate"] == 0.0
-    assert s["borderline_examples"] == {"agreed": 1, "of": 1, "misses": []}
+    assert s["borderline_examples"] == {"agreed": 1, "of": 1, "misses": [], "left_out": []}
     assert s["export"]["rows"] == 30 and s["warnings"] == []
     pilot = root / "artifacts" / "pilot"
     labels = _lines(pilot / "labels.jsonl")
@@ -151,6 +151,12 @@ def test_one_careless_annotator_fails_the_gate_and_is_named(tmp_path):
     # what to do, from the store's leave-one-out (as `annotate status` says it)
     assert any("gate fails (0.33 < 0.65): remove sim-3" in w for w in s["warnings"])
     assert s["gate"]["action"].startswith("remove sim-3: without their labels the gate is 1.00")
+    # every command it suggests acts on the pilot's store, never on the team's
+    flags = f"--project {root} --db {root / 'artifacts' / 'pilot' / 'annotations.sqlite'}"
+    assert f"`rlhfkit annotate remove sim-3 --reason ... {flags}`" in s["gate"]["action"]
+    advice = " ".join([*s["warnings"], s["export"].get("hint") or ""])
+    commands = [c.split("`")[0] for c in advice.split("`rlhfkit annotate ")[1:]]
+    assert len(commands) >= 2 and all(c.endswith(flags) for c in commands), commands
     assert (
         "failed gate kept the main queue closed"
         in _pilot(
@@ -226,6 +232,13 @@ def test_the_rule_judge_counts_the_criteria_each_reply_meets_on_hand_built_pairs
     assert _rule_judge("force_choice")("Fix my tax return", "Maybe 4.", "Perhaps 5.")[0] == "tie"
     # a prompt the prompts file does not have: criteria with applies_to do not apply
     assert judge("Something new", decline, answer)[0] == "tie"
+    assert judge.left_out("Something new", decline, answer) == ["declines_off_topic"]
+    assert judge.left_out("Fix my tax return", decline, answer) == []
+    # the same score from different criteria: the one listed first decides (declining,
+    # 1 point, hedged, against an answer without hedging, 1 point)
+    pref, why = judge("Fix my tax return", "I can't help with that, maybe.", answer)
+    assert pref == "a" and why.endswith("the same score: declines_off_topic decides")
+    assert judge("Fix my tax return", answer, "I can't help with that, maybe.")[0] == "b"
 
 
 def test_the_rule_judge_reads_a_pairs_own_columns_before_the_prompts_files():
@@ -272,6 +285,51 @@ def test_the_rule_judge_pilots_pairs_whose_prompts_the_prompts_file_lacks(tmp_pa
     assert s["tie_rate"] == 0.0 and s["agreement"]["percent"] == 1.0
     labels = _lines(root / "artifacts" / "pilot" / "preferences.jsonl")
     assert labels and all(len(r["chosen"].split()) <= 6 for r in labels if "Quiz" in r["prompt"])
+
+
+BAD_JUDGES = """
+def one(prompt):
+    return "a"
+
+
+def boom(prompt, a, b):
+    raise ValueError("kaboom")
+
+
+def boom_on_seven(prompt, a, b):
+    if prompt == "What is 7 plus 7?":
+        raise ValueError("no sevens")
+    return "a" if len(a) < len(b) else "b"
+"""
+
+
+def test_a_bad_judge_is_one_clear_line_and_leaves_nothing_behind(tmp_path):
+    root = make_pilot_project(tmp_path / "p")
+    (root / "bad.py").write_text(BAD_JUDGES)
+    # its parameters are checked when it loads, before any pair is read
+    with pytest.raises(UserError, match=r"^--judge bad\.py:one: one\(prompt\) cannot be called"):
+        make_pilot_judge("bad.py:one", load_project(root))
+    pilot = root / "artifacts" / "pilot"
+    with pytest.raises(UserError, match=r"^the pilot's judge bad\.py:boom raised ValueError on "):
+        _pilot(root, judge="bad.py:boom", n=20)  # on the first borderline example
+    assert not pilot.exists()  # before the pilot's folder is touched
+    with pytest.raises(UserError) as mid_round:
+        _pilot(root, judge="bad.py:boom_on_seven", n=40)
+    assert str(mid_round.value) == (
+        "the pilot's judge bad.py:boom_on_seven raised ValueError on pair c7: no sevens; the "
+        "pilot stopped and left nothing behind"
+    )
+    assert list(pilot.iterdir()) == []  # no store, pairs or figures half-written
+
+
+def test_the_panels_annotators_are_named_sim_1_to_k_and_no_other(tmp_path):
+    root = make_pilot_project(tmp_path / "p")
+    with pytest.raises(
+        UserError, match=r"sim-9:noise=0.5: the panel has 3 annotators \(sim-1 to sim-3\)"
+    ):
+        _pilot(root, n=20, panel=PanelSettings(3, overrides=("sim-9:noise=0.5",)))
+    s = _pilot(root, n=20, panel=PanelSettings(4, {"noise": 0.0}, ("sim-4:noise=1.0",)))
+    assert [(a["name"], a["noise"]) for a in s["annotators"]][-1] == ("sim-4", 1.0)
 
 
 def test_the_rule_judge_needs_a_criterion_it_can_measure_from_text():
@@ -410,7 +468,7 @@ def test_run_pilots_the_rubric_before_people_label_and_leaves_their_store_alone(
     spec = project / "rlhfkit.toml"
     spec.write_text(spec.read_text().replace('labeler = "judge.py:shorter"', ""))
     bad = run_cli("run", "--project", str(project), "--set", "run.pilot=nothing")
-    assert bad.code == 2 and "--judge nothing: give rule" in bad.stderr  # before anything ran
+    assert bad.code == 2 and '[run] pilot = "nothing": give rule' in bad.stderr  # before any stage
     assert not (project / "run").exists()
     args = ("run", "--project", str(project), "--precision", "fp32")
     dry = run_cli(*args, "--dry-run", "--set", "run.pilot=judge.py:shorter")

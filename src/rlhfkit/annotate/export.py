@@ -17,6 +17,11 @@ Aggregation, per item (main and calibration items; anchors are tests, not traini
 The manifest beside the export records the gate's history, including any override and its
 reason, the excluded annotators, every count above, and every token revoked or rotated. The
 labels file gets one too, with the gate and its threshold (what `rlhfkit agreement` reads).
+
+With no row to export (the gate closed, every annotator left out, only ties), the labels
+file and the anchors' answers are written all the same: they are no training data, and
+`rlhfkit agreement` on a failed round is when a team needs them most. No preference file is
+written then, and the refusal says which files were.
 """
 
 from __future__ import annotations
@@ -90,9 +95,7 @@ def export(
     )
     # 2-4. the items with enough labels, each aggregated into a row (or counted and left out)
     rows = _aggregate_items(table, items, policy, include_incomplete, result)
-    if not rows:
-        raise _nothing_to_export(result, table, quality, gate, policy, len(items))
-    result.rows = write_jsonl(out, rows)
+    written = []  # the labels and the anchors' answers, with a preference row or without
     if labels_out is not None:
         result.labels = _write_labels(Path(labels_out), table, marks)
         write_manifest(  # the gate, threshold included: `rlhfkit agreement` judges as the store
@@ -102,8 +105,13 @@ def export(
             config={"agreement_threshold": policy.agreement_threshold},
             annotation={"store": shown_url(store.url), "gate": gate},
         )
+        written.append(f"{display_path(labels_out)} ({result.labels} labels)")
     if gold_out is not None:
-        _write_gold(Path(gold_out), items)
+        anchors = _write_gold(Path(gold_out), items)
+        written.append(f"{display_path(gold_out)} ({anchors} anchors' answers)")
+    if not rows:
+        raise _nothing_to_export(result, table, quality, gate, policy, len(items), written)
+    result.rows = write_jsonl(out, rows)
     write_manifest(
         out,
         kind="preferences",
@@ -290,11 +298,29 @@ def _write_gold(path: Path, items: dict) -> int:
     return write_jsonl(path, rows)
 
 
+def _closed(gate: dict) -> str:
+    """Why the latest round keeps the main queue closed."""
+    latest = gate["rounds"][-1]
+    if latest["passed"] is None:
+        return f"round {latest['round']} waits for a second annotator to finish it"
+    return (
+        f"round {latest['round']}: percent agreement {latest['percent_agreement']:.2f}, "
+        f"below {gate['threshold']:.2f}"
+    )
+
+
 def _nothing_to_export(
-    r: ExportResult, table: Any, quality: Any, gate: dict, policy: Policy, n_items: int
+    r: ExportResult,
+    table: Any,
+    quality: Any,
+    gate: dict,
+    policy: Policy,
+    n_items: int,
+    written: list[str],
 ) -> UserError:
     """The refusal of an empty export, naming its cause: no labels, only anchors labeled,
-    every annotator left out, pairs short of the overlap, only ties, the gate closed."""
+    every annotator left out, pairs short of the overlap, only ties, the gate closed; and
+    the files written all the same (`written`: the labels, the anchors' answers)."""
     reasons, hints = [], []
     labeled = {i for i, kind in zip(table.item_id, table.kind, strict=True) if kind != m.ANCHOR}
     anchors = len(table.gold)
@@ -346,16 +372,9 @@ def _nothing_to_export(
             "fix them, or lower anchor_accuracy_threshold in the spec's [annotation] table"
         )
     if not gate["main_queue_open"] and gate["rounds"]:
-        latest = gate["rounds"][-1]
-        if latest["passed"] is None:
-            why = f"round {latest['round']} waits for a second annotator to finish it"
-        else:
-            why = (
-                f"round {latest['round']}: percent agreement {latest['percent_agreement']:.2f}, "
-                f"below {gate['threshold']:.2f}"
-            )
         reasons.append(
-            f"the calibration gate is closed ({why}), so only calibration pairs have labels"
+            f"the calibration gate is closed ({_closed(gate)}), so only calibration pairs have "
+            "labels"
         )
         hints.append(
             "the main queue opens when a round passes, or with `rlhfkit annotate override-gate "
@@ -363,6 +382,7 @@ def _nothing_to_export(
         )
     if len(hints) < 2:
         hints.append("`rlhfkit annotate status` shows where annotation stands")
-    return UserError(
-        f"nothing to export: {'; '.join(reasons)}; nothing written", hint="; ".join(hints)
-    )
+    done = "nothing written"
+    if written:  # `rlhfkit agreement` reads the labels of a failed round
+        done = f"no preferences written; written all the same: {', '.join(written)}"
+    return UserError(f"nothing to export: {'; '.join(reasons)}; {done}", hint="; ".join(hints))

@@ -18,8 +18,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# emoji=False: a message naming `judge.py:one:` or `m:smile:` must print as written, not as
+# an emoji (rich's `escape` leaves :codes: alone)
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 # The training metrics a progress display shows, in this order, where a step reports them.
 SHOWN = (

@@ -12,12 +12,13 @@ from rich.table import Table
 
 from rlhfkit import strict_json
 from rlhfkit.choices import PRECISIONS, one_of
-from rlhfkit.cli.common import StepProgress, console
+from rlhfkit.cli.common import StepProgress, console, err_console
 from rlhfkit.errors import UserError, display_path
 
 JUDGE_HELP = (
-    "Who labels: rule (the spec's success criteria decide: the reply that meets more of "
-    "them, each in its direction, wins), openai (an LLM over an OpenAI-compatible API, "
+    "Who labels: rule (the spec's success criteria decide, by each pair's own columns: the "
+    "reply that meets more of them, each in its direction, wins; at the same count, the "
+    "criterion listed first that only one meets), openai (an LLM over an OpenAI-compatible API, "
     "prompted with the spec's rubric; set RLHFKIT_JUDGE_BASE_URL, RLHFKIT_JUDGE_MODEL, "
     "RLHFKIT_JUDGE_API_KEY), or module:function / FILE.py:function (the rubric in code: "
     "(prompt, response_a, response_b) -> 'a' | 'b' | 'tie' | 'both_bad')."
@@ -32,18 +33,21 @@ NOISE_HELP = "Each annotator's share of flipped answers (default: [run] simulate
 
 ANNOTATOR_HELP = (
     "One annotator's own failings, NAME:KEY=VALUE,... with keys noise, position_bias, "
-    "length_bias, drift_after, drift_noise: --annotator sim-3:noise=0.5 (a careless one), "
-    "sim-4:drift_after=20 (a new one that drifts). Repeatable."
+    "length_bias, drift_after, drift_noise; NAME is one of the panel's sim-1 ... sim-K: "
+    "--annotator sim-3:noise=0.5 (a careless one), --annotators 4 --annotator "
+    "sim-4:drift_after=20 (a fourth that drifts). Repeatable."
+)
+
+PAIRS_HELP = (
+    "Comparison rows to draw the pilot's pairs from (default: PROJECT/artifacts/"
+    "candidates.jsonl, as `rlhfkit generate` writes them, else PROJECT/run/annotation/"
+    "candidates.jsonl, as `rlhfkit run` does; the pilot says which it used)."
 )
 
 
 def pilot(
     judge: str = typer.Option("rule", "--judge", help=JUDGE_HELP),
-    pairs: Path = typer.Option(
-        None,
-        help="Comparison rows to draw the pilot's pairs from (default: "
-        "PROJECT/artifacts/candidates.jsonl, as `rlhfkit generate` writes them).",
-    ),
+    pairs: Path = typer.Option(None, help=PAIRS_HELP),
     n: int = typer.Option(60, "--n", help="Pairs in the pilot round, calibration included."),
     annotators: int = typer.Option(None, help=ANNOTATORS_HELP),
     noise: float = typer.Option(None, help=NOISE_HELP),
@@ -87,11 +91,13 @@ def pilot(
     reward model's held-out accuracy on the pilot's labels: can a model learn this rubric?
 
     Everything is marked simulated: the sim- annotators, each label's rationale, the store's
-    event log, the export's manifest, pilot.json. Written to the pilot folder: pilot.json,
-    pairs.jsonl, labels.jsonl, preferences.jsonl, annotations.sqlite (open it with `rlhfkit
-    annotate status --db`), rm/."""
+    event log, the export's manifest, pilot.json. Written to the pilot folder, always:
+    pilot.json, pairs.jsonl, annotations.sqlite (open it with `rlhfkit annotate status --db`),
+    labels.jsonl and gold.jsonl (every label and the anchors' answers: `rlhfkit agreement`
+    reads them, a failed round's too); only when the export has rows: preferences.jsonl;
+    only when a reward model is trained: rm/."""
     # lazy: pydantic (project), the annotation app, torch for the reward model
-    from rlhfkit.pipeline.pilot import PanelSettings, PilotConfig, run_pilot
+    from rlhfkit.pipeline.pilot import PanelSettings, PilotConfig, default_pairs, run_pilot
     from rlhfkit.pipeline.pilot_judges import make_pilot_judge, rubric_prompt
     from rlhfkit.project import load_project
 
@@ -103,8 +109,11 @@ def pilot(
         raise UserError(f"--precision is {one_of(PRECISIONS)}, not '{precision}'")
     failings = _failings(noise=noise, position_bias=position_bias, length_bias=length_bias)
     panel = PanelSettings.for_project(proj, annotators, failings, tuple(annotator))
-    folder, source = out or proj.artifacts("pilot"), pairs or proj.artifacts("candidates.jsonl")
+    source, note = (pairs, None) if pairs else default_pairs(proj)
+    folder = out or proj.artifacts("pilot")
     cfg = PilotConfig(folder, source, n, panel, seed, train_rm, model, precision)
+    if note:
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)
     with StepProgress("pilot", "SIMULATED panel labelling through the app") as progress:
         summary = run_pilot(proj, make_pilot_judge(judge, proj), cfg, progress)
     if as_json:
@@ -149,7 +158,11 @@ def show_pilot(s: dict[str, Any], folder: Path) -> None:
         f"tie rate {_fmt(s['tie_rate'])}, both-bad rate {_fmt(s['both_bad_rate'])}"
     )
     b = s["borderline_examples"]
-    console.print(f"borderline examples: the judge answers {b['agreed']} of {b['of']} as the team")
+    without = b.get("left_out")  # the rule judge: no prompt columns on an example
+    console.print(
+        f"borderline examples: the judge answers {b['agreed']} of {b['of']} as the team"
+        + (f" (judged without {', '.join(without)}: no prompt columns)" if without else "")
+    )
     table = Table("annotator", "labels", "agrees w/ majority", "anchor acc.", "chose first")
     for row in s["per_annotator"]:
         table.add_row(

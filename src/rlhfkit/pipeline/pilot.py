@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from typing import Any
 
 from rlhfkit import strict_json
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
-from rlhfkit.annotate.importing import PAIR_FORMATS
+from rlhfkit.annotate.importing import PAIR_FORMATS, ImportResult
 from rlhfkit.annotate.models import ANCHOR
 from rlhfkit.annotate.server import serve_in_background
 from rlhfkit.annotate.settings import db_url_for, normalise_url
@@ -46,84 +47,15 @@ from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.lineage import manifest_path
 from rlhfkit.pipeline.annotation import split_by_prompt
+from rlhfkit.pipeline.layout import RunPaths
 from rlhfkit.pipeline.pilot_judges import PilotJudge
-from rlhfkit.pipeline.simulated import JudgeAnnotator, run_panel
+from rlhfkit.pipeline.pilot_panel import CheckedJudge, PanelSettings, parse_override
+from rlhfkit.pipeline.simulated import run_panel
 from rlhfkit.project import Project
 
 Progress = Callable[..., None]
 
-FAILINGS = ("noise", "position_bias", "length_bias", "drift_after", "drift_noise")
-"""What `--annotator NAME:KEY=VALUE,...` may set (the demo panel's failings)."""
-
-
-@dataclass(frozen=True)
-class PanelSettings:
-    """The simulated panel: K annotators sharing the judge, each slipping on its own."""
-
-    annotators: int = 3
-    """How many (at least the spec's overlap)."""
-    failings: dict[str, float] = field(default_factory=lambda: {"noise": 0.05})
-    """Every annotator's: noise (the share of flipped answers), position_bias (of lapses:
-    the reply shown first, unread), length_bias (of the longer reply picked over the
-    judge's verdict); see `JudgeAnnotator`."""
-    overrides: tuple[str, ...] = ()
-    """Per-annotator settings, 'sim-3:noise=0.45,position_bias=0.1' (a new sim- name adds
-    an annotator): one careless annotator, one that drifts after 20 labels, ..."""
-
-    @classmethod
-    def for_project(
-        cls,
-        project: Project,
-        annotators: int | None = None,
-        failings: dict[str, float] | None = None,
-        overrides: tuple[str, ...] = (),
-    ) -> PanelSettings:
-        """A pilot's panel, one definition for `rlhfkit annotate pilot` and the run's pilot
-        stage: `annotators` (default: [run] simulated_annotators, raised to
-        annotation.overlap so that every pair gets its labels), each with `failings` (noise
-        default: [run] simulated_noise)."""
-        run, overlap = project.spec.run, project.spec.annotation.overlap
-        if annotators is not None and annotators < 1:
-            raise UserError(f"--annotators {annotators}: a panel needs at least 1 annotator")
-        k = max(run.simulated_annotators, overlap) if annotators is None else annotators
-        return cls(k, {"noise": run.simulated_noise} | (failings or {}), overrides)
-
-    def panel(self, judge: PilotJudge, seed: int) -> list[JudgeAnnotator]:
-        base = dict(self.failings)
-        settings = {f"sim-{i + 1}": dict(base) for i in range(self.annotators)}
-        for text in self.overrides:
-            name, values = parse_override(text)
-            settings.setdefault(name, dict(base)).update(values)
-        try:
-            return [
-                JudgeAnnotator(name, judge, seed=seed, judge_name=judge.name, **kw)
-                for name, kw in settings.items()
-            ]
-        except ValueError as e:  # a rate outside [0, 1]
-            raise UserError(f"simulated annotator {e}") from None
-
-
-def parse_override(text: str) -> tuple[str, dict[str, Any]]:
-    """'sim-3:noise=0.45,drift_after=20' -> ('sim-3', {'noise': 0.45, 'drift_after': 20})."""
-    name, _, rest = text.partition(":")
-    problem = None
-    values: dict[str, Any] = {}
-    if not name.startswith("sim-") or not rest:
-        problem = "give NAME:KEY=VALUE,... with a name that starts with sim-"
-    for part in rest.split(",") if rest else ():
-        key, _, raw = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if key not in FAILINGS:
-            problem = f"{key!r} is not one of {', '.join(FAILINGS)}"
-            break
-        try:
-            values[key] = int(raw) if key == "drift_after" else float(raw)
-        except ValueError:
-            problem = f"{key}={raw!r} is not a number"
-            break
-    if problem:
-        raise UserError(f"--annotator {text}: {problem}")
-    return name, values
+__all__ = ["PanelSettings", "PilotConfig", "parse_override", "run_pilot"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +89,8 @@ def run_pilot(
     # every check before the folder is touched; the settings before the pairs are read
     if cfg.n < 2:
         raise UserError(f"--n {cfg.n}: a pilot needs at least 2 pairs")
-    panel = cfg.panel.panel(judge, cfg.seed)
+    checked = CheckedJudge(judge)
+    panel = cfg.panel.panel(checked, cfg.seed)
     overlap = project.spec.annotation.overlap
     if len(panel) < overlap:
         raise UserError(
@@ -165,28 +98,71 @@ def run_pilot(
             f"({overlap}): no pair would get its labels; give --annotators {overlap}"
         )
     rows = pick_pairs(cfg.pairs, cfg.n, cfg.seed)
+    anchors = _anchors(project)
     pilot_project = _pilot_project(project, len(rows))
     policy = Policy.from_project(pilot_project)
     _refuse_the_teams_store(project, cfg.out)
-    judge.see_pairs(rows)
-    borderline = borderline_check(judge, project)
+    seen = [*rows, *(load(anchors).rows if anchors else [])]
+    judge.see_pairs(seen)  # each pair's own prompt columns, anchors' too (the rule judge)
+    checked.see(seen)
+    borderline = borderline_check(checked, project)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    for stale in [*cfg.out.glob("annotations.sqlite*"), cfg.out / "pilot.json"]:
-        stale.unlink(missing_ok=True)  # a fresh store every pilot; no old figures meanwhile
-    write_jsonl(cfg.out / "pairs.jsonl", rows)
-    labelled = _label(pilot_project, policy, panel, judge, cfg, progress)
-    summary = {
-        "simulated": True,
-        "judge": judge.describe() | {"stats": judge.counts()},
-        "annotators": [a.describe() for a in panel],
-        "pairs": {"source": str(cfg.pairs), "drawn": len(rows), "seed": cfg.seed},
-        "borderline_examples": borderline,
-        **labelled,
-    }
-    summary["reward_model"] = _reward_model(project, cfg, summary, progress)
-    summary["warnings"] = warnings(summary)
-    _write_json(cfg.out / "pilot.json", summary)
+    clear_outputs(cfg.out)  # a fresh store every pilot; no old figures meanwhile
+    try:
+        write_jsonl(cfg.out / "pairs.jsonl", rows)
+        labelled = _label(pilot_project, policy, panel, judge, cfg, progress)
+        summary = {
+            "simulated": True,
+            "judge": judge.describe() | {"stats": judge.counts()},
+            "annotators": [a.describe() for a in panel],
+            "pairs": {"source": str(cfg.pairs), "drawn": len(rows), "seed": cfg.seed},
+            "borderline_examples": borderline,
+            **labelled,
+        }
+        summary["reward_model"] = _reward_model(project, cfg, summary, progress)
+        summary["warnings"] = warnings(summary)
+        _write_json(cfg.out / "pilot.json", summary)
+    except BaseException:
+        clear_outputs(cfg.out)  # nothing half-written: a judge that raised mid-round, ^C
+        raise
     return summary
+
+
+OUTPUTS = (
+    "pilot.json",
+    "pairs.jsonl",
+    "labels.jsonl",
+    "preferences.jsonl",
+    "gold.jsonl",
+    "rm_train.jsonl",
+    "rm_heldout.jsonl",
+)
+"""What a pilot writes to its folder, besides its store and rm/."""
+
+
+def clear_outputs(out: Path) -> None:
+    """Every file an earlier pilot wrote to `out` (its store, the export and its manifests,
+    the reward model), and nothing else of the folder's."""
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+        manifest_path(out / name).unlink(missing_ok=True)
+    for stale in out.glob("annotations.sqlite*"):
+        stale.unlink()
+    shutil.rmtree(out / "rm", ignore_errors=True)
+
+
+def _anchors(project: Project) -> Path | None:
+    return project.data_path("anchors") if project.spec.data.anchors else None
+
+
+def default_pairs(project: Project) -> tuple[Path, str | None]:
+    """The pairs a pilot draws from when none are given: `rlhfkit generate`'s candidates,
+    else those of the project's run (`rlhfkit run`), and a note saying which."""
+    generated = project.artifacts("candidates.jsonl")
+    ran = RunPaths(project.root / "run", project.root).candidates
+    if generated.exists() or not ran.exists():
+        return generated, None
+    return ran, f"pairs: {display_path(ran)}, the run's candidates (no {display_path(generated)})"
 
 
 def _refuse_the_teams_store(project: Project, out: Path) -> None:
@@ -207,7 +183,10 @@ def pick_pairs(source: Path, n: int, seed: int) -> list[dict[str, Any]]:
     if not source.exists():
         raise UserError(
             f"{display_path(source)}: no such file; give the pairs to pilot (--pairs)",
-            hint="sample candidates first: `rlhfkit generate --project DIR`",
+            hint="the candidates of `rlhfkit run` are RUN/annotation/candidates.jsonl (a "
+            "pilot finds PROJECT/run's itself), those of `rlhfkit generate` "
+            "PROJECT/artifacts/candidates.jsonl; with neither, sample them: `rlhfkit generate "
+            "--project DIR`",
         )
     rows = load(source, expect=PAIR_FORMATS).rows  # as the import reads them, before any write
     if len(rows) <= n:
@@ -229,9 +208,8 @@ def _pilot_project(project: Project, n_pairs: int) -> Project:
 
 def _label(project, policy, panel, judge, cfg, progress) -> dict[str, Any]:
     """A store of the pilot's own; the panel labels through the real app; the export."""
-    url = f"sqlite:///{cfg.out / 'annotations.sqlite'}"
-    anchors = project.data_path("anchors") if project.spec.data.anchors else None
-    store = open_store(url, create=True)
+    db = cfg.out / "annotations.sqlite"
+    store = open_store(f"sqlite:///{db}", create=True)
     try:
         with store.write() as conn:  # the store says what it is
             record_event(conn, "simulated_pilot", "rlhfkit annotate pilot", judge=judge.name)
@@ -239,48 +217,83 @@ def _label(project, policy, panel, judge, cfg, progress) -> dict[str, Any]:
             store,
             policy,
             cfg.out / "pairs.jsonl",
-            anchors,
+            _anchors(project),
             actor="pilot (simulated)",
             seed=cfg.seed,
         )
         tokens = {a.name: add_annotator(store, a.name) for a in panel}
-        expected = imported.calibration_items * len(panel)
-        expected += (imported.items - imported.calibration_items) * policy.overlap
+        expected = expected_labels(imported, policy, len(panel))
 
         def labels_done(done: int) -> None:
-            if progress is not None:
-                progress("simulated labels", done, max(done, expected))
+            if progress is not None:  # an estimate until the panel stops: one more to go
+                progress("simulated labels", done, max(expected, done + 1))
 
         with serve_in_background(store.url, project, seed=cfg.seed) as base_url:
             run = run_panel(base_url, tokens, panel, progress=labels_done)
+        if progress is not None:
+            done = sum(run.labels.values())
+            progress("simulated labels", done, done)
         state = status(store, policy)
         with store.read() as conn:
             table = label_table(conn)
         exported = _export(store, policy, cfg.out, judge)
     finally:
         store.close()
+    found = figures(state, table, policy)
+    on_store = StoreCommands(project.root, db)
+    found["gate"]["action"] = on_store(found["gate"]["action"])
+    for key in ("why_none", "hint"):
+        exported[key] = on_store(exported.get(key))
     return {
-        "store": display_path(cfg.out / "annotations.sqlite"),
+        "store": display_path(db),
         "labels": run.labels,
         "seconds": round(run.seconds, 2),
-        **figures(state, table, policy),
-        "export": exported,
+        **found,
+        "export": {k: v for k, v in exported.items() if v is not None},
     }
 
 
+def expected_labels(imported: ImportResult, policy: Policy, k: int) -> int:
+    """About how many labels a panel of `k` gives (the progress bar's total): everyone
+    labels the calibration round, `overlap` annotators each main pair, and an anchor takes
+    a task's place at `anchor_rate` (drawn at random), each annotator's anchors at most."""
+    tasks = imported.calibration_items * k
+    tasks += (imported.items - imported.calibration_items) * policy.overlap
+    rate = min(policy.anchor_rate, 0.5)
+    return tasks + min(imported.anchors * k, round(tasks * rate / (1 - rate)))
+
+
+class StoreCommands:
+    """The advice a store gives (`rlhfkit annotate remove sim-3 --reason ...`), pointed at
+    the pilot's store: each `rlhfkit annotate` command gets ``--project`` and ``--db``, so
+    that run as written it acts on the pilot's round, never on the team's store."""
+
+    def __init__(self, project: Path, db: Path):
+        self.flags = f"--project {display_path(project)} --db {display_path(db)}"
+
+    def __call__(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        return re.sub(r"`(rlhfkit annotate [^`]*)`", rf"`\1 {self.flags}`", text)
+
+
 def _export(store, policy: Policy, out: Path, judge: PilotJudge) -> dict[str, Any]:
-    """The export people's labels would get, its manifest marked simulated."""
-    prefs = out / "preferences.jsonl"
+    """The export people's labels would get, its manifest marked simulated. With no row to
+    export (the gate closed, every annotator left out), the labels and the anchors' answers
+    are written all the same: `rlhfkit agreement` reads them."""
+    prefs, labels = out / "preferences.jsonl", out / "labels.jsonl"
     try:
-        r = export(store, policy, prefs, out / "labels.jsonl", out / "gold.jsonl")
+        r = export(store, policy, prefs, labels, out / "gold.jsonl")
     except UserError as e:
-        return {"rows": 0, "why_none": str(e)}
+        reason = str(e).removeprefix("nothing to export: ")
+        return {"rows": 0, "labels": display_path(labels), "why_none": reason, "hint": e.hint}
     manifest = manifest_path(prefs)
     record = strict_json.loads(manifest.read_text())
     record["simulated"] = {"by": "rlhfkit annotate pilot", "judge": judge.name}
     _write_json(manifest, record)
     return {
         "preferences": display_path(prefs),
+        "labels": display_path(labels),
         "rows": r.rows,
         "ties": r.ties,
         "both_bad": r.both_bad,
@@ -316,6 +329,10 @@ def figures(state: dict[str, Any], table: LabelTable, policy: Policy) -> dict[st
         },
         "anchor_accuracy": sum(anchors) / len(anchors) if anchors else None,
         "anchor_labels": len(anchors),
+        "anchor_threshold": {  # the spec's, below which an annotator's labels are left out
+            "accuracy": policy.anchor_accuracy_threshold,
+            "min_labels": policy.min_anchor_labels,
+        },
         "tie_rate": counts["tie"] / len(main) if main else None,
         "both_bad_rate": counts["both_bad"] / len(main) if main else None,
         "per_annotator": [
@@ -331,16 +348,25 @@ def figures(state: dict[str, Any], table: LabelTable, policy: Policy) -> dict[st
     }
 
 
-def borderline_check(judge: PilotJudge, project: Project) -> dict[str, Any]:
-    """The judge on the rubric's borderline examples, against the team's answers."""
-    misses = []
+def borderline_check(judge: CheckedJudge, project: Project) -> dict[str, Any]:
+    """The judge on the rubric's borderline examples, against the team's answers. An
+    example has no prompt columns: criteria with ``applies_to`` do not apply to it, and
+    `left_out` names them (the rule judge), so a miss they explain reads as such."""
+    misses, left_out = [], set()
     examples = project.spec.rubric.borderline_examples
     for i, ex in enumerate(examples, 1):
-        verdict = judge(ex.prompt, ex.response_a, ex.response_b)
+        verdict = judge(ex.prompt, ex.response_a, ex.response_b, f"borderline example {i}")
         said = verdict if isinstance(verdict, str) else _preference(verdict)
+        without = judge.judge.left_out(ex.prompt, ex.response_a, ex.response_b)
+        left_out.update(without)
         if said != ex.preferred:
-            misses.append({"example": i, "team": ex.preferred, "judge": said})
-    return {"agreed": len(examples) - len(misses), "of": len(examples), "misses": misses}
+            misses.append({"example": i, "team": ex.preferred, "judge": said, "without": without})
+    return {
+        "agreed": len(examples) - len(misses),
+        "of": len(examples),
+        "misses": misses,
+        "left_out": sorted(left_out),
+    }
 
 
 def _preference(verdict: Any) -> str:
@@ -359,6 +385,8 @@ def _reward_model(project, cfg: PilotConfig, summary, progress) -> dict[str, Any
     if cfg.train_rm is False or not enough:
         if cfg.train_rm is False:
             why = "not asked (--no-train-rm)"
+        elif not summary["export"]["rows"]:
+            why = "the export has no rows: see the warning below"
         else:
             why = f"too few pairs: needs {MIN_RM_PAIRS[0]} training and {MIN_RM_PAIRS[1]} held-out"
             if not summary["gate"]["main_queue_open"]:
@@ -411,11 +439,30 @@ def warnings(summary: dict[str, Any]) -> list[str]:
             f"the judge's answer was unreadable {stats['unreadable']} times of {asked} "
             "(counted as ties): check the model and --show-prompt"
         )
+    accuracy, limit = summary["anchor_accuracy"], summary["anchor_threshold"]
+    threshold, enough = limit["accuracy"], limit["min_labels"]
+    if accuracy is not None and accuracy < threshold and summary["anchor_labels"] >= enough:
+        out.append(
+            f"anchor accuracy {accuracy:.2f} over {summary['anchor_labels']} labels is below "
+            f"the spec's anchor_accuracy_threshold ({threshold:.2f}): the judge answers the "
+            "team's anchors otherwise; check the anchors' answers against the rubric, or the "
+            "judge (each label's reason is in the pilot's labels.jsonl)"
+        )
+    exported = summary["export"]
+    if not exported["rows"]:
+        out.append(f"the export is empty, no pair to learn from: {exported['why_none']}")
     b = summary["borderline_examples"]
     if b["misses"]:
+        explained = sum(bool(m["without"]) for m in b["misses"])
         out.append(
             f"the judge answers {len(b['misses'])} of {b['of']} borderline examples "
             "otherwise than the team did"
+            + (
+                f" ({explained} of them judged without {', '.join(b['left_out'])}: an "
+                "example has no prompt columns for their applies_to)"
+                if explained
+                else ""
+            )
         )
     rm = summary["reward_model"]
     if rm.get("trained") and rm["heldout_accuracy_ci"][0] <= 0.5:

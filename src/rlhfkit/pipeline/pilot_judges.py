@@ -15,6 +15,7 @@ Every judge here is a stand-in for people; the pilot marks everything it makes a
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,36 +64,59 @@ class PilotJudge:
         return {}
 
     def see_pairs(self, rows: Sequence[dict[str, Any]]) -> None:
-        """The pair rows it is about to judge (the pilot's draw), before the panel starts.
-        The app shows an annotator the prompt and the replies only; a judge that reads more
-        of a row (the rule judge: its prompt columns) takes it from here."""
+        """The pair rows it is about to judge (the pilot's draw and the anchors), before the
+        panel starts. The app shows an annotator the prompt and the replies only; a judge
+        that reads more of a row (the rule judge: its prompt columns) takes it from here."""
+
+    def left_out(self, prompt: Any, response_a: str, response_b: str) -> list[str]:
+        """What of the rubric it could not apply to this pair (the rule judge: criteria
+        whose ``applies_to`` columns the pair lacks)."""
+        return []
 
 
 def make_pilot_judge(
-    value: str, project: Project, endpoint: EndpointConfig | None = None
+    value: str,
+    project: Project,
+    endpoint: EndpointConfig | None = None,
+    setting: str | None = None,
 ) -> PilotJudge:
     """The judge `value` names (see the module's docstring); `endpoint` replaces the
-    environment's for ``openai``."""
+    environment's for ``openai``; `setting` is how errors name where it came from
+    (default ``--judge VALUE``; the run's pilot stage: ``[run] pilot = "VALUE"``)."""
+    setting = setting or f"--judge {value}"
     if value == "rule":
         return RuleJudge.from_project(project)
     if value == "openai":
         return RubricLLMJudge(project, endpoint or EndpointConfig.from_env())
     if re.fullmatch(r"[^:]+:\w+", value):
-        return CodeJudge(value, project)
-    raise UserError(f"--judge {value}: give {JUDGE_HELP}")
+        return CodeJudge(value, project, setting)
+    raise UserError(f"{setting}: give {JUDGE_HELP}")
 
 
 class CodeJudge(PilotJudge):
-    """The rubric in code: a pairwise function the team wrote."""
+    """The rubric in code: a pairwise function the team wrote. Its parameters are checked
+    when it loads (before any stage of a run), not at its first pair."""
 
     kind = "callable"
 
-    def __init__(self, target: str, project: Project):
+    def __init__(self, target: str, project: Project, setting: str = "the pilot's judge"):
         where, _, name = target.rpartition(":")
         if where.endswith(".py") and not Path(where).is_absolute():
             target = f"{project.root / where}:{name}"  # a file of the project's
-        self.fn = load_callable(target, "the pilot's judge")
+        self.fn = load_callable(target, setting)
         self.name = f"{Path(where).name if where.endswith('.py') else where}:{name}"
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):  # a builtin without a signature: its first call tells
+            return
+        try:
+            signature.bind("prompt", "response_a", "response_b")
+        except TypeError as e:
+            raise UserError(
+                f"{setting}: {name}{signature} cannot be called with (prompt, response_a, "
+                f"response_b): {e}; a pilot judge is f(prompt, response_a, response_b) -> "
+                "'a' | 'b' | 'tie' | 'both_bad'"
+            ) from None
 
     def __call__(self, prompt: Any, response_a: str, response_b: str) -> Any:
         return self.fn(prompt, response_a, response_b)
@@ -104,11 +128,15 @@ class CodeJudge(PilotJudge):
 class RuleJudge(PilotJudge):
     """The spec's pre-registered success criteria as a rubric: a reply scores one point for
     each criterion that applies to the prompt (``applies_to``, by the prompt columns its pair
-    row carries, as `rlhfkit generate` copies them; a column the row lacks from the prompt's
-    row in the prompts file) and that it satisfies in its direction (shows an 'increase'
-    behavior, avoids a 'decrease' one). The higher score wins; the same score is a tie, or
-    'both bad' when both replies fail a criterion and the rubric allows 'both bad'. Criteria
-    whose detector needs a model (reward_model, judge) are left out and named."""
+    row carries, as `rlhfkit generate` copies them, an anchor's its row in the anchors file;
+    a column the row lacks from the prompt's row in the prompts file; a borderline example
+    has none, so a criterion with ``applies_to`` does not apply to it) and that it satisfies
+    in its direction (shows an 'increase' behavior, avoids a 'decrease' one). The higher
+    score wins. The same score from different criteria: the criterion listed first in the
+    spec that one reply meets and the other fails decides (an on-topic answer that runs
+    long beats a refusal when "refuses on topic" comes before "long reply"). The same
+    criteria met: a tie, or 'both bad' when both fail one and the rubric allows 'both bad'.
+    Criteria whose detector needs a model (reward_model, judge) are left out and named."""
 
     kind = "rule"
     name = "rule (success criteria)"
@@ -130,8 +158,9 @@ class RuleJudge(PilotJudge):
             )
         self.columns = columns or {}
         """The prompts file's columns, by `_prompt_key`: where a pair row lacks one."""
-        self.pair_columns: dict[tuple[str, frozenset[str]], dict[str, Any]] = {}
-        """Each pair row's own columns, by its prompt and its two replies (`see_pairs`)."""
+        self.pair_columns: dict[PairKey, dict[str, Any]] = {}
+        """Each pair row's own columns, by its prompt and its two replies (`see_pairs`):
+        the drawn pairs' and the anchors'."""
         self.allow_both_bad = allow_both_bad
 
     @classmethod
@@ -146,15 +175,22 @@ class RuleJudge(PilotJudge):
 
     def see_pairs(self, rows: Sequence[dict[str, Any]]) -> None:
         for row in rows:
-            replies = frozenset(response_text(row.get(k)) for k in ("response_a", "response_b"))
-            self.pair_columns[(_prompt_key(row.get("prompt")), replies)] = prompt_columns(row)
+            self.pair_columns[row_key(row)] = prompt_columns(row)
 
     def columns_for(self, prompt: Any, response_a: str, response_b: str) -> dict[str, Any]:
         """The prompt's columns: its pair row's, then the prompts file's where it has none.
         Keyed by the pair, so two prompts with the same text keep their own."""
-        key = _prompt_key(prompt)
-        own = self.pair_columns.get((key, frozenset((response_a, response_b))), {})
-        return self.columns.get(key, {}) | own
+        own = self.pair_columns.get(pair_key(prompt, response_a, response_b), {})
+        return self.columns.get(_prompt_key(prompt), {}) | own
+
+    def left_out(self, prompt: Any, response_a: str, response_b: str) -> list[str]:
+        """Criteria with ``applies_to`` on a column this pair lacks: a borderline example of
+        the spec has no prompt columns, so such a criterion does not apply to it (as to a
+        prompt without the column anywhere); the pilot says so beside its check."""
+        columns = self.columns_for(prompt, response_a, response_b)
+        return [
+            c.name for c in self.criteria if c.applies_to and not set(c.applies_to) <= set(columns)
+        ]
 
     def describe(self) -> dict[str, Any]:
         used = [f"{c.name} ({c.direction})" for c in self.criteria]
@@ -181,6 +217,9 @@ class RuleJudge(PilotJudge):
             why += f"; A fails {', '.join(fa) or 'none'}, B fails {', '.join(fb) or 'none'}"
         if pa != pb:
             return ("a" if pa > pb else "b"), why
+        if fa != fb:  # the same score from other criteria: the one listed first decides
+            first = next(c.name for c in self.criteria if (c.name in fa) != (c.name in fb))
+            return ("b" if first in fa else "a"), f"{why}; the same score: {first} decides"
         if fa and fb and self.allow_both_bad:
             return "both_bad", why
         return "tie", why
@@ -189,6 +228,19 @@ class RuleJudge(PilotJudge):
 def _prompt_key(prompt: Any) -> str:
     """A prompt (text or chat messages) as a dict key."""
     return strict_json.dumps(prompt, sort_keys=True)
+
+
+PairKey = tuple[str, frozenset[str]]
+
+
+def pair_key(prompt: Any, response_a: Any, response_b: Any) -> PairKey:
+    """A pair as a judge sees it through the app (the prompt, the two replies as text, in
+    either order): how a judge finds the row it came from."""
+    return _prompt_key(prompt), frozenset((response_text(response_a), response_text(response_b)))
+
+
+def row_key(row: dict[str, Any]) -> PairKey:
+    return pair_key(row.get("prompt"), row.get("response_a"), row.get("response_b"))
 
 
 # --- an LLM prompted with the rubric ---------------------------------------------------------

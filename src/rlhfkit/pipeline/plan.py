@@ -207,7 +207,8 @@ def _pilot(plan: Plan) -> Stage:
 
 
 def pilot_judge(plan: Plan) -> PilotJudge:
-    return make_pilot_judge(plan.project.spec.run.pilot or "rule", plan.project)
+    value = plan.project.spec.run.pilot or "rule"
+    return make_pilot_judge(value, plan.project, setting=f'[run] pilot = "{value}"')
 
 
 def _annotate(plan: Plan) -> Stage:
