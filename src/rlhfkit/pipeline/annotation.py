@@ -24,7 +24,7 @@ from rlhfkit.agreement import read_gold, read_labels, summarise
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
 from rlhfkit.annotate.server import serve_in_background
 from rlhfkit.annotate.settings import db_url_for
-from rlhfkit.callables import load_callable
+from rlhfkit.callables import check_pairwise, load_callable
 from rlhfkit.data import load, write_jsonl
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError, display_path
@@ -61,6 +61,7 @@ class Labeler:
         if where.endswith(".py") and not Path(where).is_absolute():
             target = f"{project.root / where}:{name}"  # a file of the project's
         judge = load_callable(target, "[run] labeler")
+        check_pairwise(judge, "[run] labeler")
 
         def panel(project: Project, policy: Policy, seed: int) -> list:
             return judge_panel(judge, run.simulated_annotators, run.simulated_noise, seed)

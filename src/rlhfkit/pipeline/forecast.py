@@ -200,12 +200,10 @@ def criterion_plan(
     mine = [i for i, col in enumerate(columns) if c.applies(col)]
     s = cfg.samples
     common = {"name": c.name, "direction": c.direction, "detector": c.detector.kind}
-    if not c.text_only or not mine:
-        why = (
-            "no evaluation prompt is in its applies_to"
-            if c.text_only
-            else f"a '{c.detector.kind}' detector needs a trained model or a judge"
-        )
+    if not mine:  # `plan_run` refuses such a spec first (pipeline/preflight.py)
+        raise UserError(f"success criterion '{c.name}': {c.subset_problem(columns)}")
+    if not c.text_only:
+        why = f"a '{c.detector.kind}' detector needs a trained model or a judge"
         return CriterionPlan(
             **common, prompts=len(mine), samples=s, hits=None, base_rate=None, base_ci=None,
             status="not measured", advice=f"not measured before training: {why}.",
@@ -250,8 +248,9 @@ def _absent(c: SuccessCriterion, n: int) -> str:
     if c.direction == "decrease":
         return (
             f"never seen in the starting model's {n} replies: there is nothing to decrease, so "
-            "it can only stay flat or get worse. Pre-register a behavior the starting model "
-            "shows, or make this one a guard (it must not rise)."
+            "the evaluation can only find it unchanged or 'regressed' (a significant rise). "
+            "Pre-register a behavior to decrease that the starting model shows; this one may "
+            "stay beside it, to catch a rise."
         )
     return (
         f"already in all {n} of the starting model's replies: it cannot increase. Pre-register "
