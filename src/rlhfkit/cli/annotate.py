@@ -262,6 +262,12 @@ def _by(by: str | None) -> str:
 @app.command("override-gate")
 def override_gate(
     reason: str = typer.Option(..., help="Why the main queue opens anyway (recorded)."),
+    unlabelled: bool = typer.Option(
+        False,
+        "--unlabelled",
+        help="Override a round nobody has labelled yet (its gate was never evaluated): the "
+        "main queue opens with no calibration at all.",
+    ),
     by: str = BY,
     project: Path = PROJECT,
     db: str = DB,
@@ -270,13 +276,14 @@ def override_gate(
 
     The override, who made it and why are kept with the round and shown in status, the
     export's manifest and reports. Before overriding, `rlhfkit annotate status` says who
-    drives the disagreement: `remove` or `recalibrate` may fix the cause instead."""
+    drives the disagreement: `remove` or `recalibrate` may fix the cause instead. A round is
+    overridden once; one nobody has labelled needs --unlabelled."""
     # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import override_gate as override
 
     store, _, _ = _open(project, db)
     try:
-        round_id = override(store, reason, actor=_by(by))
+        round_id = override(store, reason, actor=_by(by), careful=True, unlabelled=unlabelled)
     finally:
         store.close()
     console.print(f"calibration round {round_id}: gate overridden ({reason})")
@@ -317,11 +324,17 @@ def remove(
 @app.command()
 def recalibrate(
     same_items: bool = typer.Option(
-        None,
-        "--same-items/--fresh",
-        help="--same-items: the latest round's pairs again (to measure a sharper rubric on "
-        "the same pairs); --fresh: new pairs nobody has labeled ([annotation] "
-        "calibration_size of them). One is required.",
+        False,
+        "--same-items",
+        help="The latest round's pairs again (to measure a sharper rubric on the same pairs). "
+        "Give this or --fresh.",
+        show_default=False,
+    ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="New pairs nobody has labeled ([annotation] calibration_size of them). Give this "
+        "or --same-items.",
         show_default=False,
     ),
     reason: str = typer.Option(..., help="Why a new round (recorded)."),
@@ -339,8 +352,10 @@ def recalibrate(
     # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate.rounds import recalibrate as open_new
 
-    if same_items is None:
-        raise UserError("say which pairs: --same-items (the latest round's again) or --fresh")
+    if same_items == fresh:
+        raise UserError(
+            "give one of --same-items (the latest round's pairs again) or --fresh (new pairs)"
+        )
     store, policy, _ = _open(project, db)
     try:
         rng = random.Random(seed)
