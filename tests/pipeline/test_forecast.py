@@ -218,3 +218,18 @@ def test_init_suggests_plan_before_the_run(tmp_path):
     assert f"rlhfkit plan --project {tmp_path / 'shop'}" in out
     assert out.index("rlhfkit plan") < out.index("rlhfkit run --project")
     assert "`rlhfkit plan --project .`" in (tmp_path / "shop" / "README.md").read_text()
+
+
+def test_plan_without_timing_describes_no_times_and_adds_up_none(tmp_path):
+    project = make_project(tmp_path / "p")  # 6 held-out prompts; [eval] limit 4, 1 sample
+    text = run_cli("plan", "--project", str(project), "--no-timing")
+    assert text.code == 0, text.stderr
+    words = " ".join(text.stdout.split())
+    assert "Timing not measured (--no-timing)" in words
+    assert "each trainer ran 2 steps" not in words and "Projected machine time" not in words
+    found = json.loads(run_cli("plan", "--project", str(project), "--no-timing", "--json").stdout)
+    assert found["timed"] is False
+    assert {s["name"] for s in found["stages"] if s["seconds"] is None} >= {"sft", "rm", "dpo"}
+    dry = " ".join(run_cli("run", "--project", str(project), "--dry-run").stdout.split())
+    assert "machine time not measured (plan ran with --no-timing)" in dry
+    assert "projected machine time" not in dry

@@ -32,9 +32,11 @@ from rlhfkit.evaluate.criteria import detect
 from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, weights_identity
 from rlhfkit.models import resolve
-from rlhfkit.pipeline.costs import StageCost, peak_mb, reset_peak, stage_costs
+from rlhfkit.pipeline.costs import TRAINING, StageCost, peak_mb, reset_peak, stage_costs
 from rlhfkit.pipeline.plan import Plan, Progress
 
+TIMED = (*TRAINING, "candidates")
+"""The stages `plan` measures (without --no-timing)."""
 PLAN_FOLDER = "plan"
 """Under the project's artifacts/: the base model's samples and the measured throughput."""
 
@@ -90,7 +92,13 @@ class Forecast:
     """True when the evaluation's before model is the SFT model: the base model stands in."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"timed": self.timed}
+
+    @property
+    def timed(self) -> bool:
+        """Every stage `plan` times (the trainers, candidate sampling) has its figure, now or
+        from an earlier plan: only then do the stages' times add up to the run's."""
+        return all(s.seconds is not None for s in self.stages if s.name in TIMED)
 
     @property
     def undetectable(self) -> list[CriterionPlan]:
