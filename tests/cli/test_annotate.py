@@ -242,6 +242,7 @@ def test_recalibrate_remove_and_override_record_who_ran_them(tmp_path):
     )
     events = json.loads(run_cli("annotate", "status", "--json", *args).stdout)["gate"]["rounds"]
     assert events[0]["override"]["reason"] == "deadline"  # the refused one changed nothing
+    assert events[0]["opened_by"] == getpass.getuser()  # `annotate import` opened round 1
     store = open_store(str(project / "artifacts" / "annotations.sqlite"))
     try:
         with store.read() as conn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.pilot import pilot
 from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import login_name
 
 app = typer.Typer(
     help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
@@ -91,7 +91,7 @@ def import_(
     batch = read_import(Policy.from_project(proj), items, anchors)
     store, policy, _ = _open(project, db, create=True)
     try:
-        result = import_rows(store, policy, batch, seed=seed)
+        result = import_rows(store, policy, batch, actor=login_name(), seed=seed)
     finally:
         store.close()
     parts = [f"{result.items} pairs", f"{result.anchors} anchors"]
@@ -251,12 +251,7 @@ BY = typer.Option(
 
 def _by(by: str | None) -> str:
     """Who is deciding: --by, else the login name of the user running the command."""
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return "unknown"
+    return by or login_name()
 
 
 @app.command("override-gate")
