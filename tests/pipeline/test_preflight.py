@@ -52,6 +52,17 @@ def _edit(project: Path, old: str, new: str) -> int:
     return text[: text.index(new)].count("\n") + 1
 
 
+LENGTH = 'detector = { kind = "length", unit = "words", max = 12 }'
+
+
+def _refused_with_line(tmp_path: Path, old: str, new: str, field: str, why: str) -> None:
+    """`old` in the spec becomes `new`: refused everywhere, naming the line of `field`'s key."""
+    project = _project(tmp_path)
+    line = _edit(project, old, new) + new.count("\n")
+    _refused_everywhere(project, f"rlhfkit.toml:{line}: {field}: ")
+    assert why in run_cli("project", "check", str(project), cwd=project).stderr
+
+
 def _refused_everywhere(project: Path, expected: str) -> None:
     """`project check`, `run`, `run --dry-run` and `plan` each fail with `expected`, exit 2,
     before anything runs."""
@@ -68,31 +79,24 @@ def _refused_everywhere(project: Path, expected: str) -> None:
     assert not (project / "run").exists() and not (project / "artifacts" / "plan").exists()
 
 
-@pytest.mark.parametrize(
-    ("path", "why"),
-    [
-        ("mydet:three", "detector 'mydet:three' takes 3 required arguments; a detector is "
-         "f(response) or f(prompt, response)"),
-        ("mydet.py:three", "takes 3 required arguments"),
-        ("nomod:two", "detector 'nomod:two': 'nomod' cannot be imported"),
-        ("mydet.py:nosuch", "has no function 'nosuch'"),
-    ],
-)  # fmt: skip
+BROKEN = {  # a detector's path -> why it is refused
+    "mydet:three": "detector 'mydet:three' takes 3 required arguments; a detector is "
+    "f(response) or f(prompt, response)",
+    "mydet.py:three": "takes 3 required arguments",
+    "nomod:two": "detector 'nomod:two': 'nomod' cannot be imported",
+    "mydet.py:nosuch": "has no function 'nosuch'",
+}
+
+
+@pytest.mark.parametrize(("path", "why"), list(BROKEN.items()))
 def test_a_broken_callable_detector_is_refused_before_anything_runs(tmp_path, path, why):
-    project = _project(tmp_path)
-    line = _edit(
-        project,
-        'detector = { kind = "length", unit = "words", max = 12 }',
-        f'detector = {{ kind = "callable", path = "{path}" }}',
-    )
-    _refused_everywhere(project, f"rlhfkit.toml:{line}: success_criteria[0].detector: ")
-    assert why in run_cli("project", "check", str(project), cwd=project).stderr
+    detector = f'detector = {{ kind = "callable", path = "{path}" }}'
+    _refused_with_line(tmp_path, LENGTH, detector, "success_criteria[0].detector", why)
 
 
 def test_a_good_callable_detector_passes_the_check(tmp_path):
     project = _project(tmp_path)
-    _edit(project, 'detector = { kind = "length", unit = "words", max = 12 }',
-          'detector = { kind = "callable", path = "mydet:two" }')  # fmt: skip
+    _edit(project, LENGTH, 'detector = { kind = "callable", path = "mydet:two" }')
     result = run_cli("project", "check", str(project), cwd=project)
     assert result.code == 0, result.stderr
 
@@ -124,11 +128,10 @@ def test_a_labeler_or_eval_judge_with_the_wrong_arity_is_refused_with_its_line(t
     ],
 )  # fmt: skip
 def test_an_applies_to_no_evaluation_prompt_is_in_fails_at_the_start(tmp_path, applies_to, why):
-    project = _project(tmp_path)
-    line = _edit(project, 'direction = "decrease"\n',
-                 f'direction = "decrease"\napplies_to = {applies_to}\n')  # fmt: skip
-    _refused_everywhere(project, f"rlhfkit.toml:{line + 1}: success_criteria[1].applies_to: ")
-    assert why in run_cli("project", "check", str(project), cwd=project).stderr
+    new = f'direction = "decrease"\napplies_to = {applies_to}'
+    _refused_with_line(
+        tmp_path, 'direction = "decrease"', new, "success_criteria[1].applies_to", why
+    )
 
 
 @pytest.mark.parametrize(
