@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,3 +41,35 @@ def load_callable(target: str, what: str) -> Callable[..., Any]:
     if not callable(fn):
         raise UserError(f"{what}: {where} has no function {name!r}")
     return fn
+
+
+def positional_arity(fn: Callable[..., Any]) -> tuple[int, bool] | None:
+    """How many positional parameters `fn` requires, and whether it takes ``*args``; None
+    for a builtin without a signature. What the callers' signature checks count by."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    required = sum(
+        1
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    )
+    return required, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def check_pairwise(fn: Callable[..., Any], what: str) -> None:
+    """A pairwise judge (``[run] labeler``, ``--judge callable:...``) is called
+    ``f(prompt, response_a, response_b)``: refuse a function that cannot be."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    if len(required) > 3 or (len(positional) < 3 and not varargs):
+        raise UserError(
+            f"{what}: takes {len(required)} required arguments; a judge is "
+            "f(prompt, response_a, response_b)"
+        )

@@ -20,7 +20,6 @@ Detectors (the ``kind`` in a criterion's ``detector`` table):
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -31,9 +30,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from rlhfkit import strict_json
-from rlhfkit.callables import load_callable
+from rlhfkit.callables import load_callable, positional_arity
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.spec_base import NAME, Strict
+
+ColumnValue = str | bool | int | float
+"""A value ``applies_to`` selects by, as TOML writes it."""
+ColumnValues = ColumnValue | list[ColumnValue]
+
 
 # --- text detectors ------------------------------------------------------------------------
 
@@ -239,28 +243,30 @@ class CallableDetector(Strict):
     """``package.module:function``: ``f(response) -> bool`` or ``f(prompt, response) -> bool``."""
 
     def matches(self, text: str, prompt: Any = None) -> bool:
-        fn = load_callable(self.path, f"detector '{self.path}'")
+        fn = self.load()
         return bool(fn(prompt, text) if sees_prompt(fn, self.path) else fn(text))
+
+    def load(self) -> Callable[..., Any]:
+        """The function, its signature checked (`sees_prompt`): a bad one fails here, as
+        `rlhfkit project check` and `rlhfkit run` do before anything runs."""
+        fn = load_callable(self.path, f"detector '{self.path}'")
+        sees_prompt(fn, self.path)
+        return fn
 
 
 def sees_prompt(fn: Callable[..., Any], path: str) -> bool:
     """Whether a `callable` detector takes ``(prompt, response)`` (two required positional
-    parameters) rather than ``(response)`` (one)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: the response alone
+    parameters) rather than ``(response)`` (one); any other signature is refused."""
+    arity = positional_arity(fn)
+    if arity is None:  # a builtin without a signature: the response alone
         return False
-    positional = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
-    if len(positional) not in (1, 2) and not any(p.kind == p.VAR_POSITIONAL for p in params):
+    required, varargs = arity
+    if required not in (1, 2) and not varargs:
         raise UserError(
-            f"detector '{path}' takes {len(positional)} required arguments; a detector is "
+            f"detector '{path}' takes {required} required arguments; a detector is "
             "f(response) or f(prompt, response)"
         )
-    return len(positional) == 2
+    return required == 2
 
 
 # --- detectors that need the prompt and a model ---------------------------------------------
@@ -352,10 +358,22 @@ class SuccessCriterion(Strict):
     description: Annotated[str, Field(min_length=1)]
     direction: Literal["increase", "decrease"]
     detector: Detector
-    applies_to: dict[Annotated[str, Field(pattern=NAME)], str | list[str]] | None = None
+    applies_to: dict[Annotated[str, Field(pattern=NAME)], ColumnValues] | None = None
     """Only the prompts whose row has these column values (a list: any of them), e.g.
     ``applies_to = { kind = "off_topic" }``: "declines off-topic requests" is measured on
-    off-topic prompts only. None: every prompt."""
+    off-topic prompts only. A value is a string, a number or true/false, compared with the
+    row's JSON value (``{ level = 3 }``, ``{ on_topic = false }``). None: every prompt."""
+
+    @field_validator("applies_to", mode="before")
+    @classmethod
+    def _values(cls, v: Any) -> Any:
+        for col, wanted in (v or {}).items() if isinstance(v, dict) else ():
+            values = wanted if isinstance(wanted, list) else [wanted]
+            if not values or not all(isinstance(x, str | int | float) for x in values):
+                raise ValueError(
+                    f"{col}: give a string, a number or true/false, or a non-empty list of them"
+                )
+        return v
 
     @property
     def text_only(self) -> bool:
@@ -369,21 +387,36 @@ class SuccessCriterion(Strict):
         if self.applies_to is None:
             return True
         row = columns or {}
-        for col, wanted in self.applies_to.items():
-            allowed = wanted if isinstance(wanted, list) else [wanted]
-            if col not in row or column_value(row[col]) not in allowed:
-                return False
-        return True
+        return all(
+            col in row and any(same_value(row[col], w) for w in _listed(wanted))
+            for col, wanted in self.applies_to.items()
+        )
 
     def subset(self) -> str:
         """``applies_to`` in words, e.g. ``kind = off_topic``; "every prompt" without it."""
         if self.applies_to is None:
             return "every prompt"
-        parts = []
-        for col, wanted in self.applies_to.items():
-            allowed = wanted if isinstance(wanted, list) else [wanted]
-            parts.append(f"{col} = {' or '.join(allowed)}")
-        return ", ".join(parts)
+        return ", ".join(
+            f"{col} = {' or '.join(column_value(w) for w in _listed(wanted))}"
+            for col, wanted in self.applies_to.items()
+        )
+
+    def subset_problem(self, rows: Sequence[Mapping[str, Any]]) -> str | None:
+        """Why no prompt with these columns (`prompt_columns` of each row) is in
+        ``applies_to``, naming what the rows do have; None when one is."""
+        if any(self.applies(row) for row in rows):
+            return None
+        for col, wanted in (self.applies_to or {}).items():
+            found = sorted({column_value(row[col]) for row in rows if col in row})
+            if not found:
+                columns = sorted({k for row in rows for k in row})
+                have = f"its columns: {', '.join(columns)}" if columns else "it has no columns"
+                return f"no prompt has a '{col}' column ({have})"
+            named = _listed(wanted)
+            if not any(same_value(row[col], w) for row in rows if col in row for w in named):
+                words = " or ".join(column_value(w) for w in named)
+                return f"no prompt has {col} = {words} (its values: {', '.join(found)})"
+        return f"no prompt has {self.subset()} all at once"
 
     def dump(self) -> dict[str, Any]:
         """As JSON, for the criteria's hash: a criterion without ``applies_to`` dumps as it did
@@ -408,6 +441,19 @@ def prompt_columns(row: Mapping[str, Any]) -> dict[str, Any]:
         for k, v in row.items()
         if k not in TEXT_FIELDS and isinstance(v, str | int | float | bool)
     }
+
+
+def _listed(wanted: Any) -> list[Any]:
+    return wanted if isinstance(wanted, list) else [wanted]
+
+
+def same_value(value: Any, wanted: Any) -> bool:
+    """Whether a row's JSON value is the value ``applies_to`` names: by `column_value`
+    ("3" and 3, "false" and false are alike), and numbers by value (3 and 3.0)."""
+    if column_value(value) == column_value(wanted):
+        return True
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (value, wanted))
+    return numbers and value == wanted
 
 
 def column_value(value: Any) -> str:

@@ -7,6 +7,7 @@ a folder), so a report can trace itself back through model, labels and rubric ve
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import time
 from pathlib import Path
@@ -17,6 +18,15 @@ from rlhfkit.data.io import atomic_open
 
 MANIFEST = "rlhfkit-manifest.json"
 """A folder artifact's manifest, inside it (a model, a training run's final/)."""
+
+
+def login_name() -> str:
+    """Who is running this: the login name, as the store's audit log and doctor.json record
+    a person's decisions and the rounds they open ("unknown" where there is none)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        return "unknown"
 
 
 def sha256_file(path: Path) -> str:

@@ -21,7 +21,7 @@ from rlhfkit import strict_json
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
 from rlhfkit.annotate import models as m
 from rlhfkit.annotate.labeling import LabelRequest, submit_label
-from rlhfkit.annotate.rounds import recalibrate
+from rlhfkit.annotate.rounds import override_gate, recalibrate
 from rlhfkit.annotate.scheduling import NoTask, next_task
 from rlhfkit.errors import UserError
 from rlhfkit.report.sections import _annotators, _gate
@@ -322,3 +322,21 @@ def test_an_admin_removes_and_recalibrates_through_the_api(sqlite_url, tmp_path)
         assert r.status_code == 200, r.text
         # 2 pairs were left out of round 1; ann1 has just been handed one of them
         assert r.json() == {"round": 2, "size": 1, "same_items_as": None, "by": "admin"}
+
+
+def test_a_careful_override_needs_a_label_and_happens_once(sqlite_url, tmp_path):
+    # `rlhfkit annotate override-gate` (careful): a round with one annotator's labels (its
+    # gate not evaluated: that takes two) may be overridden; the same round again may not
+    store = open_store(sqlite_url, create=True)
+    try:
+        import_items(store, POLICY, items=write_jsonl(tmp_path / "items.jsonl", pairs(12)))
+        add_annotator(store, "ann1")
+        with pytest.raises(UserError, match="round 1's gate was never evaluated"):
+            override_gate(store, "deadline", actor="lead", careful=True)
+        assert label_round(store, POLICY, annotator_id(store, "ann1"), "A", random.Random(0), 1)
+        assert override_gate(store, "one annotator", actor="lead", careful=True) == 1
+        with pytest.raises(UserError, match="already overridden by lead \\(one annotator\\)"):
+            override_gate(store, "again", actor="ann1", careful=True, unlabelled=True)
+        assert override_gate(store, "the app's admin", actor="lead") == 1  # not careful
+    finally:
+        store.close()

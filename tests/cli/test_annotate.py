@@ -226,12 +226,23 @@ def test_recalibrate_remove_and_override_record_who_ran_them(tmp_path):
     assert unfinished.code == 2 and "not been finished by anyone" in unfinished.stderr
     unknown = run_cli("annotate", "remove", "nobody", "--reason", "x", *args)
     assert unknown.code == 2 and "no annotator named 'nobody'" in unknown.stderr
-    assert run_cli("annotate", "override-gate", "--reason", "deadline", *args).code == 0
-    assert (
-        run_cli("annotate", "override-gate", "--reason", "again", "--by", "lead", *args).code == 0
+    both = run_cli("annotate", "recalibrate", "--fresh", "--same-items", "--reason", "x", *args)
+    assert both.code == 2 and "give one of --same-items" in both.stderr
+    never = run_cli("annotate", "override-gate", "--reason", "deadline", *args)
+    assert never.code == 2 and "round 1's gate was never evaluated: nobody has labelled" in (
+        never.stderr
+    )
+    assert "--unlabelled" in never.stderr
+    override = ("annotate", "override-gate", "--reason", "deadline", "--unlabelled")
+    assert run_cli(*override, *args).code == 0
+    again = run_cli("annotate", "override-gate", "--reason", "again", "--by", "lead", *args)
+    assert again.code == 2, again.stdout  # like a second `remove`
+    assert f"round 1's gate was already overridden by {getpass.getuser()} (deadline)" in (
+        again.stderr
     )
     events = json.loads(run_cli("annotate", "status", "--json", *args).stdout)["gate"]["rounds"]
-    assert events[0]["override"]["by"] == "lead"  # the latest override
+    assert events[0]["override"]["reason"] == "deadline"  # the refused one changed nothing
+    assert events[0]["opened_by"] == getpass.getuser()  # `annotate import` opened round 1
     store = open_store(str(project / "artifacts" / "annotations.sqlite"))
     try:
         with store.read() as conn:
@@ -246,7 +257,7 @@ def test_recalibrate_remove_and_override_record_who_ran_them(tmp_path):
             )
     finally:
         store.close()
-    assert actors == [getpass.getuser(), "lead"]
+    assert actors == [getpass.getuser()]
 
 
 @pytest.mark.slow

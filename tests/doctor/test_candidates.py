@@ -150,3 +150,15 @@ def test_similarity_by_hand():
     long = "The book you want is on the second shelf near the window in the back room"
     assert abs(similarity(long, long + " today") - 32 / 33) < 1e-12
     assert similarity("a b", "c d") == 0.0 and similarity("x", "x") == 1.0
+
+
+def test_only_increase_criteria_are_checked_as_the_readme_table_says(tmp_path):
+    # 'refuses on-topic requests' (decrease) shown in 0 of 20 replies is no finding, and one
+    # shown in every reply is none either: people can prefer the reply without it
+    path = candidates(tmp_path / "candidates.jsonl", _prompts(0))
+    for applies_to in ({"kind": "on_topic"}, {"kind": "off_topic"}):
+        refuses = DECLINES.model_copy(
+            update={"name": "refuses", "direction": "decrease", "applies_to": applies_to}
+        )
+        names = [c.name for c in check_candidates(path, [DECLINES, refuses])]
+        assert names == ["sft_never_shows:declines", "similar_pairs"]

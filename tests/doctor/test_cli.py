@@ -42,9 +42,11 @@ def _project(root: Path, people: bool) -> Path:
     if people:  # and fewer candidates: the run stops before anything reads many
         text = text.replace('labeler = "judge.py:shorter"\n', "").replace("limit = 16", "limit = 6")
     spec.write_text(text)
-    prompts = [json.loads(x) for x in (project / "data" / "prompts.jsonl").read_text().splitlines()]
-    rows = [r | {"kind": "off_topic" if i % 2 else "on_topic"} for i, r in enumerate(prompts)]
-    write_lines(project / "data" / "prompts.jsonl", rows)
+    for name in ("prompts", "eval"):  # the evaluation's too: `run` checks applies_to there
+        path = project / "data" / f"{name}.jsonl"
+        prompts = [json.loads(x) for x in path.read_text().splitlines()]
+        rows = [r | {"kind": "off_topic" if i % 2 else "on_topic"} for i, r in enumerate(prompts)]
+        write_lines(path, rows)
     return project
 
 

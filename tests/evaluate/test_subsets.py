@@ -4,14 +4,17 @@ Hand-computed subsets, the reference statistics on them, and a tiny run through 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from rlhfkit import stats
+from rlhfkit.cli import evaluate as cli_evaluate
 from rlhfkit.criteria import CallableDetector, SuccessCriterion, prompt_columns
 from rlhfkit.errors import UserError
 from rlhfkit.evaluate import rates, schema
@@ -152,7 +155,7 @@ def test_a_criterion_no_prompt_falls_under_fails_before_any_model_loads(project,
     assert not (tmp_path / "o").exists()
 
 
-def test_eval_policy_cli_carries_columns_and_slices(project, tmp_path):
+def test_eval_policy_cli_carries_columns_and_slices(project, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     result = run_cli("eval", "policy", "--project", str(project), "--before", "tiny-random",
                      "--after", "tiny-random", "--out", str(out), "--limit", "6",
@@ -176,3 +179,14 @@ def test_eval_policy_cli_carries_columns_and_slices(project, tmp_path):
     ]
     assert all(h["before"] is not None for h in on) and all(h["before"] is None for h in off)
     assert schema.PolicyEvalResult.parse(r, "eval.json").to_json() == r
+    # the same result on an 80-column terminal: every name whole (not "quotes_r…"), each
+    # slice value and its prompts readable
+    narrow = Console(width=80, file=io.StringIO(), color_system=None)
+    monkeypatch.setattr(cli_evaluate, "console", narrow)
+    cli_evaluate._show(schema.PolicyEvalResult.parse(r, "eval.json"))
+    shown = narrow.file.getvalue()
+    assert max(len(line) for line in shown.splitlines()) <= 80 and "…" not in shown
+    names = [c["name"] for c in r["criteria"]]
+    assert all(re.search(rf"^ *(\S+ +)?{n} ", shown, re.M) for n in names), shown
+    assert re.search(r"^ refund request +quotes_refund", shown, re.M), shown
+    assert "increase, 2 prompts" in shown

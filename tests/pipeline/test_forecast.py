@@ -15,6 +15,7 @@ import pytest
 
 from rlhfkit import stats
 from rlhfkit.criteria import SuccessCriterion
+from rlhfkit.errors import UserError
 from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.pipeline.forecast import criterion_plan
 from tests.conftest import run_cli, write_lines
@@ -61,6 +62,7 @@ def test_a_common_behavior_is_detectable_and_an_absent_one_has_nothing_to_move()
     never = [["sent", "sent"] for _ in range(32)]
     gone = criterion_plan(_criterion(), _cfg(samples=2), ["q"] * 32, never, [{}] * 32, 32)
     assert gone.status == "absent" and "nothing to decrease" in gone.advice
+    assert "'regressed'" in gone.advice and "guard" not in gone.advice  # a verdict that exists
     always = criterion_plan(
         _criterion("increase"), _cfg(samples=2), ["q"] * 32, texts_all_hedge(), [{}] * 32, 32
     )
@@ -78,9 +80,10 @@ def test_a_criterion_with_applies_to_is_measured_on_its_prompts_only():
     found = criterion_plan(only, _cfg(samples=2), ["q"] * 40, texts, columns, 40)
     assert (found.prompts, found.hits, found.base_rate) == (20, 40, 1.0)
     nowhere = _criterion(applies_to={"kind": "elsewhere"})
-    assert criterion_plan(nowhere, _cfg(samples=2), ["q"] * 40, texts, columns, 40).status == (
-        "not measured"
-    )
+    with pytest.raises(
+        UserError, match=r"no prompt has kind = elsewhere \(its values: off_topic, on_topic\)"
+    ):
+        criterion_plan(nowhere, _cfg(samples=2), ["q"] * 40, texts, columns, 40)
 
 
 def _rarest_word(samples_file: Path) -> tuple[str, int]:
@@ -162,7 +165,7 @@ def test_plan_warns_on_a_planted_rare_criterion_and_dry_run_repeats_it(planned):
 
 def test_plan_reads_a_prompts_columns_as_eval_policy_does(planned, tmp_path):
     # one definition (criteria.prompt_columns): a null column is a missing one, so a criterion
-    # on `kind = "None"` applies nowhere, in the plan as in the evaluation
+    # on `kind = "None"` applies nowhere, in the plan as in the evaluation: refused, exit 2
     project = tmp_path / "p"
     shutil.copytree(planned[0], project)  # the cached samples: the prompts are the same
     kinds = ["a", None, "absent"]
@@ -172,17 +175,23 @@ def test_plan_reads_a_prompts_columns_as_eval_policy_does(planned, tmp_path):
         rows.append({k: v for k, v in row.items() if v != "absent"})
     write_lines(project / "data" / "eval.jsonl", rows)
     spec = project / "rlhfkit.toml"
-    extra = "".join(
-        f'[[success_criteria]]\nname = "{name}"\ndescription = "d"\ndirection = "decrease"\n'
-        f'detector = {{ kind = "length", min = 1 }}\napplies_to = {{ kind = "{kind}" }}\n\n'
-        for name, kind in (("on_a", "a"), ("on_null", "None"))
+    criterion = (
+        '[[success_criteria]]\nname = "{}"\ndescription = "d"\ndirection = "decrease"\n'
+        'detector = {{ kind = "length", min = 1 }}\napplies_to = {{ kind = "{}" }}\n\n'
     )
-    spec.write_text(spec.read_text().replace("[annotation]", extra + "[annotation]"))
+    text = spec.read_text()
+    spec.write_text(text.replace("[annotation]", criterion.format("on_a", "a") + "[annotation]"))
     result = run_cli("plan", "--project", str(project), *EVAL, "--no-timing", "--json")
     assert result.code == 0, result.stderr
     found = {c["name"]: c for c in json.loads(result.stdout)["criteria"]}
     assert found["on_a"]["prompts"] == len(range(0, 32, 3)) == 11
-    assert found["on_null"]["prompts"] == 0 and found["on_null"]["status"] == "not measured"
+    spec.write_text(
+        text.replace("[annotation]", criterion.format("on_null", "None") + "[annotation]")
+    )
+    refused = run_cli("plan", "--project", str(project), *EVAL, "--no-timing", "--json")
+    assert refused.code == 2 and not refused.stdout
+    assert "applies_to: no prompt of " in refused.stderr
+    assert "has kind = None (its values: a)" in refused.stderr
 
 
 def test_dry_run_without_a_plan_says_how_to_get_one(tmp_path):
@@ -209,3 +218,18 @@ def test_init_suggests_plan_before_the_run(tmp_path):
     assert f"rlhfkit plan --project {tmp_path / 'shop'}" in out
     assert out.index("rlhfkit plan") < out.index("rlhfkit run --project")
     assert "`rlhfkit plan --project .`" in (tmp_path / "shop" / "README.md").read_text()
+
+
+def test_plan_without_timing_describes_no_times_and_adds_up_none(tmp_path):
+    project = make_project(tmp_path / "p")  # 6 held-out prompts; [eval] limit 4, 1 sample
+    text = run_cli("plan", "--project", str(project), "--no-timing")
+    assert text.code == 0, text.stderr
+    words = " ".join(text.stdout.split())
+    assert "Timing not measured (--no-timing)" in words
+    assert "each trainer ran 2 steps" not in words and "Projected machine time" not in words
+    found = json.loads(run_cli("plan", "--project", str(project), "--no-timing", "--json").stdout)
+    assert found["timed"] is False
+    assert {s["name"] for s in found["stages"] if s["seconds"] is None} >= {"sft", "rm", "dpo"}
+    dry = " ".join(run_cli("run", "--project", str(project), "--dry-run").stdout.split())
+    assert "machine time not measured (plan ran with --no-timing)" in dry
+    assert "projected machine time" not in dry

@@ -5,6 +5,7 @@ run again."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 from pathlib import Path
@@ -261,6 +262,9 @@ def test_with_people_run_stops_at_annotate_and_says_what_to_do(tmp_path, monkeyp
     records = json.loads((project / "run" / "stages.json").read_text())
     assert "finished" in records["candidates"] and "finished" not in records["annotate"]
     assert (project / "artifacts" / "annotations.sqlite").exists()  # the project's store
+    state = run_cli("annotate", "status", "--json", "--project", str(project))
+    opened = json.loads(state.stdout)["gate"]["rounds"][0]["opened_by"]
+    assert opened == getpass.getuser()  # who ran `rlhfkit run`, as the gate actions record
     again = run_cli("run", "--project", str(project), "--precision", "fp32")
     assert again.code == 0 and "waiting for people to label" in again.stdout
     assert json.loads((project / "run" / "stages.json").read_text())["sft"] == records["sft"]

@@ -166,13 +166,7 @@ def open_round(
     ).first()
     if latest is not None and latest.gate_annotators == 0:
         return latest.id
-    fresh = (
-        conn.execute(
-            select(items.c.id).where(UNTOUCHED).order_by(items.c.id)
-        )
-        .scalars()
-        .all()
-    )
+    fresh = conn.execute(select(items.c.id).where(UNTOUCHED).order_by(items.c.id)).scalars().all()
     if not fresh:
         return None
     chosen = sorted(rng.sample(fresh, min(policy.calibration_size, len(fresh))))
@@ -221,12 +215,21 @@ def labels_in_round_after(conn: Connection, round_id: int) -> int | None:
 
 
 def override_gate(
-    store: Store, reason: str, actor: str = "cli", by: tuple[int, str] | None = None
+    store: Store,
+    reason: str,
+    actor: str = "cli",
+    by: tuple[int, str] | None = None,
+    *,
+    careful: bool = False,
+    unlabelled: bool = False,
 ) -> int:
     """Open the main queue although the latest round did not pass; the reason is kept with
     the round and shown in status, exports and reports. Returns the round overridden.
     `by`: the asking admin's (annotator id, token hash), checked in the same transaction on
-    their row, locked first (`security.TokenRefused` if it was revoked or rotated since)."""
+    their row, locked first (`security.TokenRefused` if it was revoked or rotated since).
+    `careful` (`rlhfkit annotate override-gate`): refuse a round overridden already (as a
+    second `remove` is), and one nobody has labelled yet, whose gate was never evaluated,
+    unless `unlabelled`."""
     reason = checked_reason(reason, "override")
 
     def unit(conn: Connection) -> int:
@@ -237,6 +240,8 @@ def override_gate(
         round_id = gate_state(conn).latest_round
         if not round_id:
             raise UserError("there is no calibration round to override (nothing imported yet)")
+        if careful:
+            _overridable(conn, round_id, unlabelled)
         conn.execute(
             update(rounds)
             .where(rounds.c.id == bindparam("r"))
@@ -247,6 +252,27 @@ def override_gate(
         return round_id
 
     return store.run(unit)
+
+
+def _overridable(conn: Connection, round_id: int, unlabelled: bool) -> None:
+    row = conn.execute(
+        select(rounds.c.override_reason, rounds.c.override_by, rounds.c.gate_value).where(
+            rounds.c.id == round_id
+        )
+    ).one()
+    if row.override_reason is not None:
+        raise UserError(
+            f"calibration round {round_id}'s gate was already overridden by {row.override_by} "
+            f"({row.override_reason}); the main queue is open"
+        )
+    in_round = select(items.c.id).where(items.c.round == round_id)
+    labelled = conn.execute(select(func.count()).where(labels.c.item_id.in_(in_round))).scalar()
+    if row.gate_value is None and not labelled and not unlabelled:
+        raise UserError(
+            f"calibration round {round_id}'s gate was never evaluated: nobody has labelled "
+            "its pairs yet. Let two annotators finish it (the gate may pass), or give "
+            "--unlabelled to open the main queue without any calibration"
+        )
 
 
 def checked_reason(reason: str, what: str) -> str:

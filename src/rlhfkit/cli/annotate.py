@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import random
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rlhfkit import strict_json
 from rlhfkit.cli.common import console, err_console
 from rlhfkit.cli.pilot import pilot
 from rlhfkit.errors import UserError, display_path
+from rlhfkit.lineage import login_name
 
 app = typer.Typer(
     help="Collect pairwise preferences in a web app: a calibration round and agreement gate "
@@ -91,7 +91,7 @@ def import_(
     batch = read_import(Policy.from_project(proj), items, anchors)
     store, policy, _ = _open(project, db, create=True)
     try:
-        result = import_rows(store, policy, batch, seed=seed)
+        result = import_rows(store, policy, batch, actor=login_name(), seed=seed)
     finally:
         store.close()
     parts = [f"{result.items} pairs", f"{result.anchors} anchors"]
@@ -251,17 +251,18 @@ BY = typer.Option(
 
 def _by(by: str | None) -> str:
     """Who is deciding: --by, else the login name of the user running the command."""
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        return "unknown"
+    return by or login_name()
 
 
 @app.command("override-gate")
 def override_gate(
     reason: str = typer.Option(..., help="Why the main queue opens anyway (recorded)."),
+    unlabelled: bool = typer.Option(
+        False,
+        "--unlabelled",
+        help="Override a round nobody has labelled yet (its gate was never evaluated): the "
+        "main queue opens with no calibration at all.",
+    ),
     by: str = BY,
     project: Path = PROJECT,
     db: str = DB,
@@ -270,13 +271,14 @@ def override_gate(
 
     The override, who made it and why are kept with the round and shown in status, the
     export's manifest and reports. Before overriding, `rlhfkit annotate status` says who
-    drives the disagreement: `remove` or `recalibrate` may fix the cause instead."""
+    drives the disagreement: `remove` or `recalibrate` may fix the cause instead. A round is
+    overridden once; one nobody has labelled needs --unlabelled."""
     # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate import override_gate as override
 
     store, _, _ = _open(project, db)
     try:
-        round_id = override(store, reason, actor=_by(by))
+        round_id = override(store, reason, actor=_by(by), careful=True, unlabelled=unlabelled)
     finally:
         store.close()
     console.print(f"calibration round {round_id}: gate overridden ({reason})")
@@ -317,11 +319,17 @@ def remove(
 @app.command()
 def recalibrate(
     same_items: bool = typer.Option(
-        None,
-        "--same-items/--fresh",
-        help="--same-items: the latest round's pairs again (to measure a sharper rubric on "
-        "the same pairs); --fresh: new pairs nobody has labeled ([annotation] "
-        "calibration_size of them). One is required.",
+        False,
+        "--same-items",
+        help="The latest round's pairs again (to measure a sharper rubric on the same pairs). "
+        "Give this or --fresh.",
+        show_default=False,
+    ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="New pairs nobody has labeled ([annotation] calibration_size of them). Give this "
+        "or --same-items.",
         show_default=False,
     ),
     reason: str = typer.Option(..., help="Why a new round (recorded)."),
@@ -339,8 +347,10 @@ def recalibrate(
     # lazy: the annotate package imports sqlalchemy, slow for --help
     from rlhfkit.annotate.rounds import recalibrate as open_new
 
-    if same_items is None:
-        raise UserError("say which pairs: --same-items (the latest round's again) or --fresh")
+    if same_items == fresh:
+        raise UserError(
+            "give one of --same-items (the latest round's pairs again) or --fresh (new pairs)"
+        )
     store, policy, _ = _open(project, db)
     try:
         rng = random.Random(seed)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from rlhfkit import strict_json
@@ -77,24 +78,42 @@ app.command("policy")(eval_policy)
 
 def _criteria_table(results: list, first: str, title: str | None = None) -> Table:
     """Criteria before and after, on the prompts each applies to: `results` are criterion
-    results, or (slice label, criterion result) pairs."""
-    table = Table(title=title)
-    cols = ("criterion", "should", "on", "before", "after", "change", "p", "verdict")
-    for col in ((first,) if first != "criterion" else ()) + cols:
-        table.add_column(col, justify="right" if col in cols[3:7] else "left")
-    for item in results:
-        label, c = item if isinstance(item, tuple) else (None, item)
+    results, or (slice value, criterion result) pairs. Readable at 80 columns: a name is
+    never cut ("decli…"), its direction and prompts go under it, the rest wraps."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, collapse_padding=True, show_edge=False, show_lines=True
+    )
+    pairs = [item if isinstance(item, tuple) else (None, item) for item in results]
+    if first != "criterion":
+        table.add_column(first, no_wrap=True)
+    table.add_column("criterion", no_wrap=True)
+    if first == "criterion":
+        table.add_column("on", overflow="fold")
+    for col in ("before", "after", "change, p"):
+        table.add_column(col, justify="right", overflow="fold")
+    table.add_column("verdict", overflow="fold")
+    for value, c in pairs:
         b, a = c.before, c.after
-        subset = ", ".join(f"{k} = {v}" for k, v in (c.applies_to or {}).items()) or "all"
-        n = c.n_prompts
-        on = subset if n is None else f"{subset}: {n} prompt{'s' if n != 1 else ''}"
+        n = "" if c.n_prompts is None else f"{c.n_prompts} prompt{'s' if c.n_prompts != 1 else ''}"
+        name = f"{c.name}\n{c.direction}" + (f", {n}" if value is not None and n else "")
+        on = () if value is not None else (f"{_subset(c.applies_to)}" + (f": {n}" if n else ""),)
         table.add_row(
-            *(() if label is None else (label,)), c.name, c.direction, on,
-            f"{b.rate:.0%} [{b.ci[0]:.0%}-{b.ci[1]:.0%}]",
-            f"{a.rate:.0%} [{a.ci[0]:.0%}-{a.ci[1]:.0%}]",
-            f"{c.diff:+.0%}", f"{c.p_value:.3g}", c.verdict,
+            *(() if value is None else (str(value),)), name, *on,
+            f"{b.rate:.0%}\n[{b.ci[0]:.0%}-{b.ci[1]:.0%}]",
+            f"{a.rate:.0%}\n[{a.ci[0]:.0%}-{a.ci[1]:.0%}]",
+            f"{c.diff:+.0%}\np {c.p_value:.3g}", c.verdict,
         )  # fmt: skip
     return table
+
+
+def _subset(applies_to: dict | None) -> str:
+    """A recorded applies_to in words, as `SuccessCriterion.subset` says it."""
+    from rlhfkit.criteria import column_value  # lazy: pydantic, slow for --help
+
+    if not applies_to:
+        return "all"
+    listed = {k: v if isinstance(v, list) else [v] for k, v in applies_to.items()}
+    return ", ".join(f"{k} = {' or '.join(map(column_value, v))}" for k, v in listed.items())
 
 
 def _show(r: PolicyEvalResult) -> None:
@@ -107,8 +126,8 @@ def _show(r: PolicyEvalResult) -> None:
     console.print(f"{s.n_prompts} prompts x {s.samples_per_prompt} samples; test: {s.test}")
     console.print(_criteria_table(r.criteria, "criterion"))
     for col, values in (r.slices or {}).items():
-        rows = [(f"{col} = {v}", c) for v, results in values.items() for c in results]
-        console.print(_criteria_table(rows, "slice", title=f"by {col}"))
+        rows = [(v, c) for v, results in values.items() for c in results]
+        console.print(_criteria_table(rows, col, title=f"by {col}"))
     ln = r.length
     console.print(
         f"length: {ln.before.mean:.0f} -> {ln.after.mean:.0f} words "

@@ -83,13 +83,19 @@ def show_forecast(found: Any, project: str) -> None:
         )
     show_criteria(found)
     show_costs(found)
+    times = (
+        "Times: each trainer ran 2 steps here with the stage's settings (the second step "
+        "timed; the rest is loading and saving), and one sampling batch was timed; planned "
+        "steps and batches scale them. Memory: the peak resident memory of the measurement "
+        "(on a GPU, torch's peak allocation)."
+        if found.timed
+        else "Timing not measured (--no-timing): only the evaluation's stages have a figure, "
+        "from sampling the base rates; `rlhfkit plan` without --no-timing measures the rest."
+    )
     console.print(
         f"Base rates: {'samples kept by an earlier plan' if found.cached else 'sampled now'} "
-        f"({found.sampled_seconds:.0f} s). Times: each trainer ran 2 steps here with the stage's "
-        "settings (the second step timed; the rest is loading and saving), and one sampling "
-        "batch was timed; planned steps and batches scale them. Memory: the peak resident "
-        "memory of the measurement (on a GPU, torch's peak allocation). All kept in "
-        "artifacts/plan/ per host, model and settings; delete it to measure again.",
+        f"({found.sampled_seconds:.0f} s). {times} All kept in artifacts/plan/ per host, "
+        "model and settings; delete it to measure again.",
         soft_wrap=True,
     )
 
@@ -130,7 +136,7 @@ def show_costs(found: Any) -> None:
         table.add_row(s.name, s.work, time_, memory, s.how)
     console.print(table)
     known = [s.seconds for s in found.stages if s.seconds is not None]
-    if known:
+    if found.timed and known:
         console.print(
             f"Projected machine time: {_duration(sum(known))} (the stages with a figure; "
             "annotation by people not included).",
@@ -158,7 +164,11 @@ def show_summary_line(composed: Any) -> None:
     bad = [f"{c.name} ({c.status})" for c in found.undetectable]
     moves = "every criterion can move detectably" if not bad else "CANNOT MOVE: " + ", ".join(bad)
     known = [s.seconds for s in found.stages if s.seconds is not None]
-    cost = f"; projected machine time {_duration(sum(known))}" if known else ""
+    cost = (
+        f"; projected machine time {_duration(sum(known))}"
+        if found.timed and known
+        else "; machine time not measured (plan ran with --no-timing)"
+    )
     console.print(
         f"Power and cost (rlhfkit plan, {found.prompts} prompts x {found.samples} samples): "
         f"{moves}{cost}. Details: `rlhfkit plan --project {where}`.",

@@ -34,8 +34,7 @@ NEVER = 0.05
 SELDOM = 0.15
 """... in fewer than this, or no more often than the starting model: warn."""
 ALWAYS = 0.95
-"""A 'decrease' criterion shown in more than this share of replies: warn (a binary detector
-at 100% leaves no pair without it; a reward model may still learn a graded difference)."""
+"""An 'increase' criterion shown in more than this share: ok, already in nearly every reply."""
 SIMILAR = 0.9
 """Two replies whose word sequences match at least this much (difflib's ratio) are 'near
 identical'."""
@@ -109,8 +108,11 @@ def _text(value: Any) -> str:
 
 
 def check_candidates(path: Path | None, criteria: Sequence[SuccessCriterion]) -> list[Check]:
-    """Every criterion's 'never shows' check and the similar-pairs check."""
+    """Each 'increase' criterion's 'never shows' check, and the similar-pairs check. A
+    'decrease' criterion has no such check: people can prefer the reply without it whether
+    the model shows it often or never."""
     none = "no success criteria given (the project spec's [[success_criteria]])"
+    criteria = [c for c in criteria if c.direction == "increase"]
     no_criteria = [] if criteria else [missing("sft_never_shows", STAGE, "criteria", none)]
     if path is None or not path.is_file():
         what = "no candidate pairs yet (the candidates stage writes annotation/candidates.jsonl)"
@@ -145,7 +147,7 @@ def never_shows(c: SuccessCriterion, found: list[Reply]) -> Check:
         )
     mine = [r for r in found if r.trained is not None and c.applies(prompt_columns(r.row))]
     if not mine:
-        subset = f" (applies_to {c.applies_to})" if c.applies_to else ""
+        subset = f" (applies_to {c.subset()})" if c.applies_to else ""
         return missing(
             name, STAGE, title, f"no candidate reply is on a prompt it applies to{subset}"
         )
@@ -163,17 +165,12 @@ def never_shows(c: SuccessCriterion, found: list[Reply]) -> Check:
         numbers |= {"start": [ks, len(start)], "start_rate": ks / len(start)}
         evidence += f"; the starting model in {share(ks, len(start))}"
     if c.applies_to:
-        evidence += f" (prompts with {_subset(c)})"
+        evidence += f" (prompts with {c.subset()})"
     return _never_verdict(c, Check(name, STAGE, title, "ok", evidence, "", numbers))
 
 
-def _subset(c: SuccessCriterion) -> str:
-    return ", ".join(f"{k} = {v}" for k, v in (c.applies_to or {}).items())
-
-
 def _never_verdict(c: SuccessCriterion, measured: Check) -> Check:
-    """`measured` (ok) as the rates say: rare for an 'increase' criterion fails or warns,
-    near-universal for a 'decrease' one warns."""
+    """`measured` (ok) as the rates say: a rare 'increase' behavior fails or warns."""
     rate, base = measured.numbers["rate"], measured.numbers.get("start_rate")
     teach = (
         "teach it first: add SFT examples that show it ([data] sft), or train SFT longer "
@@ -191,9 +188,6 @@ def _never_verdict(c: SuccessCriterion, measured: Check) -> Check:
     if c.direction == "increase" and (rate < SELDOM or (base is not None and rate <= base)):
         why = f"under {pct(SELDOM)}" if rate < SELDOM else "no more than the starting model"
         return _judged(measured, "warn", f"{why}; few pairs contrast it", teach)
-    if c.direction == "decrease" and rate > ALWAYS:
-        why = f"over {pct(ALWAYS)}, so almost every pair has it on both sides"
-        return _judged(measured, "warn", why, "add SFT examples without it ([data] sft)")
     return measured
 
 

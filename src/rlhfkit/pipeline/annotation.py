@@ -24,11 +24,11 @@ from rlhfkit.agreement import read_gold, read_labels, summarise
 from rlhfkit.annotate import Policy, add_annotator, export, import_items, open_store, status
 from rlhfkit.annotate.server import serve_in_background
 from rlhfkit.annotate.settings import db_url_for
-from rlhfkit.callables import load_callable
+from rlhfkit.callables import check_pairwise, load_callable
 from rlhfkit.data import load, write_jsonl
 from rlhfkit.data.io import atomic_open
 from rlhfkit.errors import UserError, display_path
-from rlhfkit.lineage import sha256_file
+from rlhfkit.lineage import login_name, sha256_file
 from rlhfkit.pipeline.layout import RunPaths
 from rlhfkit.pipeline.simulated import SimulatedAnnotator, judge_panel, run_panel
 from rlhfkit.project import Project
@@ -61,6 +61,7 @@ class Labeler:
         if where.endswith(".py") and not Path(where).is_absolute():
             target = f"{project.root / where}:{name}"  # a file of the project's
         judge = load_callable(target, "[run] labeler")
+        check_pairwise(judge, "[run] labeler")
 
         def panel(project: Project, policy: Policy, seed: int) -> list:
             return judge_panel(judge, run.simulated_annotators, run.simulated_noise, seed)
@@ -99,7 +100,9 @@ def _simulated(url, paths, project, policy, labeler, anchors, seed) -> dict[str,
         stale.unlink()
     store = open_store(url, create=True)
     try:
-        import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
+        import_items(
+            store, policy, items=paths.candidates, anchors=anchors, actor=login_name(), seed=seed
+        )
         panel = list(labeler.panel(project, policy, seed))
         tokens = {a.name: add_annotator(store, a.name) for a in panel}
         with serve_in_background(store.url, project, seed=seed) as base_url:
@@ -130,7 +133,14 @@ def _people(url, paths, project, policy, anchors, seed) -> dict[str, Any]:
     try:
         if not imported.exists():
             _refuse_foreign_store(store, url)
-            import_items(store, policy, items=paths.candidates, anchors=anchors, seed=seed)
+            import_items(
+                store,
+                policy,
+                items=paths.candidates,
+                anchors=anchors,
+                actor=login_name(),
+                seed=seed,
+            )
             _write_json(imported, {"candidates": candidates, "store": _safe(url)})
         elif (record := strict_json.loads(imported.read_text()))["store"] != _safe(url):
             raise UserError(

@@ -2,8 +2,9 @@
 
 Everything is checked and every problem reported at once, as ``FILE:LINE: reason``: the spec
 (TOML, fields), each stage's settings composed as `rlhfkit run` would ([train.*], [eval]),
-the data files (format, every bad row), the anchors (a known answer on each), the labeler,
-and the base model. Nothing is written and no model is loaded.
+the data files (format, every bad row), the anchors (a known answer on each), every function
+the spec names (imported, its signature checked), each criterion's applies_to against the
+evaluation's prompts, and the base model. Nothing is written and no model is loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from rlhfkit.data import Format, load
 from rlhfkit.errors import UserError, display_path
 from rlhfkit.evaluate.configs import PolicyEvalConfig
 from rlhfkit.generate import PROMPT_FORMATS
-from rlhfkit.pipeline.annotation import Labeler
 from rlhfkit.pipeline.compose import (
     SET_BY_RUN_EVAL,
     SET_BY_RUN_TRAIN,
@@ -27,6 +27,7 @@ from rlhfkit.pipeline.compose import (
     checked_table,
 )
 from rlhfkit.pipeline.plan import Plan, RunOptions
+from rlhfkit.pipeline.preflight import callable_problems, spec_labeler
 from rlhfkit.pipeline.run import plan_run
 from rlhfkit.project import Project, load_project
 
@@ -59,7 +60,8 @@ def check_project(
     for name, formats in DATA_FORMATS.items():
         problems += _data(project, name, formats, result.rows)
     if project.spec.run.labeler != "people":
-        problems += _collect(lambda: Labeler.from_spec(project))
+        problems += _collect(lambda: spec_labeler(project))
+    problems += [str(p) for p in callable_problems(project)]
     if not problems:  # the settings each stage checks itself (batch sizes, ranges)
         options = RunOptions(model=model)
         try:

@@ -63,6 +63,32 @@ def spec_line(project: Project, table: str, key: str) -> int | None:
     return None
 
 
+def criterion_line(project: Project, index: int, key: str) -> int | None:
+    """The line of `key = ...` (or of its ``[success_criteria.KEY]`` table) in the spec's
+    `index`-th ``[[success_criteria]]``; that header's line when the key is not written
+    there (None when the spec has fewer)."""
+    try:
+        lines = project.spec_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    seen, start = -1, None
+    for number, line in enumerate(lines, 1):
+        if re.match(r"^\s*\[\[\s*success_criteria\s*\]\]", line):
+            seen += 1
+            if seen == index:
+                start = number
+            elif seen > index:
+                break
+        elif start is not None and re.match(r"^\s*\[(?!\s*success_criteria\s*\.)", line):
+            break  # another table: this criterion's lines are over
+        elif start is not None and (
+            re.match(rf"^\s*{re.escape(key)}\s*=", line)
+            or re.match(rf"^\s*\[\s*success_criteria\s*\.\s*{re.escape(key)}\s*\]", line)
+        ):
+            return number
+    return start
+
+
 def checked_table(
     project: Project,
     table: str,

@@ -32,9 +32,11 @@ from rlhfkit.evaluate.criteria import detect
 from rlhfkit.generate import PROMPT_FORMATS
 from rlhfkit.lineage import config_hash, weights_identity
 from rlhfkit.models import resolve
-from rlhfkit.pipeline.costs import StageCost, peak_mb, reset_peak, stage_costs
+from rlhfkit.pipeline.costs import TRAINING, StageCost, peak_mb, reset_peak, stage_costs
 from rlhfkit.pipeline.plan import Plan, Progress
 
+TIMED = (*TRAINING, "candidates")
+"""The stages `plan` measures (without --no-timing)."""
 PLAN_FOLDER = "plan"
 """Under the project's artifacts/: the base model's samples and the measured throughput."""
 
@@ -90,7 +92,13 @@ class Forecast:
     """True when the evaluation's before model is the SFT model: the base model stands in."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"timed": self.timed}
+
+    @property
+    def timed(self) -> bool:
+        """Every stage `plan` times (the trainers, candidate sampling) has its figure, now or
+        from an earlier plan: only then do the stages' times add up to the run's."""
+        return all(s.seconds is not None for s in self.stages if s.name in TIMED)
 
     @property
     def undetectable(self) -> list[CriterionPlan]:
@@ -200,12 +208,10 @@ def criterion_plan(
     mine = [i for i, col in enumerate(columns) if c.applies(col)]
     s = cfg.samples
     common = {"name": c.name, "direction": c.direction, "detector": c.detector.kind}
-    if not c.text_only or not mine:
-        why = (
-            "no evaluation prompt is in its applies_to"
-            if c.text_only
-            else f"a '{c.detector.kind}' detector needs a trained model or a judge"
-        )
+    if not mine:  # `plan_run` refuses such a spec first (pipeline/preflight.py)
+        raise UserError(f"success criterion '{c.name}': {c.subset_problem(columns)}")
+    if not c.text_only:
+        why = f"a '{c.detector.kind}' detector needs a trained model or a judge"
         return CriterionPlan(
             **common, prompts=len(mine), samples=s, hits=None, base_rate=None, base_ci=None,
             status="not measured", advice=f"not measured before training: {why}.",
@@ -250,8 +256,9 @@ def _absent(c: SuccessCriterion, n: int) -> str:
     if c.direction == "decrease":
         return (
             f"never seen in the starting model's {n} replies: there is nothing to decrease, so "
-            "it can only stay flat or get worse. Pre-register a behavior the starting model "
-            "shows, or make this one a guard (it must not rise)."
+            "the evaluation can only find it unchanged or 'regressed' (a significant rise). "
+            "Pre-register a behavior to decrease that the starting model shows; this one may "
+            "stay beside it, to catch a rise."
         )
     return (
         f"already in all {n} of the starting model's replies: it cannot increase. Pre-register "

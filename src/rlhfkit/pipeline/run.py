@@ -25,6 +25,7 @@ from rlhfkit.pipeline.doctor import after_stage
 from rlhfkit.pipeline.layout import RunPaths
 from rlhfkit.pipeline.log import StageLog
 from rlhfkit.pipeline.plan import Plan, RunOptions, Stage, make_plan
+from rlhfkit.pipeline.preflight import check_callables, check_subsets, spec_labeler
 from rlhfkit.pipeline.stages import run_stage
 from rlhfkit.project import load_project
 
@@ -62,13 +63,17 @@ def plan_run(
     options: RunOptions = RunOptions(),
     overrides: dict[str, Any] | None = None,
 ) -> Plan:
-    """Load the project (with `overrides`) and compose every stage's config."""
+    """Load the project (with `overrides`) and compose every stage's config; every function
+    the spec names and every criterion's applies_to are checked here, before any stage."""
     project = load_project(Path(project_dir).resolve(), overrides)  # one name per folder
-    labeler = labeler or Labeler.from_spec(project)
+    labeler = labeler or spec_labeler(project)
     _check_overrides(overrides or {}, labeler)
+    check_callables(project)
     root = Path(run_dir).resolve() if run_dir else project.root / "run"
     paths = RunPaths(root, project.root)
-    return make_plan(paths, project, labeler, options)
+    plan = make_plan(paths, project, labeler, options)
+    check_subsets(plan)
+    return plan
 
 
 SETTABLE = ("generate", "train", "eval", "run", "data")
