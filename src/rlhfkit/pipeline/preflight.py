@@ -45,7 +45,10 @@ def callable_problems(project: Project) -> list[Problem]:
     pilot = project.spec.run.pilot
     if pilot is not None:
         line = spec_line(project, "run", "pilot")
-        problems += _try(project, line, lambda: make_pilot_judge(pilot, project), "run.pilot: ")
+        setting = f'[run] pilot = "{pilot}"'
+        problems += _try(
+            project, line, lambda: make_pilot_judge(pilot, project, setting=setting), ""
+        )
     judges = project.spec.eval.get("judges", [])
     for value in judges if isinstance(judges, list) else []:
         kind, _, target = str(value).partition(":")
