@@ -63,10 +63,11 @@ class Hits:
 def check_subsets(criteria: Sequence[SuccessCriterion], columns: Columns, source: Path) -> None:
     """Every criterion applies to at least one evaluation prompt: said before sampling."""
     for c in criteria:
-        if not any(c.applies(col) for col in columns):
+        problem = c.subset_problem(columns)  # the one rule, as `project check` applies it
+        if problem is not None:
             raise UserError(
-                f"success criterion '{c.name}' applies to prompts with {c.subset()}, and none "
-                f"of the {len(columns)} evaluation prompts of {display_path(source)} has that",
+                f"success criterion '{c.name}' applies to prompts with {c.subset()}, and of "
+                f"the {len(columns)} evaluation prompts of {display_path(source)}, {problem}",
                 hint="give the prompts that column (or evaluate with --prompts FILE that has "
                 "such prompts; a --limit may have cut them off)",
             )
